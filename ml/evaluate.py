@@ -1,0 +1,322 @@
+"""Evaluate a trained model on the test split, compare it with the current champion, and decide.
+
+The decision threshold is the one that maximises F1 on the validation split (never chosen on test). The same
+metrics are computed for the registered model's ``champion`` alias on the same test rows when one exists.
+Plots (precision-recall curve, confusion matrix, feature importance), a markdown model card and the decision
+are logged to the training's MLflow run; the decision is also the stage's XCom result.
+
+    python -m ml.evaluate --prepared-uri data/prepared/x --model-uri models:/m-... --run-id abc \
+        --registered-model-name card-fraud-detector --min-average-precision 0.3 --min-improvement 0.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml import tracking
+from ml.errors import StageError
+from ml.schema import to_model_input
+from ml.storage import read_manifest, read_published_table
+
+log = logging.getLogger(__name__)
+
+PASS, FAIL = "pass", "fail"
+THRESHOLD_TAG = "mlops.decision_threshold"
+
+
+@dataclass
+class Metrics:
+    average_precision: float
+    roc_auc: float
+    precision: float
+    recall: float
+    f1: float
+    threshold: float
+
+
+@dataclass
+class ChampionComparison:
+    version: str | None
+    comparable: bool
+    metrics: Metrics | None = None
+    reason: str = ""
+
+
+@dataclass
+class Evaluation:
+    """The evaluate stage's XCom result: everything the gate and the registration need."""
+
+    decision: str
+    reasons: list[str]
+    metrics: Metrics
+    champion: ChampionComparison
+    run_id: str
+    model_uri: str
+    model_id: str
+    registered_model_name: str
+    min_average_precision: float
+    min_improvement: float
+    test_rows: int
+    test_positives: int
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Return the score threshold that maximises F1 on these (validation) labels."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
+    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+    return float(thresholds[best]) if len(thresholds) else 0.5
+
+
+def score_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Metrics:
+    """Threshold-free (PR-AUC, ROC-AUC) and thresholded (precision, recall, F1) metrics."""
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+    predicted = (scores >= threshold).astype(np.int8)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, predicted, average="binary", zero_division=0
+    )
+    return Metrics(
+        average_precision=float(average_precision_score(labels, scores)),
+        roc_auc=float(roc_auc_score(labels, scores)),
+        precision=float(precision),
+        recall=float(recall),
+        f1=float(f1),
+        threshold=float(threshold),
+    )
+
+
+def decide(
+    metrics: Metrics, champion: ChampionComparison, *, min_average_precision: float, min_improvement: float
+) -> tuple[str, list[str]]:
+    """Pass only if the absolute floor is met and, when a comparable champion exists, it is beaten enough."""
+    reasons = []
+    ok = metrics.average_precision >= min_average_precision
+    reasons.append(
+        f"average precision {metrics.average_precision:.4f} {'>=' if ok else '<'} minimum {min_average_precision:.4f}"
+    )
+    if champion.version is None:
+        reasons.append("no champion to compare with")
+    elif not champion.comparable or champion.metrics is None:
+        reasons.append(f"champion v{champion.version} not comparable: {champion.reason}")
+    else:
+        gain = metrics.average_precision - champion.metrics.average_precision
+        beats = gain >= min_improvement
+        ok = ok and beats
+        reasons.append(
+            f"improvement over champion v{champion.version} ({champion.metrics.average_precision:.4f}) is "
+            f"{gain:+.4f}, {'>=' if beats else '<'} required {min_improvement:+.4f}"
+        )
+    return (PASS if ok else FAIL), reasons
+
+
+def compare_with_champion(
+    name: str, alias: str, validation: pd.DataFrame, test: pd.DataFrame, features: list[str], categorical: list[str],
+    target: str,
+) -> tuple[ChampionComparison, np.ndarray | None]:
+    """Score the ``alias`` version of ``name`` on the same test rows, at its own recorded threshold.
+
+    The rows go through the champion's pyfunc, typed as a client sends them, so its own signature decides
+    whether it can score them; a champion that cannot is reported as not comparable. Returns the comparison
+    and the champion's test scores (None when there are none).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = tracking.client().get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            log.info("no '%s' alias on '%s' yet: nothing to compare with", alias, name)
+            return ChampionComparison(version=None, comparable=False, reason="no champion"), None
+        raise
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+        threshold_tag = version.tags.get(THRESHOLD_TAG)
+        if threshold_tag is None:
+            val_input = to_model_input(validation[features], categorical)
+            threshold = choose_threshold(validation[target].to_numpy(), tracking.positive_scores(model, val_input))
+        else:
+            threshold = float(threshold_tag)
+        scores = tracking.positive_scores(model, to_model_input(test[features], categorical))
+    except Exception as err:  # a champion trained on other columns cannot score this data: say so, don't crash
+        reason = str(err).split(". Error: ")[-1].splitlines()[0][:300]
+        log.warning("champion v%s cannot score this test set: %s", version.version, reason)
+        return ChampionComparison(version=str(version.version), comparable=False, reason=reason), None
+    metrics = score_metrics(test[target].to_numpy(), scores, threshold)
+    return ChampionComparison(version=str(version.version), comparable=True, metrics=metrics), scores
+
+
+def _feature_importance(pipeline: Any) -> pd.Series:
+    names = list(pipeline.named_steps["encode"].get_feature_names_out())
+    importances = np.asarray(pipeline.named_steps["model"].feature_importances_, dtype=np.float64)
+    return pd.Series(importances, index=names).sort_values()
+
+
+def _figures(labels: np.ndarray, scores: np.ndarray, threshold: float, pipeline: Any, champion_scores: Any) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay
+
+    figures = {}
+    fig, ax = plt.subplots(figsize=(6, 5))
+    PrecisionRecallDisplay.from_predictions(labels, scores, name="candidate", ax=ax)
+    if champion_scores is not None:
+        PrecisionRecallDisplay.from_predictions(labels, champion_scores, name="champion", ax=ax)
+    ax.set_title("Precision-recall on the test split")
+    figures["plots/precision_recall_curve.png"] = fig
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ConfusionMatrixDisplay.from_predictions(labels, (scores >= threshold).astype(int), ax=ax, colorbar=False)
+    ax.set_title(f"Confusion matrix at threshold {threshold:.3f}")
+    figures["plots/confusion_matrix.png"] = fig
+
+    importance = _feature_importance(pipeline)
+    fig, ax = plt.subplots(figsize=(6, max(3, 0.3 * len(importance))))
+    importance.tail(30).plot.barh(ax=ax)
+    ax.set_title("Feature importance")
+    fig.tight_layout()
+    figures["plots/feature_importance.png"] = fig
+    return figures
+
+
+def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
+    """A short markdown card: data, metrics, comparison with the champion, decision."""
+    m = evaluation.metrics
+    champion = evaluation.champion
+    rows = [
+        ("Average precision (PR-AUC)", m.average_precision, "average_precision"),
+        ("ROC-AUC", m.roc_auc, "roc_auc"),
+        (f"Precision @ {m.threshold:.3f}", m.precision, "precision"),
+        (f"Recall @ {m.threshold:.3f}", m.recall, "recall"),
+        (f"F1 @ {m.threshold:.3f}", m.f1, "f1"),
+    ]
+    table = ["| Metric | Candidate | Champion |", "|---|---|---|"]
+    for label, value, key in rows:
+        other = f"{getattr(champion.metrics, key):.4f}" if champion.metrics else "-"
+        table.append(f"| {label} | {value:.4f} | {other} |")
+    split = "by time on `{}`".format(manifest["time_column"]) if manifest.get("time_column") else "stratified random"
+    lines = [
+        f"# Model card: {evaluation.registered_model_name}",
+        "",
+        f"**Decision: {evaluation.decision.upper()}**",
+        "",
+        *(f"- {reason}" for reason in evaluation.reasons),
+        "",
+        "## Data",
+        f"- Source: `{manifest['source']}`; target `{manifest['target']}`; split {split}",
+        f"- Rows: {manifest['rows']}; positives: {manifest['positives']}",
+        f"- Features ({len(manifest['features'])}): {', '.join(manifest['features'])}",
+        f"- Categorical: {', '.join(manifest['categorical']) or 'none'}",
+        "",
+        "## Test metrics",
+        *table,
+        "",
+        f"Decision threshold {m.threshold:.4f}, chosen to maximise F1 on the validation split.",
+        f"Champion: {('v' + champion.version) if champion.version else 'none'}"
+        + (f" ({champion.reason})" if champion.reason and not champion.comparable else ""),
+        "",
+        "## Model",
+        f"- MLflow run `{evaluation.run_id}`, model `{evaluation.model_uri}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    prepared_uri: str,
+    model_uri: str,
+    run_id: str,
+    *,
+    registered_model_name: str,
+    min_average_precision: float,
+    min_improvement: float,
+    champion_alias: str = "champion",
+) -> Evaluation:
+    """Score the candidate and the champion on the test split, log the evidence and return the decision."""
+    import mlflow
+    import mlflow.sklearn
+
+    if not 0 <= min_average_precision <= 1:
+        raise StageError(f"min_average_precision must be within [0, 1], got {min_average_precision}")
+    manifest = read_manifest(prepared_uri)
+    features, target = list(manifest["features"]), manifest["target"]
+    validation = read_published_table(prepared_uri, "validation.parquet")
+    test = read_published_table(prepared_uri, "test.parquet")
+
+    pipeline = mlflow.sklearn.load_model(model_uri)
+    threshold = choose_threshold(validation[target].to_numpy(), pipeline.predict_proba(validation[features])[:, 1])
+    labels = test[target].to_numpy()
+    scores = pipeline.predict_proba(test[features])[:, 1]
+    metrics = score_metrics(labels, scores, threshold)
+    champion, champion_scores = compare_with_champion(
+        registered_model_name, champion_alias, validation, test, features, list(manifest["categorical"]), target
+    )
+    decision, reasons = decide(
+        metrics, champion, min_average_precision=min_average_precision, min_improvement=min_improvement
+    )
+    evaluation = Evaluation(
+        decision=decision,
+        reasons=reasons,
+        metrics=metrics,
+        champion=champion,
+        run_id=run_id,
+        model_uri=model_uri,
+        model_id=model_uri.removeprefix("models:/"),
+        registered_model_name=registered_model_name,
+        min_average_precision=min_average_precision,
+        min_improvement=min_improvement,
+        test_rows=len(test),
+        test_positives=int(labels.sum()),
+    )
+
+    with mlflow.start_run(run_id=run_id):
+        test_metrics = {f"test_{k}": v for k, v in asdict(metrics).items() if k != "threshold"}
+        mlflow.log_metrics({**test_metrics, "decision_threshold": threshold}, model_id=evaluation.model_id)
+        if champion.metrics:
+            mlflow.log_metrics({f"champion_test_{k}": v for k, v in asdict(champion.metrics).items()})
+        for path, figure in _figures(labels, scores, threshold, pipeline, champion_scores).items():
+            mlflow.log_figure(figure, path)
+        mlflow.log_text(model_card(evaluation, manifest), "model_card.md")
+        mlflow.log_dict(asdict(evaluation), "evaluation.json")
+        mlflow.set_tags({"mlops.decision": decision, THRESHOLD_TAG: f"{threshold:.6f}"})
+    log.info("decision %s: %s", decision.upper(), "; ".join(reasons))
+    return evaluation
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--prepared-uri", required=True)
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--run-id", required=True, help="MLflow run of the training")
+    parser.add_argument("--registered-model-name", required=True)
+    parser.add_argument("--min-average-precision", type=float, required=True)
+    parser.add_argument("--min-improvement", type=float, required=True)
+    parser.add_argument("--champion-alias", default="champion")
+    args = parser.parse_args(argv)
+    evaluation = evaluate(
+        args.prepared_uri,
+        args.model_uri,
+        args.run_id,
+        registered_model_name=args.registered_model_name,
+        min_average_precision=args.min_average_precision,
+        min_improvement=args.min_improvement,
+        champion_alias=args.champion_alias,
+    )
+    return asdict(evaluation)
+
+
+if __name__ == "__main__":
+    from ml.runtime import run_stage
+
+    run_stage(main)

@@ -1,0 +1,359 @@
+"""Validate a table with a binary target and split it into train / validation / test Parquet files.
+
+The split is time-based when a time column is named (train on the earliest window, test on the latest, as
+fraud teams do) and stratified random otherwise. The output folder is keyed by the caller (the DAG passes the
+run's data interval), is replaced whole on a re-run, and carries a ``manifest.json`` that later stages read:
+the feature list, the categorical columns, row counts and a digest of the split files.
+
+    python -m ml.prepare --source data/raw/tx.parquet --target is_fraud --time-column timestamp \
+        --output data/prepared/2026-01-01
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.errors import DataValidationError, StageError
+from ml.storage import MANIFEST, publish_folder, read_table
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+#: String columns with more distinct values than this (or mostly distinct values) are identifiers, not
+#: categories, and are dropped unless named as features.
+MAX_CATEGORIES = 1000
+#: Share of a string column's values that must parse as numbers for it to count as a broken numeric column.
+NUMERIC_LIKE_SHARE = 0.9
+
+
+@dataclass
+class PreparedData:
+    """What the prepare stage publishes next to the split files (the manifest)."""
+
+    source: str
+    target: str
+    time_column: str | None
+    features: list[str]
+    categorical: list[str]
+    rows: dict[str, int]
+    positives: dict[str, int]
+    dropped_columns: dict[str, str] = field(default_factory=dict)
+    time_ranges: dict[str, list[str]] = field(default_factory=dict)
+    digest: str = ""
+
+
+def validate(
+    frame: pd.DataFrame,
+    target: str,
+    *,
+    time_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
+    drop_columns: Sequence[str] = (),
+) -> tuple[pd.DataFrame, PreparedData]:
+    """Check a raw table and return it cleaned, with the metadata of what will be learnt from it.
+
+    Raises:
+        DataValidationError: naming the column and the problem, for an empty table, a missing column, a target
+            that is not binary, a column that is entirely null, a column of unparseable values, or a time
+            column that is not a time.
+    """
+    if frame.empty or len(frame.columns) == 0:
+        raise DataValidationError(None, f"the table is empty ({len(frame)} rows, {len(frame.columns)} columns)")
+    frame = frame.copy(deep=False)
+    frame.columns = [str(c) for c in frame.columns]
+    available = list(frame.columns)
+    for name, role in [(target, "target"), *((c, "feature") for c in feature_columns or ())]:
+        if name not in frame.columns:
+            raise DataValidationError(name, f"{role} column not found; the table has {available}")
+    if time_column and time_column not in frame.columns:
+        raise DataValidationError(time_column, f"time column not found; the table has {available}")
+    missing_drops = [c for c in drop_columns if c not in frame.columns]
+    if missing_drops:
+        raise DataValidationError(missing_drops[0], f"asked to drop it, but the table has {available}")
+
+    frame[target] = _binary_target(frame[target], target)
+    if time_column:
+        frame[time_column] = _time_values(frame[time_column], time_column)
+
+    excluded = {target, *(c for c in [time_column] if c), *drop_columns}
+    candidates = list(feature_columns) if feature_columns else [c for c in frame.columns if c not in excluded]
+    features: list[str] = []
+    categorical: list[str] = []
+    dropped: dict[str, str] = {c: "asked to drop" for c in drop_columns}
+    for column in candidates:
+        kind, values = _feature_values(frame[column], column, explicit=bool(feature_columns))
+        if kind == "drop":
+            dropped[column] = (
+                "timestamp column that is not the time column"
+                if pd.api.types.is_datetime64_any_dtype(frame[column])
+                else f"identifier-like text column ({frame[column].nunique()} distinct values)"
+            )
+            log.warning("dropping column '%s': %s", column, dropped[column])
+            continue
+        frame[column] = values
+        features.append(column)
+        if kind == "categorical":
+            categorical.append(column)
+    if not features:
+        raise DataValidationError(None, "no feature columns are left to learn from")
+
+    keep = [*features, target, *([time_column] if time_column else [])]
+    meta = PreparedData(
+        source="",
+        target=target,
+        time_column=time_column or None,
+        features=features,
+        categorical=categorical,
+        rows={},
+        positives={},
+        dropped_columns=dropped,
+    )
+    return frame[keep], meta
+
+
+def _binary_target(values: pd.Series, name: str) -> pd.Series:
+    missing = int(values.isna().sum())
+    if missing == len(values):
+        raise DataValidationError(name, "target column is entirely null")
+    if missing:
+        raise DataValidationError(name, f"target has {missing} missing value(s); every row needs a label")
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype(np.int8)
+    distinct = pd.unique(values)
+    if len(distinct) > 2 or not pd.api.types.is_numeric_dtype(values) or not set(distinct) <= {0, 1}:
+        shown = sorted(map(str, distinct[:5])) + (["..."] if len(distinct) > 5 else [])
+        raise DataValidationError(
+            name, f"target must be binary (0/1 or true/false); found {len(distinct)} distinct values {shown}"
+        )
+    if len(distinct) < 2:
+        raise DataValidationError(name, f"target has a single class ({distinct[0]}); both 0 and 1 are needed")
+    return values.astype(np.int8)
+
+
+def _time_values(values: pd.Series, name: str) -> pd.Series:
+    if values.isna().all():
+        raise DataValidationError(name, "time column is entirely null")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    elif pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        raise DataValidationError(
+            name, f"time column is not a time: it holds {values.dtype} values; give ISO-8601 timestamps"
+        )
+    else:
+        parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+        bad = values[parsed.isna() & values.notna()]
+        if len(bad):
+            raise DataValidationError(
+                name, f"time column is not a time: {len(bad)} value(s) do not parse, e.g. {bad.iloc[0]!r}"
+            )
+    if parsed.isna().any():
+        raise DataValidationError(name, f"time column has {int(parsed.isna().sum())} missing value(s)")
+    return parsed
+
+
+def _feature_values(values: pd.Series, name: str, *, explicit: bool) -> tuple[str, pd.Series]:
+    """Classify a feature column as numeric, categorical or droppable, and return its cleaned values."""
+    if values.isna().all():
+        raise DataValidationError(name, "column is entirely null")
+    if pd.api.types.is_bool_dtype(values):
+        return "numeric", values.astype(np.float32 if values.isna().any() else np.int8)
+    if pd.api.types.is_numeric_dtype(values):
+        return "numeric", values
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "drop", values
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return "categorical", values.cat.remove_unused_categories()
+
+    present = values.dropna()
+    if not all(isinstance(v, str) for v in present.head(10_000)):
+        kinds = sorted({type(v).__name__ for v in present.head(10_000)} - {"str"})
+        raise DataValidationError(name, f"column holds values of unsupported type(s) {kinds}")
+    as_numbers = pd.to_numeric(present, errors="coerce")
+    parsed_share = float(as_numbers.notna().mean())
+    if parsed_share >= NUMERIC_LIKE_SHARE:
+        if parsed_share == 1.0:
+            return "numeric", pd.to_numeric(values, errors="coerce")
+        bad = present[as_numbers.isna()]
+        raise DataValidationError(
+            name,
+            f"column is numeric but {len(bad)} value(s) do not parse as numbers, e.g. {bad.iloc[0]!r}",
+        )
+    distinct = present.nunique()
+    mostly_unique = len(present) >= 100 and distinct > 0.5 * len(present)
+    if (distinct > MAX_CATEGORIES or mostly_unique) and not explicit:
+        return "drop", values
+    return "categorical", values.astype("category")
+
+
+def split(
+    frame: pd.DataFrame,
+    meta: PreparedData,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[str, pd.DataFrame]:
+    """Split time-based when the metadata names a time column, stratified random otherwise."""
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 0.9):
+        raise StageError(
+            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in (0, 1) "
+            "and leave at least 10% for training"
+        )
+    if meta.time_column:
+        parts = _split_by_time(frame, meta.time_column, val_fraction, test_fraction)
+    else:
+        parts = _split_stratified(frame, meta.target, val_fraction, test_fraction, seed)
+    for name, part in parts.items():
+        classes = part[meta.target].nunique()
+        if len(part) == 0 or classes < 2:
+            raise DataValidationError(
+                meta.target,
+                f"the {name} split has {len(part)} rows and {classes} class(es); both classes are needed in every "
+                "split: use more data, a longer time window or larger fractions",
+            )
+    return parts
+
+
+def _split_by_time(
+    frame: pd.DataFrame, time_column: str, val_fraction: float, test_fraction: float
+) -> dict[str, pd.DataFrame]:
+    # Cut at time quantiles so that equal timestamps never straddle two splits.
+    times = frame[time_column]
+    train_end = times.quantile(1 - val_fraction - test_fraction)
+    val_end = times.quantile(1 - test_fraction)
+    order = np.argsort(times.to_numpy(), kind="stable")
+    ordered = frame.iloc[order]
+    ordered_times = ordered[time_column]
+    return {
+        "train": ordered[ordered_times <= train_end],
+        "validation": ordered[(ordered_times > train_end) & (ordered_times <= val_end)],
+        "test": ordered[ordered_times > val_end],
+    }
+
+
+def _split_stratified(
+    frame: pd.DataFrame, target: str, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, pd.DataFrame]:
+    # Per-class shuffles keep the positive rate equal across splits without sklearn's copies.
+    rng = np.random.default_rng(seed)
+    labels = frame[target].to_numpy()
+    assignment = np.empty(len(frame), dtype=np.int8)
+    for cls in (0, 1):
+        index = np.flatnonzero(labels == cls)
+        rng.shuffle(index)
+        n_test = round(len(index) * test_fraction)
+        n_val = round(len(index) * val_fraction)
+        assignment[index[:n_test]] = 2
+        assignment[index[n_test : n_test + n_val]] = 1
+        assignment[index[n_test + n_val :]] = 0
+    return {name: frame[assignment == code] for code, name in enumerate(SPLITS)}
+
+
+def _digest(folder: Path) -> str:
+    sha = hashlib.sha256()
+    for name in SPLITS:
+        with open(folder / f"{name}.parquet", "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()
+
+
+def prepare(
+    source: str,
+    target: str,
+    output: str,
+    *,
+    time_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
+    drop_columns: Sequence[str] = (),
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 42,
+) -> PreparedData:
+    """Read, validate, split and publish a table; return the manifest that was written.
+
+    Args:
+        source: A local path, ``s3://`` URI or ``synthetic://`` URI of a CSV or Parquet table.
+        target: Name of the binary target column.
+        output: Folder (local path or ``s3://`` prefix) that receives the split files; replaced whole.
+        time_column: If given, split by time on this column; otherwise stratified random.
+        feature_columns: Columns to learn from; by default every column but the target and time column.
+        drop_columns: Columns to leave out (identifiers, leaky fields).
+        val_fraction: Share of rows (or of the time range's rows) for validation.
+        test_fraction: Share of rows for the test split.
+        seed: Seed of the random split.
+    """
+    raw = read_table(source)
+    log.info("read %d rows x %d columns from %s", len(raw), len(raw.columns), source)
+    frame, meta = validate(
+        raw, target, time_column=time_column, feature_columns=feature_columns, drop_columns=drop_columns
+    )
+    del raw
+    parts = split(frame, meta, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    del frame
+    meta.source = source
+    meta.rows = {name: len(part) for name, part in parts.items()}
+    meta.positives = {name: int(part[target].sum()) for name, part in parts.items()}
+    if time_column:
+        meta.time_ranges = {
+            name: [part[time_column].min().isoformat(), part[time_column].max().isoformat()]
+            for name, part in parts.items()
+        }
+    with publish_folder(output) as staging:
+        for name in SPLITS:
+            parts[name].to_parquet(staging / f"{name}.parquet", index=False)
+            del parts[name]
+        meta.digest = _digest(staging)
+        (staging / MANIFEST).write_text(json.dumps(asdict(meta), indent=2))
+    log.info(
+        "published %s: rows %s, positives %s, %d features (%d categorical)%s",
+        output, meta.rows, meta.positives, len(meta.features), len(meta.categorical),
+        f", dropped {meta.dropped_columns}" if meta.dropped_columns else "",
+    )  # fmt: skip
+    return meta
+
+
+def _columns(value: str) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m ml.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", required=True, help="table URI: path, s3://, or synthetic://")
+    parser.add_argument("--target", required=True, help="binary target column")
+    parser.add_argument("--output", required=True, help="output folder (path or s3:// prefix)")
+    parser.add_argument("--time-column", default="", help="split by time on this column (empty: random)")
+    parser.add_argument("--features", type=_columns, default=[], help="comma-separated feature columns")
+    parser.add_argument("--drop-columns", type=_columns, default=[], help="comma-separated columns to drop")
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--test-fraction", type=float, default=0.15)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    meta = prepare(
+        args.source,
+        args.target,
+        args.output,
+        time_column=args.time_column or None,
+        feature_columns=args.features or None,
+        drop_columns=args.drop_columns,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+    )
+    return {"prepared_uri": args.output, **asdict(meta)}
+
+
+if __name__ == "__main__":
+    from ml.runtime import run_stage
+
+    run_stage(main)

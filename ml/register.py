@@ -1,0 +1,152 @@
+"""Register a model that passed evaluation as a new version and point the candidate alias at it.
+
+Registration is keyed by the orchestrator's run (tag ``mlops.run_key`` on the model version): running it again
+for the same DAG run finds the version it made and only re-asserts the alias, so retries and cleared tasks
+never create a second version. It refuses (non-zero exit, nothing written) anything but a ``pass`` decision.
+
+    python -m ml.register --evaluation "$(cat evaluation.json)" --run-key ml_training_pipeline/manual__1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ml import tracking
+from ml.errors import StageError
+from ml.evaluate import PASS, THRESHOLD_TAG
+
+log = logging.getLogger(__name__)
+
+CHAMPION_AT_EVALUATION_TAG = "mlops.champion_version_at_evaluation"
+REQUIRED_FIELDS = ("decision", "model_uri", "model_id", "run_id", "registered_model_name", "metrics", "champion")
+
+
+@dataclass
+class Registration:
+    """The register stage's XCom result."""
+
+    name: str
+    version: str
+    alias: str
+    model_uri: str
+    run_id: str
+    newly_registered: bool
+
+
+def _check(evaluation: dict[str, Any]) -> None:
+    missing = [key for key in REQUIRED_FIELDS if key not in evaluation]
+    if missing:
+        raise StageError(f"the evaluation result is incomplete: missing {missing}; refusing to register")
+    if evaluation["decision"] != PASS:
+        raise StageError(
+            f"the evaluation decided {evaluation['decision']!r}, not {PASS!r}; refusing to register "
+            f"({'; '.join(evaluation.get('reasons', []))})"
+        )
+
+
+def _await_ready(name: str, version: str, timeout_s: float = 300) -> None:
+    mlflow_client = tracking.client()
+    deadline = time.monotonic() + timeout_s
+    while (status := mlflow_client.get_model_version(name, version).status) == "PENDING_REGISTRATION":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"model version {name} v{version} still pending after {timeout_s}s")
+        time.sleep(1)
+    if status != "READY":
+        raise StageError(f"model version {name} v{version} ended in status {status}")
+
+
+def register(evaluation: dict[str, Any], *, run_key: str, alias: str = "challenger") -> Registration:
+    """Create (once per ``run_key``) the model version for a passing evaluation and set ``alias`` on it."""
+    from mlflow.exceptions import MlflowException
+
+    _check(evaluation)
+    name = evaluation["registered_model_name"]
+    mlflow_client = tracking.client()
+    try:
+        existing = list(
+            mlflow_client.search_model_versions(
+                f"name = {tracking._quoted(name)} and tags.`{tracking.RUN_KEY_TAG}` = {tracking._quoted(run_key)}"
+            )
+        )
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        existing = []
+
+    if existing:
+        version = existing[0]
+        if version.tags.get("mlops.model_id") != evaluation["model_id"]:
+            raise StageError(
+                f"{run_key} already registered {name} v{version.version} from model "
+                f"{version.tags.get('mlops.model_id')}, but this evaluation is of {evaluation['model_id']}; "
+                "one DAG run registers one version: trigger a new run to register another model"
+            )
+        log.info("%s already registered %s v%s: not registering again", run_key, name, version.version)
+        newly_registered = False
+    else:
+        try:
+            mlflow_client.create_registered_model(name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        metrics = evaluation["metrics"]
+        tags = {
+            tracking.RUN_KEY_TAG: run_key,
+            "mlops.model_id": evaluation["model_id"],
+            THRESHOLD_TAG: f"{metrics['threshold']:.6f}",
+            CHAMPION_AT_EVALUATION_TAG: evaluation["champion"].get("version") or "none",
+            **{f"mlops.test_{key}": f"{value:.6f}" for key, value in metrics.items() if key != "threshold"},
+        }
+        version = mlflow_client.create_model_version(
+            name=name,
+            source=evaluation["model_uri"],
+            run_id=evaluation["run_id"],
+            tags=tags,
+            model_id=evaluation["model_id"],
+            description="; ".join(evaluation.get("reasons", [])),
+        )
+        _await_ready(name, str(version.version))
+        log.info("registered %s v%s from %s", name, version.version, evaluation["model_uri"])
+        newly_registered = True
+
+    mlflow_client.set_registered_model_alias(name, alias, str(version.version))
+    log.info("alias %s@%s -> v%s", name, alias, version.version)
+    return Registration(
+        name=name,
+        version=str(version.version),
+        alias=alias,
+        model_uri=f"models:/{name}@{alias}",
+        run_id=evaluation["run_id"],
+        newly_registered=newly_registered,
+    )
+
+
+def _evaluation(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise StageError(f"--evaluation is not valid JSON: {err}") from err
+    if not isinstance(parsed, dict):
+        raise StageError("--evaluation must be a JSON object (the evaluate stage's result)")
+    return parsed
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m ml.register", description=__doc__.splitlines()[0])
+    parser.add_argument("--evaluation", required=True, help="the evaluate stage's JSON result")
+    parser.add_argument("--run-key", required=True, help="key of the orchestrator run, e.g. <dag_id>/<run_id>")
+    parser.add_argument("--alias", default="challenger", help="alias to point at the new version")
+    args = parser.parse_args(argv)
+    return asdict(register(_evaluation(args.evaluation), run_key=args.run_key, alias=args.alias))
+
+
+if __name__ == "__main__":
+    from ml.runtime import run_stage
+
+    run_stage(main)

@@ -1,0 +1,69 @@
+"""What every stage's entrypoint shares: logging, the XCom result file and exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ml.errors import StageError
+
+log = logging.getLogger(__name__)
+
+#: Where the KubernetesPodOperator's sidecar reads the result; the local pod runtime points it elsewhere.
+XCOM_DIR_ENV = "ML_XCOM_DIR"
+DEFAULT_XCOM_DIR = "/airflow/xcom"
+#: Exit code of a stage that rejected its input (as opposed to crashing).
+EXIT_INVALID_INPUT = 2
+
+
+def configure_logging() -> None:
+    """Log to stdout in a format that reads well in the Airflow task log."""
+    logging.basicConfig(
+        level=os.environ.get("ML_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+    # MLflow and urllib3 are chatty at INFO about things the task log does not need.
+    for noisy in ("urllib3", "botocore", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def write_result(result: dict[str, Any]) -> Path:
+    """Write the stage's result where the XCom sidecar (or the local runtime) reads it.
+
+    The file is written under a temporary name and renamed, so a reader never sees half a result.
+    """
+    xcom_dir = Path(os.environ.get(XCOM_DIR_ENV, DEFAULT_XCOM_DIR))
+    xcom_dir.mkdir(parents=True, exist_ok=True)
+    target = xcom_dir / "return.json"
+    partial = target.with_suffix(".json.partial")
+    partial.write_text(json.dumps(result, default=str))
+    partial.replace(target)
+    return target
+
+
+def run_stage(
+    main: Callable[[Sequence[str] | None], dict[str, Any]], argv: Sequence[str] | None = None
+) -> None:
+    """Run a stage's main, write its result and exit: 0 on success, 2 on rejected input.
+
+    Unexpected exceptions are left to propagate so their traceback reaches the task log (exit 1).
+    """
+    configure_logging()
+    try:
+        result = main(argv)
+    except StageError as err:
+        # One line that starts with "ERROR: ": the local runtime and the pod's termination message surface it.
+        print(f"ERROR: {err}", file=sys.stderr, flush=True)  # noqa: T201 - the stage's contract with callers
+        termination_log = Path("/dev/termination-log")
+        if termination_log.exists():  # mounted by the kubelet in a pod; absent elsewhere
+            termination_log.write_text(str(err))
+        sys.exit(EXIT_INVALID_INPUT)
+    write_result(result)
+    log.info("result: %s", json.dumps(result, default=str))

@@ -1,0 +1,168 @@
+"""Reading tables and publishing stage outputs on local disk or S3, with all-or-nothing semantics.
+
+A published folder is complete only when its ``manifest.json`` exists: the manifest is written last, and on
+local disk the whole folder appears with one rename. Readers refuse a folder without a manifest, so a crash
+half-way through never leaves output that looks complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pandas as pd
+
+from ml.errors import StageError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SYNTHETIC_SCHEME = "synthetic"
+
+
+def _s3_client() -> Any:
+    import boto3  # imported lazily: local runs never need it
+
+    # boto3 reads AWS_ENDPOINT_URL itself, so MinIO works without code changes.
+    return boto3.client("s3")
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def table_format(uri: str) -> str:
+    """Return ``parquet`` or ``csv`` from a URI's suffix (``.csv.gz`` counts as CSV)."""
+    path = urlparse(uri).path.lower()
+    if path.endswith((".parquet", ".pq")) or path.endswith("/"):
+        return "parquet"
+    if path.endswith((".csv", ".csv.gz", ".csv.zst")):
+        return "csv"
+    raise StageError(f"cannot tell the format of '{uri}': use a .csv, .csv.gz or .parquet path")
+
+
+def read_table(uri: str) -> pd.DataFrame:
+    """Read a CSV or Parquet table from a local path, ``s3://`` or ``synthetic://`` URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme == SYNTHETIC_SCHEME:
+        from ml.synthetic import generate_from_uri
+
+        return generate_from_uri(uri)
+    if parsed.scheme == "s3":
+        bucket, key = _split_s3(uri)
+        client = _s3_client()
+        with tempfile.NamedTemporaryFile(suffix=Path(key).suffix) as tmp:
+            try:
+                client.download_fileobj(bucket, key, tmp)
+            except Exception as err:  # botocore raises several unrelated types for "not there"
+                raise StageError(f"cannot read '{uri}': {err}") from err
+            tmp.flush()
+            return _read_local(Path(tmp.name), table_format(uri))
+    if parsed.scheme not in ("", "file"):
+        raise StageError(f"unsupported URI scheme '{parsed.scheme}' in '{uri}' (use a path, s3:// or synthetic://)")
+    path = Path(parsed.path if parsed.scheme == "file" else uri)
+    if not path.exists():
+        raise StageError(f"input table '{uri}' does not exist")
+    return _read_local(path, "parquet" if path.is_dir() else table_format(uri))
+
+
+def _read_local(path: Path, fmt: str) -> pd.DataFrame:
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, low_memory=False)
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        raise StageError(f"cannot parse '{path}' as {fmt}: {err}") from err
+
+
+def is_remote(uri: str) -> bool:
+    return urlparse(uri).scheme == "s3"
+
+
+@contextmanager
+def publish_folder(uri: str) -> Iterator[Path]:
+    """Yield an empty local folder; on success, make its content the complete output at ``uri``.
+
+    The folder must contain ``manifest.json``. On local disk the previous output is replaced with renames, so
+    the target is either the old complete output, absent for an instant, or the new complete output. On S3 the
+    old manifest is deleted first, the new objects uploaded, the manifest uploaded last and stale keys removed.
+    On any error nothing at ``uri`` is touched (local) or the output is left without a manifest (S3).
+    """
+    if is_remote(uri):
+        with tempfile.TemporaryDirectory(prefix="publish-") as staging:
+            yield Path(staging)
+            _publish_s3(Path(staging), uri)
+        return
+
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        if not (staging / MANIFEST).exists():
+            raise RuntimeError(f"refusing to publish {uri}: no {MANIFEST} was written")
+        retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            target.rename(retired)
+        staging.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_s3(staging: Path, uri: str) -> None:
+    bucket, prefix = _split_s3(uri.rstrip("/") + "/")
+    client = _s3_client()
+    client.delete_object(Bucket=bucket, Key=prefix + MANIFEST)
+    uploaded = set()
+    for path in sorted(staging.iterdir()):
+        if path.name != MANIFEST:
+            client.upload_file(str(path), bucket, prefix + path.name)
+            uploaded.add(prefix + path.name)
+    client.upload_file(str(staging / MANIFEST), bucket, prefix + MANIFEST)
+    uploaded.add(prefix + MANIFEST)
+    listing = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    stale = [obj["Key"] for page in listing for obj in page.get("Contents", []) if obj["Key"] not in uploaded]
+    for key in stale:
+        client.delete_object(Bucket=bucket, Key=key)
+
+
+def read_manifest(uri: str) -> dict[str, Any]:
+    """Read a published folder's manifest, refusing a folder that was never completed."""
+    try:
+        if is_remote(uri):
+            bucket, prefix = _split_s3(uri.rstrip("/") + "/")
+            body = _s3_client().get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"].read()
+            return dict(json.loads(body))
+        return dict(json.loads((Path(uri) / MANIFEST).read_text()))
+    except FileNotFoundError as err:
+        raise StageError(f"'{uri}' is not a complete output: it has no {MANIFEST}") from err
+    except Exception as err:
+        if type(err).__name__ == "NoSuchKey":
+            raise StageError(f"'{uri}' is not a complete output: it has no {MANIFEST}") from err
+        raise
+
+
+def read_published_table(uri: str, name: str) -> pd.DataFrame:
+    """Read one Parquet file of a published folder."""
+    if is_remote(uri):
+        bucket, prefix = _split_s3(uri.rstrip("/") + "/")
+        body = _s3_client().get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
+        return pd.read_parquet(io.BytesIO(body))
+    return pd.read_parquet(Path(uri) / name)
+
+
+def parse_query(uri: str) -> dict[str, str]:
+    """Return a URI's query parameters as single values."""
+    return {key: values[-1] for key, values in parse_qs(urlparse(uri).query).items()}

@@ -1,0 +1,232 @@
+"""The ML stage operator: a KubernetesPodOperator whose pod can also run on the worker, unchanged.
+
+``MLStageOperator(stage="train", arguments=[...])`` builds the whole pod from ``platform.yaml``: image,
+command ``python -m ml.train``, the stage's resource preset (GPU request, node selector and tolerations for
+the GPU preset), a restricted security context and the deadline. Where it runs is one setting, the Airflow
+Variable ``mlops_pod_runtime``:
+
+- ``kubernetes``: the provider's own ``execute`` creates the pod in the cluster of the Kubernetes connection;
+  the XCom sidecar returns ``/airflow/xcom/return.json``.
+- ``local`` (the default): the same pod object is built by the provider's ``build_pod_request_obj``, and its
+  container's command, arguments and environment run as a subprocess on the worker, output streamed into the
+  task log, the pod's ``activeDeadlineSeconds`` enforced, and the result read from the same ``return.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
+from airflow.sdk import Variable
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from kubernetes.client import models as k8s
+
+from mlops.platform_config import load_platform
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+RUNTIME_VARIABLE = "mlops_pod_runtime"
+RUNTIMES = ("local", "kubernetes")
+#: Environment variable through which a stage learns where to write its XCom result.
+XCOM_DIR_ENV = "ML_XCOM_DIR"
+#: Exit code with which a stage rejects its input: retrying cannot help.
+EXIT_INVALID_INPUT = 2
+#: Worker variables the local runtime hands to the stage, standing in for what a pod gets from its
+#: service account (cloud credentials) and its image (locale).
+LOCAL_PASSTHROUGH_PREFIXES = ("AWS_", "LANG", "LC_", "TZ")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def pod_runtime() -> str:
+    runtime = str(Variable.get(RUNTIME_VARIABLE, default="local"))
+    if runtime not in RUNTIMES:
+        raise AirflowFailException(f"Variable {RUNTIME_VARIABLE}={runtime!r} must be one of {RUNTIMES}")
+    return runtime
+
+
+def _restricted_security_context() -> k8s.V1SecurityContext:
+    """What the Kubernetes "restricted" Pod Security Standard requires of every container."""
+    return k8s.V1SecurityContext(
+        allow_privilege_escalation=False,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+class MLStageOperator(KubernetesPodOperator):
+    """Run ``python -m ml.<stage> <arguments>`` as a pod built from the platform settings.
+
+    :param stage: Name of the stage in ``platform.yaml`` and of the module under ``ml/``.
+    :param arguments: The stage's CLI arguments (templated).
+    :param env_vars: Extra environment for the stage (templated); the MLflow tracking URI is always set
+        from the Airflow Variable ``mlflow_tracking_uri``.
+    """
+
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        arguments: list[str],
+        env_vars: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        platform = load_platform()
+        spec = platform.stage(stage)
+        preset = platform.preset(spec.preset)
+        cluster = platform.kubernetes
+        node_group = platform.node_group(preset["node_group"]) if "node_group" in preset else {}
+        kwargs.setdefault("task_id", stage)
+        super().__init__(
+            name=f"ml-{stage}",
+            namespace=cluster["namespace"],
+            service_account_name=cluster["service_account"],
+            automount_service_account_token=False,
+            image=platform.ml_stage_image,
+            cmds=["python", "-m", f"ml.{stage}"],
+            arguments=arguments,
+            env_vars={
+                "MLFLOW_TRACKING_URI": "{{ var.value.mlflow_tracking_uri }}",
+                XCOM_DIR_ENV: PodDefaults.XCOM_MOUNT_PATH,
+                # The root filesystem is read-only: caches go to the writable /tmp volume.
+                "HOME": "/tmp",
+                "MPLCONFIGDIR": "/tmp/matplotlib",
+                "PYTHONUNBUFFERED": "1",
+                **(env_vars or {}),
+            },
+            container_resources=k8s.V1ResourceRequirements(
+                requests=preset["requests"], limits=preset["limits"]
+            ),
+            node_selector=node_group.get("node_selector"),
+            tolerations=[k8s.V1Toleration(**t) for t in node_group.get("tolerations", [])],
+            security_context=k8s.V1PodSecurityContext(
+                run_as_non_root=True,
+                run_as_user=cluster["run_as_user"],
+                run_as_group=cluster["run_as_group"],
+                fs_group=cluster["run_as_group"],
+                seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+            ),
+            container_security_context=_restricted_security_context(),
+            xcom_sidecar_container_security_context=_restricted_security_context(),
+            volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="16Gi"))],
+            volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+            labels={"app.kubernetes.io/part-of": "airflow-mlops", "app.kubernetes.io/component": stage},
+            active_deadline_seconds=spec.timeout_minutes * 60,
+            termination_message_policy="FallbackToLogsOnError",
+            on_finish_action="delete_succeeded_pod",
+            get_logs=True,
+            do_xcom_push=True,
+            **kwargs,
+        )
+        self.stage = stage
+        self._process: subprocess.Popen[str] | None = None
+
+    def execute(self, context: Context) -> Any:
+        if pod_runtime() == "kubernetes":
+            return super().execute(context)
+        return self.execute_locally(context)
+
+    def execute_locally(self, context: Context) -> Any:
+        """Run the pod's container as a subprocess on the worker and return its XCom result."""
+        # The local runtime talks to no cluster: without a connection id the provider builds the pod (and
+        # its XCom sidecar) from its defaults instead of reading the Kubernetes connection.
+        self.kubernetes_conn_id = None
+        pod = self.build_pod_request_obj(context, dry_run=True)
+        container = next(c for c in pod.spec.containers if c.name == self.base_container_name)
+        command = [sys.executable if part == "python" else part for part in (container.command or [])]
+        command += list(container.args or [])
+        timeout = pod.spec.active_deadline_seconds
+        with tempfile.TemporaryDirectory(prefix=f"{self.task_id}-") as xcom_dir:
+            env = self._local_environment(container.env or [])
+            env[XCOM_DIR_ENV] = xcom_dir
+            self.log.info("local pod runtime: %s (deadline %ss)", " ".join(command), timeout)
+            self._run(command, env, timeout)
+            result_file = Path(xcom_dir) / "return.json"
+            if not result_file.exists():
+                raise AirflowException(f"stage {self.stage} exited 0 but wrote no result to {result_file}")
+            return json.loads(result_file.read_text())
+
+    def _local_environment(self, pod_env: list[k8s.V1EnvVar]) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key.startswith(LOCAL_PASSTHROUGH_PREFIXES)}
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env["PYTHONPATH"] = str(os.environ.get("MLOPS_LOCAL_WORKDIR", PROJECT_ROOT))
+        for var in pod_env:
+            if var.value_from is not None:
+                # A pod reads these from a Secret or ConfigMap; locally they must be in the worker's environment.
+                if var.name not in os.environ:
+                    raise AirflowFailException(
+                        f"env var {var.name} comes from a Secret or ConfigMap in the pod; "
+                        "the local pod runtime needs it set in the worker's environment"
+                    )
+                env[var.name] = os.environ[var.name]
+            else:
+                env[var.name] = var.value or ""
+        return env
+
+    def _run(self, command: list[str], env: dict[str, str], timeout: int | None) -> None:
+        process = subprocess.Popen(
+            command,
+            cwd=env["PYTHONPATH"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # its own process group, so a timeout or kill stops its children too
+        )
+        self._process = process
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            self._kill()
+
+        timer = threading.Timer(timeout, stop) if timeout else None
+        if timer:
+            timer.start()
+        error_lines: list[str] = []
+        tail: list[str] = []
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                line = line.rstrip()
+                self.log.info("[%s] %s", self.stage, line)
+                tail = [*tail[-19:], line]
+                if line.startswith("ERROR: "):
+                    error_lines.append(line.removeprefix("ERROR: "))
+            returncode = process.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            self._process = None
+        if timed_out.is_set():
+            raise AirflowException(f"stage {self.stage} passed its deadline of {timeout}s and was stopped")
+        if returncode == EXIT_INVALID_INPUT and error_lines:
+            raise AirflowFailException(f"stage {self.stage} rejected its input: {error_lines[-1]}")
+        if returncode != 0:
+            detail = error_lines[-1] if error_lines else "\n".join(tail[-5:])
+            raise AirflowException(f"stage {self.stage} failed with exit code {returncode}: {detail}")
+
+    def _kill(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def on_kill(self) -> None:
+        if self._process is not None:
+            self._kill()
+            return
+        super().on_kill()

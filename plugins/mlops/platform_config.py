@@ -1,0 +1,63 @@
+"""Typed access to ``platform.yaml``, the one place that images, presets, stages and thresholds are defined."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    preset: str
+    timeout_minutes: int
+
+
+@dataclass(frozen=True)
+class Platform:
+    raw: dict[str, Any]
+
+    @property
+    def ml_stage_image(self) -> str:
+        return str(self.raw["images"]["ml_stage"])
+
+    @property
+    def kubernetes(self) -> dict[str, Any]:
+        return dict(self.raw["kubernetes"])
+
+    @property
+    def quality_gate(self) -> dict[str, float]:
+        return {key: float(value) for key, value in self.raw["quality_gate"].items()}
+
+    @property
+    def registry(self) -> dict[str, str]:
+        return {key: str(value) for key, value in self.raw["registry"].items()}
+
+    def stage(self, name: str) -> Stage:
+        try:
+            spec = self.raw["stages"][name]
+        except KeyError:
+            raise KeyError(f"unknown stage {name!r}; platform.yaml defines {sorted(self.raw['stages'])}") from None
+        return Stage(name=name, preset=spec["preset"], timeout_minutes=int(spec["timeout_minutes"]))
+
+    def preset(self, name: str) -> dict[str, Any]:
+        try:
+            return dict(self.raw["resource_presets"][name])
+        except KeyError:
+            presets = sorted(self.raw["resource_presets"])
+            raise KeyError(f"unknown resource preset {name!r}; platform.yaml defines {presets}") from None
+
+    def node_group(self, name: str) -> dict[str, Any]:
+        return dict(self.raw["node_groups"][name])
+
+
+@cache
+def load_platform(path: Path = PLATFORM_FILE) -> Platform:
+    """Read the platform settings once per process."""
+    return Platform(yaml.safe_load(path.read_text()))

@@ -1,0 +1,1 @@
+"""Developer tooling: the embedded local stack and the demo driver (not shipped in any image)."""

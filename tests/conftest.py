@@ -1,0 +1,80 @@
+"""Shared fixtures. Airflow reads its settings at import, so the isolated AIRFLOW_HOME is set here first."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-home-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "MPLBACKEND": "Agg",
+    }
+)
+
+from ml.synthetic import generate  # noqa: E402 - after the environment above
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server on loopback (SQLite backend, local artifact root)."""
+    from scripts.local_mlflow import start
+
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    process = start(root, port)
+    url = f"http://127.0.0.1:{port}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    yield url
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+    os.killpg(process.pid, 15)
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated Airflow metadata database (SQLite) in the session's AIRFLOW_HOME."""
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def synthetic_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30,000 synthetic transactions as Parquet."""
+    path = tmp_path_factory.mktemp("raw") / "transactions.parquet"
+    generate(30_000, seed=7).to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def xcom_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the stages' XCom result at a temporary folder."""
+    monkeypatch.setenv("ML_XCOM_DIR", str(tmp_path / "xcom"))
+    return tmp_path / "xcom"

@@ -1,0 +1,45 @@
+"""Code tests of the evaluation's threshold, metrics and decision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.evaluate import FAIL, PASS, ChampionComparison, Metrics, choose_threshold, decide, score_metrics
+
+
+def metrics(ap: float) -> Metrics:
+    return Metrics(average_precision=ap, roc_auc=0.9, precision=0.5, recall=0.5, f1=0.5, threshold=0.5)
+
+
+def test_threshold_maximises_f1_on_the_given_labels() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.65, 0.9])
+    threshold = choose_threshold(labels, scores)
+    best_f1 = score_metrics(labels, scores, threshold).f1
+    for candidate in scores:
+        assert score_metrics(labels, scores, float(candidate)).f1 <= best_f1 + 1e-12
+
+
+def test_metrics_at_a_threshold() -> None:
+    labels = np.array([0, 0, 1, 1])
+    result = score_metrics(labels, np.array([0.1, 0.6, 0.4, 0.9]), threshold=0.5)
+    assert (result.precision, result.recall, result.f1) == (0.5, 0.5, 0.5)
+    assert result.roc_auc == 0.75
+
+
+@pytest.mark.parametrize(
+    ("ap", "champion", "expected", "reason"),
+    [
+        (0.6, ChampionComparison(None, False, reason="no champion"), PASS, "no champion to compare with"),
+        (0.2, ChampionComparison(None, False, reason="no champion"), FAIL, "0.2000 < minimum 0.3000"),
+        (0.6, ChampionComparison("3", True, metrics(0.55)), PASS, "+0.0500, >= required +0.0100"),
+        (0.6, ChampionComparison("3", True, metrics(0.595)), FAIL, "+0.0050, < required +0.0100"),
+        (0.2, ChampionComparison("3", True, metrics(0.1)), FAIL, "0.2000 < minimum"),
+        (0.6, ChampionComparison("3", False, reason="missing column x"), PASS, "not comparable: missing column x"),
+    ],
+)
+def test_decision(ap: float, champion: ChampionComparison, expected: str, reason: str) -> None:
+    decision, reasons = decide(metrics(ap), champion, min_average_precision=0.3, min_improvement=0.01)
+    assert decision == expected
+    assert any(reason in r for r in reasons), reasons

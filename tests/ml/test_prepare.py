@@ -1,0 +1,181 @@
+"""Data tests of the prepare stage: validation errors, splits, and all-or-nothing output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.errors import DataValidationError, StageError
+from ml.prepare import SPLITS, prepare, split, validate
+from ml.storage import MANIFEST, publish_folder, read_manifest, read_published_table
+from ml.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def small_table(rows: int = 400) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "amount": rng.random(rows) * 100,
+            "merchant": rng.choice(["a", "b", "c"], rows),
+            "when": pd.date_range("2026-01-01", periods=rows, freq="h").astype(str),
+            "label": np.tile([0, 0, 0, 1], rows // 4),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "kwargs", "column", "problem"),
+    [
+        (lambda f: f.iloc[0:0], {}, None, "the table is empty"),
+        (lambda f: f.drop(columns="label"), {}, "label", "target column not found"),
+        (lambda f: f, {"feature_columns": ["amount", "nope"]}, "nope", "feature column not found"),
+        (lambda f: f.assign(label=np.arange(len(f)) % 3), {}, "label", "target must be binary"),
+        (lambda f: f.assign(label=np.where(f.index % 2, "yes", "no")), {}, "label", "target must be binary"),
+        (lambda f: f.assign(label=0), {}, "label", "single class"),
+        (lambda f: f.assign(label=f["label"].where(f.index > 0)), {}, "label", "1 missing value"),
+        (lambda f: f.assign(empty=np.nan), {}, "empty", "entirely null"),
+        (lambda f: f.assign(amount=f["amount"].astype(str).where(f.index > 2, "12a")), {}, "amount",
+         "do not parse as numbers, e.g. '12a'"),
+        (lambda f: f.assign(blob=[{"a": 1}] * len(f)), {}, "blob", "unsupported type(s) ['dict']"),
+        (lambda f: f.assign(when=f["when"].where(f.index > 0, "not a date")), {"time_column": "when"}, "when",
+         "time column is not a time: 1 value(s) do not parse, e.g. 'not a date'"),
+        (lambda f: f.assign(when=np.arange(len(f))), {"time_column": "when"}, "when", "time column is not a time"),
+        (lambda f: f, {"time_column": "missing"}, "missing", "time column not found"),
+    ],
+)  # fmt: skip
+def test_bad_input_names_the_column_and_the_problem(mutate, kwargs, column, problem) -> None:
+    with pytest.raises(DataValidationError) as caught:
+        validate(mutate(small_table()), "label", **kwargs)
+    assert caught.value.column == column
+    assert problem in str(caught.value)
+    if column:
+        assert f"'{column}'" in str(caught.value)
+
+
+def test_cli_rejects_bad_input_with_exit_code_2_and_the_message(tmp_path: Path) -> None:
+    source = tmp_path / "bad.csv"
+    small_table().assign(label=7).to_csv(source, index=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ml.prepare", "--source", str(source), "--target", "label", "--output",
+         str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, env={"ML_XCOM_DIR": str(tmp_path / "x"), "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "ERROR: column 'label': target must be binary (0/1 or true/false); found 1 distinct values ['7']" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "x" / "return.json").exists()
+
+
+def test_booleans_and_text_categories_are_accepted_and_identifiers_dropped() -> None:
+    frame = small_table().assign(
+        label=lambda f: f["label"].astype(bool), flag=True, order_id=[f"id-{i}" for i in range(400)]
+    )
+    frame.loc[0, "flag"] = False
+    cleaned, meta = validate(frame, "label", time_column="when")
+    assert cleaned["label"].dtype == np.int8
+    assert meta.categorical == ["merchant"]
+    assert "order_id" not in meta.features
+    assert "identifier-like" in meta.dropped_columns["order_id"]
+
+
+def test_time_split_trains_on_the_past_and_tests_on_the_future() -> None:
+    frame, meta = validate(generate(20_000, seed=1), "is_fraud", time_column="timestamp")
+    parts = split(frame, meta, val_fraction=0.15, test_fraction=0.15, seed=0)
+    assert parts["train"]["timestamp"].max() < parts["validation"]["timestamp"].min()
+    assert parts["validation"]["timestamp"].max() < parts["test"]["timestamp"].min()
+    assert sum(len(p) for p in parts.values()) == len(frame)
+    assert len(parts["test"]) == pytest.approx(0.15 * len(frame), rel=0.02)
+
+
+def test_random_split_is_stratified_and_seeded() -> None:
+    frame, meta = validate(generate(20_000, seed=1), "is_fraud")
+    parts = split(frame, meta, val_fraction=0.2, test_fraction=0.2, seed=0)
+    rates = [p["is_fraud"].mean() for p in parts.values()]
+    assert max(rates) - min(rates) < 0.0015
+    again = split(frame, meta, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert parts["test"].index.equals(again["test"].index)
+
+
+def test_a_split_without_both_classes_is_refused() -> None:
+    frame = small_table()
+    frame["label"] = 0
+    frame.loc[:5, "label"] = 1  # every positive in the earliest hours: none left for the later splits
+    cleaned, meta = validate(frame, "label", time_column="when")
+    with pytest.raises(DataValidationError, match="the validation split has .* both classes are needed"):
+        split(cleaned, meta, val_fraction=0.15, test_fraction=0.15, seed=0)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_prepare_publishes_splits_and_a_manifest(tmp_path: Path, suffix: str) -> None:
+    source = tmp_path / f"raw{suffix}"
+    raw = generate(5_000, seed=2)
+    raw.to_csv(source, index=False) if suffix == ".csv" else raw.to_parquet(source)
+    out = tmp_path / "prepared"
+    meta = prepare(str(source), "is_fraud", str(out), time_column="timestamp", drop_columns=["transaction_id"])
+    manifest = read_manifest(str(out))
+    assert manifest["digest"] == meta.digest and len(meta.digest) == 64
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *(f"{s}.parquet" for s in SPLITS)])
+    assert sum(manifest["rows"].values()) == 5_000
+    assert "transaction_id" not in manifest["features"]
+    assert set(manifest["categorical"]) == {"merchant_category", "channel", "country"}
+    assert list(read_published_table(str(out), "test.parquet").columns)[-2:] == ["is_fraud", "timestamp"]
+
+
+def test_rerun_replaces_the_output_whole(tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    first = prepare("synthetic://card-transactions?rows=4000&seed=1", "is_fraud", str(out))
+    (out / "stale.txt").write_text("left by an older version")
+    second = prepare("synthetic://card-transactions?rows=4000&seed=1", "is_fraud", str(out))
+    assert first.digest == second.digest
+    assert not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]  # no staging or retired folders left
+
+
+def test_a_crash_mid_publish_leaves_the_previous_output_untouched(tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    prepare("synthetic://card-transactions?rows=4000&seed=1", "is_fraud", str(out))
+    before = json.loads((out / MANIFEST).read_text())
+    with pytest.raises(RuntimeError, match="disk full"), publish_folder(str(out)) as staging:
+        (staging / "train.parquet").write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert json.loads((out / MANIFEST).read_text()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
+
+
+def test_a_folder_without_manifest_is_not_complete(tmp_path: Path) -> None:
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "train.parquet").write_bytes(b"")
+    with pytest.raises(StageError, match="is not a complete output: it has no manifest.json"):
+        read_manifest(str(tmp_path / "half"))
+
+
+def test_s3_source_and_output_with_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 through boto3 against moto's in-process mock of S3 (no AWS here)."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="data")
+        local = tmp_path / "raw.parquet"
+        generate(3_000, seed=4).to_parquet(local)
+        s3.upload_file(str(local), "data", "raw/tx.parquet")
+        s3.put_object(Bucket="data", Key="prepared/run1/stale.parquet", Body=b"old")
+        prepare("s3://data/raw/tx.parquet", "is_fraud", "s3://data/prepared/run1", time_column="timestamp")
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="data", Prefix="prepared/")["Contents"])
+        assert keys == sorted(f"prepared/run1/{n}" for n in [MANIFEST, *(f"{s}.parquet" for s in SPLITS)])
+        assert sum(read_manifest("s3://data/prepared/run1")["rows"].values()) == 3_000
+        assert len(read_published_table("s3://data/prepared/run1", "test.parquet")) > 0
+        with pytest.raises(StageError, match="cannot read 's3://data/raw/missing.parquet'"):
+            prepare("s3://data/raw/missing.parquet", "is_fraud", "s3://data/prepared/run2")

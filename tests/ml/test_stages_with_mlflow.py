@@ -1,0 +1,86 @@
+"""The train, evaluate and register stages against a real MLflow server on loopback."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from ml.errors import StageError
+from ml.evaluate import evaluate
+from ml.prepare import prepare
+from ml.register import register
+from ml.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("prepared") / "interval"
+    prepare("synthetic://card-transactions?rows=30000&seed=5", "is_fraud", str(out), time_column="timestamp",
+            drop_columns=["transaction_id"])  # fmt: skip
+    return str(out)
+
+
+def test_a_repeat_with_the_same_inputs_reuses_the_model_and_other_inputs_supersede(mlflow_server, prepared) -> None:
+    config = TrainConfig(n_estimators=40)
+    first = train(prepared, config, experiment="stages", run_key="dag/run-a")
+    again = train(prepared, config, experiment="stages", run_key="dag/run-a")
+    assert (again.reused, again.model_id, again.run_id) == (True, first.model_id, first.run_id)
+
+    changed = train(prepared, TrainConfig(n_estimators=41), experiment="stages", run_key="dag/run-a")
+    assert not changed.reused and changed.run_id != first.run_id
+    old = MlflowClient().get_run(first.run_id)
+    assert old.data.tags["mlops.run_key"].startswith("dag/run-a#superseded-")
+    run = MlflowClient().get_run(changed.run_id)
+    assert run.data.params["device_used"] == "cpu"
+    assert len(MlflowClient().get_metric_history(changed.run_id, "val_average_precision_by_round")) > 1
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"train", "validation"}
+
+
+def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server, prepared) -> None:
+    trained = train(prepared, TrainConfig(n_estimators=40), experiment="stages", run_key="dag/run-b")
+    evaluation = asdict(
+        evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="stage-model",
+                 min_average_precision=0.0, min_improvement=0.0)
+    )  # fmt: skip
+    assert evaluation["decision"] == "pass"
+    artifacts = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "plots")}
+    assert artifacts == {f"plots/{n}.png" for n in ("precision_recall_curve", "confusion_matrix", "feature_importance")}
+
+    first = register(evaluation, run_key="dag/run-b")
+    second = register(evaluation, run_key="dag/run-b")
+    assert first.newly_registered and not second.newly_registered
+    assert first.version == second.version
+    client = MlflowClient()
+    assert len(client.search_model_versions("name = 'stage-model'")) == 1
+    assert client.get_model_version_by_alias("stage-model", "challenger").version == first.version
+
+    failed = {**evaluation, "decision": "fail", "reasons": ["average precision 0.1 < minimum 0.3"]}
+    with pytest.raises(StageError, match="decided 'fail', not 'pass'; refusing to register"):
+        register(failed, run_key="dag/run-c")
+    with pytest.raises(StageError, match=r"evaluation result is incomplete: missing \['model_uri'"):
+        register({"decision": "pass"}, run_key="dag/run-c")
+    other_model = {**evaluation, "model_id": "m-other"}
+    with pytest.raises(StageError, match="one DAG run registers one version"):
+        register(other_model, run_key="dag/run-b")
+    assert len(client.search_model_versions("name = 'stage-model'")) == 1
+
+
+def test_evaluation_compares_with_the_champion_on_the_same_rows(mlflow_server, prepared, tmp_path: Path) -> None:
+    trained = train(prepared, TrainConfig(n_estimators=60), experiment="stages", run_key="dag/run-d")
+    result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="champ-model",
+                      min_average_precision=0.0, min_improvement=0.0)  # fmt: skip
+    version = register(asdict(result), run_key="dag/run-d").version
+    MlflowClient().set_registered_model_alias("champ-model", "champion", version)
+
+    weaker = train(prepared, TrainConfig(n_estimators=2, max_depth=1), experiment="stages", run_key="dag/run-e")
+    compared = evaluate(prepared, weaker.model_uri, weaker.run_id, registered_model_name="champ-model",
+                        min_average_precision=0.0, min_improvement=0.0)  # fmt: skip
+    assert compared.champion.version == version and compared.champion.comparable
+    assert compared.champion.metrics.average_precision == pytest.approx(result.metrics.average_precision)
+    assert compared.decision == "fail"
+    assert any("improvement over champion" in reason for reason in compared.reasons)
+    card = MlflowClient().download_artifacts(weaker.run_id, "model_card.md", str(tmp_path))
+    assert "**Decision: FAIL**" in Path(card).read_text()

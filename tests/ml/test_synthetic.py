@@ -1,0 +1,45 @@
+"""Data tests of the synthetic card-transactions generator."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ml.errors import StageError
+from ml.synthetic import TARGET, TIME_COLUMN, generate, generate_from_uri
+
+
+def test_same_seed_same_table_and_other_seed_other_table() -> None:
+    first, again, other = generate(5_000, seed=3), generate(5_000, seed=3), generate(5_000, seed=4)
+    pd.testing.assert_frame_equal(first, again)
+    assert not first["amount"].equals(other["amount"])
+
+
+@pytest.mark.parametrize("rate", [0.002, 0.005, 0.01])
+def test_fraud_rate_is_what_was_asked(rate: float) -> None:
+    frame = generate(400_000, seed=1, fraud_rate=rate)
+    assert frame[TARGET].mean() == pytest.approx(rate, rel=0.15)
+
+
+def test_columns_cover_numeric_categorical_and_time() -> None:
+    frame = generate(1_000)
+    assert pd.api.types.is_datetime64_any_dtype(frame[TIME_COLUMN])
+    assert frame[TIME_COLUMN].is_monotonic_increasing
+    categorical = [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
+    assert categorical == ["merchant_category", "channel", "country"]
+    assert set(frame[TARGET].unique()) <= {0, 1}
+
+
+def test_fraud_is_learnable_from_the_features() -> None:
+    frame = generate(200_000, seed=2)
+    ratio = frame["amount"] / frame["avg_amount_30d"]
+    high, low = frame[ratio > ratio.quantile(0.95)], frame[ratio < ratio.median()]
+    assert high[TARGET].mean() > 5 * low[TARGET].mean()
+
+
+def test_uri_options_are_parsed_and_unknown_ones_refused() -> None:
+    assert len(generate_from_uri("synthetic://card-transactions?rows=123&seed=5")) == 123
+    with pytest.raises(StageError, match=r"unknown option\(s\) \['colour'\]"):
+        generate_from_uri("synthetic://card-transactions?rows=10&colour=red")
+    with pytest.raises(StageError, match="fraud_rate must be between"):
+        generate(10, fraud_rate=0.5)

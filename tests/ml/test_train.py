@@ -1,0 +1,113 @@
+"""Model and code tests of the train stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score
+
+from ml import train as train_module
+from ml.errors import StageError
+from ml.prepare import split, validate
+from ml.synthetic import generate
+from ml.train import TrainConfig, fit_model, positive_weight, resolve_device
+
+
+@pytest.fixture(scope="module")
+def splits() -> tuple[dict[str, pd.DataFrame], object]:
+    frame, meta = validate(generate(60_000, seed=11), "is_fraud", time_column="timestamp", drop_columns=["transaction_id"])
+    return split(frame, meta, val_fraction=0.15, test_fraction=0.15, seed=0), meta
+
+
+def fit(splits, config: TrainConfig, train_frame: pd.DataFrame | None = None, features=None):
+    parts, meta = splits
+    return fit_model(
+        config,
+        parts["train"] if train_frame is None else train_frame,
+        parts["validation"],
+        features=features or meta.features,
+        categorical=meta.categorical,
+        target="is_fraud",
+        device="cpu",
+    )
+
+
+@pytest.mark.parametrize("model_type", ["xgboost", "random_forest"])
+def test_model_beats_a_trivial_baseline(splits, model_type: str) -> None:
+    parts, meta = splits
+    pipeline, history, best = fit(splits, TrainConfig(model_type=model_type))
+    test = parts["test"]
+    scores = pipeline.predict_proba(test[meta.features])[:, 1]
+    average_precision = average_precision_score(test["is_fraud"], scores)
+    prevalence = test["is_fraud"].mean()  # the average precision of a constant score
+    assert average_precision > 10 * prevalence
+    if model_type == "xgboost":
+        assert len(history) == best + 1 + 30 or len(history) == 500  # stopped early, or ran every round
+        assert best >= 1
+
+
+def test_xgboost_stops_early_on_validation(splits) -> None:
+    _, history, best = fit(splits, TrainConfig(n_estimators=400, early_stopping_rounds=5, learning_rate=0.5))
+    assert len(history) < 400
+    assert history[best] == max(history)
+
+
+def test_scores_are_invariant_to_an_irrelevant_column_left_out_of_the_features(splits) -> None:
+    parts, meta = splits
+    pipeline, _, _ = fit(splits, TrainConfig(n_estimators=50))
+    test = parts["test"][meta.features]
+    noisy = test.assign(unrelated=np.random.default_rng(0).random(len(test)))
+    np.testing.assert_allclose(pipeline.predict_proba(test)[:, 1], pipeline.predict_proba(noisy)[:, 1])
+
+
+def test_unknown_and_missing_categories_are_scored_not_rejected(splits) -> None:
+    parts, meta = splits
+    pipeline, _, _ = fit(splits, TrainConfig(n_estimators=30))
+    rows = parts["test"][meta.features].head(3).copy()
+    rows["merchant_category"] = rows["merchant_category"].astype(object)
+    rows.iloc[0, rows.columns.get_loc("merchant_category")] = "never-seen"
+    rows.iloc[1, rows.columns.get_loc("merchant_category")] = None
+    scores = pipeline.predict_proba(rows)[:, 1]
+    assert np.isfinite(scores).all()
+
+
+def test_fraud_score_rises_with_the_amount_relative_to_usual_spend(splits) -> None:
+    parts, meta = splits
+    pipeline, _, _ = fit(splits, TrainConfig())
+    rows = parts["test"][meta.features].head(2_000).copy()
+    low = pipeline.predict_proba(rows.assign(amount=rows["avg_amount_30d"] * 0.5))[:, 1]
+    high = pipeline.predict_proba(rows.assign(amount=rows["avg_amount_30d"] * 8))[:, 1]
+    assert (high >= low).mean() > 0.9
+    assert high.mean() > 3 * low.mean()
+
+
+def test_positive_weight_settings() -> None:
+    assert positive_weight("auto", negatives=900, positives=100) == 9
+    assert positive_weight("sqrt", negatives=900, positives=100) == 3
+    assert positive_weight("none", negatives=900, positives=100) == 1
+    assert positive_weight("2.5", negatives=900, positives=100) == 2.5
+    with pytest.raises(StageError, match="scale_pos_weight must be"):
+        positive_weight("-1", negatives=9, positives=1)
+    with pytest.raises(StageError, match=r"out of range: .*learning_rate=0"):
+        TrainConfig(learning_rate=0)
+
+
+def test_device_is_cpu_without_a_gpu_and_cuda_refused() -> None:
+    """On this machine (no GPU): auto picks the CPU and an explicit cuda request fails clearly."""
+    if train_module.cuda_device_count() > 0:
+        pytest.skip("a GPU is visible: the CPU-only expectations do not apply")
+    assert resolve_device("auto", "xgboost") == "cpu"
+    with pytest.raises(StageError, match="device 'cuda' was requested but no GPU is usable"):
+        resolve_device("cuda", "xgboost")
+
+
+def test_device_picks_cuda_when_a_gpu_is_visible_mocked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mocked GPU: this machine has none, so the driver's device count and XGBoost's build flag are faked."""
+    monkeypatch.setattr(train_module, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(train_module, "xgboost_has_cuda", lambda: True)
+    assert resolve_device("auto", "xgboost") == "cuda"
+    assert resolve_device("cpu", "xgboost") == "cpu"
+    assert resolve_device("auto", "random_forest") == "cpu"
+    with pytest.raises(StageError, match="only supported by xgboost"):
+        resolve_device("cuda", "random_forest")
