@@ -66,7 +66,7 @@ airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"
 	$(LOCAL_ENV) $(VENV)/bin/airflow standalone
 
-test: install
+test: install lint
 	$(RUN) -m pytest
 
 test-fast: install
@@ -78,7 +78,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(RUN) -m benchmarks.bench_pipeline
+	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_pipeline
 
 clean: mlflow-down
 	rm -rf $(LOCAL) $(VENV) $(TOOLS)

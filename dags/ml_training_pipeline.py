@@ -29,13 +29,13 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
-
 from mlops.keys import MACROS
 from mlops.operators import MLStageOperator
 from mlops.platform_config import load_platform
 
 PLATFORM = load_platform()
 GATE = PLATFORM.quality_gate
+TRAINING = PLATFORM.training
 REGISTRY = PLATFORM.registry
 
 RUN_KEY = "{{ mlops_run_key(dag.dag_id, run_id) }}"
@@ -84,19 +84,31 @@ OUTPUT_URI = (
             title="Columns to drop",
             description="Identifiers and leaky columns to leave out of the features",
         ),
-        "model_type": Param("xgboost", enum=["xgboost", "random_forest"], title="Model"),
-        "n_estimators": Param(500, type="integer", minimum=1, maximum=5000, title="Max boosting rounds"),
-        "max_depth": Param(6, type="integer", minimum=1, maximum=16, title="Max tree depth"),
-        "learning_rate": Param(0.1, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"),
-        "early_stopping_rounds": Param(30, type="integer", minimum=1, maximum=500, title="Early stopping rounds"),
+        "model_type": Param(TRAINING["model_type"], enum=["xgboost", "random_forest"], title="Model"),
+        "n_estimators": Param(
+            TRAINING["n_estimators"], type="integer", minimum=1, maximum=5000, title="Max boosting rounds"
+        ),
+        "max_depth": Param(
+            TRAINING["max_depth"], type="integer", minimum=1, maximum=16, title="Max tree depth"
+        ),
+        "learning_rate": Param(
+            TRAINING["learning_rate"], type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"
+        ),
+        "early_stopping_rounds": Param(
+            TRAINING["early_stopping_rounds"],
+            type="integer",
+            minimum=1,
+            maximum=500,
+            title="Early stopping rounds",
+        ),
         "scale_pos_weight": Param(
-            "sqrt",
+            TRAINING["scale_pos_weight"],
             type="string",
             pattern=r"^(sqrt|auto|none|[0-9]*\.?[0-9]+)$",
             title="Positive class weight",
             description="sqrt or auto (of the negative/positive ratio), none, or a number",
         ),
-        "device": Param("auto", enum=["auto", "cpu", "cuda"], title="Training device"),
+        "device": Param(TRAINING["device"], enum=["auto", "cpu", "cuda"], title="Training device"),
         "min_average_precision": Param(
             GATE["min_average_precision"],
             type="number",
@@ -114,9 +126,12 @@ OUTPUT_URI = (
             description="Required gain in average precision over the current champion (when there is one)",
         ),
         "registered_model_name": Param(
-            REGISTRY["model_name"], type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Registered model"
+            REGISTRY["model_name"],
+            type="string",
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+            title="Registered model",
         ),
-        "seed": Param(42, type="integer", minimum=0, title="Random seed"),
+        "seed": Param(TRAINING["seed"], type="integer", minimum=0, title="Random seed"),
     },
 )
 def ml_training_pipeline() -> None:
@@ -164,7 +179,9 @@ def ml_training_pipeline() -> None:
     def gate(evaluation: dict[str, Any] | None) -> bool:
         """Continue to registration only on a pass; fail closed on a missing or malformed evaluation."""
         if not isinstance(evaluation, dict) or "decision" not in evaluation:
-            raise AirflowFailException(f"no usable evaluation result ({evaluation!r}): nothing will be registered")
+            raise AirflowFailException(
+                f"no usable evaluation result ({evaluation!r}): nothing will be registered"
+            )
         reasons = "; ".join(evaluation.get("reasons", []))
         if evaluation["decision"] == "pass":
             print(f"PASS: {reasons}")  # noqa: T201 - the task log is this task's output
@@ -184,7 +201,7 @@ def ml_training_pipeline() -> None:
     )  # fmt: skip
 
     prepare >> train >> evaluate
-    gate(evaluate.output) >> register
+    gate(evaluate.output) >> register  # type: ignore[arg-type]  # XComArg resolves to the dict at run time
 
 
 ml_training_pipeline()

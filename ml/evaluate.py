@@ -72,7 +72,9 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     from sklearn.metrics import precision_recall_curve
 
     precision, recall, thresholds = precision_recall_curve(labels, scores)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0
+    )
     best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
     return float(thresholds[best]) if len(thresholds) else 0.5
 
@@ -120,7 +122,12 @@ def decide(
 
 
 def compare_with_champion(
-    name: str, alias: str, validation: pd.DataFrame, test: pd.DataFrame, features: list[str], categorical: list[str],
+    name: str,
+    alias: str,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    features: list[str],
+    categorical: list[str],
     target: str,
 ) -> tuple[ChampionComparison, np.ndarray | None]:
     """Score the ``alias`` version of ``name`` on the same test rows, at its own recorded threshold.
@@ -144,11 +151,15 @@ def compare_with_champion(
         threshold_tag = version.tags.get(THRESHOLD_TAG)
         if threshold_tag is None:
             val_input = to_model_input(validation[features], categorical)
-            threshold = choose_threshold(validation[target].to_numpy(), tracking.positive_scores(model, val_input))
+            threshold = choose_threshold(
+                validation[target].to_numpy(), tracking.positive_scores(model, val_input)
+            )
         else:
             threshold = float(threshold_tag)
         scores = tracking.positive_scores(model, to_model_input(test[features], categorical))
-    except Exception as err:  # a champion trained on other columns cannot score this data: say so, don't crash
+    except (
+        Exception
+    ) as err:  # a champion trained on other columns cannot score this data: say so, don't crash
         reason = str(err).split(". Error: ")[-1].splitlines()[0][:300]
         log.warning("champion v%s cannot score this test set: %s", version.version, reason)
         return ChampionComparison(version=str(version.version), comparable=False, reason=reason), None
@@ -162,7 +173,9 @@ def _feature_importance(pipeline: Any) -> pd.Series:
     return pd.Series(importances, index=names).sort_values()
 
 
-def _figures(labels: np.ndarray, scores: np.ndarray, threshold: float, pipeline: Any, champion_scores: Any) -> dict:
+def _figures(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, pipeline: Any, champion_scores: Any
+) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,7 +219,11 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
     for label, value, key in rows:
         other = f"{getattr(champion.metrics, key):.4f}" if champion.metrics else "-"
         table.append(f"| {label} | {value:.4f} | {other} |")
-    split = "by time on `{}`".format(manifest["time_column"]) if manifest.get("time_column") else "stratified random"
+    split = (
+        "by time on `{}`".format(manifest["time_column"])
+        if manifest.get("time_column")
+        else "stratified random"
+    )
     lines = [
         f"# Model card: {evaluation.registered_model_name}",
         "",
@@ -255,12 +272,20 @@ def evaluate(
     test = read_published_table(prepared_uri, "test.parquet")
 
     pipeline = mlflow.sklearn.load_model(model_uri)
-    threshold = choose_threshold(validation[target].to_numpy(), pipeline.predict_proba(validation[features])[:, 1])
+    threshold = choose_threshold(
+        validation[target].to_numpy(), pipeline.predict_proba(validation[features])[:, 1]
+    )
     labels = test[target].to_numpy()
     scores = pipeline.predict_proba(test[features])[:, 1]
     metrics = score_metrics(labels, scores, threshold)
     champion, champion_scores = compare_with_champion(
-        registered_model_name, champion_alias, validation, test, features, list(manifest["categorical"]), target
+        registered_model_name,
+        champion_alias,
+        validation,
+        test,
+        features,
+        list(manifest["categorical"]),
+        target,
     )
     decision, reasons = decide(
         metrics, champion, min_average_precision=min_average_precision, min_improvement=min_improvement

@@ -68,7 +68,9 @@ def validate(
             column that is not a time.
     """
     if frame.empty or len(frame.columns) == 0:
-        raise DataValidationError(None, f"the table is empty ({len(frame)} rows, {len(frame.columns)} columns)")
+        raise DataValidationError(
+            None, f"the table is empty ({len(frame)} rows, {len(frame.columns)} columns)"
+        )
     frame = frame.copy(deep=False)
     frame.columns = [str(c) for c in frame.columns]
     available = list(frame.columns)

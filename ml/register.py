@@ -24,7 +24,15 @@ from ml.evaluate import PASS, THRESHOLD_TAG
 log = logging.getLogger(__name__)
 
 CHAMPION_AT_EVALUATION_TAG = "mlops.champion_version_at_evaluation"
-REQUIRED_FIELDS = ("decision", "model_uri", "model_id", "run_id", "registered_model_name", "metrics", "champion")
+REQUIRED_FIELDS = (
+    "decision",
+    "model_uri",
+    "model_id",
+    "run_id",
+    "registered_model_name",
+    "metrics",
+    "champion",
+)
 
 
 @dataclass
@@ -140,7 +148,9 @@ def _evaluation(value: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m ml.register", description=__doc__.splitlines()[0])
     parser.add_argument("--evaluation", required=True, help="the evaluate stage's JSON result")
-    parser.add_argument("--run-key", required=True, help="key of the orchestrator run, e.g. <dag_id>/<run_id>")
+    parser.add_argument(
+        "--run-key", required=True, help="key of the orchestrator run, e.g. <dag_id>/<run_id>"
+    )
     parser.add_argument("--alias", default="challenger", help="alias to point at the new version")
     args = parser.parse_args(argv)
     return asdict(register(_evaluation(args.evaluation), run_key=args.run_key, alias=args.alias))

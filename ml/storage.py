@@ -69,7 +69,9 @@ def read_table(uri: str) -> pd.DataFrame:
             tmp.flush()
             return _read_local(Path(tmp.name), table_format(uri))
     if parsed.scheme not in ("", "file"):
-        raise StageError(f"unsupported URI scheme '{parsed.scheme}' in '{uri}' (use a path, s3:// or synthetic://)")
+        raise StageError(
+            f"unsupported URI scheme '{parsed.scheme}' in '{uri}' (use a path, s3:// or synthetic://)"
+        )
     path = Path(parsed.path if parsed.scheme == "file" else uri)
     if not path.exists():
         raise StageError(f"input table '{uri}' does not exist")
@@ -99,9 +101,9 @@ def publish_folder(uri: str) -> Iterator[Path]:
     On any error nothing at ``uri`` is touched (local) or the output is left without a manifest (S3).
     """
     if is_remote(uri):
-        with tempfile.TemporaryDirectory(prefix="publish-") as staging:
-            yield Path(staging)
-            _publish_s3(Path(staging), uri)
+        with tempfile.TemporaryDirectory(prefix="publish-") as local_staging:
+            yield Path(local_staging)
+            _publish_s3(Path(local_staging), uri)
         return
 
     target = Path(uri)

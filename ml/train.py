@@ -22,13 +22,14 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ml import tracking
 from ml.errors import StageError
+from ml.features import TabularEncoder
 from ml.schema import to_model_input
 from ml.storage import read_manifest, read_published_table
 
@@ -38,27 +39,38 @@ MODEL_TYPES = ("xgboost", "random_forest")
 DEVICES = ("auto", "cpu", "cuda")
 FINGERPRINT_TAG = "mlops.train_fingerprint"
 RESULT_TAG = "mlops.train_result"
-SKOPS_TRUSTED_TYPES = ["xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
+# Types beyond skops' defaults that each model's file holds. The files are written by this stage into our own
+# registry; loading them trusts exactly these types and nothing else.
+SKOPS_TRUSTED_TYPES = {
+    "xgboost": ["ml.features.TabularEncoder", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"],
+    "random_forest": ["ml.features.TabularEncoder", "sklearn.tree._tree.Tree"],
+}
+#: The model's own code (the encoder) travels inside the logged model, so it loads outside this repository.
+ML_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters and choices of one training run (all logged as MLflow params)."""
+    """Hyperparameters and choices of one training run (all logged as MLflow params).
 
-    model_type: str = "xgboost"
-    n_estimators: int = 500
-    max_depth: int = 6
-    learning_rate: float = 0.1
-    early_stopping_rounds: int = 30
+    The pipeline passes every field its form exposes; their defaults live with the DAG's, in the platform
+    settings, not here.
+    """
+
+    model_type: str
+    n_estimators: int
+    max_depth: int
+    learning_rate: float
+    early_stopping_rounds: int
     # How much more a positive row weighs: "sqrt" (of the negative/positive ratio), "auto" (the ratio itself),
     # "none" (1), or a number. Full reweighting costs ranking quality on rare-positive data; "sqrt" keeps recall
-    # at high thresholds for little average precision (see docs in the README).
-    scale_pos_weight: str = "sqrt"
+    # at high thresholds for little average precision.
+    scale_pos_weight: str
+    device: str
+    seed: int
     min_child_weight: float = 1.0
     subsample: float = 0.8
     colsample_bytree: float = 0.8
-    device: str = "auto"
-    seed: int = 42
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -79,7 +91,9 @@ class TrainConfig:
         except StageError:
             bad.append("scale_pos_weight")
         if bad:
-            raise StageError(f"hyperparameter(s) out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)}")
+            raise StageError(
+                f"hyperparameter(s) out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)}"
+            )
 
 
 @dataclass
@@ -147,22 +161,6 @@ def resolve_device(requested: str, model_type: str) -> str:
     return requested
 
 
-def build_encoder(categorical: Sequence[str], features: Sequence[str]) -> Any:
-    """Ordinal-encode categoricals (unknown or missing -> NaN) and pass numeric columns through."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.preprocessing import OrdinalEncoder
-
-    numeric = [f for f in features if f not in categorical]
-    encoder = OrdinalEncoder(
-        handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan, dtype=np.float32
-    )
-    return ColumnTransformer(
-        [("categorical", encoder, list(categorical)), ("numeric", "passthrough", numeric)],
-        verbose_feature_names_out=False,
-        sparse_threshold=0.0,
-    ).set_output(transform="default")
-
-
 def fit_model(
     config: TrainConfig,
     train: pd.DataFrame,
@@ -176,9 +174,9 @@ def fit_model(
     """Fit the encoder and estimator; return the pipeline, the per-round validation AP and the best round."""
     from sklearn.pipeline import Pipeline
 
-    encoder = build_encoder(categorical, features)
-    x_train = np.asarray(encoder.fit_transform(train[list(features)]), dtype=np.float32)
-    x_val = np.asarray(encoder.transform(validation[list(features)]), dtype=np.float32)
+    encoder = TabularEncoder(features=list(features), categorical=list(categorical))
+    x_train = encoder.fit_transform(train)
+    x_val = encoder.transform(validation)
     y_train = train[target].to_numpy()
     y_val = validation[target].to_numpy()
 
@@ -188,8 +186,10 @@ def fit_model(
         from xgboost import XGBClassifier
 
         positives = int(y_train.sum())
-        scale = positive_weight(config.scale_pos_weight, negatives=len(y_train) - positives, positives=positives)
-        feature_types = ["c" if name in categorical else "q" for name in encoder.get_feature_names_out()]
+        scale = positive_weight(
+            config.scale_pos_weight, negatives=len(y_train) - positives, positives=positives
+        )
+        feature_types = ["c" if name in categorical else "q" for name in features]
         estimator: Any = XGBClassifier(
             tree_method="hist",
             device=device,
@@ -244,7 +244,7 @@ def train(
     the keyed run instead of training again; anything else supersedes that run and starts a fresh one.
     """
     import mlflow
-    import mlflow.data
+    from mlflow.data.pandas_dataset import from_pandas
 
     manifest = read_manifest(prepared_uri)
     features, categorical, target = manifest["features"], manifest["categorical"], manifest["target"]
@@ -254,7 +254,12 @@ def train(
     run = tracking.find_keyed_run(experiment, run_key)
     if run is not None and run.data.tags.get(FINGERPRINT_TAG) == print_ and RESULT_TAG in run.data.tags:
         result = TrainResult(**{**json.loads(run.data.tags[RESULT_TAG]), "reused": True})
-        log.info("run %s already trained this model (%s) for %s: reusing it", run.info.run_id, result.model_id, run_key)
+        log.info(
+            "run %s already trained this model (%s) for %s: reusing it",
+            run.info.run_id,
+            result.model_id,
+            run_key,
+        )
         return result
     if run is not None and (run.data.params or run.data.metrics):
         tracking.supersede(run, "a new training attempt with different inputs, or after an incomplete one")
@@ -273,7 +278,7 @@ def train(
         mlflow.log_params({**asdict(config), "device_used": device, "n_features": len(features)})
         mlflow.set_tags({"mlops.prepared_uri": prepared_uri, "mlops.data_digest": manifest.get("digest", "")})
         for name, frame in (("train", train_df), ("validation", val_df)):
-            dataset = mlflow.data.from_pandas(
+            dataset = from_pandas(
                 frame, source=f"{prepared_uri.rstrip('/')}/{name}.parquet", targets=target, name=name
             )
             mlflow.log_input(dataset, context="training" if name == "train" else name)
@@ -302,7 +307,8 @@ def train(
             input_example=example,
             pyfunc_predict_fn="predict_proba",
             # Saved with skops, not pickle: loading executes no code beyond these declared types.
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            skops_trusted_types=SKOPS_TRUSTED_TYPES[config.model_type],
+            code_paths=[ML_PACKAGE],
             params={"model_type": config.model_type, "device_used": device},
         )
         result = TrainResult(
@@ -325,14 +331,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prepared-uri", required=True, help="folder published by ml.prepare")
     parser.add_argument("--experiment", required=True, help="MLflow experiment name")
     parser.add_argument("--run-key", required=True, help="key of the MLflow run, e.g. <dag_id>/<run_id>")
-    parser.add_argument("--model-type", choices=MODEL_TYPES, default="xgboost")
-    parser.add_argument("--n-estimators", type=int, default=500, help="maximum boosting rounds")
-    parser.add_argument("--max-depth", type=int, default=6)
-    parser.add_argument("--learning-rate", type=float, default=0.1)
-    parser.add_argument("--early-stopping-rounds", type=int, default=30)
-    parser.add_argument("--scale-pos-weight", default="sqrt", help="sqrt, auto, none, or a number")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--model-type", choices=MODEL_TYPES, required=True)
+    parser.add_argument("--n-estimators", type=int, required=True, help="maximum boosting rounds")
+    parser.add_argument("--max-depth", type=int, required=True)
+    parser.add_argument("--learning-rate", type=float, required=True)
+    parser.add_argument("--early-stopping-rounds", type=int, required=True)
+    parser.add_argument("--scale-pos-weight", required=True, help="sqrt, auto, none, or a number")
+    parser.add_argument("--device", choices=DEVICES, required=True)
+    parser.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
     config = TrainConfig(
         model_type=args.model_type,

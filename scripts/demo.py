@@ -24,7 +24,7 @@ def run_dag(conf: dict[str, Any], dags_folder: Path) -> Any:
     bag = DagBag(str(dags_folder))
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    dag = bag.get_dag(DAG_ID)
+    dag = bag.dags[DAG_ID]
     return dag.test(run_conf=conf)
 
 
@@ -40,16 +40,20 @@ def summarise(dag_run: Any, tracking_uri: str) -> int:
     client = MlflowClient(tracking_uri)
     run_key = f"{DAG_ID}/{dag_run.run_id}"
     experiment = client.get_experiment_by_name(DAG_ID)
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`mlops.run_key` = '{run_key}'"
-    ) if experiment else []
+    runs = (
+        client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlops.run_key` = '{run_key}'")
+        if experiment
+        else []
+    )
     if not runs:
         print("\nNo MLflow run was recorded for this DAG run.")
         return 1
     run = runs[0]
     print("\n== MLflow run ==")
     print(f"  {tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
-    print(f"  model type {run.data.params.get('model_type')}, trained on {run.data.params.get('device_used')}")
+    print(
+        f"  model type {run.data.params.get('model_type')}, trained on {run.data.params.get('device_used')}"
+    )
     print("\n== Test metrics ==")
     for key in sorted(k for k in run.data.metrics if k.startswith(("test_", "champion_test_", "decision_"))):
         print(f"  {key:<32} {run.data.metrics[key]:.4f}")
@@ -77,7 +81,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--conf", default="{}", help="extra DAG run conf as JSON")
     args = parser.parse_args()
-    conf = {"dataset_uri": f"synthetic://card-transactions?rows={args.rows}&seed={args.seed}", **json.loads(args.conf)}
+    conf = {
+        "dataset_uri": f"synthetic://card-transactions?rows={args.rows}&seed={args.seed}",
+        **json.loads(args.conf),
+    }
     dags_folder = Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", "dags"))
     tracking_uri = os.environ["AIRFLOW_VAR_MLFLOW_TRACKING_URI"]
     print(f"Running {DAG_ID} with {json.dumps(conf)}")

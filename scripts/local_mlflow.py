@@ -10,6 +10,7 @@ server proxies S3: stages need only ``MLFLOW_TRACKING_URI``, never direct access
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:  # noqa: S310 - loopback URL
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
             return bool(response.status == 200)
     except OSError:
         return False
@@ -52,7 +53,9 @@ def start(root: Path, port: int, host: str = "127.0.0.1", timeout_s: float = 120
             raise RuntimeError(f"MLflow server exited with {process.returncode}; see {root / 'server.log'}")
         if time.monotonic() > deadline:
             process.kill()
-            raise TimeoutError(f"MLflow server not healthy at {url} after {timeout_s}s; see {root / 'server.log'}")
+            raise TimeoutError(
+                f"MLflow server not healthy at {url} after {timeout_s}s; see {root / 'server.log'}"
+            )
         time.sleep(0.5)
     return process
 
@@ -61,10 +64,8 @@ def stop(root: Path) -> None:
     pid_file = root / "server.pid"
     if not pid_file.exists():
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     pid_file.unlink()
 
 

@@ -6,7 +6,9 @@ import re
 from datetime import datetime
 
 
-def partition_key(data_interval_start: datetime | None, data_interval_end: datetime | None, run_id: str) -> str:
+def partition_key(
+    data_interval_start: datetime | None, data_interval_end: datetime | None, run_id: str
+) -> str:
     """Name the output folder of a run: its data interval, or its run id when it has no interval.
 
     Re-running (or backfilling) the same interval writes to the same folder and replaces it whole.

@@ -36,6 +36,11 @@ class Platform:
         return {key: float(value) for key, value in self.raw["quality_gate"].items()}
 
     @property
+    def training(self) -> dict[str, Any]:
+        """Defaults of the training hyperparameters the DAG's form exposes."""
+        return dict(self.raw["training"])
+
+    @property
     def registry(self) -> dict[str, str]:
         return {key: str(value) for key, value in self.raw["registry"].items()}
 
@@ -43,7 +48,9 @@ class Platform:
         try:
             spec = self.raw["stages"][name]
         except KeyError:
-            raise KeyError(f"unknown stage {name!r}; platform.yaml defines {sorted(self.raw['stages'])}") from None
+            raise KeyError(
+                f"unknown stage {name!r}; platform.yaml defines {sorted(self.raw['stages'])}"
+            ) from None
         return Stage(name=name, preset=spec["preset"], timeout_minutes=int(spec["timeout_minutes"]))
 
     def preset(self, name: str) -> dict[str, Any]:

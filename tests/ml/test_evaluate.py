@@ -36,7 +36,12 @@ def test_metrics_at_a_threshold() -> None:
         (0.6, ChampionComparison("3", True, metrics(0.55)), PASS, "+0.0500, >= required +0.0100"),
         (0.6, ChampionComparison("3", True, metrics(0.595)), FAIL, "+0.0050, < required +0.0100"),
         (0.2, ChampionComparison("3", True, metrics(0.1)), FAIL, "0.2000 < minimum"),
-        (0.6, ChampionComparison("3", False, reason="missing column x"), PASS, "not comparable: missing column x"),
+        (
+            0.6,
+            ChampionComparison("3", False, reason="missing column x"),
+            PASS,
+            "not comparable: missing column x",
+        ),
     ],
 )
 def test_decision(ap: float, champion: ChampionComparison, expected: str, reason: str) -> None:

@@ -69,7 +69,10 @@ def test_cli_rejects_bad_input_with_exit_code_2_and_the_message(tmp_path: Path) 
         cwd=ROOT, capture_output=True, text=True, env={"ML_XCOM_DIR": str(tmp_path / "x"), "PATH": ""},
     )  # fmt: skip
     assert result.returncode == 2
-    assert "ERROR: column 'label': target must be binary (0/1 or true/false); found 1 distinct values ['7']" in result.stderr
+    assert (
+        "ERROR: column 'label': target must be binary (0/1 or true/false); found 1 distinct values ['7']"
+        in result.stderr
+    )
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "x" / "return.json").exists()
 
@@ -109,7 +112,7 @@ def test_a_split_without_both_classes_is_refused() -> None:
     frame["label"] = 0
     frame.loc[:5, "label"] = 1  # every positive in the earliest hours: none left for the later splits
     cleaned, meta = validate(frame, "label", time_column="when")
-    with pytest.raises(DataValidationError, match="the validation split has .* both classes are needed"):
+    with pytest.raises(DataValidationError, match=r"the validation split has .* both classes are needed"):
         split(cleaned, meta, val_fraction=0.15, test_fraction=0.15, seed=0)
 
 
@@ -119,7 +122,9 @@ def test_prepare_publishes_splits_and_a_manifest(tmp_path: Path, suffix: str) ->
     raw = generate(5_000, seed=2)
     raw.to_csv(source, index=False) if suffix == ".csv" else raw.to_parquet(source)
     out = tmp_path / "prepared"
-    meta = prepare(str(source), "is_fraud", str(out), time_column="timestamp", drop_columns=["transaction_id"])
+    meta = prepare(
+        str(source), "is_fraud", str(out), time_column="timestamp", drop_columns=["transaction_id"]
+    )
     manifest = read_manifest(str(out))
     assert manifest["digest"] == meta.digest and len(meta.digest) == 64
     assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *(f"{s}.parquet" for s in SPLITS)])
@@ -153,7 +158,7 @@ def test_a_crash_mid_publish_leaves_the_previous_output_untouched(tmp_path: Path
 def test_a_folder_without_manifest_is_not_complete(tmp_path: Path) -> None:
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "train.parquet").write_bytes(b"")
-    with pytest.raises(StageError, match="is not a complete output: it has no manifest.json"):
+    with pytest.raises(StageError, match=r"is not a complete output: it has no manifest\.json"):
         read_manifest(str(tmp_path / "half"))
 
 
@@ -177,5 +182,5 @@ def test_s3_source_and_output_with_moto(tmp_path: Path, monkeypatch: pytest.Monk
         assert keys == sorted(f"prepared/run1/{n}" for n in [MANIFEST, *(f"{s}.parquet" for s in SPLITS)])
         assert sum(read_manifest("s3://data/prepared/run1")["rows"].values()) == 3_000
         assert len(read_published_table("s3://data/prepared/run1", "test.parquet")) > 0
-        with pytest.raises(StageError, match="cannot read 's3://data/raw/missing.parquet'"):
+        with pytest.raises(StageError, match=r"cannot read 's3://data/raw/missing\.parquet'"):
             prepare("s3://data/raw/missing.parquet", "is_fraud", "s3://data/prepared/run2")

@@ -12,7 +12,8 @@ from ml.errors import StageError
 from ml.evaluate import evaluate
 from ml.prepare import prepare
 from ml.register import register
-from ml.train import TrainConfig, train
+from ml.train import train
+from tests.helpers import train_config
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,15 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-def test_a_repeat_with_the_same_inputs_reuses_the_model_and_other_inputs_supersede(mlflow_server, prepared) -> None:
-    config = TrainConfig(n_estimators=40)
+def test_a_repeat_with_the_same_inputs_reuses_the_model_and_other_inputs_supersede(
+    mlflow_server, prepared
+) -> None:
+    config = train_config(n_estimators=40)
     first = train(prepared, config, experiment="stages", run_key="dag/run-a")
     again = train(prepared, config, experiment="stages", run_key="dag/run-a")
     assert (again.reused, again.model_id, again.run_id) == (True, first.model_id, first.run_id)
 
-    changed = train(prepared, TrainConfig(n_estimators=41), experiment="stages", run_key="dag/run-a")
+    changed = train(prepared, train_config(n_estimators=41), experiment="stages", run_key="dag/run-a")
     assert not changed.reused and changed.run_id != first.run_id
     old = MlflowClient().get_run(first.run_id)
     assert old.data.tags["mlops.run_key"].startswith("dag/run-a#superseded-")
@@ -40,14 +43,16 @@ def test_a_repeat_with_the_same_inputs_reuses_the_model_and_other_inputs_superse
 
 
 def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server, prepared) -> None:
-    trained = train(prepared, TrainConfig(n_estimators=40), experiment="stages", run_key="dag/run-b")
+    trained = train(prepared, train_config(n_estimators=40), experiment="stages", run_key="dag/run-b")
     evaluation = asdict(
         evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="stage-model",
                  min_average_precision=0.0, min_improvement=0.0)
     )  # fmt: skip
     assert evaluation["decision"] == "pass"
     artifacts = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "plots")}
-    assert artifacts == {f"plots/{n}.png" for n in ("precision_recall_curve", "confusion_matrix", "feature_importance")}
+    assert artifacts == {
+        f"plots/{n}.png" for n in ("precision_recall_curve", "confusion_matrix", "feature_importance")
+    }
 
     first = register(evaluation, run_key="dag/run-b")
     second = register(evaluation, run_key="dag/run-b")
@@ -68,14 +73,18 @@ def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server,
     assert len(client.search_model_versions("name = 'stage-model'")) == 1
 
 
-def test_evaluation_compares_with_the_champion_on_the_same_rows(mlflow_server, prepared, tmp_path: Path) -> None:
-    trained = train(prepared, TrainConfig(n_estimators=60), experiment="stages", run_key="dag/run-d")
+def test_evaluation_compares_with_the_champion_on_the_same_rows(
+    mlflow_server, prepared, tmp_path: Path
+) -> None:
+    trained = train(prepared, train_config(n_estimators=60), experiment="stages", run_key="dag/run-d")
     result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="champ-model",
                       min_average_precision=0.0, min_improvement=0.0)  # fmt: skip
     version = register(asdict(result), run_key="dag/run-d").version
     MlflowClient().set_registered_model_alias("champ-model", "champion", version)
 
-    weaker = train(prepared, TrainConfig(n_estimators=2, max_depth=1), experiment="stages", run_key="dag/run-e")
+    weaker = train(
+        prepared, train_config(n_estimators=2, max_depth=1), experiment="stages", run_key="dag/run-e"
+    )
     compared = evaluate(prepared, weaker.model_uri, weaker.run_id, registered_model_name="champ-model",
                         min_average_precision=0.0, min_improvement=0.0)  # fmt: skip
     assert compared.champion.version == version and compared.champion.comparable
@@ -84,3 +93,13 @@ def test_evaluation_compares_with_the_champion_on_the_same_rows(mlflow_server, p
     assert any("improvement over champion" in reason for reason in compared.reasons)
     card = MlflowClient().download_artifacts(weaker.run_id, "model_card.md", str(tmp_path))
     assert "**Decision: FAIL**" in Path(card).read_text()
+
+
+def test_the_random_forest_baseline_is_logged_and_scored_through_mlflow(mlflow_server, prepared) -> None:
+    trained = train(
+        prepared, train_config(model_type="random_forest"), experiment="stages", run_key="dag/run-rf"
+    )
+    assert trained.best_iteration is None
+    result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="rf-model",
+                      min_average_precision=0.0, min_improvement=0.0)  # fmt: skip
+    assert result.metrics.average_precision > 0.05

@@ -12,11 +12,14 @@ from ml.errors import StageError
 from ml.prepare import split, validate
 from ml.synthetic import generate
 from ml.train import TrainConfig, fit_model, positive_weight, resolve_device
+from tests.helpers import train_config
 
 
 @pytest.fixture(scope="module")
 def splits() -> tuple[dict[str, pd.DataFrame], object]:
-    frame, meta = validate(generate(60_000, seed=11), "is_fraud", time_column="timestamp", drop_columns=["transaction_id"])
+    frame, meta = validate(
+        generate(60_000, seed=11), "is_fraud", time_column="timestamp", drop_columns=["transaction_id"]
+    )
     return split(frame, meta, val_fraction=0.15, test_fraction=0.15, seed=0), meta
 
 
@@ -36,26 +39,28 @@ def fit(splits, config: TrainConfig, train_frame: pd.DataFrame | None = None, fe
 @pytest.mark.parametrize("model_type", ["xgboost", "random_forest"])
 def test_model_beats_a_trivial_baseline(splits, model_type: str) -> None:
     parts, meta = splits
-    pipeline, history, best = fit(splits, TrainConfig(model_type=model_type))
+    config = train_config(model_type=model_type)
+    pipeline, history, best = fit(splits, config)
     test = parts["test"]
     scores = pipeline.predict_proba(test[meta.features])[:, 1]
     average_precision = average_precision_score(test["is_fraud"], scores)
     prevalence = test["is_fraud"].mean()  # the average precision of a constant score
     assert average_precision > 10 * prevalence
     if model_type == "xgboost":
-        assert len(history) == best + 1 + 30 or len(history) == 500  # stopped early, or ran every round
+        # Stopped early (patience rounds after the best one), or ran every round.
+        assert len(history) in (best + 1 + config.early_stopping_rounds, config.n_estimators)
         assert best >= 1
 
 
 def test_xgboost_stops_early_on_validation(splits) -> None:
-    _, history, best = fit(splits, TrainConfig(n_estimators=400, early_stopping_rounds=5, learning_rate=0.5))
+    _, history, best = fit(splits, train_config(n_estimators=400, early_stopping_rounds=5, learning_rate=0.5))
     assert len(history) < 400
     assert history[best] == max(history)
 
 
 def test_scores_are_invariant_to_an_irrelevant_column_left_out_of_the_features(splits) -> None:
     parts, meta = splits
-    pipeline, _, _ = fit(splits, TrainConfig(n_estimators=50))
+    pipeline, _, _ = fit(splits, train_config(n_estimators=50))
     test = parts["test"][meta.features]
     noisy = test.assign(unrelated=np.random.default_rng(0).random(len(test)))
     np.testing.assert_allclose(pipeline.predict_proba(test)[:, 1], pipeline.predict_proba(noisy)[:, 1])
@@ -63,7 +68,7 @@ def test_scores_are_invariant_to_an_irrelevant_column_left_out_of_the_features(s
 
 def test_unknown_and_missing_categories_are_scored_not_rejected(splits) -> None:
     parts, meta = splits
-    pipeline, _, _ = fit(splits, TrainConfig(n_estimators=30))
+    pipeline, _, _ = fit(splits, train_config(n_estimators=30))
     rows = parts["test"][meta.features].head(3).copy()
     rows["merchant_category"] = rows["merchant_category"].astype(object)
     rows.iloc[0, rows.columns.get_loc("merchant_category")] = "never-seen"
@@ -74,7 +79,7 @@ def test_unknown_and_missing_categories_are_scored_not_rejected(splits) -> None:
 
 def test_fraud_score_rises_with_the_amount_relative_to_usual_spend(splits) -> None:
     parts, meta = splits
-    pipeline, _, _ = fit(splits, TrainConfig())
+    pipeline, _, _ = fit(splits, train_config())
     rows = parts["test"][meta.features].head(2_000).copy()
     low = pipeline.predict_proba(rows.assign(amount=rows["avg_amount_30d"] * 0.5))[:, 1]
     high = pipeline.predict_proba(rows.assign(amount=rows["avg_amount_30d"] * 8))[:, 1]
@@ -90,7 +95,7 @@ def test_positive_weight_settings() -> None:
     with pytest.raises(StageError, match="scale_pos_weight must be"):
         positive_weight("-1", negatives=9, positives=1)
     with pytest.raises(StageError, match=r"out of range: .*learning_rate=0"):
-        TrainConfig(learning_rate=0)
+        train_config(learning_rate=0)
 
 
 def test_device_is_cpu_without_a_gpu_and_cuda_refused() -> None:

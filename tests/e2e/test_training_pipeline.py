@@ -1,0 +1,137 @@
+"""The training DAG end to end: dag.test() in the local pod runtime against a real MLflow server on loopback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pendulum
+import pytest
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[2]
+DAG_ID = "ml_training_pipeline"
+MODEL = "e2e-fraud-model"
+CONF = {
+    "dataset_uri": "synthetic://card-transactions?rows=30000&seed=3",
+    "registered_model_name": MODEL,
+    "min_average_precision": 0.1,
+    "n_estimators": 150,
+}
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    settings = {
+        "AIRFLOW_VAR_MLFLOW_TRACKING_URI": mlflow_server,
+        "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(tmp_path_factory.mktemp("data-root")),
+        "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
+    }
+    os.environ.update(settings)
+    dag = DagBag(str(ROOT / "dags")).dags[DAG_ID]
+    for task in dag.tasks:
+        task.retries = 0  # dag.test() sleeps through retry delays; failures here must show at once
+    yield dag
+    for key in settings:
+        os.environ.pop(key, None)
+
+
+def run(dag: Any, day: int, **conf: Any) -> Any:
+    """Run the DAG for one day; the same day again is the same DAG run (same run_id), cleared and re-run."""
+    when = pendulum.datetime(2026, 3, day, tz="UTC")
+    return dag.test(logical_date=when, run_after=when, run_conf={**CONF, **conf})
+
+
+def states(dag_run: Any) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+
+def keyed_runs(run_key: str) -> list[Any]:
+    experiment = MlflowClient().get_experiment_by_name(DAG_ID)
+    return MlflowClient().search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`mlops.run_key` LIKE '{run_key}%'"
+    )
+
+
+def versions(run_key: str | None = None) -> list[Any]:
+    query = f"name = '{MODEL}'" + (f" and tags.`mlops.run_key` = '{run_key}'" if run_key else "")
+    return list(MlflowClient().search_model_versions(query))
+
+
+@pytest.fixture(scope="module")
+def first_run(dag) -> Any:
+    return run(dag, 2)
+
+
+def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, mlflow_server) -> None:
+    assert first_run.state == "success", states(first_run)
+    assert set(states(first_run).values()) == {"success"}
+    run_key = f"{DAG_ID}/{first_run.run_id}"
+    (mlflow_run,) = keyed_runs(run_key)
+    metrics = mlflow_run.data.metrics
+    for name in ("test_average_precision", "test_roc_auc", "test_precision", "test_recall", "test_f1"):
+        assert 0 <= metrics[name] <= 1, name
+    assert metrics["test_average_precision"] >= CONF["min_average_precision"]
+    assert mlflow_run.data.params["model_type"] == "xgboost"
+    assert mlflow_run.data.params["device_used"] == "cpu"
+    assert mlflow_run.data.tags["mlops.decision"] == "pass"
+    client = MlflowClient()
+    plots = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "plots")}
+    assert plots == {
+        f"plots/{n}.png" for n in ("precision_recall_curve", "confusion_matrix", "feature_importance")
+    }
+    assert {a.path for a in client.list_artifacts(mlflow_run.info.run_id)} >= {
+        "model_card.md",
+        "evaluation.json",
+    }
+
+    (version,) = versions(run_key)
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == version.version
+    assert float(version.tags["mlops.decision_threshold"]) == pytest.approx(
+        metrics["decision_threshold"], abs=1e-6
+    )
+    assert version.run_id == mlflow_run.info.run_id
+
+
+def test_running_the_same_dag_run_again_registers_nothing_new(dag, first_run) -> None:
+    before = versions()
+    again = run(dag, 2)
+    assert again.run_id == first_run.run_id
+    assert again.state == "success", states(again)
+    assert [v.version for v in versions()] == [v.version for v in before]
+    runs = keyed_runs(f"{DAG_ID}/{first_run.run_id}")
+    assert len(runs) == 1, "the re-run trained again instead of reusing the DAG run's model"
+
+
+def test_a_model_below_the_gate_registers_nothing(dag, first_run) -> None:
+    before = versions()
+    dag_run = run(dag, 9, min_average_precision=0.99)
+    assert dag_run.state == "success", states(dag_run)
+    assert states(dag_run)["gate"] == "success" and states(dag_run)["register"] == "skipped"
+    (mlflow_run,) = keyed_runs(f"{DAG_ID}/{dag_run.run_id}")
+    assert mlflow_run.data.tags["mlops.decision"] == "fail"
+    assert versions(f"{DAG_ID}/{dag_run.run_id}") == []
+    assert len(versions()) == len(before)
+
+
+def test_a_dataset_that_fails_validation_fails_prepare_with_the_message(
+    dag, first_run, tmp_path, capfd
+) -> None:
+    source = tmp_path / "bad.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"x": rng.random(300), "label": rng.integers(0, 3, 300)}).to_csv(source, index=False)
+    before = versions()
+    dag_run = run(dag, 16, dataset_uri=str(source), target_column="label", time_column=None, drop_columns=[])
+    assert dag_run.state == "failed"
+    result = states(dag_run)
+    assert result["prepare"] == "failed"
+    assert {result[t] for t in ("train", "evaluate", "gate", "register")} == {"upstream_failed"}
+    assert "column 'label': target must be binary" in capfd.readouterr().out
+    assert len(versions()) == len(before)

@@ -1,0 +1,14 @@
+"""Helpers shared by tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlops.platform_config import load_platform
+
+from ml.train import TrainConfig
+
+
+def train_config(**overrides: Any) -> TrainConfig:
+    """The pipeline's default training config (from the platform settings) with some fields changed."""
+    return TrainConfig(**{**load_platform().training, **overrides})

@@ -1,0 +1,107 @@
+"""The local pod runtime: real subprocesses, exit codes, deadlines and the pod's environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from kubernetes.client import models as k8s
+from mlops.operators import MLStageOperator
+
+TEST_LOGGER = logging.getLogger("tests.local_runtime")
+
+
+@pytest.fixture()
+def operator(monkeypatch: pytest.MonkeyPatch) -> MLStageOperator:
+    # Airflow's task logger is structlog; a stdlib logger lets caplog see what the task log would get.
+    monkeypatch.setattr(MLStageOperator, "log", property(lambda self: TEST_LOGGER))
+    return MLStageOperator(stage="prepare", arguments=[])
+
+
+def is_running(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a killed orphan may wait to be reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_output_is_streamed_into_the_task_log(operator, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger=TEST_LOGGER.name):
+        operator._run(python("print('hello'); print('world')"), {"PYTHONPATH": "."}, timeout=30)
+    assert "[prepare] hello" in caplog.text and "[prepare] world" in caplog.text
+
+
+def test_rejected_input_fails_without_retry_and_carries_the_stage_message(operator) -> None:
+    code = "import sys; print('ERROR: column \\'x\\': entirely null', file=sys.stderr); sys.exit(2)"
+    with pytest.raises(
+        AirflowFailException, match="stage prepare rejected its input: column 'x': entirely null"
+    ):
+        operator._run(python(code), {"PYTHONPATH": "."}, timeout=30)
+
+
+def test_a_crash_fails_retryably_with_the_end_of_the_output(operator) -> None:
+    with pytest.raises(AirflowException, match=r"(?s)exit code 1: .*ZeroDivisionError") as caught:
+        operator._run(python("1 / 0"), {"PYTHONPATH": "."}, timeout=30)
+    assert not isinstance(caught.value, AirflowFailException)
+
+
+def test_the_deadline_stops_the_stage_and_its_children(operator, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)"
+    )
+    started = time.monotonic()
+    with pytest.raises(AirflowException, match="passed its deadline of 2s"):
+        operator._run(python(code), {"PYTHONPATH": "."}, timeout=2)
+    assert time.monotonic() - started < 20
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while is_running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not is_running(child)
+
+
+def test_environment_is_the_pods_plus_credentials_and_nothing_else(operator, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-worker")
+    monkeypatch.setenv("UNRELATED_WORKER_SECRET", "must-not-leak")
+    monkeypatch.setenv("DB_PASSWORD", "from-worker-secret-store")
+    pod_env = [
+        k8s.V1EnvVar(name="MLFLOW_TRACKING_URI", value="http://mlflow:5000"),
+        k8s.V1EnvVar(name="DB_PASSWORD", value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(
+            name="db", key="password"))),
+    ]  # fmt: skip
+    env = operator._local_environment(pod_env)
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["AWS_ACCESS_KEY_ID"] == "from-worker"
+    assert env["DB_PASSWORD"] == "from-worker-secret-store"
+    assert "UNRELATED_WORKER_SECRET" not in env
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_a_secret_env_var_missing_on_the_worker_is_a_clear_error(operator, monkeypatch) -> None:
+    monkeypatch.delenv("API_TOKEN", raising=False)
+    secret = k8s.V1EnvVar(name="API_TOKEN", value_from=k8s.V1EnvVarSource(
+        secret_key_ref=k8s.V1SecretKeySelector(name="api", key="token")))  # fmt: skip
+    with pytest.raises(AirflowFailException, match="env var API_TOKEN comes from a Secret or ConfigMap"):
+        operator._local_environment([secret])
+
+
+def test_an_unknown_runtime_is_refused(monkeypatch) -> None:
+    from mlops.operators import pod_runtime
+
+    monkeypatch.setenv("AIRFLOW_VAR_MLOPS_POD_RUNTIME", "docker")
+    with pytest.raises(AirflowFailException, match="mlops_pod_runtime='docker' must be one of"):
+        pod_runtime()
