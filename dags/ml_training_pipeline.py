@@ -23,6 +23,7 @@ defaults live in `plugins/mlops/platform.yaml`.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +34,7 @@ from mlops.keys import MACROS
 from mlops.operators import MLStageOperator
 from mlops.platform_config import load_platform
 
+log = logging.getLogger(__name__)
 PLATFORM = load_platform()
 GATE = PLATFORM.quality_gate
 TRAINING = PLATFORM.training
@@ -184,10 +186,10 @@ def ml_training_pipeline() -> None:
             )
         reasons = "; ".join(evaluation.get("reasons", []))
         if evaluation["decision"] == "pass":
-            print(f"PASS: {reasons}")  # noqa: T201 - the task log is this task's output
+            log.info("PASS: %s", reasons)
             return True
         if evaluation["decision"] == "fail":
-            print(f"FAIL: {reasons}. Nothing is registered.")  # noqa: T201
+            log.info("FAIL: %s. Nothing is registered.", reasons)
             return False
         raise AirflowFailException(f"unknown decision {evaluation['decision']!r}: nothing will be registered")
 
