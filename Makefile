@@ -22,6 +22,7 @@ DEMO_ROWS ?= 200000
 
 # The embedded defaults: Airflow on SQLite, MLflow on loopback, local files, the local pod runtime.
 LOCAL_ENV := \
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 	AIRFLOW_HOME=$(LOCAL)/airflow \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \

@@ -42,10 +42,7 @@ REGISTRY = PLATFORM.registry
 
 RUN_KEY = "{{ mlops_run_key(dag.dag_id, run_id) }}"
 PREPARED_URI = "{{ ti.xcom_pull(task_ids='prepare')['prepared_uri'] }}"
-OUTPUT_URI = (
-    "{{ var.value.mlops_data_root }}/prepared/{{ dag.dag_id }}/"
-    "{{ mlops_partition_key(data_interval_start, data_interval_end, run_id) }}"
-)
+OUTPUT_URI = "{{ var.value.mlops_data_root }}/prepared/{{ dag.dag_id }}/{{ mlops_partition_key(dag_run) }}"
 
 
 @dag(

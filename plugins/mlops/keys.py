@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from typing import Any
 
 
-def partition_key(
-    data_interval_start: datetime | None, data_interval_end: datetime | None, run_id: str
-) -> str:
-    """Name the output folder of a run: its data interval, or its run id when it has no interval.
+def partition_key(dag_run: Any) -> str:
+    """Name the output folder of a DAG run: its data interval, or its run id when it has none.
 
-    Re-running (or backfilling) the same interval writes to the same folder and replaces it whole.
+    Re-running (or backfilling) the same interval writes to the same folder and replaces it whole. A run
+    triggered without a logical date (the UI's and the REST API's default in Airflow 3) has no data interval.
     """
-    if data_interval_start is not None and data_interval_end is not None:
-        return f"{data_interval_start:%Y%m%dT%H%M%S}_{data_interval_end:%Y%m%dT%H%M%S}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    start, end = dag_run.data_interval_start, dag_run.data_interval_end
+    if start is not None and end is not None:
+        return f"{start:%Y%m%dT%H%M%S}_{end:%Y%m%dT%H%M%S}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run.run_id)
 
 
 def run_key(dag_id: str, run_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,13 @@ def dag(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathF
         os.environ.pop(key, None)
 
 
-def run(dag: Any, day: int, **conf: Any) -> Any:
-    """Run the DAG for one day; the same day again is the same DAG run (same run_id), cleared and re-run."""
+def run(dag: Any, day: int, *, logical: bool = True, **conf: Any) -> Any:
+    """Run the DAG for one day; the same day again is the same DAG run (same run_id), cleared and re-run.
+
+    ``logical=False`` triggers as the UI and the REST API do by default: no logical date, no data interval.
+    """
     when = pendulum.datetime(2026, 3, day, tz="UTC")
-    return dag.test(logical_date=when, run_after=when, run_conf={**CONF, **conf})
+    return dag.test(logical_date=when if logical else None, run_after=when, run_conf={**CONF, **conf})
 
 
 def states(dag_run: Any) -> dict[str, str]:
@@ -79,6 +83,9 @@ def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, ml
     for name in ("test_average_precision", "test_roc_auc", "test_precision", "test_recall", "test_f1"):
         assert 0 <= metrics[name] <= 1, name
     assert metrics["test_average_precision"] >= CONF["min_average_precision"]
+    interval = f"{first_run.data_interval_start:%Y%m%dT%H%M%S}_{first_run.data_interval_end:%Y%m%dT%H%M%S}"
+    prepared = Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / "prepared" / DAG_ID / interval
+    assert (prepared / "manifest.json").exists()
     assert mlflow_run.data.params["model_type"] == "xgboost"
     assert mlflow_run.data.params["device_used"] == "cpu"
     assert mlflow_run.data.tags["mlops.decision"] == "pass"
@@ -110,10 +117,14 @@ def test_running_the_same_dag_run_again_registers_nothing_new(dag, first_run) ->
     assert len(runs) == 1, "the re-run trained again instead of reusing the DAG run's model"
 
 
-def test_a_model_below_the_gate_registers_nothing(dag, first_run) -> None:
+def test_a_model_below_the_gate_registers_nothing(dag, first_run, airflow_db) -> None:
+    """Triggered without a logical date, as from the UI: outputs are keyed by the run id instead."""
     before = versions()
-    dag_run = run(dag, 9, min_average_precision=0.99)
+    dag_run = run(dag, 9, logical=False, min_average_precision=0.99)
     assert dag_run.state == "success", states(dag_run)
+    assert dag_run.data_interval_start is None
+    prepared = Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / "prepared" / DAG_ID
+    assert (prepared / re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run.run_id) / "manifest.json").exists()
     assert states(dag_run)["gate"] == "success" and states(dag_run)["register"] == "skipped"
     (mlflow_run,) = keyed_runs(f"{DAG_ID}/{dag_run.run_id}")
     assert mlflow_run.data.tags["mlops.decision"] == "fail"
