@@ -31,7 +31,7 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 from mlops.keys import MACROS
-from mlops.operators import MLStageOperator
+from mlops.operators import MLStageOperator, param_arguments
 from mlops.platform_config import load_platform
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def ml_training_pipeline() -> None:
             "--time-column", "{{ params.time_column or '' }}",
             "--drop-columns", "{{ params.drop_columns | join(',') }}",
             "--output", OUTPUT_URI,
-            "--seed", "{{ params.seed }}",
+            *param_arguments("seed"),
         ],
     )  # fmt: skip
     train = MLStageOperator(
@@ -151,14 +151,7 @@ def ml_training_pipeline() -> None:
             "--prepared-uri", PREPARED_URI,
             "--experiment", "{{ dag.dag_id }}",
             "--run-key", RUN_KEY,
-            "--model-type", "{{ params.model_type }}",
-            "--n-estimators", "{{ params.n_estimators }}",
-            "--max-depth", "{{ params.max_depth }}",
-            "--learning-rate", "{{ params.learning_rate }}",
-            "--early-stopping-rounds", "{{ params.early_stopping_rounds }}",
-            "--scale-pos-weight", "{{ params.scale_pos_weight }}",
-            "--device", "{{ params.device }}",
-            "--seed", "{{ params.seed }}",
+            *param_arguments(*TRAINING),
         ],
     )  # fmt: skip
     evaluate = MLStageOperator(
@@ -167,9 +160,7 @@ def ml_training_pipeline() -> None:
             "--prepared-uri", PREPARED_URI,
             "--model-uri", "{{ ti.xcom_pull(task_ids='train')['model_uri'] }}",
             "--run-id", "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
-            "--registered-model-name", "{{ params.registered_model_name }}",
-            "--min-average-precision", "{{ params.min_average_precision }}",
-            "--min-improvement", "{{ params.min_improvement }}",
+            *param_arguments("registered_model_name", "min_average_precision", "min_improvement"),
             "--champion-alias", REGISTRY["production_alias"],
         ],
     )  # fmt: skip

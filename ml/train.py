@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -341,14 +341,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
     config = TrainConfig(
-        model_type=args.model_type,
-        n_estimators=args.n_estimators,
-        max_depth=args.max_depth,
-        learning_rate=args.learning_rate,
-        early_stopping_rounds=args.early_stopping_rounds,
-        scale_pos_weight=args.scale_pos_weight,
-        device=args.device,
-        seed=args.seed,
+        **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     )
     return asdict(train(args.prepared_uri, config, experiment=args.experiment, run_key=args.run_key))
 

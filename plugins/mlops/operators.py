@@ -5,8 +5,8 @@ command ``python -m ml.train``, the stage's resource preset (GPU request, node s
 the GPU preset), a restricted security context and the deadline. Where it runs is one setting, the Airflow
 Variable ``mlops_pod_runtime``:
 
-- ``kubernetes``: the provider's own ``execute`` creates the pod in the cluster of the Kubernetes connection;
-  the XCom sidecar returns ``/airflow/xcom/return.json``.
+- ``kubernetes``: the provider's own ``execute`` creates the pod in the cluster of the Kubernetes connection
+  and defers the wait to the triggerer; the XCom sidecar returns ``/airflow/xcom/return.json``.
 - ``local`` (the default): the same pod object is built by the provider's ``build_pod_request_obj``, and its
   container's command, arguments and environment run as a subprocess on the worker, output streamed into the
   task log, the pod's ``activeDeadlineSeconds`` enforced, and the result read from the same ``return.json``.
@@ -45,6 +45,11 @@ EXIT_INVALID_INPUT = 2
 #: service account (cloud credentials) and its image (locale).
 LOCAL_PASSTHROUGH_PREFIXES = ("AWS_", "LANG", "LC_", "TZ")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def param_arguments(*names: str) -> list[str]:
+    """Pass DAG params to a stage's CLI by one rule: ``max_depth`` becomes ``--max-depth {{ params.max_depth }}``."""
+    return [part for name in names for part in (f"--{name.replace('_', '-')}", f"{{{{ params.{name} }}}}")]
 
 
 def pod_runtime() -> str:
@@ -129,6 +134,9 @@ class MLStageOperator(KubernetesPodOperator):
             on_finish_action="delete_succeeded_pod",
             get_logs=True,
             do_xcom_push=True,
+            # In the cluster, waiting for the pod is the triggerer's job, not a worker slot's (training can
+            # take hours). The local runtime ignores this: its subprocess is the work itself.
+            deferrable=kwargs.pop("deferrable", True),
             **kwargs,
         )
         self.stage = stage

@@ -108,3 +108,29 @@ def test_the_form_defaults_are_valid_and_time_column_may_be_empty(dagbag) -> Non
     params = copy.deepcopy(dagbag.dags["ml_training_pipeline"].params)
     params["time_column"] = None
     assert params.validate()["time_column"] is None
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "register"])
+def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, stage: str) -> None:
+    import subprocess
+    import sys
+
+    task = dagbag.dags["ml_training_pipeline"].get_task(stage)
+    flags = {part for part in task.arguments if part.startswith("--")}
+    usage = subprocess.run(
+        [sys.executable, "-m", f"ml.{stage}", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert {flag for flag in flags if flag not in usage} == set()
+
+
+def test_form_choices_and_defaults_match_what_the_stages_accept(dagbag) -> None:
+    from mlops.platform_config import load_platform
+
+    from ml.train import DEVICES, MODEL_TYPES, TrainConfig
+
+    params = dagbag.dags["ml_training_pipeline"].params
+    assert params.get_param("model_type").schema["enum"] == list(MODEL_TYPES)
+    assert params.get_param("device").schema["enum"] == list(DEVICES)
+    defaults = load_platform().training
+    assert {name: params[name] for name in defaults} == defaults
+    TrainConfig(**defaults)  # the defaults are a valid training config

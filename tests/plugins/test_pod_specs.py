@@ -80,3 +80,10 @@ def test_every_container_meets_the_restricted_pod_security_standard(pods, stage:
         assert context["capabilities"] == {"drop": ["ALL"]}
         assert context["runAsNonRoot"] is True
         assert context["readOnlyRootFilesystem"] is True
+
+
+def test_in_the_cluster_the_wait_for_a_pod_is_deferred_to_the_triggerer() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(str(ROOT / "dags")).dags["ml_training_pipeline"]
+    assert all(dag.get_task(stage).deferrable for stage in STAGES)
