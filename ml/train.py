@@ -249,10 +249,14 @@ def train(
     manifest = read_manifest(prepared_uri)
     features, categorical, target = manifest["features"], manifest["categorical"], manifest["target"]
     device = resolve_device(config.device, config.model_type)
-    print_ = fingerprint(config, manifest)
+    inputs_fingerprint = fingerprint(config, manifest)
 
     run = tracking.find_keyed_run(experiment, run_key)
-    if run is not None and run.data.tags.get(FINGERPRINT_TAG) == print_ and RESULT_TAG in run.data.tags:
+    if (
+        run is not None
+        and run.data.tags.get(FINGERPRINT_TAG) == inputs_fingerprint
+        and RESULT_TAG in run.data.tags
+    ):
         result = TrainResult(**{**json.loads(run.data.tags[RESULT_TAG]), "reused": True})
         log.info(
             "run %s already trained this model (%s) for %s: reusing it",
@@ -321,7 +325,7 @@ def train(
             val_average_precision=val_ap,
             train_seconds=round(train_seconds, 3),
         )
-        mlflow.set_tags({FINGERPRINT_TAG: print_, RESULT_TAG: json.dumps(asdict(result))})
+        mlflow.set_tags({FINGERPRINT_TAG: inputs_fingerprint, RESULT_TAG: json.dumps(asdict(result))})
     log.info("validation average precision %.4f; model %s", val_ap, info.model_uri)
     return result
 
