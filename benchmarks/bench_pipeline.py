@@ -132,7 +132,7 @@ def run_benchmarks(work: Path, rows: int, large_rows: int) -> dict[str, Any]:
         measured[f"evaluate_{model_type}"] = step(
             "evaluate", prepared_uri=str(prepared), model_uri=trained["result"]["model_uri"],
             run_id=trained["result"]["run_id"], registered_model_name="bench", min_average_precision=0.0,
-            min_improvement=0.0,
+            min_improvement=0.0, champion_alias=load_platform().registry["production_alias"],
         )  # fmt: skip
 
     large_raw = work / "large.parquet"

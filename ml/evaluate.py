@@ -258,7 +258,7 @@ def evaluate(
     registered_model_name: str,
     min_average_precision: float,
     min_improvement: float,
-    champion_alias: str = "champion",
+    champion_alias: str,
 ) -> Evaluation:
     """Score the candidate and the champion on the test split, log the evidence and return the decision."""
     import mlflow
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--registered-model-name", required=True)
     parser.add_argument("--min-average-precision", type=float, required=True)
     parser.add_argument("--min-improvement", type=float, required=True)
-    parser.add_argument("--champion-alias", default="champion")
+    parser.add_argument("--champion-alias", required=True, help="registry alias of the model to beat")
     args = parser.parse_args(argv)
     evaluation = evaluate(
         args.prepared_uri,

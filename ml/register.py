@@ -69,26 +69,15 @@ def _await_ready(name: str, version: str, timeout_s: float = 300) -> None:
         raise StageError(f"model version {name} v{version} ended in status {status}")
 
 
-def register(evaluation: dict[str, Any], *, run_key: str, alias: str = "challenger") -> Registration:
+def register(evaluation: dict[str, Any], *, run_key: str, alias: str) -> Registration:
     """Create (once per ``run_key``) the model version for a passing evaluation and set ``alias`` on it."""
     from mlflow.exceptions import MlflowException
 
     _check(evaluation)
     name = evaluation["registered_model_name"]
     mlflow_client = tracking.client()
-    try:
-        existing = list(
-            mlflow_client.search_model_versions(
-                f"name = {tracking._quoted(name)} and tags.`{tracking.RUN_KEY_TAG}` = {tracking._quoted(run_key)}"
-            )
-        )
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        existing = []
-
-    if existing:
-        version = existing[0]
+    version = tracking.find_keyed_version(name, run_key)
+    if version is not None:
         if version.tags.get("mlops.model_id") != evaluation["model_id"]:
             raise StageError(
                 f"{run_key} already registered {name} v{version.version} from model "
@@ -151,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--run-key", required=True, help="key of the orchestrator run, e.g. <dag_id>/<run_id>"
     )
-    parser.add_argument("--alias", default="challenger", help="alias to point at the new version")
+    parser.add_argument("--alias", required=True, help="alias to point at the new version")
     args = parser.parse_args(argv)
     return asdict(register(_evaluation(args.evaluation), run_key=args.run_key, alias=args.alias))
 

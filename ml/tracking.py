@@ -26,7 +26,7 @@ def client() -> Any:
     return MlflowClient()
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
     if "'" in value or "\\" in value:
         raise StageError(f"run key {value!r} must not contain quotes or backslashes")
     return f"'{value}'"
@@ -53,11 +53,26 @@ def find_keyed_run(experiment: str, run_key: str) -> Any | None:
     """Return the live MLflow run tagged with ``run_key`` in ``experiment``, or None."""
     runs = client().search_runs(
         [experiment_id(experiment)],
-        filter_string=f"tags.`{RUN_KEY_TAG}` = {_quoted(run_key)}",
+        filter_string=f"tags.`{RUN_KEY_TAG}` = {quoted(run_key)}",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
     return runs[0] if runs else None
+
+
+def find_keyed_version(name: str, run_key: str) -> Any | None:
+    """Return the version of registered model ``name`` that the run ``run_key`` registered, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client().search_model_versions(
+            f"name = {quoted(name)} and tags.`{RUN_KEY_TAG}` = {quoted(run_key)}"
+        )
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return versions[0] if versions else None
 
 
 def create_keyed_run(experiment: str, run_key: str, run_name: str) -> Any:

@@ -30,6 +30,9 @@ def run_dag(conf: dict[str, Any], dags_folder: Path) -> Any:
 
 def summarise(dag_run: Any, tracking_uri: str) -> int:
     from mlflow import MlflowClient
+    from mlops.keys import run_key
+
+    from ml import tracking
 
     print("\n== Tasks ==")
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
@@ -38,25 +41,21 @@ def summarise(dag_run: Any, tracking_uri: str) -> int:
     print(f"  DAG run    {dag_run.state}  ({dag_run.run_id})")
 
     client = MlflowClient(tracking_uri)
-    run_key = f"{DAG_ID}/{dag_run.run_id}"
-    experiment = client.get_experiment_by_name(DAG_ID)
-    runs = (
-        client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlops.run_key` = '{run_key}'")
-        if experiment
-        else []
-    )
-    if not runs:
+    dag_run_key = run_key(DAG_ID, dag_run.run_id)
+    run = tracking.find_keyed_run(DAG_ID, dag_run_key)
+    if run is None:
         print("\nNo MLflow run was recorded for this DAG run.")
         return 1
-    run = runs[0]
     print("\n== MLflow run ==")
     print(f"  {tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     print(
         f"  model type {run.data.params.get('model_type')}, trained on {run.data.params.get('device_used')}"
     )
     print("\n== Test metrics ==")
-    for key in sorted(k for k in run.data.metrics if k.startswith(("test_", "champion_test_", "decision_"))):
-        print(f"  {key:<32} {run.data.metrics[key]:.4f}")
+    for metric in sorted(
+        k for k in run.data.metrics if k.startswith(("test_", "champion_test_", "decision_"))
+    ):
+        print(f"  {metric:<32} {run.data.metrics[metric]:.4f}")
     print("\n== Decision ==")
     evaluation = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation.json")).read_text())
     print(f"  {evaluation['decision'].upper()}")
@@ -64,11 +63,10 @@ def summarise(dag_run: Any, tracking_uri: str) -> int:
         print(f"  - {reason}")
     print("\n== Registry ==")
     name = evaluation["registered_model_name"]
-    versions = client.search_model_versions(f"name = '{name}' and tags.`mlops.run_key` = '{run_key}'")
-    if not versions:
+    version = tracking.find_keyed_version(name, dag_run_key)
+    if version is None:
         print("  nothing registered by this run")
         return 0 if dag_run.state == "success" else 1
-    version = versions[0]
     aliases = ", ".join(client.get_model_version(name, version.version).aliases) or "none"
     print(f"  {name} version {version.version} (aliases: {aliases})")
     print(f"  {tracking_uri}/#/models/{name}/versions/{version.version}")
@@ -87,6 +85,7 @@ def main() -> None:
     }
     dags_folder = Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", "dags"))
     tracking_uri = os.environ["AIRFLOW_VAR_MLFLOW_TRACKING_URI"]
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
     print(f"Running {DAG_ID} with {json.dumps(conf)}")
     started = time.perf_counter()
     dag_run = run_dag(conf, dags_folder)

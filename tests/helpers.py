@@ -8,6 +8,9 @@ from mlops.platform_config import load_platform
 
 from ml.train import TrainConfig
 
+CHAMPION = load_platform().registry["production_alias"]
+CHALLENGER = load_platform().registry["candidate_alias"]
+
 
 def train_config(**overrides: Any) -> TrainConfig:
     """The pipeline's default training config (from the platform settings) with some fields changed."""

@@ -107,6 +107,20 @@ def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, ml
     assert version.run_id == mlflow_run.info.run_id
 
 
+def test_the_demo_summary_reports_the_run_the_decision_and_the_registered_version(
+    first_run, mlflow_server, capsys
+) -> None:
+    from scripts.demo import summarise
+
+    assert summarise(first_run, mlflow_server) == 0
+    out = capsys.readouterr().out
+    (version,) = versions(f"{DAG_ID}/{first_run.run_id}")
+    assert f"{MODEL} version {version.version} (aliases: challenger)" in out
+    assert "PASS" in out and "test_average_precision" in out
+    for task_id in ("prepare", "train", "evaluate", "gate", "register"):
+        assert f"{task_id:<10} success" in out
+
+
 def test_running_the_same_dag_run_again_registers_nothing_new(dag, first_run) -> None:
     before = versions()
     again = run(dag, 2)

@@ -13,7 +13,7 @@ from ml.evaluate import evaluate
 from ml.prepare import prepare
 from ml.register import register
 from ml.train import train
-from tests.helpers import train_config
+from tests.helpers import CHALLENGER, CHAMPION, train_config
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server,
     trained = train(prepared, train_config(n_estimators=40), experiment="stages", run_key="dag/run-b")
     evaluation = asdict(
         evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="stage-model",
-                 min_average_precision=0.0, min_improvement=0.0)
+                 min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)
     )  # fmt: skip
     assert evaluation["decision"] == "pass"
     artifacts = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "plots")}
@@ -54,22 +54,22 @@ def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server,
         f"plots/{n}.png" for n in ("precision_recall_curve", "confusion_matrix", "feature_importance")
     }
 
-    first = register(evaluation, run_key="dag/run-b")
-    second = register(evaluation, run_key="dag/run-b")
+    first = register(evaluation, run_key="dag/run-b", alias=CHALLENGER)
+    second = register(evaluation, run_key="dag/run-b", alias=CHALLENGER)
     assert first.newly_registered and not second.newly_registered
     assert first.version == second.version
     client = MlflowClient()
     assert len(client.search_model_versions("name = 'stage-model'")) == 1
-    assert client.get_model_version_by_alias("stage-model", "challenger").version == first.version
+    assert client.get_model_version_by_alias("stage-model", CHALLENGER).version == first.version
 
     failed = {**evaluation, "decision": "fail", "reasons": ["average precision 0.1 < minimum 0.3"]}
     with pytest.raises(StageError, match="decided 'fail', not 'pass'; refusing to register"):
-        register(failed, run_key="dag/run-c")
+        register(failed, run_key="dag/run-c", alias=CHALLENGER)
     with pytest.raises(StageError, match=r"evaluation result is incomplete: missing \['model_uri'"):
-        register({"decision": "pass"}, run_key="dag/run-c")
+        register({"decision": "pass"}, run_key="dag/run-c", alias=CHALLENGER)
     other_model = {**evaluation, "model_id": "m-other"}
     with pytest.raises(StageError, match="one DAG run registers one version"):
-        register(other_model, run_key="dag/run-b")
+        register(other_model, run_key="dag/run-b", alias=CHALLENGER)
     assert len(client.search_model_versions("name = 'stage-model'")) == 1
 
 
@@ -78,15 +78,15 @@ def test_evaluation_compares_with_the_champion_on_the_same_rows(
 ) -> None:
     trained = train(prepared, train_config(n_estimators=60), experiment="stages", run_key="dag/run-d")
     result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="champ-model",
-                      min_average_precision=0.0, min_improvement=0.0)  # fmt: skip
-    version = register(asdict(result), run_key="dag/run-d").version
-    MlflowClient().set_registered_model_alias("champ-model", "champion", version)
+                      min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+    version = register(asdict(result), run_key="dag/run-d", alias=CHALLENGER).version
+    MlflowClient().set_registered_model_alias("champ-model", CHAMPION, version)
 
     weaker = train(
         prepared, train_config(n_estimators=2, max_depth=1), experiment="stages", run_key="dag/run-e"
     )
     compared = evaluate(prepared, weaker.model_uri, weaker.run_id, registered_model_name="champ-model",
-                        min_average_precision=0.0, min_improvement=0.0)  # fmt: skip
+                        min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
     assert compared.champion.version == version and compared.champion.comparable
     assert compared.champion.metrics.average_precision == pytest.approx(result.metrics.average_precision)
     assert compared.decision == "fail"
@@ -101,5 +101,5 @@ def test_the_random_forest_baseline_is_logged_and_scored_through_mlflow(mlflow_s
     )
     assert trained.best_iteration is None
     result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="rf-model",
-                      min_average_precision=0.0, min_improvement=0.0)  # fmt: skip
+                      min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
     assert result.metrics.average_precision > 0.05

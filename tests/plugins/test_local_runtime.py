@@ -105,3 +105,15 @@ def test_an_unknown_runtime_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW_VAR_MLOPS_POD_RUNTIME", "docker")
     with pytest.raises(AirflowFailException, match="mlops_pod_runtime='docker' must be one of"):
         pod_runtime()
+
+
+def test_both_sides_of_the_stage_contract_agree() -> None:
+    """plugins/ may not import ml/ (the Airflow image need not ship it): this pins the shared protocol."""
+    from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
+    from mlops import operators
+
+    from ml import runtime
+
+    assert operators.XCOM_DIR_ENV == runtime.XCOM_DIR_ENV
+    assert operators.EXIT_INVALID_INPUT == runtime.EXIT_INVALID_INPUT
+    assert runtime.DEFAULT_XCOM_DIR == PodDefaults.XCOM_MOUNT_PATH
