@@ -1,0 +1,195 @@
+"""FastAPI app serving a registered model: ``/predict``, ``/health``, ``/ready`` and ``/metrics``.
+
+    SERVE_MODEL_URI=models:/card-fraud-detector@champion uvicorn ml.serve.app:create_app --factory
+
+The model loads once, in the background at start-up: ``/health`` answers at once (liveness), ``/ready`` and
+``/predict`` answer 503 until the model is in memory. Requests are validated against the model's own features:
+a missing, extra or mistyped field, NaN or infinity, an empty or oversized batch, malformed JSON or an oversized
+body each get a 4xx naming the problem, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import ORJSONResponse, Response
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import create_model as create_pydantic_model
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ml.serve import metrics
+from ml.serve.model import ModelCard, Scorer, load
+
+log = logging.getLogger(__name__)
+
+
+class Settings(BaseSettings):
+    """Everything the API reads from its environment (prefix ``SERVE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVE_", protected_namespaces=())
+
+    model_uri: str
+    max_batch_size: int = 1000
+    max_body_bytes: int = 2_000_000
+
+
+# Under the record's strict config a float field takes ints and floats, never booleans or numeric strings.
+Number = float | None
+Category = str | None
+
+
+def record_model(card: ModelCard) -> type[BaseModel]:
+    """The pydantic model of one record: exactly the model's features, strictly typed, no NaN or infinity."""
+    fields: dict[str, Any] = {
+        name: (Category if name in card.categorical else Number, ...) for name in card.features
+    }
+    config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+    return create_pydantic_model("Record", __config__=config, **fields)
+
+
+class Prediction(BaseModel):
+    probability: float
+    decision: bool
+
+
+class PredictResponse(BaseModel):
+    model_name: str
+    model_version: str
+    threshold: float
+    predictions: list[Prediction]
+
+
+class Problem(Exception):
+    """A client error: status code and a message that names the field and the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _describe(error: ValidationError, batch: bool) -> str:
+    """One line per problem, each naming its field: ``instances[3].amount: ...`` or ``amount: ...``."""
+    parts = []
+    for item in error.errors()[:10]:
+        loc = item["loc"] if batch else item["loc"][1:]  # a single record is validated as a batch of one
+        location = ("instances" if batch else "") + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc
+        )
+        parts.append(f"{location.lstrip('.')}: {item['msg']}")
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class Service:
+    """The loaded model and what validating and scoring a request needs."""
+
+    def __init__(self, card: ModelCard, scorer: Scorer, settings: Settings) -> None:
+        self.card, self.scorer, self.settings = card, scorer, settings
+        record = record_model(card)
+        self.records: TypeAdapter[list[Any]] = TypeAdapter(list[record])  # type: ignore[valid-type,misc]
+
+    def parse(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
+        """Return the records of a request body and whether it was a batch."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            raise Problem(400, f"malformed JSON: {err}") from err
+        if not isinstance(payload, dict):
+            raise Problem(422, 'the body must be a JSON object: one record, or {"instances": [records]}')
+        batch = set(payload) == {"instances"}
+        records = payload["instances"] if batch else [payload]
+        if not isinstance(records, list):
+            raise Problem(422, "instances: must be a list of records")
+        if not records:
+            raise Problem(422, "instances: the batch is empty")
+        if len(records) > self.settings.max_batch_size:
+            raise Problem(
+                422, f"instances: {len(records)} records is over the limit of {self.settings.max_batch_size}"
+            )
+        try:
+            self.records.validate_python(records)
+        except ValidationError as err:
+            raise Problem(422, _describe(err, batch)) from err
+        return records, batch
+
+    def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        scores = self.scorer.scores(records)
+        for score in scores:
+            metrics.PREDICTION_SCORE.observe(float(score))
+        threshold = self.card.threshold
+        return {
+            "model_name": self.card.name,
+            "model_version": self.card.version,
+            "threshold": threshold,
+            "predictions": [{"probability": float(s), "decision": bool(s >= threshold)} for s in scores],
+        }
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the model starts loading when the app starts."""
+    settings = settings or Settings()  # type: ignore[call-arg]  # model_uri comes from the environment
+    state: dict[str, Any] = {"service": None, "error": None}
+
+    async def load_model() -> None:
+        try:
+            card, scorer = await asyncio.to_thread(load, settings.model_uri)
+        except Exception as err:  # kept for /ready to report; the process stays up for its probes
+            log.exception("loading %s failed", settings.model_uri)
+            state["error"] = f"{type(err).__name__}: {err}"
+            return
+        state["service"] = Service(card, scorer, settings)
+        metrics.MODEL_INFO.labels(model_name=card.name, model_version=card.version).set(1)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(load_model())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="Inference API", lifespan=lifespan, default_response_class=ORJSONResponse)
+    app.add_middleware(metrics.RequestMetrics)
+
+    @app.exception_handler(Problem)
+    async def problem(request: Request, exc: Problem) -> ORJSONResponse:
+        return ORJSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> ORJSONResponse:
+        service: Service | None = state["service"]
+        if service is None:
+            detail = state["error"] or "model is loading"
+            return ORJSONResponse({"ready": False, "detail": detail}, status_code=503)
+        return ORJSONResponse(
+            {"ready": True, "model_name": service.card.name, "model_version": service.card.version}
+        )
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.post("/predict", response_model=PredictResponse, responses={400: {}, 413: {}, 422: {}, 503: {}})
+    async def predict(request: Request) -> ORJSONResponse:
+        service: Service | None = state["service"]
+        if service is None:
+            return ORJSONResponse({"detail": state["error"] or "model is loading"}, status_code=503)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            raise Problem(413, f"body of {declared} bytes is over the limit of {settings.max_body_bytes}")
+        body = await request.body()
+        if len(body) > settings.max_body_bytes:
+            raise Problem(413, f"body of {len(body)} bytes is over the limit of {settings.max_body_bytes}")
+        records, _ = service.parse(body)
+        return ORJSONResponse(service.predict(records))
+
+    return app

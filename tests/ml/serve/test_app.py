@@ -1,0 +1,175 @@
+"""The inference API against a real model, trained and registered in a real MLflow server on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from ml import tracking
+from ml.evaluate import evaluate
+from ml.prepare import prepare
+from ml.register import register
+from ml.schema import to_model_input
+from ml.serve import app as app_module
+from ml.serve.app import Settings, create_app
+from ml.storage import read_manifest, read_published_table
+from ml.train import train
+from tests.helpers import CHALLENGER, CHAMPION, train_config
+
+MODEL = "serve-test-model"
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = str(tmp_path_factory.mktemp("serve") / "prepared")
+    prepare("synthetic://card-transactions?rows=20000&seed=8", "is_fraud", out, time_column="timestamp",
+            drop_columns=["transaction_id"])  # fmt: skip
+    trained = train(out, train_config(n_estimators=60), experiment="serve", run_key="serve/1")
+    result = evaluate(out, trained.model_uri, trained.run_id, registered_model_name=MODEL,
+                      min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+    version = register(asdict(result), run_key="serve/1", alias=CHALLENGER).version
+    tracking.client().set_registered_model_alias(MODEL, CHAMPION, version)
+    manifest = read_manifest(out)
+    test = read_published_table(out, "test.parquet")
+    records = to_model_input(test[manifest["features"]].head(300), manifest["categorical"]).to_dict("records")
+    return {"version": version, "model_uri": trained.model_uri, "records": records, "manifest": manifest,
+            "threshold": result.metrics.threshold}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def client(registered) -> Any:
+    with TestClient(
+        create_app(Settings(model_uri=f"models:/{MODEL}@{CHAMPION}", max_batch_size=500))
+    ) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        yield client
+
+
+def test_served_scores_equal_the_mlflow_models_scores(client, registered) -> None:
+    import mlflow.pyfunc
+
+    records = registered["records"]
+    response = client.post("/predict", json={"instances": records})
+    assert response.status_code == 200
+    body = response.json()
+    served = np.array([p["probability"] for p in body["predictions"]])
+    manifest = registered["manifest"]
+    frame = to_model_input(pd.DataFrame(records), manifest["categorical"])
+    expected = tracking.positive_scores(mlflow.pyfunc.load_model(registered["model_uri"]), frame)
+    np.testing.assert_allclose(served, expected, rtol=1e-6, atol=1e-7)
+    assert (body["model_name"], body["model_version"]) == (MODEL, registered["version"])
+    assert body["threshold"] == pytest.approx(registered["threshold"], abs=1e-6)
+    assert [p["decision"] for p in body["predictions"]] == [bool(s >= body["threshold"]) for s in served]
+
+
+def test_one_record_without_a_batch_wrapper(client, registered) -> None:
+    response = client.post("/predict", json=registered["records"][0])
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 1
+
+
+def test_missing_values_are_accepted_as_null(client, registered) -> None:
+    record = {**registered["records"][0], "amount": None, "channel": None}
+    assert client.post("/predict", json=record).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "message"),
+    [
+        (lambda r: {k: v for k, v in r.items() if k != "amount"}, 422, "amount: Field required"),
+        (lambda r: {**r, "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+        (lambda r: {**r, "amount": "12.5"}, 422, "amount: Input should be a valid"),
+        (lambda r: {**r, "amount": True}, 422, "amount: Input should be a valid"),
+        (lambda r: {**r, "channel": 3}, 422, "channel: Input should be a valid string"),
+        (lambda r: {"instances": []}, 422, "instances: the batch is empty"),
+        (lambda r: {"instances": [r] * 501}, 422, "501 records is over the limit of 500"),
+        (lambda r: {"instances": [r, {**r, "amount": [1]}]}, 422, "instances[1].amount"),
+        (lambda r: {"instances": {"a": 1}}, 422, "instances: must be a list"),
+        (lambda r: [r], 422, "the body must be a JSON object"),
+    ],
+)
+def test_bad_input_gets_a_4xx_that_names_the_problem(client, registered, change, status, message) -> None:
+    response = client.post("/predict", json=change(registered["records"][0]))
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b'{"amount": 1,', 400, "malformed JSON"),
+        (b'{"amount": NaN}', 400, "malformed JSON"),
+        (b'{"amount": Infinity}', 400, "malformed JSON"),
+        (b"x" * 2_000_001, 413, "over the limit of 2000000"),
+    ],
+)
+def test_malformed_or_oversized_bodies(client, body: bytes, status: int, message: str) -> None:
+    response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+
+
+def test_a_number_that_overflows_to_infinity_is_refused(client, registered) -> None:
+    body = orjson.dumps(registered["records"][0]).replace(b'"amount":', b'"amount":1e999,"_":', 1)
+    response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "number is infinity" in response.json()["detail"]
+
+
+def test_metrics_are_prometheus_text_with_the_names_alerts_query(client, registered) -> None:
+    client.post("/predict", json=registered["records"][0])
+    client.post("/predict", json={"instances": []})
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    statuses = {
+        s.labels["status"] for s in families["http_requests"].samples if s.name == "http_requests_total"
+    }
+    assert {"200", "422"} <= statuses
+    assert families["http_request_duration_seconds"].type == "histogram"
+    assert any(
+        s.value > 0 for s in families["prediction_score"].samples if s.name == "prediction_score_count"
+    )
+    info = [s for s in families["model_info"].samples if s.value == 1]
+    assert (info[0].labels["model_name"], info[0].labels["model_version"]) == (MODEL, registered["version"])
+
+
+def test_ready_is_false_until_the_model_is_loaded(registered, monkeypatch) -> None:
+    release = threading.Event()
+    real_load = app_module.load
+
+    def slow_load(uri: str) -> Any:
+        release.wait(30)
+        return real_load(uri)
+
+    monkeypatch.setattr(app_module, "load", slow_load)
+    with TestClient(create_app(Settings(model_uri=f"models:/{MODEL}@{CHAMPION}"))) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/ready").status_code == 503
+        assert client.post("/predict", json=registered["records"][0]).status_code == 503
+        release.set()
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.post("/predict", json=registered["records"][0]).status_code == 200
+
+
+def test_a_model_that_cannot_load_is_reported_not_served(registered) -> None:
+    with TestClient(create_app(Settings(model_uri=f"models:/{MODEL}@no-such-alias"))) as client:
+        deadline = time.monotonic() + 30
+        while "no-such-alias" not in client.get("/ready").json().get("detail", ""):
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.1)
+        assert client.get("/ready").status_code == 503
+        assert client.get("/health").status_code == 200
