@@ -4,6 +4,8 @@
 #   make test        the test suite (what CI runs)
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
+#   make bench-serve inference API against `mlflow models serve` (needs wrk: installed with apt-get)
+#   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -33,7 +35,9 @@ LOCAL_ENV := \
 	AIRFLOW_VAR_MLOPS_POD_RUNTIME=local \
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins
 
-.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast lint bench clean
+ALIAS ?= champion
+
+.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast lint bench bench-serve serve clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -80,6 +84,14 @@ lint: install
 
 bench: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_pipeline
+
+bench-serve: install
+	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_serve
+
+serve: install mlflow-up
+	MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) PYTHONPATH=$(CURDIR):$(CURDIR)/plugins \
+		$(RUN) -m scripts.serve --alias $(ALIAS)
 
 clean: mlflow-down
 	rm -rf $(LOCAL) $(VENV) $(TOOLS)

@@ -47,8 +47,16 @@ class Scorer:
             column: {category: float(code) for code, category in enumerate(categories)}
             for column, categories in encoder.categories_.items()
         }
-        self._estimator = pipeline.named_steps["model"]
+        estimator = pipeline.named_steps["model"]
         self._columns = [(column, self._codes.get(column)) for column in self.features]
+        if hasattr(estimator, "get_booster"):
+            # XGBoost: predict in place on the booster, skipping the scikit-learn wrapper's per-call checks
+            # (about 100 us of a single record's 270 us), over the trees early stopping kept.
+            booster, best = estimator.get_booster(), getattr(estimator, "best_iteration", None)
+            rounds = (0, best + 1) if best is not None else (0, 0)
+            self._predict = lambda x: booster.inplace_predict(x, iteration_range=rounds)
+        else:
+            self._predict = lambda x: estimator.predict_proba(x)[:, 1]
 
     def matrix(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Encode records as the model's float32 matrix; None (and unknown categories) become NaN."""
@@ -68,7 +76,7 @@ class Scorer:
 
     def scores(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The positive-class probability of each record."""
-        return np.asarray(self._estimator.predict_proba(self.matrix(records))[:, 1], dtype=np.float64)
+        return np.asarray(self._predict(self.matrix(records)), dtype=np.float64)
 
 
 def resolve(model_uri: str) -> tuple[str, str, float]:

@@ -1,0 +1,235 @@
+"""Serving benchmark: this inference API against ``mlflow models serve`` on the same model, in one run.
+
+Both servers run on loopback with the same number of workers and are loaded by the same wrk command:
+single-record requests at concurrency 8 (requests/s, p50 and p99 latency) and batches of 1,000 records
+(rows/s). Before the load, both must return the same scores for the same rows.
+
+Targets (2-core machine): at least 10x the single-record throughput of ``mlflow models serve`` with p99 under
+10 ms, and at least 100,000 rows/s in batches. Exits 1 when a target is missed.
+
+    python -m benchmarks.bench_serve [--workers 1] [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MIN_THROUGHPUT_RATIO = 10.0
+MAX_P99_MS = 10.0
+MIN_BATCH_ROWS_PER_S = 100_000
+BATCH = 1000
+CONCURRENCY = 8
+
+
+def post(url: str, body: bytes) -> Any:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"server for {url} exited with {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{url} not ready after {timeout_s}s") from None
+            time.sleep(0.5)
+
+
+def wrk(url: str, body_file: Path, seconds: int, connections: int) -> dict[str, float]:
+    """Run wrk and return requests/s and the p50/p99 latency in milliseconds."""
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(ROOT / "benchmarks/wrk_post.lua"), url],
+        env={**os.environ, "BODY_FILE": str(body_file)}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    if "Non-2xx" in output:
+        raise SystemExit(f"wrk saw error responses from {url}:\n{output}")
+
+    def latency(percent: str) -> float:
+        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    requests = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    return {"requests_per_s": requests, "p50_ms": latency("50"), "p99_ms": latency("99")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seconds", type=int, default=15)
+    args = parser.parse_args()
+
+    from benchmarks.bench_pipeline import wait_until_idle
+    from scripts.local_mlflow import start
+    from tests.conftest import free_port
+
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        work = Path(tmp)
+        tracking_port = free_port()
+        tracking = start(work / "mlflow", tracking_port)
+        os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{tracking_port}"
+        servers: list[subprocess.Popen[bytes]] = [tracking]
+        try:
+            report = run(work, args.workers, args.seconds, servers, wait_until_idle)
+        finally:
+            for server in reversed(servers):
+                server.terminate()
+                server.wait(timeout=30)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serve.json").write_text(json.dumps(report, indent=2))
+    print_table(report)
+    sys.exit(0 if all(report["targets"].values()) else 1)
+
+
+def run(work: Path, workers: int, seconds: int, servers: list[Any], wait_until_idle: Any) -> dict[str, Any]:
+    import pandas as pd
+    from mlops.platform_config import load_platform
+
+    from ml.evaluate import evaluate
+    from ml.prepare import prepare
+    from ml.register import register
+    from ml.schema import to_model_input
+    from ml.storage import read_manifest, read_published_table
+    from ml.train import TrainConfig, train
+
+    platform = load_platform()
+    name = platform.registry["model_name"]
+    print("training the model to serve (200,000 synthetic rows)", flush=True)
+    prepared = str(work / "prepared")
+    prepare("synthetic://card-transactions?rows=200000&seed=3", "is_fraud", prepared, time_column="timestamp",
+            drop_columns=["transaction_id"])  # fmt: skip
+    trained = train(
+        prepared, TrainConfig(**platform.training), experiment="bench-serve", run_key="bench/serve"
+    )
+    result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name=name,
+                      min_average_precision=0.0, min_improvement=0.0,
+                      champion_alias=platform.registry["production_alias"])  # fmt: skip
+    version = register(
+        asdict(result), run_key="bench/serve", alias=platform.registry["candidate_alias"]
+    ).version
+    model_uri = f"models:/{name}/{version}"
+
+    manifest = read_manifest(prepared)
+    test = read_published_table(prepared, "test.parquet")
+    records = to_model_input(test[manifest["features"]].head(BATCH), manifest["categorical"]).to_dict(
+        "records"
+    )
+    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in records]
+
+    ours_port, theirs_port = _free_ports(2)
+    env = {**os.environ, "SERVE_MODEL_URI": model_uri, "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}"}
+    servers.append(subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "ml.serve.app:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(ours_port), "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
+         "--no-access-log", "--log-level", "warning"],
+        cwd=ROOT, env=env,
+    ))  # fmt: skip
+    servers.append(subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(theirs_port), "--workers", str(workers)],
+        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    ))  # fmt: skip
+    ours, theirs = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{theirs_port}"
+    wait_for(f"{ours}/ready", servers[-2])
+    wait_for(f"{theirs}/ping", servers[-1])
+    for server in servers:
+        wait_until_idle(server.pid)
+
+    bodies = {
+        ("ours", "single"): json.dumps(records[0]),
+        ("theirs", "single"): json.dumps({"dataframe_records": [records[0]]}),
+        ("ours", "batch"): json.dumps({"instances": records}),
+        ("theirs", "batch"): json.dumps({"dataframe_records": records}),
+    }
+    files = {}
+    for key, body in bodies.items():
+        files[key] = work / f"{key[0]}-{key[1]}.json"
+        files[key].write_text(body)
+
+    our_scores = [
+        p["probability"] for p in post(f"{ours}/predict", bodies["ours", "batch"].encode())["predictions"]
+    ]
+    their_scores = [
+        row[-1] for row in post(f"{theirs}/invocations", bodies["theirs", "batch"].encode())["predictions"]
+    ]
+    max_difference = float(pd.Series(our_scores).sub(pd.Series(their_scores)).abs().max())
+    if max_difference > 1e-6:
+        raise SystemExit(f"the two servers disagree on scores (max difference {max_difference})")
+
+    measured: dict[str, Any] = {}
+    for server, url in (("ours", f"{ours}/predict"), ("theirs", f"{theirs}/invocations")):
+        for kind in ("single", "batch"):
+            print(f"  {server} {kind} ...", flush=True)
+            measured[f"{server}_{kind}"] = wrk(url, files[server, kind], seconds, CONCURRENCY)
+            if kind == "batch":
+                measured[f"{server}_{kind}"]["rows_per_s"] = (
+                    measured[f"{server}_{kind}"]["requests_per_s"] * BATCH
+                )
+    ratio_single = measured["ours_single"]["requests_per_s"] / measured["theirs_single"]["requests_per_s"]
+    ratio_batch = measured["ours_batch"]["rows_per_s"] / measured["theirs_batch"]["rows_per_s"]
+    return {
+        "workers": workers,
+        "concurrency": CONCURRENCY,
+        "seconds": seconds,
+        "batch_size": BATCH,
+        "model": model_uri,
+        "max_score_difference": max_difference,
+        "measured": measured,
+        "ratios": {"single_throughput": ratio_single, "batch_rows": ratio_batch},
+        "targets": {
+            f"single-record throughput >= {MIN_THROUGHPUT_RATIO:.0f}x mlflow models serve": ratio_single
+            >= MIN_THROUGHPUT_RATIO,
+            f"single-record p99 < {MAX_P99_MS:.0f} ms": measured["ours_single"]["p99_ms"] < MAX_P99_MS,
+            f"batches >= {MIN_BATCH_ROWS_PER_S:,} rows/s": measured["ours_batch"]["rows_per_s"]
+            >= MIN_BATCH_ROWS_PER_S,
+        },
+    }
+
+
+def _free_ports(count: int) -> list[int]:
+    from tests.conftest import free_port
+
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def print_table(report: dict[str, Any]) -> None:
+    m, r = report["measured"], report["ratios"]
+    print(f"\n{report['workers']} worker(s), concurrency {report['concurrency']}, {report['seconds']} s per run, "
+          f"batches of {report['batch_size']}; scores agree to {report['max_score_difference']:.1e}\n")  # fmt: skip
+    print("| Load | This API | `mlflow models serve` | Ratio |\n|---|---:|---:|---:|")
+    print(f"| single record: requests/s | {m['ours_single']['requests_per_s']:,.0f} | "
+          f"{m['theirs_single']['requests_per_s']:,.0f} | {r['single_throughput']:.1f}x |")  # fmt: skip
+    for percentile in ("p50", "p99"):
+        print(f"| single record: {percentile} latency (ms) | {m['ours_single'][f'{percentile}_ms']:.2f} | "
+              f"{m['theirs_single'][f'{percentile}_ms']:.2f} | |")  # fmt: skip
+    print(f"| batches of {report['batch_size']}: rows/s | {m['ours_batch']['rows_per_s']:,.0f} | "
+          f"{m['theirs_batch']['rows_per_s']:,.0f} | {r['batch_rows']:.1f}x |")  # fmt: skip
+    for target, met in report["targets"].items():
+        print(f"{'MET ' if met else 'MISSED'}  {target}")
+
+
+if __name__ == "__main__":
+    main()
