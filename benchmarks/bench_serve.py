@@ -48,7 +48,9 @@ def wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180)
                 return
         except OSError:
             if process.poll() is not None:
-                raise SystemExit(f"server for {url} exited with {process.returncode}") from None
+                raise SystemExit(
+                    f"server for {url} exited with {process.returncode} (logs in the work folder)"
+                ) from None
             if time.monotonic() > deadline:
                 raise SystemExit(f"{url} not ready after {timeout_s}s") from None
             time.sleep(0.5)
@@ -135,7 +137,13 @@ def run(work: Path, workers: int, seconds: int, servers: list[Any], wait_until_i
     records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in records]
 
     ours_port, theirs_port = _free_ports(2)
-    env = {**os.environ, "SERVE_MODEL_URI": model_uri, "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}"}
+    env = {
+        **os.environ,
+        "SERVE_MODEL_URI": model_uri,
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}",
+        # `mlflow models serve` runs `uvicorn` by name: this interpreter's environment must come first.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     servers.append(subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "ml.serve.app:create_app", "--factory", "--host", "127.0.0.1",
          "--port", str(ours_port), "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
@@ -145,7 +153,8 @@ def run(work: Path, workers: int, seconds: int, servers: list[Any], wait_until_i
     servers.append(subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(theirs_port), "--workers", str(workers)],
-        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # The log stays open for the server's lifetime; it is read when the server fails to start.
+        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "mlflow-serve.log", "wb"),  # noqa: SIM115
     ))  # fmt: skip
     ours, theirs = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{theirs_port}"
     wait_for(f"{ours}/ready", servers[-2])

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic import create_model as create_pydantic_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,11 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+def json_response(payload: Any, status_code: int = 200) -> Response:
+    """Serialize with orjson (several times faster than the standard library on float arrays)."""
+    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
+
+
 class Problem(Exception):
     """A client error: status code and a message that names the field and the problem."""
 
@@ -91,8 +97,8 @@ class Service:
 
     def __init__(self, card: ModelCard, scorer: Scorer, settings: Settings) -> None:
         self.card, self.scorer, self.settings = card, scorer, settings
-        record = record_model(card)
-        self.records: TypeAdapter[list[Any]] = TypeAdapter(list[record])  # type: ignore[valid-type,misc]
+        self.record = record_model(card)
+        self.records: TypeAdapter[list[Any]] = TypeAdapter(list[self.record])  # type: ignore[name-defined]
 
     def parse(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
         """Return the records of a request body and whether it was a batch."""
@@ -152,24 +158,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         task.cancel()
 
-    app = FastAPI(title="Inference API", lifespan=lifespan, default_response_class=ORJSONResponse)
+    app = FastAPI(title="Inference API", lifespan=lifespan)
     app.add_middleware(metrics.RequestMetrics)
 
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI document, with /predict's body described by the loaded model's own features."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        service: Service | None = state["service"]
+        if service is None:
+            return document  # not cached: the body's shape is known once the model is in memory
+        record = service.record.model_json_schema(ref_template="#/components/schemas/{model}")
+        document.setdefault("components", {}).setdefault("schemas", {})["Record"] = record
+        reference = {"$ref": "#/components/schemas/Record"}
+        batch = {
+            "type": "object",
+            "properties": {
+                "instances": {
+                    "type": "array", "items": reference, "minItems": 1, "maxItems": settings.max_batch_size,
+                }
+            },
+            "required": ["instances"],
+            "additionalProperties": False,
+        }  # fmt: skip
+        document["paths"]["/predict"]["post"]["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"oneOf": [reference, batch]}}},
+        }
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(Problem)
-    async def problem(request: Request, exc: Problem) -> ORJSONResponse:
-        return ORJSONResponse({"detail": exc.message}, status_code=exc.status)
+    async def problem(request: Request, exc: Problem) -> Response:
+        return json_response({"detail": exc.message}, status_code=exc.status)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/ready")
-    async def ready() -> ORJSONResponse:
+    async def ready() -> Response:
         service: Service | None = state["service"]
         if service is None:
             detail = state["error"] or "model is loading"
-            return ORJSONResponse({"ready": False, "detail": detail}, status_code=503)
-        return ORJSONResponse(
+            return json_response({"ready": False, "detail": detail}, status_code=503)
+        return json_response(
             {"ready": True, "model_name": service.card.name, "model_version": service.card.version}
         )
 
@@ -179,10 +215,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(body, media_type=content_type)
 
     @app.post("/predict", response_model=PredictResponse, responses={400: {}, 413: {}, 422: {}, 503: {}})
-    async def predict(request: Request) -> ORJSONResponse:
+    async def predict(request: Request) -> Response:
         service: Service | None = state["service"]
         if service is None:
-            return ORJSONResponse({"detail": state["error"] or "model is loading"}, status_code=503)
+            return json_response({"detail": state["error"] or "model is loading"}, status_code=503)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
             raise Problem(413, f"body of {declared} bytes is over the limit of {settings.max_body_bytes}")
@@ -190,6 +226,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if len(body) > settings.max_body_bytes:
             raise Problem(413, f"body of {len(body)} bytes is over the limit of {settings.max_body_bytes}")
         records, _ = service.parse(body)
-        return ORJSONResponse(service.predict(records))
+        return json_response(service.predict(records))
 
     return app
