@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic import create_model as create_pydantic_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ml.serve import metrics
+from ml.serve import metrics, tracing
 from ml.serve.model import ModelCard, Scorer, load
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     model_uri: str
     max_batch_size: int = 1000
     max_body_bytes: int = 2_000_000
+    tracing: bool = False
 
 
 # Under the record's strict config a float field takes ints and floats, never booleans or numeric strings.
@@ -95,8 +96,8 @@ def _describe(error: ValidationError, batch: bool) -> str:
 class Service:
     """The loaded model and what validating and scoring a request needs."""
 
-    def __init__(self, card: ModelCard, scorer: Scorer, settings: Settings) -> None:
-        self.card, self.scorer, self.settings = card, scorer, settings
+    def __init__(self, card: ModelCard, scorer: Scorer, settings: Settings, tracer: Any = None) -> None:
+        self.card, self.scorer, self.settings, self.tracer = card, scorer, settings, tracer
         self.record = record_model(card)
         self.records: TypeAdapter[list[Any]] = TypeAdapter(list[self.record])  # type: ignore[name-defined]
 
@@ -125,7 +126,20 @@ class Service:
         return records, batch
 
     def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        scores = self.scorer.scores(records)
+        if self.tracer is None:
+            scores = self.scorer.scores(records)
+        else:
+            with self.tracer.start_as_current_span("predict") as span:
+                scores = self.scorer.scores(records)
+                span.set_attributes(
+                    {
+                        "model.name": self.card.name,
+                        "model.version": self.card.version,
+                        "input.size": len(records),
+                        "prediction.score": float(scores[0]) if len(scores) == 1 else float(scores.max()),
+                        "prediction.positives": int((scores >= self.card.threshold).sum()),
+                    }
+                )
         for score in scores:
             metrics.PREDICTION_SCORE.observe(float(score))
         threshold = self.card.threshold
@@ -137,10 +151,16 @@ class Service:
         }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the model starts loading when the app starts."""
+def create_app(settings: Settings | None = None, span_exporter: Any = None) -> FastAPI:
+    """Build the app; the model starts loading when the app starts.
+
+    Args:
+        settings: The configuration; read from the environment when omitted.
+        span_exporter: Where spans go when tracing is on (OTLP over HTTP when omitted).
+    """
     settings = settings or Settings()  # type: ignore[call-arg]  # model_uri comes from the environment
     state: dict[str, Any] = {"service": None, "error": None}
+    span_tracer = tracing.tracer(settings.tracing, span_exporter)
 
     async def load_model() -> None:
         try:
@@ -149,7 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.exception("loading %s failed", settings.model_uri)
             state["error"] = f"{type(err).__name__}: {err}"
             return
-        state["service"] = Service(card, scorer, settings)
+        state["service"] = Service(card, scorer, settings, span_tracer)
         metrics.MODEL_INFO.labels(model_name=card.name, model_version=card.version).set(1)
 
     @asynccontextmanager

@@ -173,3 +173,28 @@ def test_a_model_that_cannot_load_is_reported_not_served(registered) -> None:
             time.sleep(0.1)
         assert client.get("/ready").status_code == 503
         assert client.get("/health").status_code == 200
+
+
+def test_each_inference_is_a_span_with_the_model_input_size_and_score(registered) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    settings = Settings(model_uri=f"models:/{MODEL}@{CHAMPION}", tracing=True)
+    with TestClient(create_app(settings, span_exporter=exporter)) as traced:
+        deadline = time.monotonic() + 60
+        while traced.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        score = traced.post("/predict", json=registered["records"][0]).json()["predictions"][0]["probability"]
+        traced.post("/predict", json={"instances": registered["records"][:7]})
+    first, batch = exporter.get_finished_spans()
+    assert first.name == "predict"
+    assert first.attributes["model.name"] == MODEL
+    assert first.attributes["model.version"] == registered["version"]
+    assert first.attributes["input.size"] == 1
+    assert first.attributes["prediction.score"] == pytest.approx(score)
+    assert batch.attributes["input.size"] == 7
+
+
+def test_tracing_is_off_by_default() -> None:
+    assert Settings(model_uri="models:/m@a").tracing is False
