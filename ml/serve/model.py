@@ -7,14 +7,17 @@ estimator scores it (XGBoost predicts in place on NumPy). Scores equal the MLflo
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ml import tracking
+from ml.errors import StageError
 from ml.evaluate import THRESHOLD_TAG
 
 log = logging.getLogger(__name__)
@@ -79,38 +82,59 @@ class Scorer:
         return np.asarray(self._predict(self.matrix(records)), dtype=np.float64)
 
 
-def resolve(model_uri: str) -> tuple[str, str, float]:
-    """Return (name, version, decision threshold) of ``models:/<name>@<alias>`` or ``models:/<name>/<version>``."""
-    from ml.errors import StageError
+#: Written next to an exported model's MLmodel file: the name, version and threshold that travel with it.
+EXPORT_FILE = "mlops.json"
 
-    if not model_uri.startswith("models:/"):
-        raise StageError(
-            f"model URI {model_uri!r} must be models:/<name>@<alias> or models:/<name>/<version>"
-        )
-    reference = model_uri.removeprefix("models:/")
-    client = tracking.client()
-    if "@" in reference:
-        name, alias = reference.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias)
-    elif "/" in reference:
-        name, number = reference.split("/", 1)
-        version = client.get_model_version(name, number)
+
+def resolve(model_uri: str) -> tuple[str, str, float, str]:
+    """Return (name, version, decision threshold, URI to load) for a model reference.
+
+    Accepts ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>`` (the threshold
+    of the run's evaluation) and a local folder written by ``python -m ml.serve.export``.
+    """
+    if model_uri.startswith("models:/"):
+        reference = model_uri.removeprefix("models:/")
+        client = tracking.client()
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in reference:
+            name, number = reference.split("/", 1)
+            version = client.get_model_version(name, number)
+        else:
+            raise StageError(f"model URI {model_uri!r} names no alias or version")
+        threshold = version.tags.get(THRESHOLD_TAG)
+        where = f"{name} v{version.version}"
+        # What was resolved is what is loaded, even if the alias moves meanwhile.
+        name, number, pinned = name, str(version.version), f"models:/{name}/{version.version}"
+    elif model_uri.startswith("runs:/"):
+        run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
+        threshold = tracking.client().get_run(run_id).data.tags.get(THRESHOLD_TAG)
+        where, name, number, pinned = f"run {run_id}", f"run-{run_id}", run_id, model_uri
     else:
-        raise StageError(f"model URI {model_uri!r} names no alias or version")
-    threshold = version.tags.get(THRESHOLD_TAG)
-    if threshold is None:
-        raise StageError(
-            f"{name} v{version.version} has no {THRESHOLD_TAG} tag: was it registered by the pipeline?"
+        exported = Path(model_uri) / EXPORT_FILE
+        if not exported.exists():
+            raise StageError(
+                f"{model_uri!r} is not a models:/ or runs:/ URI, nor a folder exported by ml.serve.export"
+            )
+        meta = json.loads(exported.read_text())
+        threshold, where, name, number, pinned = (
+            meta["threshold"],
+            model_uri,
+            meta["name"],
+            meta["version"],
+            model_uri,
         )
-    return name, str(version.version), float(threshold)
+    if threshold is None:
+        raise StageError(f"{where} has no {THRESHOLD_TAG}: was it evaluated by the pipeline?")
+    return name, number, float(threshold), pinned
 
 
 def load(model_uri: str) -> tuple[ModelCard, Scorer]:
-    """Load a registered model version with the decision threshold its evaluation chose."""
+    """Load a model with the decision threshold its evaluation chose."""
     import mlflow.sklearn
 
-    name, version, threshold = resolve(model_uri)
-    pinned = f"models:/{name}/{version}"  # what was resolved is what is loaded, even if the alias moves
+    name, version, threshold, pinned = resolve(model_uri)
     scorer = Scorer(mlflow.sklearn.load_model(pinned))
     card = ModelCard(
         name=name,

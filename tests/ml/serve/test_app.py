@@ -198,3 +198,27 @@ def test_each_inference_is_a_span_with_the_model_input_size_and_score(registered
 
 def test_tracing_is_off_by_default() -> None:
     assert Settings(model_uri="models:/m@a").tracing is False
+
+
+def test_runs_uris_and_exported_folders_serve_the_same_scores(registered, tmp_path) -> None:
+    from ml.serve.export import export
+    from ml.serve.model import load
+
+    reference_card, reference = load(f"models:/{MODEL}/{registered['version']}")
+    run_id = tracking.client().get_model_version(MODEL, registered["version"]).run_id
+    run_card, from_run = load(f"runs:/{run_id}/model")
+    exported = export(f"models:/{MODEL}@{CHAMPION}", tmp_path / "exported")
+    folder_card, from_folder = load(exported["output"])
+    records = registered["records"][:50]
+    for card, scorer in ((run_card, from_run), (folder_card, from_folder)):
+        np.testing.assert_array_equal(scorer.scores(records), reference.scores(records))
+        assert card.threshold == pytest.approx(reference_card.threshold)
+    assert (folder_card.name, folder_card.version) == (MODEL, registered["version"])
+
+
+def test_a_folder_that_was_not_exported_is_refused(tmp_path) -> None:
+    from ml.errors import StageError
+    from ml.serve.model import load
+
+    with pytest.raises(StageError, match=r"nor a folder exported by ml\.serve\.export"):
+        load(str(tmp_path))

@@ -1,0 +1,54 @@
+"""Export a registered model version to a folder the API can serve without a tracking server.
+
+    python -m ml.serve.export --model-uri models:/card-fraud-detector@champion --output /models/fraud
+
+The folder holds the MLflow model and ``mlops.json`` (name, version, decision threshold), so the threshold that
+evaluation chose travels with the model. Serve it with ``SERVE_MODEL_URI=/models/fraud``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ml.errors import StageError
+from ml.serve.model import EXPORT_FILE, resolve
+
+
+def export(model_uri: str, output: Path) -> dict[str, Any]:
+    """Download the model behind ``model_uri`` into ``output`` (replaced whole) with its serving metadata."""
+    import mlflow.artifacts
+
+    if not model_uri.startswith(("models:/", "runs:/")):
+        raise StageError(f"export takes a models:/ or runs:/ URI, not {model_uri!r}")
+    name, version, threshold, pinned = resolve(model_uri)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.partial-") as staging:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=staging))
+        meta = {"name": name, "version": version, "threshold": threshold, "source": pinned}
+        (folder / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
+        if output.exists():
+            shutil.rmtree(output)
+        folder.rename(output)
+    return {**meta, "output": str(output)}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m ml.serve.export", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model-uri", required=True, help="models:/<name>@<alias>, models:/<name>/<n> or runs:/"
+    )
+    parser.add_argument("--output", type=Path, required=True, help="folder to write (replaced whole)")
+    args = parser.parse_args(argv)
+    return export(args.model_uri, args.output)
+
+
+if __name__ == "__main__":
+    from ml.runtime import run_stage
+
+    run_stage(main)
