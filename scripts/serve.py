@@ -15,6 +15,28 @@ import uvicorn
 from mlops.platform_config import load_platform
 
 
+def check(model_uri: str, model_name: str) -> None:
+    """Fail before starting a server that could never become ready, and say what to serve instead."""
+    from mlflow import MlflowClient
+
+    from ml.errors import StageError
+    from ml.serve.model import resolve
+
+    try:
+        resolve(model_uri)
+    except (StageError, Exception) as err:
+        try:
+            aliases = dict(MlflowClient().get_registered_model(model_name).aliases)
+        except Exception:
+            aliases = {}
+        known = ", ".join(f"{alias} -> v{version}" for alias, version in sorted(aliases.items())) or "none"
+        raise SystemExit(
+            f"cannot serve {model_uri}: {str(err).splitlines()[0]}\n"
+            f"aliases of {model_name}: {known}. The canary release promotes champion; until then serve the "
+            "candidate with `make serve ALIAS=challenger`."
+        ) from None
+
+
 def main() -> None:
     registry = load_platform().registry
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -24,7 +46,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    os.environ["SERVE_MODEL_URI"] = args.model_uri or f"models:/{registry['model_name']}@{args.alias}"
+    model_uri = args.model_uri or f"models:/{registry['model_name']}@{args.alias}"
+    check(model_uri, registry["model_name"])
+    os.environ["SERVE_MODEL_URI"] = model_uri
     uvicorn.run(
         "ml.serve.app:create_app",
         factory=True,
