@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,7 +20,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError
 from pydantic import create_model as create_pydantic_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,6 +39,8 @@ class Settings(BaseSettings):
     max_batch_size: int = 1000
     max_body_bytes: int = 2_000_000
     tracing: bool = False
+    # Bearer token for POST /reload; unset (the default) turns reloading over HTTP off.
+    admin_token: SecretStr | None = None
 
 
 # Under the record's strict config a float field takes ints and floats, never booleans or numeric strings.
@@ -159,7 +162,7 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
         span_exporter: Where spans go when tracing is on (OTLP over HTTP when omitted).
     """
     settings = settings or Settings()  # type: ignore[call-arg]  # model_uri comes from the environment
-    state: dict[str, Any] = {"service": None, "error": None}
+    state: dict[str, Any] = {"service": None, "error": None, "loading": None}
     span_tracer = tracing.tracer(settings.tracing, span_exporter)
 
     async def load_model() -> None:
@@ -169,14 +172,25 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
             log.exception("loading %s failed", settings.model_uri)
             state["error"] = f"{type(err).__name__}: {err}"
             return
-        state["service"] = Service(card, scorer, settings, span_tracer)
+        finally:
+            state["loading"] = None
+        previous: Service | None = state["service"]
+        state["service"], state["error"] = Service(card, scorer, settings, span_tracer), None
+        if previous is not None:
+            metrics.MODEL_INFO.remove(previous.card.name, previous.card.version)
         metrics.MODEL_INFO.labels(model_name=card.name, model_version=card.version).set(1)
+        app.openapi_schema = None  # the body schema follows the model's features
+
+    def start_loading() -> None:
+        if state["loading"] is None:
+            state["loading"] = asyncio.create_task(load_model())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        task = asyncio.create_task(load_model())
+        start_loading()
         yield
-        task.cancel()
+        if state["loading"] is not None:
+            state["loading"].cancel()
 
     app = FastAPI(title="Inference API", lifespan=lifespan)
     app.add_middleware(metrics.RequestMetrics)
@@ -222,12 +236,24 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
     @app.get("/ready")
     async def ready() -> Response:
         service: Service | None = state["service"]
-        if service is None:
-            detail = state["error"] or "model is loading"
+        if service is None or state["loading"] is not None:
+            detail = "model is loading" if state["loading"] is not None else state["error"]
             return json_response({"ready": False, "detail": detail}, status_code=503)
         return json_response(
             {"ready": True, "model_name": service.card.name, "model_version": service.card.version}
         )
+
+    @app.post("/reload", status_code=202, responses={401: {}, 404: {}})
+    async def reload(request: Request) -> Response:
+        """Load the model URI again (an alias may have moved). Until the new model is in memory /ready says
+        no, so a load balancer drains this replica, while /predict keeps answering with the old model."""
+        if settings.admin_token is None:
+            raise Problem(404, "reloading over HTTP is off: set SERVE_ADMIN_TOKEN to turn it on")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if not secrets.compare_digest(given.encode(), settings.admin_token.get_secret_value().encode()):
+            raise Problem(401, "reloading needs the admin bearer token")
+        start_loading()
+        return json_response({"detail": "reloading"}, status_code=202)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

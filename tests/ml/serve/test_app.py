@@ -222,3 +222,38 @@ def test_a_folder_that_was_not_exported_is_refused(tmp_path) -> None:
 
     with pytest.raises(StageError, match=r"nor a folder exported by ml\.serve\.export"):
         load(str(tmp_path))
+
+
+def test_reload_follows_a_moved_alias_and_is_not_ready_meanwhile(registered, monkeypatch) -> None:
+    version = registered["version"]
+    client_ = tracking.client()
+    client_.set_registered_model_alias(MODEL, "reload-test", version)
+    settings = Settings(model_uri=f"models:/{MODEL}@reload-test", admin_token="s3cret")
+    with TestClient(create_app(settings)) as api:
+        deadline = time.monotonic() + 60
+        while api.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        model_uri = registered["model_uri"]  # the same model, registered again as a new version
+        other = client_.create_model_version(MODEL, model_uri, model_id=model_uri.removeprefix("models:/"),
+                                             tags=client_.get_model_version(MODEL, version).tags)  # fmt: skip
+        client_.set_registered_model_alias(MODEL, "reload-test", other.version)
+        release = threading.Event()
+        real_load = app_module.load
+        monkeypatch.setattr(app_module, "load", lambda uri: (release.wait(30), real_load(uri))[1])
+        assert api.post("/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert api.post("/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 202
+        assert api.get("/ready").status_code == 503
+        served = api.post("/predict", json=registered["records"][0])
+        assert served.status_code == 200 and served.json()["model_version"] == version  # still the old model
+        release.set()
+        while api.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert api.post("/predict", json=registered["records"][0]).json()["model_version"] == other.version
+
+
+def test_reload_is_off_without_an_admin_token(client) -> None:
+    response = client.post("/reload")
+    assert response.status_code == 404
+    assert "set SERVE_ADMIN_TOKEN" in response.json()["detail"]
