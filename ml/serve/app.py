@@ -187,7 +187,8 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        start_loading()
+        if state["service"] is None:  # a model already in memory is reloaded only when asked to
+            start_loading()
         yield
         if state["loading"] is not None:
             state["loading"].cancel()
