@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks._stack import settled_mlflow
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MAX_PREPARE_PEAK_MIB = 4096
@@ -47,59 +49,14 @@ def step(name: str, **kwargs: Any) -> dict[str, Any]:
     return dict(measured)
 
 
-def wait_until_idle(
-    pid: int, *, busy_share: float = 0.05, window_s: float = 3.0, timeout_s: float = 120
-) -> float:
-    """Wait until a process tree uses under ``busy_share`` of one core over ``window_s``; return the wait.
-
-    A freshly started MLflow server spends its first tens of seconds of CPU on start-up work; on a 2-core
-    machine that would be measured as part of whichever step runs first.
-    """
-    import time
-
-    import psutil
-
-    root = psutil.Process(pid)
-    started = time.monotonic()
-
-    def cpu_seconds() -> float:
-        total = 0.0
-        for process in [root, *root.children(recursive=True)]:
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-        return total
-
-    while time.monotonic() - started < timeout_s:
-        before = cpu_seconds()
-        time.sleep(window_s)
-        if (cpu_seconds() - before) / window_s < busy_share:
-            break
-    return time.monotonic() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--large-rows", type=int, default=10_000_000)
     args = parser.parse_args()
 
-    from scripts.local_mlflow import start
-    from tests.conftest import free_port
-
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        work = Path(tmp)
-        port = free_port()
-        server = start(work / "mlflow", port)
-        print(f"MLflow server up; settled after {wait_until_idle(server.pid):.0f} s", flush=True)
-        os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
-        try:
-            report = run_benchmarks(work, args.rows, args.large_rows)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, settled_mlflow(Path(tmp)):
+        report = run_benchmarks(Path(tmp), args.rows, args.large_rows)
 
     report["machine"] = {
         "cpus": os.cpu_count(),

@@ -25,6 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks._stack import settled_mlflow, wait_until_idle
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MIN_THROUGHPUT_RATIO = 10.0
@@ -79,18 +81,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     args = parser.parse_args()
 
-    from benchmarks.bench_pipeline import wait_until_idle
-    from scripts.local_mlflow import start
-    from tests.conftest import free_port
-
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        work = Path(tmp)
-        tracking_port = free_port()
-        tracking = start(work / "mlflow", tracking_port)
-        os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{tracking_port}"
-        servers: list[subprocess.Popen[bytes]] = [tracking]
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, settled_mlflow(Path(tmp)):
+        servers: list[subprocess.Popen[bytes]] = []
         try:
-            report = run(work, args.workers, args.seconds, servers, wait_until_idle)
+            report = run(Path(tmp), args.workers, args.seconds, servers, wait_until_idle)
         finally:
             for server in reversed(servers):
                 server.terminate()
