@@ -84,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, settled_mlflow(Path(tmp)):
         servers: list[subprocess.Popen[bytes]] = []
         try:
-            report = run(Path(tmp), args.workers, args.seconds, servers, wait_until_idle)
+            report = run(Path(tmp), args.workers, args.seconds, servers)
         finally:
             for server in reversed(servers):
                 server.terminate()
@@ -95,7 +95,7 @@ def main() -> None:
     sys.exit(0 if all(report["targets"].values()) else 1)
 
 
-def run(work: Path, workers: int, seconds: int, servers: list[Any], wait_until_idle: Any) -> dict[str, Any]:
+def run(work: Path, workers: int, seconds: int, servers: list[Any]) -> dict[str, Any]:
     import pandas as pd
     from mlops.platform_config import load_platform
 

@@ -19,12 +19,11 @@ def check(model_uri: str, model_name: str) -> None:
     """Fail before starting a server that could never become ready, and say what to serve instead."""
     from mlflow import MlflowClient
 
-    from ml.errors import StageError
     from ml.serve.model import resolve
 
     try:
         resolve(model_uri)
-    except (StageError, Exception) as err:
+    except Exception as err:  # any failure to resolve is reported the same way
         try:
             aliases = dict(MlflowClient().get_registered_model(model_name).aliases)
         except Exception:

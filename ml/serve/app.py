@@ -104,8 +104,8 @@ class Service:
         self.record = record_model(card)
         self.records: TypeAdapter[list[Any]] = TypeAdapter(list[self.record])  # type: ignore[name-defined]
 
-    def parse(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
-        """Return the records of a request body and whether it was a batch."""
+    def parse(self, body: bytes) -> list[dict[str, Any]]:
+        """Return the validated records of a request body: one record, or a batch under ``instances``."""
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as err:
@@ -126,7 +126,7 @@ class Service:
             self.records.validate_python(records)
         except ValidationError as err:
             raise Problem(422, _describe(err, batch)) from err
-        return records, batch
+        return records
 
     def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         if self.tracer is None:
@@ -272,7 +272,7 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
         body = await request.body()
         if len(body) > settings.max_body_bytes:
             raise Problem(413, f"body of {len(body)} bytes is over the limit of {settings.max_body_bytes}")
-        records, _ = service.parse(body)
+        records = service.parse(body)
         return json_response(service.predict(records))
 
     return app
