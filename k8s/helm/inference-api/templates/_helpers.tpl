@@ -1,0 +1,102 @@
+{{/* Names, labels and image of the chart, defined once and included by every template. */}}
+
+{{- define "inference-api.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The object name prefix: "<release>-<chart>", or the release name when it already contains the chart's. */}}
+{{- define "inference-api.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "inference-api.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable for the release's lifetime (a selector cannot change). */}}
+{{- define "inference-api.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "inference-api.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of every object, less the component. */}}
+{{- define "inference-api.commonLabels" -}}
+helm.sh/chart: {{ include "inference-api.chart" . }}
+{{ include "inference-api.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "inference-api.imageTag" . | quote }}
+app.kubernetes.io/part-of: airflow-mlops
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "inference-api.labels" -}}
+{{ include "inference-api.commonLabels" . }}
+app.kubernetes.io/component: inference-api
+{{- end }}
+
+{{- define "inference-api.imageTag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "inference-api.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "inference-api.imageTag" .) }}
+{{- end }}
+
+{{- define "inference-api.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "inference-api.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "inference-api.isRollout" -}}
+{{- if eq .Values.workload.kind "rollout" }}true{{ end }}
+{{- end }}
+
+{{- define "inference-api.isCanary" -}}
+{{- if and (include "inference-api.isRollout" .) (eq .Values.workload.strategy "canary") }}true{{ end }}
+{{- end }}
+
+{{/* The Service carrying the new model's traffic: "-canary" (canary) or "-preview" (blue-green). */}}
+{{- define "inference-api.newServiceName" -}}
+{{- if eq .Values.workload.strategy "canary" }}
+{{- printf "%s-canary" (include "inference-api.fullname" .) }}
+{{- else }}
+{{- printf "%s-preview" (include "inference-api.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Label selector of the API's series in Prometheus (as the ServiceMonitor scrapes them). */}}
+{{- define "inference-api.targetSelector" -}}
+namespace="{{ .Release.Namespace }}",service="{{ include "inference-api.fullname" . }}-metrics"
+{{- end }}
+
+{{/* The same, narrowed to the scoring endpoint. */}}
+{{- define "inference-api.seriesSelector" -}}
+{{ include "inference-api.targetSelector" . }},path="/predict"
+{{- end }}
+
+{{/* Cross-field rules, checked at render time with a message rather than at deploy time. */}}
+{{- define "inference-api.validate" -}}
+{{- if and (include "inference-api.isCanary" .) (not .Values.ingress.enabled) }}
+{{- fail "workload.strategy=canary splits traffic at the nginx ingress: set ingress.enabled=true (or use blueGreen)" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
+{{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
+{{- end }}
+{{- if and (include "inference-api.isCanary" .) .Values.analysis.enabled (ge (int .Values.analysis.startingStep) (len .Values.canary.steps)) }}
+{{- fail "analysis.startingStep must name one of canary.steps (0-based)" }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (not .Values.autoscaling.enabled) (le (int .Values.workload.replicas) (int .Values.podDisruptionBudget.maxUnavailable)) }}
+{{- fail "podDisruptionBudget.maxUnavailable must be below workload.replicas, or every pod may be evicted at once" }}
+{{- end }}
+{{- end }}

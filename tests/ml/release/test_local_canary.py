@@ -1,0 +1,138 @@
+"""The local canary, end to end: Helm's engine renders the chart, the release history is kept in files, and the
+stable and new inference APIs run on loopback behind the weighted router, judged by the chart's own analysis."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from ml import tracking
+from ml.errors import StageError
+from ml.promote import VERDICT_TAG, promote
+from ml.release import helm, local_rollouts
+from tests.helpers import CHAMPION
+from tests.ml.release.conftest import MODEL
+
+IMAGE_TAG = "0.1.0"
+
+
+def uri(version: str) -> str:
+    return f"models:/{MODEL}/{version}"
+
+
+def outcome(target: helm.LocalHelm, revision: int, timeout_s: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while (result := local_rollouts.read_result(target.store.path, revision)) is None:
+        assert time.monotonic() < deadline, local_rollouts.read_status(target.store.path)
+        time.sleep(0.3)
+    return result
+
+
+def served_version(target: helm.LocalHelm, record: dict[str, Any]) -> str:
+    endpoint = local_rollouts.read_status(target.store.path)["endpoint"]
+    answer = httpx.post(f"{endpoint}/predict", json=record, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-served-by"] == "stable"
+    return str(answer.json()["model_version"])
+
+
+def champion() -> str:
+    return str(dict(tracking.client().get_registered_model(MODEL).aliases)[CHAMPION])
+
+
+@pytest.fixture()
+def first_release(target: helm.LocalHelm, versions: dict[str, Any]) -> dict[str, Any]:
+    """The champion deployed as the release's first revision: stable at once, no steps (as Argo does)."""
+    deployment = helm.deploy(target, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
+    result = outcome(target, deployment.revision)
+    assert (deployment.revision, deployment.changed, deployment.previous_revision) == (1, True, None)
+    assert (deployment.workload_kind, deployment.workload_name) == ("Rollout", "inference-api")
+    assert result["phase"] == "Healthy" and result["measurements"] == []
+    traffic = local_rollouts.Traffic.from_prepared(versions["prepared"], 1)
+    return {"record": traffic.records[0]}
+
+
+def test_a_good_canary_follows_the_charts_steps_and_is_promoted(target, versions, first_release) -> None:
+    assert served_version(target, first_release["record"]) == versions["first"]
+    deployment = helm.deploy(target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
+    assert (deployment.revision, deployment.previous_revision) == (2, 1)
+    result = outcome(target, deployment.revision)
+
+    assert result["phase"] == "Healthy", result["message"]
+    steps = result["steps"]
+    assert [s.get("setWeight") for s in steps if "setWeight" in s] == [10, 30, 60, 100]
+    measured = {(m["step"], m["metric"]) for m in result["measurements"]}
+    pauses = [i for i, s in enumerate(steps) if "pause" in s]
+    assert measured == {(i, metric) for i in pauses for metric in ("success-rate", "latency-p99")}
+    assert all(m["phase"] == "Successful" and m["requests"] > 0 for m in result["measurements"])
+    assert {m["condition"] for m in result["measurements"]} == {"result[0] >= 0.99", "result[0] <= 0.25"}
+    assert served_version(target, first_release["record"]) == versions["good"]
+
+    promotion = promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=result)
+    assert (promotion.promoted, promotion.previous_champion, champion()) == (
+        True,
+        versions["first"],
+        versions["good"],
+    )
+    tags = tracking.client().get_model_version(MODEL, versions["good"]).tags
+    assert tags[VERDICT_TAG] == "promoted"
+    assert any(key.startswith("mlops.canary.latency-p99.step") for key in tags)
+
+    again = promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=result)
+    assert (again.promoted, champion()) == (False, versions["good"])
+    redeploy = helm.deploy(target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
+    assert (redeploy.revision, redeploy.changed) == (2, False)
+
+
+@pytest.mark.parametrize(("fault", "failed_metric"), [("error", "success-rate"), ("slow", "latency-p99")])
+def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
+    target, versions, first_release, fault, failed_metric
+) -> None:
+    deployment = helm.deploy(target, model_uri=uri(versions[fault]), image_tag=IMAGE_TAG)
+    result = outcome(target, deployment.revision)
+
+    assert result["phase"] == "Degraded" and result["abort"] is True
+    assert f'Metric "{failed_metric}" assessed Failed' in result["message"]
+    assert result["currentStepIndex"] == 1  # aborted at the first analysed pause, at 10 % of the traffic
+    assert served_version(target, first_release["record"]) == versions["first"]
+
+    rollback = helm.rollback(target, revision=deployment.revision)
+    assert (rollback.revision, rollback.restored_revision, rollback.changed) == (3, 1, True)
+    assert rollback.restored_model_uri == uri(versions["first"])
+    assert outcome(target, rollback.revision)["phase"] == "Healthy"
+    again = helm.rollback(target, revision=deployment.revision)
+    assert (again.revision, again.changed) == (3, False)
+    assert [r.status for r in target.history()] == ["superseded", "superseded", "deployed"]
+
+    recorded = promote(name=MODEL, version=versions[fault], alias=CHAMPION, verdict=result)
+    assert (recorded.promoted, recorded.verdict, champion()) == (False, "aborted", versions["first"])
+    assert tracking.client().get_model_version(MODEL, versions[fault]).tags[VERDICT_TAG] == "aborted"
+
+
+def test_promotion_refuses_when_champion_moved_since_evaluation(target, versions) -> None:
+    tracking.client().set_registered_model_alias(
+        MODEL, CHAMPION, versions["slow"]
+    )  # someone moved it by hand
+    verdict = {"phase": "Healthy", "model_uri": uri(versions["good"]), "measurements": []}
+    with pytest.raises(
+        StageError,
+        match=rf"compared against v{versions['first']}, but {CHAMPION} now points at v{versions['slow']}",
+    ):
+        promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=verdict)
+    assert champion() == versions["slow"]
+    assert tracking.client().get_model_version(MODEL, versions["good"]).tags == tags_before
+
+
+def test_a_verdict_about_another_model_is_refused(versions) -> None:
+    verdict = {"phase": "Healthy", "model_uri": uri(versions["first"]), "measurements": []}
+    with pytest.raises(StageError, match="refusing to act on it"):
+        promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=verdict)
+
+
+def test_rolling_back_a_first_release_is_refused(target, versions) -> None:
+    deployment = helm.deploy(target, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
+    with pytest.raises(StageError, match="no earlier revision with another model"):
+        helm.rollback(target, revision=deployment.revision)
