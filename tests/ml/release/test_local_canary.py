@@ -113,9 +113,9 @@ def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
 
 
 def test_promotion_refuses_when_champion_moved_since_evaluation(target, versions) -> None:
-    tracking.client().set_registered_model_alias(
-        MODEL, CHAMPION, versions["slow"]
-    )  # someone moved it by hand
+    # Someone moved the alias by hand after the good model was evaluated against the first.
+    tracking.client().set_registered_model_alias(MODEL, CHAMPION, versions["slow"])
+    tags_before = tracking.client().get_model_version(MODEL, versions["good"]).tags
     verdict = {"phase": "Healthy", "model_uri": uri(versions["good"]), "measurements": []}
     with pytest.raises(
         StageError,
