@@ -3,7 +3,8 @@
 
 Prepares a table with a binary target, trains a classifier (on a GPU node when one is there), evaluates it
 against the current champion and, when it passes the quality gate, registers it in MLflow with the alias
-`challenger`.
+`challenger` and releases it: a Helm upgrade of the inference API starts an Argo Rollouts canary analysed
+against Prometheus, and `champion` moves to the new version only if the canary ends Healthy.
 
 | Task | Runs | Does |
 |---|---|---|
@@ -12,13 +13,22 @@ against the current champion and, when it passes the quality gate, registers it 
 | `evaluate` | pod, CPU | test-set metrics, threshold chosen on validation, comparison with `champion`, plots, model card |
 | `gate` | worker | continues only on a `pass` decision; a missing or malformed evaluation fails the run |
 | `register` | pod, CPU | one model version per DAG run, alias `challenger` |
+| `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new version and image tag |
+| `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), or slow (alert) |
+| `promote` | pod, CPU | tags the version with the verdict and figures; on Healthy, moves `champion` by compare-and-set |
+| `canary_failed` | worker | continues only if the canary was aborted |
+| `rollback` | pod, Helm | Helm rollback to the revision that served the previous model |
+| `alert` | worker | fails the run with the failed metric, and the notifier sends it (connection `mlops_alerts`) |
 
 **Re-runs are safe.** Outputs are keyed by the data interval and replaced whole; the MLflow run and the
-model version are keyed by the DAG run, so a retried or cleared task never registers a second version.
+model version are keyed by the DAG run, so a retried or cleared task never registers a second version. Deploying
+what is deployed, rolling back what is rolled back and promoting what is champion change nothing.
 
 **Settings** (Airflow Variables): `mlflow_tracking_uri`, `mlops_data_root` (a path or `s3://` prefix) and
-`mlops_pod_runtime` (`local`, the default, or `kubernetes`). Images, resource presets and the quality gate's
-defaults live in `plugins/mlops/platform.yaml`.
+`mlops_pod_runtime` (`local`, the default, or `kubernetes`). Images, resource presets, the quality gate's
+defaults and the release live in `plugins/mlops/platform.yaml`; canary steps and analysis thresholds in the
+chart's `values.yaml`. With the `local` runtime the release runs on this machine: the chart rendered by Helm's
+engine, the history kept under `<mlops_data_root>/releases`, the canary on loopback.
 """
 
 from __future__ import annotations
@@ -31,18 +41,35 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 from mlops.keys import MACROS
-from mlops.operators import MLStageOperator, param_arguments
+from mlops.notifiers import AlertNotifier
+from mlops.operators import RUNTIME_VARIABLE, MLStageOperator, param_arguments
 from mlops.platform_config import load_platform
+from mlops.rollout import RolloutWatchOperator
 
 log = logging.getLogger(__name__)
 PLATFORM = load_platform()
 GATE = PLATFORM.quality_gate
 TRAINING = PLATFORM.training
 REGISTRY = PLATFORM.registry
+RELEASE = PLATFORM.release
+IMAGE_REPOSITORY, IMAGE_TAG = PLATFORM.inference_api_image
 
 RUN_KEY = "{{ mlops_run_key(dag.dag_id, run_id) }}"
 PREPARED_URI = "{{ ti.xcom_pull(task_ids='prepare')['prepared_uri'] }}"
 OUTPUT_URI = "{{ var.value.mlops_data_root }}/prepared/{{ dag.dag_id }}/{{ mlops_partition_key(dag_run) }}"
+RELEASE_STATE_DIR = "{{ var.value.mlops_data_root }}/releases"
+#: Where the release lives follows where pods run: the cluster, or this machine's local stand-in.
+RELEASE_ARGUMENTS = [
+    "--target", f"{{{{ var.value.get('{RUNTIME_VARIABLE}', 'local') }}}}",
+    "--release", RELEASE["name"],
+    "--namespace", RELEASE["namespace"],
+    "--chart", RELEASE["chart"],
+    *[part for path in RELEASE["values_files"] for part in ("--values", path)],
+    "--state-dir", RELEASE_STATE_DIR,
+    "--local-pause-seconds", str(RELEASE["local"]["pause_seconds"]),
+    "--local-requests-per-second", str(RELEASE["local"]["requests_per_second"]),
+    "--local-port", str(RELEASE["local"]["port"]),
+]  # fmt: skip
 
 
 @dag(
@@ -190,8 +217,84 @@ def ml_training_pipeline() -> None:
         ],
     )  # fmt: skip
 
+    deploy = MLStageOperator(
+        stage="release",
+        task_id="deploy",
+        arguments=[
+            "deploy", *RELEASE_ARGUMENTS,
+            "--model-name", "{{ ti.xcom_pull(task_ids='register')['name'] }}",
+            "--model-version", "{{ ti.xcom_pull(task_ids='register')['version'] }}",
+            "--image-tag", IMAGE_TAG,
+            "--replay-data", PREPARED_URI,
+        ],
+    )  # fmt: skip
+    watch_rollout = RolloutWatchOperator(
+        task_id="watch_rollout",
+        deployment=deploy.output,
+        state_dir=RELEASE_STATE_DIR,
+        timeout=timedelta(minutes=RELEASE["watch_timeout_minutes"]),
+        poll_seconds=RELEASE["poll_seconds"],
+        # A slow rollout fails the watch with "slow, not broken": each retry alerts and waits again, and the
+        # last failure alerts once more. A Degraded rollout is a verdict, not a failure.
+        on_retry_callback=AlertNotifier(
+            title="Rollout of {{ params.registered_model_name }} is slow",
+            message="{{ dag.dag_id }} {{ run_id }}: {{ exception }} Waiting again.",
+        ),
+        on_failure_callback=AlertNotifier(
+            title="Rollout of {{ params.registered_model_name }} needs attention",
+            message="{{ dag.dag_id }} {{ run_id }}: watch_rollout failed ({{ exception }}).",
+        ),
+    )
+    promote = MLStageOperator(
+        stage="promote",
+        arguments=[
+            "--name", "{{ ti.xcom_pull(task_ids='register')['name'] }}",
+            "--version", "{{ ti.xcom_pull(task_ids='register')['version'] }}",
+            "--alias", REGISTRY["production_alias"],
+            "--verdict", "{{ ti.xcom_pull(task_ids='watch_rollout') | tojson }}",
+        ],
+    )  # fmt: skip
+
+    @task.short_circuit
+    def canary_failed(verdict: dict[str, Any]) -> bool:
+        """Continue to the rollback only if the canary was aborted."""
+        return bool(verdict["phase"] == "Degraded")
+
+    rollback = MLStageOperator(
+        stage="release",
+        task_id="rollback",
+        arguments=[
+            "rollback", *RELEASE_ARGUMENTS,
+            "--revision", "{{ ti.xcom_pull(task_ids='deploy')['revision'] }}",
+        ],
+    )  # fmt: skip
+
+    @task(
+        on_failure_callback=AlertNotifier(
+            title="Canary of {{ params.registered_model_name }} aborted and rolled back",
+            message="{{ exception }}",
+        ),
+    )
+    def alert(verdict: dict[str, Any], rolled_back: dict[str, Any]) -> None:
+        """Fail the run with what failed, so that it shows red and the notifier sends the failed metric."""
+        failed = [m for m in verdict.get("measurements", []) if m.get("phase") == "Failed"]
+        figures = "; ".join(
+            f"{m['metric']} = {m['value']} at step {m['step']} ({m['condition']})" for m in failed
+        )
+        raise AirflowFailException(
+            f"canary of {verdict['model_uri']} aborted: {verdict['message']}"
+            + (f" [{figures}]" if figures else "")
+            + f". Rolled back to revision {rolled_back['restored_revision']} ({rolled_back['restored_model_uri']}); "
+            f"{REGISTRY['production_alias']} unchanged."
+        )
+
     prepare >> train >> evaluate
-    gate(evaluate.output) >> register  # type: ignore[arg-type]  # XComArg resolves to the dict at run time
+    gate(evaluate.output) >> register >> deploy  # type: ignore[arg-type]  # XComArg resolves at run time
+    verdict = watch_rollout.output
+    promote << watch_rollout
+    canary_failed(verdict) >> rollback  # type: ignore[arg-type]
+    promote >> rollback
+    alert(verdict, rollback.output)  # type: ignore[arg-type]
 
 
 ml_training_pipeline()

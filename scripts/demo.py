@@ -1,4 +1,8 @@
-"""Run the training DAG once, end to end, on the embedded defaults and print what happened.
+"""Run the training DAG end to end on the embedded defaults and print what happened.
+
+The DAG ends with a canary release of the new model against the champion. On a fresh machine there is no
+champion yet, so the demo first runs the DAG once to make the first release (nothing to canary against), then
+runs it again: that run's model goes through the chart's canary steps on loopback and becomes the champion.
 
 Expects the environment that ``make demo`` sets: AIRFLOW_HOME with a migrated database, the MLflow server
 running, and the Airflow Variables (``AIRFLOW_VAR_*``) that point the pipeline at it.
@@ -14,8 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlops.platform_config import load_platform
+
 DAG_ID = "ml_training_pipeline"
 STAGE_TASKS = ("prepare", "train", "evaluate", "gate", "register")
+RELEASE_TASKS = ("deploy", "watch_rollout", "promote", "canary_failed", "rollback", "alert")
 
 
 def run_dag(conf: dict[str, Any], dags_folder: Path) -> Any:
@@ -36,8 +43,8 @@ def summarise(dag_run: Any, tracking_uri: str) -> int:
 
     print("\n== Tasks ==")
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-    for task_id in STAGE_TASKS:
-        print(f"  {task_id:<10} {states.get(task_id)}")
+    for task_id in (*STAGE_TASKS, *RELEASE_TASKS):
+        print(f"  {task_id:<13} {states.get(task_id)}")
     print(f"  DAG run    {dag_run.state}  ({dag_run.run_id})")
 
     client = MlflowClient(tracking_uri)
@@ -67,10 +74,59 @@ def summarise(dag_run: Any, tracking_uri: str) -> int:
     if version is None:
         print("  nothing registered by this run")
         return 0 if dag_run.state == "success" else 1
-    aliases = ", ".join(client.get_model_version(name, version.version).aliases) or "none"
+    aliases = ", ".join(sorted(client.get_model_version(name, version.version).aliases)) or "none"
     print(f"  {name} version {version.version} (aliases: {aliases})")
     print(f"  {tracking_uri}/#/models/{name}/versions/{version.version}")
+    summarise_release(dag_run)
     return 0 if dag_run.state == "success" else 1
+
+
+def summarise_release(dag_run: Any) -> None:
+    """The release: revision, each canary step with its analysis figures, the verdict and the promotion."""
+    results = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dag_run.get_task_instances()
+               if ti.task_id in RELEASE_TASKS and ti.state == "success"}  # fmt: skip
+    deployment = results.get("deploy")
+    if not deployment:
+        return
+    print("\n== Release ==")
+    previous = deployment["previous_revision"]
+    print(
+        f"  helm release {deployment['release']} revision {deployment['revision']} serves "
+        f"{deployment['model_uri']}"
+        + (f" (replacing revision {previous})" if previous else " (first release)")
+    )
+    verdict = results.get("watch_rollout")
+    if not verdict:
+        return
+    if not verdict["measurements"]:
+        print("  no canary: a first release has no stable model to compare against (as in Argo Rollouts)")
+    else:
+        print(f"  {'step':>4}  {'traffic':>7}  {'metric':<13} {'value':>9}  {'condition':<18} result")
+        for m in verdict["measurements"]:
+            value = "no data" if m["value"] is None else f"{m['value']:.4f}"
+            print(
+                f"  {m['step']:>4}  {m.get('weight', '?'):>6}%  {m['metric']:<13} {value:>9}  "
+                f"{m['condition']:<18} {m['phase']} ({m.get('requests', '?')} requests)"
+            )
+    print(f"  verdict: {verdict['phase']}: {verdict['message']}")
+    promotion = results.get("promote")
+    if promotion and promotion["promoted"]:
+        was = f"v{promotion['previous_champion']}" if promotion["previous_champion"] else "nothing"
+        print(f"  {promotion['alias']}: {was} -> v{promotion['version']}")
+    rollback = results.get("rollback")
+    if rollback:
+        print(f"  rolled back to revision {rollback['restored_revision']} ({rollback['restored_model_uri']})")
+    status_file = (
+        Path(os.environ.get("AIRFLOW_VAR_MLOPS_DATA_ROOT", ""))
+        / "releases"
+        / deployment["release"]
+        / "rollout.json"
+    )
+    if status_file.exists():
+        status = json.loads(status_file.read_text())
+        print(
+            f"  serving {status['stableModelUri']} at {status['endpoint']} (POST /predict; stop: make release-down)"
+        )
 
 
 def main() -> None:
@@ -86,11 +142,31 @@ def main() -> None:
     dags_folder = Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", "dags"))
     tracking_uri = os.environ["AIRFLOW_VAR_MLFLOW_TRACKING_URI"]
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
+    model_name = conf.get("registered_model_name") or load_platform().registry["model_name"]
+    if not has_champion(model_name):
+        print(f"No champion yet: a first run releases one ({DAG_ID} with {json.dumps(conf)})")
+        started = time.perf_counter()
+        first = run_dag(conf, dags_folder)
+        print(f"\nFinished in {time.perf_counter() - started:.0f}s")
+        if summarise(first, tracking_uri) != 0:
+            sys.exit(1)
+        print("\n" + "=" * 100 + "\nNow a new model, canaried against that champion\n" + "=" * 100)
     print(f"Running {DAG_ID} with {json.dumps(conf)}")
     started = time.perf_counter()
     dag_run = run_dag(conf, dags_folder)
     print(f"\nFinished in {time.perf_counter() - started:.0f}s")
     sys.exit(summarise(dag_run, tracking_uri))
+
+
+def has_champion(model_name: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = MlflowClient().get_registered_model(model_name).aliases
+    except MlflowException:
+        return False
+    return load_platform().registry["production_alias"] in aliases
 
 
 if __name__ == "__main__":

@@ -92,14 +92,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _seconds(duration: str | None) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    if not duration:
-        return math.inf
-    for unit in ("ms", "s", "m", "h"):
-        if duration.endswith(unit) and duration[: -len(unit)].isdigit():
-            return int(duration[: -len(unit)]) * units[unit]
-    raise StageError(f"unreadable duration {duration!r}")
+def _port_or_free(port: int) -> int:
+    """``port`` if it can be bound on loopback, else any free port (the status names the one in use)."""
+    if port:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                log.warning("port %s is taken: serving on another free port", port)
+    return _free_port()
 
 
 class Server:
@@ -305,7 +307,7 @@ class Controller:
         self.stable_template: str | None = None
         self.status = Status(release=release)
         settings = self._settings()
-        self.router = Router(int(settings.get("port") or _free_port()))
+        self.router = Router(_port_or_free(int(settings.get("port") or 0)))
         self.status.endpoint = self.router.url
 
     def _settings(self) -> dict[str, Any]:

@@ -98,8 +98,9 @@ class MLStageOperator(KubernetesPodOperator):
         super().__init__(
             name=f"ml-{stage}",
             namespace=cluster["namespace"],
-            service_account_name=cluster["service_account"],
-            automount_service_account_token=False,
+            service_account_name=spec.service_account or cluster["service_account"],
+            # Only a stage with a service account of its own talks to the Kubernetes API.
+            automount_service_account_token=spec.service_account is not None,
             image=platform.ml_stage_image,
             cmds=["python", "-m", f"ml.{stage}"],
             arguments=arguments,

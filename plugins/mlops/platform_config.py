@@ -17,6 +17,8 @@ class Stage:
     name: str
     preset: str
     timeout_minutes: int
+    #: A stage that calls the Kubernetes API runs as its own service account; the others as the default one.
+    service_account: str | None = None
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,16 @@ class Platform:
     @property
     def ml_stage_image(self) -> str:
         return str(self.raw["images"]["ml_stage"])
+
+    @property
+    def inference_api_image(self) -> tuple[str, str]:
+        """(repository, tag) of the inference API image."""
+        repository, _, tag = str(self.raw["images"]["inference_api"]).rpartition(":")
+        return repository, tag
+
+    @property
+    def release(self) -> dict[str, Any]:
+        return dict(self.raw["release"])
 
     @property
     def kubernetes(self) -> dict[str, Any]:
@@ -51,7 +63,12 @@ class Platform:
             raise KeyError(
                 f"unknown stage {name!r}; platform.yaml defines {sorted(self.raw['stages'])}"
             ) from None
-        return Stage(name=name, preset=spec["preset"], timeout_minutes=int(spec["timeout_minutes"]))
+        return Stage(
+            name=name,
+            preset=spec["preset"],
+            timeout_minutes=int(spec["timeout_minutes"]),
+            service_account=spec.get("service_account"),
+        )
 
     def preset(self, name: str) -> dict[str, Any]:
         try:

@@ -77,7 +77,12 @@ def test_training_pipeline_shape(dagbag) -> None:
     assert dag.get_task("train").downstream_task_ids == {"evaluate"}
     assert dag.get_task("evaluate").downstream_task_ids == {"gate"}
     assert dag.get_task("gate").downstream_task_ids == {"register"}
-    for task_id in ("prepare", "train", "evaluate", "register"):
+    assert dag.get_task("register").downstream_task_ids == {"deploy"}
+    assert dag.get_task("deploy").downstream_task_ids == {"watch_rollout"}
+    assert dag.get_task("watch_rollout").downstream_task_ids == {"promote", "canary_failed", "alert"}
+    assert dag.get_task("rollback").upstream_task_ids == {"promote", "canary_failed"}
+    assert dag.get_task("alert").upstream_task_ids == {"watch_rollout", "rollback"}
+    for task_id in ("prepare", "train", "evaluate", "register", "deploy", "promote", "rollback"):
         task = dag.get_task(task_id)
         assert task.retry_exponential_backoff, f"{task_id} retries without backoff"
 
@@ -110,16 +115,21 @@ def test_the_form_defaults_are_valid_and_time_column_may_be_empty(dagbag) -> Non
     assert params.validate()["time_column"] is None
 
 
-@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "register"])
-def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, stage: str) -> None:
+@pytest.mark.parametrize(
+    "task_id", ["prepare", "train", "evaluate", "register", "promote", "deploy", "rollback"]
+)
+def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, task_id: str) -> None:
     import subprocess
     import sys
 
-    task = dagbag.dags["ml_training_pipeline"].get_task(stage)
+    task = dagbag.dags["ml_training_pipeline"].get_task(task_id)
     flags = {part for part in task.arguments if part.startswith("--")}
+    # The release stage's first argument is its subcommand (deploy or rollback), which has its own flags.
+    subcommand = [task.arguments[0]] if task.stage == "release" else []
     usage = subprocess.run(
-        [sys.executable, "-m", f"ml.{stage}", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
+        [sys.executable, "-m", f"ml.{task.stage}", *subcommand, "--help"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
     assert {flag for flag in flags if flag not in usage} == set()
 
 

@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "ml_training_pipeline"
+RELEASE = "inference-api"
+RELEASE_TASKS = ("deploy", "watch_rollout", "promote", "canary_failed", "rollback", "alert")
 MODEL = "e2e-fraud-model"
 CONF = {
     "dataset_uri": "synthetic://card-transactions?rows=30000&seed=3",
@@ -30,9 +32,12 @@ pytestmark = pytest.mark.e2e
 def dag(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from airflow.dag_processing.dagbag import DagBag
 
+    from ml.release.helm import stop_controller
+
+    data_root = tmp_path_factory.mktemp("data-root")
     settings = {
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": mlflow_server,
-        "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(tmp_path_factory.mktemp("data-root")),
+        "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(data_root),
         "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
     }
     os.environ.update(settings)
@@ -40,6 +45,7 @@ def dag(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathF
     for task in dag.tasks:
         task.retries = 0  # dag.test() sleeps through retry delays; failures here must show at once
     yield dag
+    stop_controller(data_root / "releases", RELEASE)
     for key in settings:
         os.environ.pop(key, None)
 
@@ -74,9 +80,21 @@ def first_run(dag) -> Any:
     return run(dag, 2)
 
 
+def xcom(dag_run: Any, task_id: str) -> Any:
+    (ti,) = [ti for ti in dag_run.get_task_instances() if ti.task_id == task_id]
+    return ti.xcom_pull(task_ids=task_id)
+
+
+def champion() -> str:
+    return str(MlflowClient().get_model_version_by_alias(MODEL, "champion").version)
+
+
 def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, mlflow_server) -> None:
     assert first_run.state == "success", states(first_run)
-    assert set(states(first_run).values()) == {"success"}
+    assert {t: s for t, s in states(first_run).items() if s != "success"} == {
+        "rollback": "skipped",
+        "alert": "skipped",
+    }
     run_key = f"{DAG_ID}/{first_run.run_id}"
     (mlflow_run,) = keyed_runs(run_key)
     metrics = mlflow_run.data.metrics
@@ -107,6 +125,19 @@ def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, ml
     assert version.run_id == mlflow_run.info.run_id
 
 
+def test_the_first_release_serves_the_model_at_once_and_makes_it_champion(first_run) -> None:
+    deployment = xcom(first_run, "deploy")
+    (version,) = versions(f"{DAG_ID}/{first_run.run_id}")
+    assert deployment["revision"] == 1 and deployment["previous_revision"] is None
+    assert deployment["model_uri"] == f"models:/{MODEL}/{version.version}"
+    verdict = xcom(first_run, "watch_rollout")
+    assert (
+        verdict["phase"] == "Healthy" and verdict["measurements"] == []
+    )  # nothing to compare a first one to
+    assert xcom(first_run, "promote")["promoted"] is True
+    assert champion() == version.version
+
+
 def test_the_demo_summary_reports_the_run_the_decision_and_the_registered_version(
     first_run, mlflow_server, capsys
 ) -> None:
@@ -115,10 +146,14 @@ def test_the_demo_summary_reports_the_run_the_decision_and_the_registered_versio
     assert summarise(first_run, mlflow_server) == 0
     out = capsys.readouterr().out
     (version,) = versions(f"{DAG_ID}/{first_run.run_id}")
-    assert f"{MODEL} version {version.version} (aliases: challenger)" in out
+    assert f"{MODEL} version {version.version} (aliases: challenger, champion)" in out
     assert "PASS" in out and "test_average_precision" in out
-    for task_id in ("prepare", "train", "evaluate", "gate", "register"):
-        assert f"{task_id:<10} success" in out
+    for task_id in ("prepare", "train", "evaluate", "gate", "register", "deploy", "watch_rollout", "promote"):
+        assert f"{task_id:<13} success" in out
+    assert (
+        f"helm release {RELEASE} revision 1 serves models:/{MODEL}/{version.version} (first release)" in out
+    )
+    assert f"champion: nothing -> v{version.version}" in out
 
 
 def test_running_the_same_dag_run_again_registers_nothing_new(dag, first_run) -> None:
@@ -129,34 +164,57 @@ def test_running_the_same_dag_run_again_registers_nothing_new(dag, first_run) ->
     assert [v.version for v in versions()] == [v.version for v in before]
     runs = keyed_runs(f"{DAG_ID}/{first_run.run_id}")
     assert len(runs) == 1, "the re-run trained again instead of reusing the DAG run's model"
+    assert xcom(again, "deploy")["changed"] is False and xcom(again, "deploy")["revision"] == 1
+    assert xcom(again, "promote")["promoted"] is False
 
 
-def test_a_model_below_the_gate_registers_nothing(dag, first_run, airflow_db) -> None:
-    """Triggered without a logical date, as from the UI: outputs are keyed by the run id instead."""
-    before = versions()
-    dag_run = run(dag, 9, logical=False, min_average_precision=0.99)
+def test_a_better_or_equal_model_goes_through_the_canary_and_becomes_champion(dag, first_run) -> None:
+    """Same data, same seed: the same model, so it passes the gate (improvement 0 >= 0) and is canaried."""
+    previous_champion = champion()
+    dag_run = run(dag, 23)
     assert dag_run.state == "success", states(dag_run)
-    assert dag_run.data_interval_start is None
-    prepared = Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / "prepared" / DAG_ID
-    assert (prepared / re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run.run_id) / "manifest.json").exists()
-    assert states(dag_run)["gate"] == "success" and states(dag_run)["register"] == "skipped"
-    (mlflow_run,) = keyed_runs(f"{DAG_ID}/{dag_run.run_id}")
-    assert mlflow_run.data.tags["mlops.decision"] == "fail"
-    assert versions(f"{DAG_ID}/{dag_run.run_id}") == []
-    assert len(versions()) == len(before)
+    (version,) = versions(f"{DAG_ID}/{dag_run.run_id}")
+    assert xcom(dag_run, "deploy")["revision"] == 2 and xcom(dag_run, "deploy")["previous_revision"] == 1
+    verdict = xcom(dag_run, "watch_rollout")
+    assert verdict["phase"] == "Healthy", verdict["message"]
+    assert {m["metric"] for m in verdict["measurements"]} == {"success-rate", "latency-p99"}
+    assert {m["step"] for m in verdict["measurements"]} == {1, 3, 5}  # every pause of the chart's canary
+    assert all(m["phase"] == "Successful" for m in verdict["measurements"])
+    promotion = xcom(dag_run, "promote")
+    assert (promotion["promoted"], promotion["previous_champion"]) == (True, previous_champion)
+    assert champion() == version.version
+    assert MlflowClient().get_model_version(MODEL, version.version).tags["mlops.canary_verdict"] == "promoted"
 
 
-def test_a_dataset_that_fails_validation_fails_prepare_with_the_message(
-    dag, first_run, tmp_path, capfd
-) -> None:
-    source = tmp_path / "bad.csv"
-    rng = np.random.default_rng(0)
-    pd.DataFrame({"x": rng.random(300), "label": rng.integers(0, 3, 300)}).to_csv(source, index=False)
-    before = versions()
-    dag_run = run(dag, 16, dataset_uri=str(source), target_column="label", time_column=None, drop_columns=[])
+def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(dag, first_run, tmp_path, capfd) -> None:
+    """Real model, real canary; only the threshold is made unreachable (p99 under 1 microsecond)."""
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("analysis:\n  maxLatencyP99Seconds: 0.000001\n")
+    for task_id in ("deploy", "rollback"):
+        dag.get_task(task_id).arguments += ["--values", str(strict)]
+    previous_champion = champion()
+    try:
+        dag_run = run(dag, 30)
+    finally:
+        for task_id in ("deploy", "rollback"):
+            dag.get_task(task_id).arguments = dag.get_task(task_id).arguments[:-2]
     assert dag_run.state == "failed"
     result = states(dag_run)
-    assert result["prepare"] == "failed"
-    assert {result[t] for t in ("train", "evaluate", "gate", "register")} == {"upstream_failed"}
-    assert "column 'label': target must be binary" in capfd.readouterr().out
-    assert len(versions()) == len(before)
+    assert {t: result[t] for t in RELEASE_TASKS} == {
+        "deploy": "success", "watch_rollout": "success", "promote": "success", "canary_failed": "success",
+        "rollback": "success", "alert": "failed",
+    }  # fmt: skip
+    verdict = xcom(dag_run, "watch_rollout")
+    assert verdict["phase"] == "Degraded" and 'Metric "latency-p99" assessed Failed' in verdict["message"]
+    rolled_back = xcom(dag_run, "rollback")
+    assert rolled_back["restored_revision"] == xcom(dag_run, "deploy")["previous_revision"]
+    assert rolled_back["restored_model_uri"] == f"models:/{MODEL}/{previous_champion}"
+    assert champion() == previous_champion
+    (version,) = versions(f"{DAG_ID}/{dag_run.run_id}")
+    assert MlflowClient().get_model_version(MODEL, version.version).tags["mlops.canary_verdict"] == "aborted"
+    # No alert connection is configured: the notifier logs the alert in the task log.
+    out = capfd.readouterr().out
+    alerts = [line for line in out.splitlines() if "[mlops.notifiers.AlertNotifier]" in line]
+    assert alerts, "the notifier sent no alert"
+    assert "latency-p99" in alerts[-1]
+    assert f"Rolled back to revision {rolled_back['restored_revision']}" in alerts[-1]
