@@ -74,9 +74,9 @@ STACK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 )
 def terraform_drift_check() -> None:
     @task
-    def stack_arguments(**context: Any) -> list[list[str]]:
+    def stack_arguments(params: dict[str, Any] | None = None) -> list[list[str]]:
         """The check's arguments for each stack; names must be unique, since the report is keyed by them."""
-        stacks = context["params"]["stacks"]
+        stacks = (params or {})["stacks"]
         names = [stack["name"] for stack in stacks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -98,12 +98,10 @@ def terraform_drift_check() -> None:
         map_index_template="{{ task.arguments[1] }}",
     ).expand(arguments=stack_arguments())
 
-    @task(trigger_rule="all_done", retries=0)
-    def report(
-        results: list[dict[str, Any]] | None, params: dict[str, Any], **context: Any
-    ) -> dict[str, Any]:
+    @task(trigger_rule="all_done")
+    def report(results: list[dict[str, Any]] | None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Aggregate the stacks, write the report, alert on drift or error; fail the run if a check failed."""
-        from airflow.sdk import Variable
+        from airflow.sdk import Variable, get_current_context
         from mlops.drift.report import apply_allowlist, load_allowlist, render_markdown
         from mlops.notifiers import AlertNotifier
         from mlops.platform_config import load_platform
@@ -112,14 +110,15 @@ def terraform_drift_check() -> None:
         allowlist = load_allowlist(platform.drift_allowlist_file)
         by_stack = {result["stack"]: result for result in (results or []) if isinstance(result, dict)}
         summary = []
-        for stack in context["params"]["stacks"]:
+        for stack in (params or {})["stacks"]:
             result = by_stack.get(stack["name"])
             if result is None:
                 # No result means the check failed (Terraform exit code 1, a crash, a timeout): an error.
                 summary.append({"stack": stack["name"], "status": "error", "drift": [], "failed_checks": []})
             else:
                 summary.append(apply_allowlist(result, allowlist))
-        run_id = context["run_id"]
+        task_context = get_current_context()
+        run_id = task_context["run_id"]
         title = f"Terraform drift check {run_id}"
         markdown = render_markdown(summary, title)
         log.info("drift report:\n%s", markdown)
@@ -137,12 +136,12 @@ def terraform_drift_check() -> None:
             AlertNotifier(
                 title=f"Terraform drift check: {'; '.join(problems)}",
                 message=f"{markdown}\nReport: {target}",
-            ).notify(context)  # type: ignore[arg-type]  # the task context
+            ).notify(task_context)
         if errored:
             raise AirflowFailException(f"the drift check failed for {errored}: see their task logs")
         return {"report": target, "drifted": drifted, "stacks": [s["stack"] for s in summary]}
 
-    report(check_stack.output)  # type: ignore[arg-type, call-arg, misc]  # mapped results, resolved at run time
+    report(check_stack.output)  # type: ignore[arg-type]  # resolves to the mapped results at run time
 
 
 def write_report(data_root: str, prefix: str, run_id: str, markdown: str) -> str:

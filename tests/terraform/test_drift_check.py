@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlops.drift import check
 
-from tests.terraform.conftest import API_TOKEN, edit_world
+from tests.terraform.fixtures import API_TOKEN, edit_world
 
 
 def run_check(stack: Path, name: str, xcom_dir: Path, capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -73,7 +73,7 @@ def test_a_broken_configuration_is_an_error_not_a_result(xcom_dir, capfd, terraf
     stack = tmp_path / "broken"
     import shutil
 
-    from tests.terraform.conftest import STACKS
+    from tests.terraform.fixtures import STACKS
 
     shutil.copytree(STACKS / "broken", stack)
     code, output = run_check(stack, "broken", xcom_dir, capfd)

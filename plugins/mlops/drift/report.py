@@ -1,25 +1,37 @@
 """The drift report: the stacks' results, minus accepted drift, as markdown for people and a verdict for alerts.
 
 Runs on the Airflow worker. The allowlist of known, accepted drift is a YAML list (its file is named in
-``platform.yaml``); each entry names a stack, a resource address and optionally attributes, as shell-style
-patterns (``fnmatch``), and must say why the drift is accepted::
+``platform.yaml``); each entry names a stack, a resource address and optionally attributes, as patterns in
+which ``*`` matches anything (and everything else, brackets included, only itself), and says why the drift is
+accepted::
 
     - stack: cluster
       address: module.eks.module.eks_managed_node_group["gpu"].aws_eks_node_group.this[0]
-      attributes: [scaling_config[0].desired_size]
+      attributes: ["scaling_config[0].desired_size"]
       reason: the cluster autoscaler sets the GPU group's size
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 ALLOWLIST_KEYS = {"stack", "address", "attributes", "reason"}
+
+
+@cache
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
+
+
+def matches(value: str, pattern: str) -> bool:
+    """Whether ``value`` matches ``pattern``, in which only ``*`` is special (addresses are full of brackets)."""
+    return _pattern(pattern).fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -30,11 +42,11 @@ class AcceptedDrift:
     reason: str
 
     def covers(self, stack: str, address: str, attribute: str | None) -> bool:
-        if not (fnmatchcase(stack, self.stack) and fnmatchcase(address, self.address)):
+        if not (matches(stack, self.stack) and matches(address, self.address)):
             return False
         if not self.attributes:
             return True
-        return attribute is not None and any(fnmatchcase(attribute, pattern) for pattern in self.attributes)
+        return attribute is not None and any(matches(attribute, pattern) for pattern in self.attributes)
 
 
 def load_allowlist(path: Path) -> list[AcceptedDrift]:
