@@ -95,6 +95,8 @@ def test_two_stacks_one_drifted_reports_the_drift_and_alerts_once(
     assert "- `world_object.bucket`: changed outside Terraform" in report
     assert '  - `size`: "small" -> "large"' in report
     assert "  - `secret`: (sensitive) -> (sensitive)" in report
+    readme = (ROOT / "README.md").read_text()
+    assert f"```markdown\n{report}```" in readme, "the README's sample report is no longer what a run writes"
     (alert,) = alerts
     assert "drift in world" in alert and "world_object.bucket" in alert
     logs = capfd.readouterr()
