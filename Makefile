@@ -6,6 +6,8 @@
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
 #   make bench-serve inference API against `mlflow models serve` (needs wrk: installed with apt-get)
 #   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
+#   make drift-check run the Terraform drift check DAG once (local runtime; needs the stacks' backend access)
+#   make terraform-check  terraform fmt and the checkov scan of terraform/ (offline)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -37,7 +39,17 @@ LOCAL_ENV := \
 
 ALIAS ?= champion
 
-.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast lint bench bench-serve serve clean
+# Terraform is a prerequisite like Python (HashiCorp ships no Debian or PyPI package of it).
+TERRAFORM ?= terraform
+# checkov scans terraform/ from a venv of its own (its pins clash with the project's); offline, no downloads.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+# The `tf` framework runs the test suite's Terraform provider; it pins an older protobuf than the project.
+TF_FRAMEWORK_VERSION := 1.2.0
+FIXTURE_PROVIDER := $(TOOLS)/fixture-provider/bin/python
+
+.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast test-tools terraform-bin lint terraform-check drift-check \
+	bench bench-serve serve clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -71,10 +83,34 @@ airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"
 	$(LOCAL_ENV) $(VENV)/bin/airflow standalone
 
-test: install lint
+$(CHECKOV): | $(UV)
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+
+$(FIXTURE_PROVIDER): | $(UV)
+	$(PYTHON) -m venv $(TOOLS)/fixture-provider
+	$(TOOLS)/fixture-provider/bin/pip install --quiet --disable-pip-version-check tf==$(TF_FRAMEWORK_VERSION)
+
+terraform-bin:
+	@command -v $(TERRAFORM) >/dev/null || { echo "terraform >= 1.10 is required on PATH:" \
+		"https://developer.hashicorp.com/terraform/install" >&2; exit 1; }
+
+test-tools: install terraform-bin $(CHECKOV) $(FIXTURE_PROVIDER)
+
+test: test-tools lint terraform-check
 	$(RUN) -m pytest
 
-test-fast: install
+# Static checks of the infrastructure code; `terraform validate` needs the providers, so it is left to CI
+# runs with network access.
+terraform-check: terraform-bin $(CHECKOV)
+	$(TERRAFORM) fmt -check -recursive -diff terraform tests/terraform/stacks
+	$(CHECKOV) --directory terraform --framework terraform --skip-download --quiet --compact \
+		--config-file terraform/.checkov.yaml
+
+drift-check: install terraform-bin $(LOCAL)/airflow/airflow.db
+	$(LOCAL_ENV) $(VENV)/bin/airflow dags test terraform_drift_check
+
+test-fast: test-tools
 	$(RUN) -m pytest -m "not e2e"
 
 lint: install

@@ -26,6 +26,9 @@ os.environ.update(
 
 from ml.synthetic import generate  # noqa: E402 - after the environment above
 
+# Fixture stacks deployed with the real terraform (used by the drift check's tests and its DAG's).
+pytest_plugins = ["tests.terraform.fixtures"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

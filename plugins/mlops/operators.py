@@ -30,6 +30,7 @@ from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
+from mlops.drift.check import BACKEND_CONFIG_ENV
 from mlops.platform_config import load_platform
 
 if TYPE_CHECKING:
@@ -59,6 +60,11 @@ def pod_runtime() -> str:
     return runtime
 
 
+def local_workdir() -> Path:
+    """The folder the local runtime runs pods in: what the image's working directory holds."""
+    return Path(os.environ.get("MLOPS_LOCAL_WORKDIR", PROJECT_ROOT))
+
+
 def _restricted_security_context() -> k8s.V1SecurityContext:
     """What the Kubernetes "restricted" Pod Security Standard requires of every container."""
     return k8s.V1SecurityContext(
@@ -70,51 +76,63 @@ def _restricted_security_context() -> k8s.V1SecurityContext:
     )
 
 
-class MLStageOperator(KubernetesPodOperator):
-    """Run ``python -m ml.<stage> <arguments>`` as a pod built from the platform settings.
+class PlatformPodOperator(KubernetesPodOperator):
+    """A pod built from the platform settings that runs in the cluster or, unchanged, on the worker.
 
-    :param stage: Name of the stage in ``platform.yaml`` and of the module under ``ml/``.
-    :param arguments: The stage's CLI arguments (templated).
-    :param env_vars: Extra environment for the stage (templated); the MLflow tracking URI is always set
-        from the Airflow Variable ``mlflow_tracking_uri``.
+    :param stage: Name of what the pod runs, in labels, the pod name and error messages.
+    :param image: The container image.
+    :param cmds: The container's command (``python`` is the worker's interpreter in the local runtime).
+    :param arguments: The container's arguments (templated).
+    :param env_vars: The container's environment (templated).
+    :param preset: Resource preset in ``platform.yaml``.
+    :param timeout_minutes: Deadline of the pod.
+    :param service_account: Service account of the pod; the platform's default when not given.
+    :param kubernetes_api: Mount the service account's token: the pod calls the Kubernetes API (Helm does).
     """
 
     ui_color = "#e8f4ea"
+    #: Folders, relative to the local workdir, on the local runtime's PYTHONPATH: what the image puts there.
+    local_pythonpath: tuple[str, ...] = (".",)
+    #: Worker variables the local runtime hands to the pod's command.
+    local_passthrough_prefixes: tuple[str, ...] = LOCAL_PASSTHROUGH_PREFIXES
 
     def __init__(
         self,
         *,
         stage: str,
+        image: str,
+        cmds: list[str],
         arguments: list[str],
-        env_vars: dict[str, str] | None = None,
+        env_vars: dict[str, str],
+        preset: str,
+        timeout_minutes: int,
+        service_account: str | None = None,
+        kubernetes_api: bool = False,
         **kwargs: Any,
     ) -> None:
         platform = load_platform()
-        spec = platform.stage(stage)
-        preset = platform.preset(spec.preset)
+        resources = platform.preset(preset)
         cluster = platform.kubernetes
-        node_group = platform.node_group(preset["node_group"]) if "node_group" in preset else {}
+        node_group = platform.node_group(resources["node_group"]) if "node_group" in resources else {}
         kwargs.setdefault("task_id", stage)
         super().__init__(
-            name=f"ml-{stage}",
+            name=f"ml-{stage}".replace("_", "-"),
             namespace=cluster["namespace"],
-            service_account_name=spec.service_account or cluster["service_account"],
-            # Only a stage with a service account of its own talks to the Kubernetes API.
-            automount_service_account_token=spec.service_account is not None,
-            image=platform.ml_stage_image,
-            cmds=["python", "-m", f"ml.{stage}"],
+            service_account_name=service_account or cluster["service_account"],
+            # Only a pod with a service account of its own for the Kubernetes API gets the API token.
+            automount_service_account_token=kubernetes_api,
+            image=image,
+            cmds=cmds,
             arguments=arguments,
             env_vars={
-                "MLFLOW_TRACKING_URI": "{{ var.value.mlflow_tracking_uri }}",
                 XCOM_DIR_ENV: PodDefaults.XCOM_MOUNT_PATH,
                 # The root filesystem is read-only: caches go to the writable /tmp volume.
                 "HOME": "/tmp",
-                "MPLCONFIGDIR": "/tmp/matplotlib",
                 "PYTHONUNBUFFERED": "1",
-                **(env_vars or {}),
+                **env_vars,
             },
             container_resources=k8s.V1ResourceRequirements(
-                requests=preset["requests"], limits=preset["limits"]
+                requests=resources["requests"], limits=resources["limits"]
             ),
             node_selector=node_group.get("node_selector"),
             tolerations=[k8s.V1Toleration(**t) for t in node_group.get("tolerations", [])],
@@ -130,7 +148,7 @@ class MLStageOperator(KubernetesPodOperator):
             volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="16Gi"))],
             volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
             labels={"app.kubernetes.io/part-of": "airflow-mlops", "app.kubernetes.io/component": stage},
-            active_deadline_seconds=spec.timeout_minutes * 60,
+            active_deadline_seconds=timeout_minutes * 60,
             termination_message_policy="FallbackToLogsOnError",
             on_finish_action="delete_succeeded_pod",
             get_logs=True,
@@ -169,9 +187,11 @@ class MLStageOperator(KubernetesPodOperator):
             return json.loads(result_file.read_text())
 
     def _local_environment(self, pod_env: list[k8s.V1EnvVar]) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if key.startswith(LOCAL_PASSTHROUGH_PREFIXES)}
+        prefixes = self.local_passthrough_prefixes
+        env = {key: value for key, value in os.environ.items() if key.startswith(prefixes)}
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env["PYTHONPATH"] = str(os.environ.get("MLOPS_LOCAL_WORKDIR", PROJECT_ROOT))
+        workdir = local_workdir()
+        env["PYTHONPATH"] = os.pathsep.join(str((workdir / part).resolve()) for part in self.local_pythonpath)
         for var in pod_env:
             if var.value_from is not None:
                 # A pod reads these from a Secret or ConfigMap; locally they must be in the worker's environment.
@@ -188,7 +208,7 @@ class MLStageOperator(KubernetesPodOperator):
     def _run(self, command: list[str], env: dict[str, str], timeout: int | None) -> None:
         process = subprocess.Popen(
             command,
-            cwd=env["PYTHONPATH"],
+            cwd=local_workdir(),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -239,3 +259,75 @@ class MLStageOperator(KubernetesPodOperator):
             self._kill()
             return
         super().on_kill()
+
+
+class MLStageOperator(PlatformPodOperator):
+    """Run ``python -m ml.<stage> <arguments>`` as a pod built from the platform settings.
+
+    :param stage: Name of the stage in ``platform.yaml`` and of the module under ``ml/``.
+    :param arguments: The stage's CLI arguments (templated).
+    :param env_vars: Extra environment for the stage (templated); the MLflow tracking URI is always set
+        from the Airflow Variable ``mlflow_tracking_uri``.
+    """
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        arguments: list[str],
+        env_vars: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        platform = load_platform()
+        spec = platform.stage(stage)
+        super().__init__(
+            stage=stage,
+            image=platform.ml_stage_image,
+            cmds=["python", "-m", f"ml.{stage}"],
+            arguments=arguments,
+            env_vars={
+                "MLFLOW_TRACKING_URI": "{{ var.value.mlflow_tracking_uri }}",
+                "MPLCONFIGDIR": "/tmp/matplotlib",
+                **(env_vars or {}),
+            },
+            preset=spec.preset,
+            timeout_minutes=spec.timeout_minutes,
+            service_account=spec.service_account,
+            kubernetes_api=spec.service_account is not None,
+            **kwargs,
+        )
+
+
+class TerraformDriftOperator(PlatformPodOperator):
+    """Check one Terraform stack for drift: ``python -m mlops.drift.check <arguments>`` in the Terraform image.
+
+    In the cluster the pod runs the image's ``terraform`` with the read-only service account of the drift
+    check; in the local runtime, the ``terraform`` on the worker's PATH with the worker's ``TF_*`` and ``AWS_*``
+    variables (what the image and the service account would provide). The shared backend settings come from
+    the Airflow Variable ``terraform_backend_config``.
+    """
+
+    ui_color = "#ede4f7"
+    # The check lives in plugins/ (how Airflow talks to Terraform); the image puts it on its PYTHONPATH.
+    local_pythonpath = ("plugins",)
+    local_passthrough_prefixes = (*LOCAL_PASSTHROUGH_PREFIXES, "TF_")
+
+    def __init__(
+        self, *, arguments: list[str], env_vars: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
+        platform = load_platform()
+        drift = platform.terraform_drift
+        super().__init__(
+            stage="terraform_drift",
+            image=platform.terraform_image,
+            cmds=["python", "-m", "mlops.drift.check"],
+            arguments=arguments,
+            env_vars={
+                BACKEND_CONFIG_ENV: "{{ var.value.get('terraform_backend_config', '{}') }}",
+                **(env_vars or {}),
+            },
+            preset=drift["preset"],
+            timeout_minutes=int(drift["timeout_minutes"]),
+            service_account=drift["service_account"],
+            **kwargs,
+        )

@@ -80,6 +80,19 @@ class Platform:
     def node_group(self, name: str) -> dict[str, Any]:
         return dict(self.raw["node_groups"][name])
 
+    @property
+    def terraform_image(self) -> str:
+        return str(self.raw["images"]["terraform"])
+
+    @property
+    def terraform_drift(self) -> dict[str, Any]:
+        """Schedule, pod settings, allowlist and stacks of the Terraform drift check."""
+        return dict(self.raw["terraform_drift"])
+
+    @property
+    def drift_allowlist_file(self) -> Path:
+        return PLATFORM_FILE.parent / str(self.raw["terraform_drift"]["allowlist"])
+
 
 @cache
 def load_platform(path: Path = PLATFORM_FILE) -> Platform:

@@ -1,0 +1,130 @@
+"""The stacks in terraform/: formatted, pinned, described, and in step with the platform settings.
+
+`terraform validate` needs the AWS provider and the registry modules, which cannot be installed offline;
+these checks read the files instead (checkov scans them in `make terraform-check`).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlops.platform_config import load_platform
+
+ROOT = Path(__file__).resolve().parents[2]
+TERRAFORM = ROOT / "terraform"
+STACK_DIRS = sorted(p for p in TERRAFORM.iterdir() if p.is_dir() and any(p.glob("*.tf")))
+PLATFORM = load_platform()
+
+
+def blocks(text: str, kind: str) -> dict[str, str]:
+    """Top-level blocks of one kind (``variable``, ``output``) by name, as text."""
+    found = {}
+    for match in re.finditer(rf'^{kind} "([^"]+)" \{{\n(.*?)^\}}', text, re.M | re.S):
+        found[match.group(1)] = match.group(2)
+    return found
+
+
+def test_the_stacks_are_the_ones_the_drift_check_and_the_readme_know() -> None:
+    assert {p.name for p in STACK_DIRS} == {"bootstrap", "cluster", "data"}
+    checked = {stack["dir"] for stack in PLATFORM.terraform_drift["stacks"]}
+    assert checked == {"terraform/cluster", "terraform/data"}
+    assert all((ROOT / d).is_dir() for d in checked)
+
+
+def test_terraform_fmt_is_clean() -> None:
+    result = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", "-diff", "terraform", "tests/terraform/stacks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("stack", STACK_DIRS, ids=lambda p: p.name)
+def test_versions_are_required_and_providers_and_modules_pinned(stack: Path) -> None:
+    versions = (stack / "versions.tf").read_text()
+    assert re.search(r'required_version = ">= 1\.10, < 2\.0"', versions)
+    for source, version in re.findall(r'source\s+= "([^"]+)"\s+version\s+= "([^"]+)"', versions):
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{source} is not pinned to an exact version"
+    text = "".join(p.read_text() for p in stack.glob("*.tf"))
+    for source, version in re.findall(
+        r'module "[^"]+" \{\s+source\s+= "([^"]+)"\s+version\s+= "([^"]+)"', text
+    ):
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"module {source} is not pinned"
+    assert text.count('module "') == len(
+        re.findall(r'module "[^"]+" \{\s+source\s+= "[^"]+"\s+version', text)
+    )
+
+
+@pytest.mark.parametrize("stack", STACK_DIRS, ids=lambda p: p.name)
+def test_every_variable_and_output_is_typed_and_described(stack: Path) -> None:
+    variables = blocks((stack / "variables.tf").read_text(), "variable")
+    outputs = blocks((stack / "outputs.tf").read_text(), "output")
+    assert variables and outputs
+    for name, body in variables.items():
+        assert re.search(r"^  type\s+=", body, re.M), f"variable {name} has no type"
+        assert re.search(r'^  description\s+= "\S', body, re.M), f"variable {name} has no description"
+    for name, body in outputs.items():
+        assert re.search(r'^  description\s+= "\S', body, re.M), f"output {name} has no description"
+
+
+@pytest.mark.parametrize("stack", ["cluster", "data"])
+def test_remote_state_is_in_s3_with_locking(stack: str) -> None:
+    backend = (TERRAFORM / stack / "backend.tf").read_text()
+    assert 'backend "s3"' in backend
+    assert re.search(r"use_lockfile\s+= true", backend) and re.search(r"encrypt\s+= true", backend)
+
+
+def test_the_gpu_node_group_carries_the_label_and_taint_the_pods_expect() -> None:
+    """The pods' node selector and toleration (platform.yaml) against the node group's labels and taint."""
+    cluster = (TERRAFORM / "cluster" / "main.tf").read_text()
+    gpu = PLATFORM.node_group("gpu")
+    labels = dict(
+        re.findall(
+            r'"([^"]+)" = "([^"]+)"', re.search(r"gpu_node_labels = \{(.*?)\}", cluster, re.S).group(1)
+        )
+    )  # type: ignore[union-attr]
+    assert labels == gpu["node_selector"]
+    taint = dict(
+        re.findall(r'(\w+)\s+= "([^"]+)"', re.search(r"gpu_node_taint = \{(.*?)\}", cluster, re.S).group(1))
+    )  # type: ignore[union-attr]
+    (toleration,) = gpu["tolerations"]
+    assert taint["key"] == toleration["key"]
+    # Kubernetes writes the effect NoSchedule; the EKS API NO_SCHEDULE.
+    assert taint["effect"] == re.sub(r"(?<!^)(?=[A-Z])", "_", toleration["effect"]).upper()
+    assert taint["value"] == "true" and toleration["operator"] == "Exists"
+    gpu_group = cluster[cluster.index("    gpu = {") :]
+    assert (
+        re.search(r"min_size\s+= 0\b", gpu_group)
+        and "taints       = { gpu = local.gpu_node_taint }" in gpu_group
+    )
+    assert "labels       = local.gpu_node_labels" in gpu_group
+
+
+def test_service_account_roles_are_for_the_pods_service_accounts() -> None:
+    variables = blocks((TERRAFORM / "data" / "variables.tf").read_text(), "variable")
+
+    def default(name: str) -> str:
+        return re.search(r'default\s+= "([^"]+)"', variables[name]).group(1)  # type: ignore[union-attr]
+
+    namespace = PLATFORM.kubernetes["namespace"]
+    assert default("pipeline_service_account") == f"{namespace}:{PLATFORM.kubernetes['service_account']}"
+    assert (
+        default("drift_check_service_account") == f"{namespace}:{PLATFORM.terraform_drift['service_account']}"
+    )
+
+
+def test_the_data_bucket_is_encrypted_versioned_and_private() -> None:
+    data = (TERRAFORM / "data" / "main.tf").read_text()
+    assert 'sse_algorithm     = "aws:kms"' in data and 'status = "Enabled"' in data
+    for setting in (
+        "block_public_acls",
+        "block_public_policy",
+        "ignore_public_acls",
+        "restrict_public_buckets",
+    ):
+        assert re.search(rf"{setting}\s+= true", data), setting
