@@ -30,6 +30,7 @@ LOCAL_ENV := \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
 	AIRFLOW_VAR_MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) \
 	AIRFLOW_VAR_MLOPS_DATA_ROOT=$(LOCAL)/data \
 	AIRFLOW_VAR_MLOPS_POD_RUNTIME=local \
@@ -37,7 +38,7 @@ LOCAL_ENV := \
 
 ALIAS ?= champion
 
-.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast lint bench bench-serve serve clean
+.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast lint browser bench bench-serve serve clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -71,11 +72,16 @@ airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"
 	$(LOCAL_ENV) $(VENV)/bin/airflow standalone
 
-test: install lint
+test: install lint browser
 	$(RUN) -m pytest
 
 test-fast: install
-	$(RUN) -m pytest -m "not e2e"
+	$(RUN) -m pytest -m "not e2e and not browser"
+
+# Debian's Chromium for the browser test (Playwright drives it; Playwright's own browser download is not used).
+browser: /usr/bin/chromium
+/usr/bin/chromium:
+	apt-get install -y --no-install-recommends chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 lint: install
 	$(VENV)/bin/ruff check .
