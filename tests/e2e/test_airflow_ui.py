@@ -41,7 +41,11 @@ USER = "data-scientist"
 DATASET = "synthetic://card-transactions?rows=20000&seed=7"
 STARTUP_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 600
-pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(STARTUP_TIMEOUT_S + RUN_TIMEOUT_S + 120)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.browser,
+    pytest.mark.timeout(STARTUP_TIMEOUT_S + RUN_TIMEOUT_S + 120),
+]
 
 
 class Airflow:
@@ -179,7 +183,9 @@ def test_an_invalid_form_value_is_refused_with_a_message(page, airflow: Airflow)
     assert len(airflow.dag_runs()) == runs_before
 
 
-def test_a_data_scientist_triggers_a_training_run_from_the_form_and_it_succeeds(page, airflow: Airflow) -> None:
+def test_a_data_scientist_triggers_a_training_run_from_the_form_and_it_succeeds(
+    page, airflow: Airflow
+) -> None:
     from playwright.sync_api import expect
 
     dialog = open_trigger_form(page, airflow)
