@@ -24,7 +24,7 @@ COPY ml/ /app/ml/
 ENV PATH="/app/.venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    WEB_CONCURRENCY=2
+    WEB_CONCURRENCY=1
 USER ${APP_UID}:${APP_UID}
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

@@ -15,6 +15,9 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     uv sync --frozen --no-default-groups --no-install-project
 
+# The release stage (python -m ml.release) runs Helm against the cluster; the version is the Makefile's HELM_VERSION.
+FROM alpine/helm:3.19.0 AS helm
+
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 ARG APP_UID=10001
 RUN groupadd --gid "${APP_UID}" app \
@@ -22,6 +25,9 @@ RUN groupadd --gid "${APP_UID}" app \
 WORKDIR /app
 COPY --from=builder /app/.venv /app/.venv
 COPY ml/ /app/ml/
+COPY --from=helm /usr/bin/helm /usr/local/bin/helm
+# The chart the release stage installs, at the path platform.yaml gives relative to the working directory.
+COPY k8s/helm/ /app/k8s/helm/
 # The pod's root filesystem is read-only: HOME and caches point at its writable /tmp volume.
 ENV PATH="/app/.venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \

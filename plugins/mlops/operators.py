@@ -135,7 +135,7 @@ class PlatformPodOperator(KubernetesPodOperator):
                 requests=resources["requests"], limits=resources["limits"]
             ),
             node_selector=node_group.get("node_selector"),
-            priority_class_name=preset.get("priority_class"),
+            priority_class_name=resources.get("priority_class"),
             tolerations=[k8s.V1Toleration(**t) for t in node_group.get("tolerations", [])],
             security_context=k8s.V1PodSecurityContext(
                 run_as_non_root=True,

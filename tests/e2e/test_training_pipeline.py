@@ -218,3 +218,34 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(dag, first_r
     assert alerts, "the notifier sent no alert"
     assert "latency-p99" in alerts[-1]
     assert f"Rolled back to revision {rolled_back['restored_revision']}" in alerts[-1]
+
+
+def test_a_model_below_the_gate_registers_nothing(dag, first_run, airflow_db) -> None:
+    """Triggered without a logical date, as from the UI: outputs are keyed by the run id instead."""
+    before = versions()
+    dag_run = run(dag, 9, logical=False, min_average_precision=0.99)
+    assert dag_run.state == "success", states(dag_run)
+    assert dag_run.data_interval_start is None
+    prepared = Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / "prepared" / DAG_ID
+    assert (prepared / re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run.run_id) / "manifest.json").exists()
+    assert states(dag_run)["gate"] == "success" and states(dag_run)["register"] == "skipped"
+    (mlflow_run,) = keyed_runs(f"{DAG_ID}/{dag_run.run_id}")
+    assert mlflow_run.data.tags["mlops.decision"] == "fail"
+    assert versions(f"{DAG_ID}/{dag_run.run_id}") == []
+    assert len(versions()) == len(before)
+
+
+def test_a_dataset_that_fails_validation_fails_prepare_with_the_message(
+    dag, first_run, tmp_path, capfd
+) -> None:
+    source = tmp_path / "bad.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"x": rng.random(300), "label": rng.integers(0, 3, 300)}).to_csv(source, index=False)
+    before = versions()
+    dag_run = run(dag, 16, dataset_uri=str(source), target_column="label", time_column=None, drop_columns=[])
+    assert dag_run.state == "failed"
+    result = states(dag_run)
+    assert result["prepare"] == "failed"
+    assert {result[t] for t in ("train", "evaluate", "gate", "register")} == {"upstream_failed"}
+    assert "column 'label': target must be binary" in capfd.readouterr().out
+    assert len(versions()) == len(before)

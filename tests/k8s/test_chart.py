@@ -1,0 +1,321 @@
+"""The inference API chart: lint, render with each strategy, validate against the Kubernetes schema, and agree
+with the values schema, the platform settings and the API's own metrics.
+
+Rendering and linting use Helm's own Go SDK (helm-python-sdk); no cluster runs here, so objects are validated
+against the Kubernetes 1.33 OpenAPI schema. kubernetes-validate does not know Argo's or the Prometheus
+Operator's CRDs: the Rollout's pod template is validated as the template of a Deployment, and the CRD objects
+are checked field by field.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from mlops.platform_config import load_platform
+
+from ml.errors import StageError
+from ml.release import analysis, chart
+from ml.serve import metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "k8s" / "helm" / "inference-api"
+KUBERNETES_VERSION = "1.33.0"
+PLATFORM = load_platform()
+RELEASE = PLATFORM.release
+CRD_KINDS = {"Rollout", "AnalysisTemplate", "ServiceMonitor", "PrometheusRule"}
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+#: Value sets the chart must render: the default canary, blue-green, a plain Deployment, and everything off.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "canary": {},
+    "blue-green": {"workload": {"strategy": "blueGreen"}},
+    "deployment": {"workload": {"kind": "deployment"}},
+    "minimal": {
+        "workload": {"kind": "deployment", "replicas": 2},
+        "autoscaling": {"enabled": False},
+        "monitoring": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+        "ingress": {"enabled": False},
+        "serviceAccount": {"create": False, "name": "existing"},
+        "topologySpread": {"enabled": False},
+    },
+    "tracing-and-secrets": {
+        "tracing": {"enabled": True},
+        "secrets": {"envFromSecret": "inference-api-env", "adminTokenSecret": "inference-api-admin"},
+        "imagePullSecrets": ["registry"],
+    },
+}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return chart.render(CHART, values or {}, release=RELEASE["name"], namespace=RELEASE["namespace"])
+
+
+def kinds(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+    return by_kind
+
+
+def pod_template(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return chart.workload(objects)["spec"]["template"]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_chart_lints_clean(name: str) -> None:
+    report = helm_python.lint(CHART, VALUE_SETS[name], strict=True, namespace=RELEASE["namespace"])
+    assert [m for m in report["messages"] if m["severity"] >= 2] == [] and report["errors"] == []
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_core_object_validates_strictly_against_kubernetes(name: str) -> None:
+    objects = render(VALUE_SETS[name])
+    core = [obj for obj in objects if obj["kind"] not in CRD_KINDS]
+    assert core
+    for obj in core:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", ["canary", "blue-green"])
+def test_the_rollouts_pod_template_validates_as_a_deployments(name: str) -> None:
+    """The Rollout embeds a core PodTemplateSpec: validated by wrapping it in a Deployment with its selector."""
+    rollout = kinds(render(VALUE_SETS[name]))["Rollout"][0]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": rollout["metadata"],
+        "spec": {"selector": rollout["spec"]["selector"], "template": rollout["spec"]["template"]},
+    }
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_default_release_is_an_analysed_canary_in_the_charts_steps() -> None:
+    by_kind = kinds(render())
+    assert set(by_kind) >= {
+        "Rollout", "AnalysisTemplate", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount",
+        "ConfigMap", "Ingress", "ServiceMonitor", "PrometheusRule", "NetworkPolicy", "Service",
+    }  # fmt: skip
+    assert "Deployment" not in by_kind and "Secret" not in by_kind
+    canary = by_kind["Rollout"][0]["spec"]["strategy"]["canary"]
+    assert canary["steps"] == VALUES["canary"]["steps"]
+    assert [s["setWeight"] for s in canary["steps"] if "setWeight" in s] == [10, 30, 60, 100]
+    assert canary["trafficRouting"] == {"nginx": {"stableIngress": by_kind["Ingress"][0]["metadata"]["name"]}}
+    services = {s["metadata"]["name"] for s in by_kind["Service"]}
+    assert {canary["stableService"], canary["canaryService"]} <= services
+    template = canary["analysis"]["templates"][0]["templateName"]
+    assert template == by_kind["AnalysisTemplate"][0]["metadata"]["name"]
+    assert canary["analysis"]["startingStep"] == VALUES["analysis"]["startingStep"]
+
+
+def test_a_value_switches_to_blue_green_and_one_to_a_plain_deployment() -> None:
+    blue_green = kinds(render(VALUE_SETS["blue-green"]))["Rollout"][0]["spec"]["strategy"]["blueGreen"]
+    assert blue_green["prePromotionAnalysis"]["templates"][0]["templateName"]
+    assert blue_green["previewService"] != blue_green["activeService"]
+    plain = kinds(render(VALUE_SETS["deployment"]))
+    assert "Rollout" not in plain and "AnalysisTemplate" not in plain
+    assert plain["HorizontalPodAutoscaler"][0]["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    assert len(plain["Service"]) == 2  # the Service and the metrics Service; no canary or preview Service
+
+
+def test_the_local_canary_reads_the_analysis_thresholds_from_the_rendered_template() -> None:
+    template = kinds(render())["AnalysisTemplate"][0]
+    thresholds = {m.name: (m.op, m.threshold) for m in analysis.metrics_of(template)}
+    assert thresholds == {
+        "success-rate": (">=", VALUES["analysis"]["minSuccessRate"]),
+        "latency-p99": ("<=", VALUES["analysis"]["maxLatencyP99Seconds"]),
+    }
+    stricter = kinds(render({"analysis": {"minSuccessRate": 0.999}}))["AnalysisTemplate"][0]
+    assert analysis.metrics_of(stricter)[0].threshold == 0.999
+
+
+def test_promql_names_only_metrics_and_labels_the_api_exports() -> None:
+    """The queries and alerts use the names in ml/serve/metrics.py, not copies that could drift apart."""
+    exported = {"up"}  # Prometheus's own
+    labels = {"namespace", "service", "le", "rollouts_pod_template_hash"}  # from the scrape and the histogram
+    for collector in (
+        metrics.HTTP_REQUESTS,
+        metrics.HTTP_DURATION,
+        metrics.PREDICTION_SCORE,
+        metrics.MODEL_INFO,
+    ):
+        name, kind = collector._name, collector._type
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}[kind]
+        exported |= {name + suffix for suffix in suffixes}
+        labels |= set(collector._labelnames)
+    by_kind = kinds(render())
+    queries = [
+        m["provider"]["prometheus"]["query"] for m in by_kind["AnalysisTemplate"][0]["spec"]["metrics"]
+    ]
+    queries += [r["expr"] for g in by_kind["PrometheusRule"][0]["spec"]["groups"] for r in g["rules"]]
+    used = {name for query in queries for name in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", query)}
+    used_labels = {
+        label for query in queries for label in re.findall(r"[{,]\s*([a-z_]+)\s*(?:=|!=|=~|!~)", query)
+    }
+    assert used and used <= exported, used - exported
+    assert used_labels and used_labels <= labels, used_labels - labels
+
+
+def test_four_alerts_with_severity_and_description() -> None:
+    rules = kinds(render())["PrometheusRule"][0]["spec"]["groups"][0]["rules"]
+    assert [r["alert"] for r in rules] == [
+        "InferenceApiHighErrorRate", "InferenceApiHighLatency", "InferenceApiDown", "InferenceApiPredictionDrift",
+    ]  # fmt: skip
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("critical", "warning")
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+def test_the_autoscaler_follows_cpu_memory_and_requests_per_pod() -> None:
+    hpa = kinds(render())["HorizontalPodAutoscaler"][0]["spec"]
+    auto = VALUES["autoscaling"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20) == (auto["minReplicas"], auto["maxReplicas"])
+    targets = {
+        m.get("resource", {}).get("name") or m["pods"]["metric"]["name"]: m.get("resource", m.get("pods"))[
+            "target"
+        ]
+        for m in hpa["metrics"]
+    }
+    assert targets["cpu"]["averageUtilization"] == 70
+    assert targets["memory"]["averageUtilization"] == 80
+    assert targets["http_requests_per_second"]["averageValue"] == "100"
+    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert hpa["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_pods_meet_the_restricted_pod_security_standard_and_probe_health_and_ready(name: str) -> None:
+    template = pod_template(render(VALUE_SETS[name]))["spec"]
+    assert template["securityContext"]["runAsNonRoot"] is True
+    assert template["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert not any(key.startswith("host") for key in template)
+    assert all("hostPath" not in volume for volume in template["volumes"])
+    for container in template["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"] and "add" not in context["capabilities"]
+        assert context["runAsNonRoot"] is True and context["readOnlyRootFilesystem"] is True
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+        assert "ports" in container and container["resources"]["limits"]
+
+
+def test_secrets_are_only_referenced() -> None:
+    objects = render(VALUE_SETS["tracing-and-secrets"])
+    assert "Secret" not in kinds(objects)
+    container = pod_template(objects)["spec"]["containers"][0]
+    assert {"secretRef": {"name": "inference-api-env"}} in container["envFrom"]
+    (token,) = container["env"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "inference-api-admin", "key": "admin-token"}
+    assert kinds(objects)["Ingress"][0]["spec"]["tls"][0]["secretName"] == VALUES["ingress"]["tlsSecret"]
+
+
+def test_network_policy_lets_in_only_the_ingress_controller_and_prometheus() -> None:
+    policy = kinds(render(VALUE_SETS["tracing-and-secrets"]))["NetworkPolicy"][0]["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = policy["ingress"]
+    sources = {
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in ingress["from"]
+    }
+    assert sources == {
+        VALUES["networkPolicy"]["ingressControllerNamespace"],
+        VALUES["networkPolicy"]["prometheusNamespace"],
+    }
+    destinations = []
+    for rule in policy["egress"]:
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                destinations.append(("s3", tuple(p["port"] for p in rule["ports"])))
+            else:
+                namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                destinations.append((namespace, tuple(p["port"] for p in rule["ports"])))
+    assert sorted(destinations) == sorted([
+        ("kube-system", (53, 53)), (VALUES["mlflow"]["namespace"], (VALUES["mlflow"]["port"],)),
+        ("s3", (443,)), (VALUES["tracing"]["namespace"], (VALUES["tracing"]["port"],)),
+    ])  # fmt: skip
+    without_tracing = kinds(render())["NetworkPolicy"][0]["spec"]["egress"]
+    assert len(without_tracing) == 3
+
+
+def test_a_model_or_setting_change_changes_the_pod_template_and_starts_a_rollout() -> None:
+    first = pod_template(render({"model": {"uri": "models:/m/1"}}))
+    second = pod_template(render({"model": {"uri": "models:/m/2"}}))
+    assert (
+        first["metadata"]["annotations"]["checksum/config"]
+        != second["metadata"]["annotations"]["checksum/config"]
+    )
+    assert pod_template(render({"model": {"uri": "models:/m/1"}})) == first
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"ingress": {"enabled": False}}, "splits traffic at the nginx ingress"),
+        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 4}}, "maxReplicas must be at least"),
+        ({"analysis": {"startingStep": 7}}, "startingStep must name one of canary.steps"),
+        ({"autoscaling": {"enabled": False}, "workload": {"replicas": 1}}, "every pod may be evicted"),
+        ({"ingress": {"tlsSecret": ""}}, "served over TLS only"),
+        ({"workload": {"strategy": "linear"}}, "value must be one of 'canary', 'blueGreen'"),
+        ({"canary": {"steps": [{"setWeight": 150}]}}, "maximum: got 150"),
+        ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+    ],
+)
+def test_bad_values_fail_at_render_time_with_a_message(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(StageError, match=re.escape(message)):
+        render(values)
+
+
+def test_values_yaml_validates_against_its_schema_and_every_key_is_described() -> None:
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
+    jsonschema.validate(VALUES, SCHEMA)
+
+    def walk(value: Any, schema: dict[str, Any], path: str) -> None:
+        assert schema.get("description"), f"{path or '(root)'} has no description in values.schema.json"
+        if path:
+            assert schema.get("default") == value or isinstance(value, dict), f"{path}: default differs"
+        if isinstance(value, dict) and schema.get("type") == "object" and "properties" in schema:
+            assert schema.get("additionalProperties") is False, f"{path} accepts unknown keys"
+            assert set(schema["properties"]) == set(value), f"{path}: schema and values.yaml keys differ"
+            for key, item in value.items():
+                walk(item, schema["properties"][key], f"{path}.{key}".lstrip("."))
+
+    walk(VALUES, SCHEMA, "")
+
+
+def test_a_value_added_without_its_schema_fails() -> None:
+    """The rule the schema enforces on contributors: a new key in values.yaml needs its schema entry."""
+    values = copy.deepcopy(VALUES)
+    values["serve"]["newSetting"] = 1
+    with pytest.raises(jsonschema.ValidationError, match="'newSetting' was unexpected"):
+        jsonschema.validate(values, SCHEMA)
+
+
+def test_every_key_of_values_yaml_has_a_comment_above_it() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if re.match(r"^\s*[A-Za-z][A-Za-z0-9]*:", line) and not re.match(r"^\s*-", line):
+            previous = lines[number - 1].strip() if number else ""
+            parent_is_free_map = line.startswith("    release:")  # a label value inside monitoring.labels
+            assert previous.startswith("#") or parent_is_free_map, (
+                f"values.yaml line {number + 1}: {line.strip()}"
+            )
+
+
+def test_the_chart_deploys_the_image_the_platform_names() -> None:
+    repository, tag = PLATFORM.inference_api_image
+    assert VALUES["image"]["repository"] == repository
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"] == tag
+    container = pod_template(render())["spec"]["containers"][0]
+    assert container["image"] == f"{repository}:{tag}"
+    assert (
+        pod_template(render())["spec"]["securityContext"]["runAsUser"] == PLATFORM.kubernetes["run_as_user"]
+    )
