@@ -61,7 +61,6 @@ HELM_VERSION := v3.19.0
 ARGO_ROLLOUTS_VERSION := v1.8.3
 KUBE_PROMETHEUS_STACK_VERSION := 79.7.1
 KIND_CLUSTER := airflow-mlops
-SERVING_NAMESPACE := ml-serving
 POD_LAUNCHER := airflow-pod-launcher
 INFERENCE_API_IMAGE := airflow-mlops/inference-api:local
 OS := $(shell uname -s | tr '[:upper:]' '[:lower:]')
@@ -202,8 +201,8 @@ kind-up: install $(KIND) $(KUBECTL) $(HELM)
 		--namespace monitoring --create-namespace --wait --timeout 10m \
 		--set prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues=false \
 		--set prometheus.prometheusSpec.podMonitorSelectorNilUsesHelmValues=false
-	$(HELM) upgrade --install inference-api k8s/helm/inference-api --namespace $(SERVING_NAMESPACE) \
-		$(if $(wildcard k8s/kind/inference-api-values.yaml),--values k8s/kind/inference-api-values.yaml)
+	$(HELM) upgrade --install "$$($(call PLATFORM,p.release["name"]))" "$$($(call PLATFORM,p.release["chart"]))" \
+		--namespace "$$($(call PLATFORM,p.release["namespace"]))" --values k8s/kind/inference-api-values.yaml
 	mkdir -p $(LOCAL)/kube
 	namespace=$$($(call PLATFORM,p.kubernetes["namespace"])); \
 	token=$$($(KUBECTL) -n "$$namespace" create token $(POD_LAUNCHER) --duration=24h); \

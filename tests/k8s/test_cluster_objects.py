@@ -22,6 +22,8 @@ KUBERNETES_VERSION = "1.33.0"
 MANIFESTS = sorted((ROOT / "k8s" / "cluster").glob("*.yaml"))
 KIND_CONFIG = ROOT / "k8s" / "kind" / "cluster.yaml"
 PLATFORM = load_platform()
+#: Airflow's own service account, which launches the pods (and watches the inference API's rollout).
+LAUNCHER = "airflow-pod-launcher"
 
 #: What KubernetesPodOperator needs in the pods' namespace, and nothing more.
 POD_LAUNCHER_PERMISSIONS = {
@@ -62,7 +64,7 @@ def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
 
 
 def test_the_schema_check_rejects_an_unknown_field() -> None:
-    role = {**one("Role"), "rulez": []}
+    role = {**one("Role", LAUNCHER), "rulez": []}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(role, KUBERNETES_VERSION, strict=True)
 
@@ -74,7 +76,16 @@ def test_the_pod_namespace_and_service_account_are_the_platforms() -> None:
     assert account["metadata"]["namespace"] == cluster["namespace"]
     assert account["automountServiceAccountToken"] is False
     namespaced = [o for o in objects() if o["kind"] not in ("Namespace", "PriorityClass")]
-    assert {o["metadata"]["namespace"] for o in namespaced} == {cluster["namespace"]}
+    # Everything lives in the pipeline's namespace, but the release's access to the serving namespace.
+    assert {o["metadata"]["namespace"] for o in namespaced} == {
+        cluster["namespace"],
+        PLATFORM.release["namespace"],
+    }
+    assert {
+        o["metadata"]["name"]
+        for o in namespaced
+        if o["metadata"]["namespace"] == PLATFORM.release["namespace"]
+    } == {PLATFORM.stage("release").service_account, "rollout-watcher"}
 
 
 def test_every_namespace_enforces_the_restricted_pod_security_standard() -> None:
@@ -97,7 +108,7 @@ def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 
 def test_the_pod_launcher_role_grants_nothing_beyond_what_the_operator_needs() -> None:
-    permissions = granted(one("Role"))
+    permissions = granted(one("Role", LAUNCHER))
     assert permissions == POD_LAUNCHER_PERMISSIONS
     assert not any("*" in key or "*" in verbs for key, verbs in permissions.items())
     assert not [o for o in objects() if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
@@ -125,15 +136,15 @@ def test_the_role_covers_every_call_the_installed_pod_operator_makes() -> None:
     assert calls, "no Kubernetes API calls found: has the provider moved its code?"
     unknown = calls - set(API_CALLS)
     assert not unknown, f"the provider makes calls this test does not know: {unknown}"
-    permissions = granted(one("Role"))
+    permissions = granted(one("Role", LAUNCHER))
     for call in calls:
         for resource, verb in API_CALLS[call]:
             assert verb in permissions.get(("", resource), set()), f"{call} needs {verb} on {resource}"
 
 
 def test_the_role_is_bound_to_airflows_pod_launcher_only() -> None:
-    role = one("Role")
-    binding = one("RoleBinding")
+    role = one("Role", LAUNCHER)
+    binding = one("RoleBinding", LAUNCHER)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -216,9 +227,50 @@ def test_make_kind_up_uses_these_names_and_pinned_versions() -> None:
     makefile = (ROOT / "Makefile").read_text()
     settings = dict(re.findall(r"^([A-Z_]+) := (.+)$", makefile, re.MULTILINE))
     assert settings["KIND_CLUSTER"] == yaml.safe_load(KIND_CONFIG.read_text())["name"]
-    assert settings["POD_LAUNCHER"] == one("RoleBinding")["subjects"][0]["name"]
-    one("Namespace", settings["SERVING_NAMESPACE"])
+    assert settings["POD_LAUNCHER"] == one("RoleBinding", LAUNCHER)["subjects"][0]["name"]
+    assert settings["POD_LAUNCHER"] == LAUNCHER
+    one("Namespace", PLATFORM.release["namespace"])
     assert re.fullmatch(r"kindest/node:v[\d.]+@sha256:[0-9a-f]{64}", settings["KIND_NODE_IMAGE"])
     for key in ("KIND_VERSION", "KUBECTL_VERSION", "HELM_VERSION", "ARGO_ROLLOUTS_VERSION"):
         assert re.fullmatch(r"v\d+\.\d+\.\d+", settings[key]), key
     assert re.fullmatch(r"\d+\.\d+\.\d+", settings["KUBE_PROMETHEUS_STACK_VERSION"])
+
+
+def test_the_release_stage_may_manage_every_object_the_chart_renders_and_nothing_else() -> None:
+    """The deployer's Role covers each kind of each strategy's render, in the serving namespace only."""
+    from ml.release import chart
+
+    release = PLATFORM.release
+    deployer = PLATFORM.stage("release").service_account
+    role = one("Role", deployer)
+    assert role["metadata"]["namespace"] == release["namespace"]
+    binding = one("RoleBinding", deployer)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": deployer, "namespace": PLATFORM.kubernetes["namespace"]}
+    ]
+    one("ServiceAccount", deployer)
+    permissions = granted(role)
+    rendered = set()
+    for values in ({}, {"workload": {"strategy": "blueGreen"}}, {"workload": {"kind": "deployment"}}):
+        for obj in chart.render(
+            ROOT / release["chart"], values, release=release["name"], namespace=release["namespace"]
+        ):
+            group = obj["apiVersion"].rpartition("/")[0]
+            kind = obj["kind"].lower()
+            plural = kind[:-1] + "ies" if kind.endswith("y") else kind + ("es" if kind.endswith("s") else "s")
+            rendered.add((group, plural))
+    writes = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    for key in rendered | {("", "secrets")}:  # Secrets: Helm's release history
+        assert permissions.get(key) == writes, key
+    assert set(permissions) == rendered | {("", "secrets")}
+
+
+def test_the_rollout_watcher_only_reads_the_workload_and_its_analysis() -> None:
+    role = one("Role", "rollout-watcher")
+    assert role["metadata"]["namespace"] == PLATFORM.release["namespace"]
+    assert granted(role) == {
+        ("argoproj.io", "rollouts"): {"get", "list"},
+        ("argoproj.io", "analysisruns"): {"get", "list"},
+        ("apps", "deployments"): {"get"},
+    }
+    assert one("RoleBinding", "rollout-watcher")["subjects"][0]["name"] == LAUNCHER

@@ -40,7 +40,9 @@ def _faulty(fault: str, encoder: Any, experiment: str) -> tuple[str, str, str]:
 
     pipeline = Pipeline([("encode", encoder), ("model", FaultyClassifier(fault=fault).fit(None, None))])
     # Not mlflow.set_experiment: it would leave this experiment active for the other tests' runs.
-    with mlflow.start_run(experiment_id=tracking.experiment_id(experiment), run_name=f"faulty-{fault}") as run:
+    with mlflow.start_run(
+        experiment_id=tracking.experiment_id(experiment), run_name=f"faulty-{fault}"
+    ) as run:
         info = mlflow.sklearn.log_model(pipeline, name="model", skops_trusted_types=TRUSTED_TYPES)
     return info.model_uri, run.info.run_id, info.model_id
 
