@@ -98,6 +98,17 @@ def summarise_release(dag_run: Any) -> None:
     verdict = results.get("watch_rollout")
     if not verdict:
         return
+    status_file = (
+        Path(os.environ.get("AIRFLOW_VAR_MLOPS_DATA_ROOT", ""))
+        / "releases"
+        / deployment["release"]
+        / "rollout.json"
+    )
+    status = json.loads(status_file.read_text()) if status_file.exists() else {}
+    if verdict["measurements"] and status.get("steps"):
+        steps = [f"{s['setWeight']}%" if "setWeight" in s else f"pause {s['pause'].get('duration', '')}".strip()
+                 for s in status["steps"]]  # fmt: skip
+        print(f"  canary steps (the chart's): {' -> '.join(steps)}; analysis at each pause")
     if not verdict["measurements"]:
         print("  no canary: a first release has no stable model to compare against (as in Argo Rollouts)")
     else:
