@@ -288,13 +288,13 @@ def ml_training_pipeline() -> None:
             f"{REGISTRY['production_alias']} unchanged."
         )
 
-    prepare >> train >> evaluate
-    gate(evaluate.output) >> register >> deploy  # type: ignore[arg-type]  # XComArg resolves at run time
     verdict = watch_rollout.output
-    promote << watch_rollout
-    canary_failed(verdict) >> rollback  # type: ignore[arg-type]
-    promote >> rollback
-    alert(verdict, rollback.output)  # type: ignore[arg-type]
+    prepare >> train >> evaluate
+    gate(evaluate.output) >> register >> deploy >> watch_rollout >> promote  # type: ignore[arg-type]
+    # Argo has already sent all traffic back to stable when it aborts, so the rollback can wait for promote to
+    # record the verdict on the version.
+    promote >> canary_failed(verdict) >> rollback  # type: ignore[arg-type]
+    alert(verdict, rollback.output)  # type: ignore[arg-type]  # XComArgs resolve to dicts at run time
 
 
 ml_training_pipeline()

@@ -310,8 +310,11 @@ def evaluate(
         mlflow.log_metrics({**test_metrics, "decision_threshold": threshold}, model_id=evaluation.model_id)
         if champion.metrics:
             mlflow.log_metrics({f"champion_test_{k}": v for k, v in asdict(champion.metrics).items()})
+        import matplotlib.pyplot as plt
+
         for path, figure in _figures(labels, scores, threshold, pipeline, champion_scores).items():
             mlflow.log_figure(figure, path)
+            plt.close(figure)  # pyplot keeps every figure alive until closed
         mlflow.log_text(model_card(evaluation, manifest), "model_card.md")
         mlflow.log_dict(asdict(evaluation), "evaluation.json")
         mlflow.set_tags({"mlops.decision": decision, THRESHOLD_TAG: f"{threshold:.6f}"})

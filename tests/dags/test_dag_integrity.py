@@ -80,7 +80,8 @@ def test_training_pipeline_shape(dagbag) -> None:
     assert dag.get_task("register").downstream_task_ids == {"deploy"}
     assert dag.get_task("deploy").downstream_task_ids == {"watch_rollout"}
     assert dag.get_task("watch_rollout").downstream_task_ids == {"promote", "canary_failed", "alert"}
-    assert dag.get_task("rollback").upstream_task_ids == {"promote", "canary_failed"}
+    assert dag.get_task("promote").downstream_task_ids == {"canary_failed"}
+    assert dag.get_task("rollback").upstream_task_ids == {"canary_failed"}
     assert dag.get_task("alert").upstream_task_ids == {"watch_rollout", "rollback"}
     for task_id in ("prepare", "train", "evaluate", "register", "deploy", "promote", "rollback"):
         task = dag.get_task(task_id)

@@ -136,3 +136,29 @@ def test_rolling_back_a_first_release_is_refused(target, versions) -> None:
     deployment = helm.deploy(target, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
     with pytest.raises(StageError, match="no earlier revision with another model"):
         helm.rollback(target, revision=deployment.revision)
+
+
+@pytest.mark.parametrize(
+    ("values", "measured_steps"),
+    [("workload:\n  strategy: blueGreen\n", {0}), ("workload:\n  kind: deployment\n", set())],
+    ids=["blue-green", "deployment"],
+)
+def test_blue_green_analyses_the_preview_and_a_deployment_switches_when_ready(
+    target, versions, tmp_path, values, measured_steps
+) -> None:
+    """The other strategies of the chart: the preview is analysed before the switch; a Deployment just rolls."""
+    values_file = tmp_path / "strategy.yaml"
+    values_file.write_text(values)
+    local = helm.LocalHelm(
+        target.chart_dir, target.release, target.namespace, target.store.path.parent, (values_file,),
+        target.controller_settings,
+    )  # fmt: skip
+    first = helm.deploy(local, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
+    assert outcome(local, first.revision)["phase"] == "Healthy"
+    deployment = helm.deploy(local, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
+    result = outcome(local, deployment.revision)
+    assert result["phase"] == "Healthy", result["message"]
+    assert {m["step"] for m in result["measurements"]} == measured_steps
+    assert all(m["phase"] == "Successful" for m in result["measurements"])
+    record = local_rollouts.Traffic.from_prepared(versions["prepared"], 1).records[0]
+    assert served_version(local, record) == versions["good"]

@@ -1,0 +1,121 @@
+"""The cluster target: ``python -m ml.release`` drives the ``helm`` CLI with the same idempotent logic.
+
+No cluster (and no helm binary) is available here, so ``helm`` is a fake on PATH (a mock of the cluster side):
+it keeps releases in a JSON file, answers ``history``, ``get values``, ``get manifest``, ``upgrade --install``
+and ``rollback`` in the shapes Helm prints with ``--output json``, and logs every call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ml.errors import StageError
+from ml.release import helm
+
+CHART = Path(__file__).resolve().parents[3] / "k8s" / "helm" / "inference-api"
+FAKE_HELM = r"""#!PYTHON
+import json, os, sys
+import yaml
+state_file, args = os.environ["FAKE_HELM_STATE"], sys.argv[1:]
+with open(os.environ["FAKE_HELM_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\n")
+state = json.load(open(state_file)) if os.path.exists(state_file) else {"revisions": []}
+flag = lambda name: args[args.index(name) + 1]
+revisions = state["revisions"]
+manifest = "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata:\n  name: inference-api\n"
+if args[0] == "history":
+    if not revisions:
+        sys.exit(print("Error: release: not found", file=sys.stderr) or 1)
+    print(json.dumps([{k: r[k] for k in ("revision", "status", "description", "updated")} for r in revisions]))
+elif args[:2] == ["get", "values"]:
+    print(json.dumps(next(r for r in revisions if r["revision"] == int(flag("--revision")))["values"]))
+elif args[:2] == ["get", "manifest"]:
+    print(manifest)
+elif args[0] == "upgrade":
+    values = {}
+    for i, a in enumerate(args):
+        if a == "--values":
+            values.update(yaml.safe_load(open(args[i + 1])))
+    for r in revisions:
+        r["status"] = "superseded"
+    revision = {"revision": len(revisions) + 1, "status": "deployed", "description": flag("--description"),
+                "updated": "2026-11-26", "values": values}
+    revisions.append(revision)
+    print(json.dumps({"name": args[2], "version": revision["revision"], "info": {"status": "deployed"},
+                      "config": values, "manifest": manifest}))
+elif args[0] == "rollback":
+    source = next(r for r in revisions if r["revision"] == int(args[2]))
+    for r in revisions:
+        r["status"] = "superseded"
+    revisions.append({**source, "revision": len(revisions) + 1, "status": "deployed",
+                      "description": f"Rollback to {args[2]}"})
+else:
+    sys.exit(print(f"fake helm: unexpected {args}", file=sys.stderr) or 1)
+json.dump(state, open(state_file, "w"))
+"""
+
+
+@pytest.fixture()
+def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fake ``helm`` first on PATH (mock: no cluster here); returns a reader of the calls it received."""
+    binary = tmp_path / "bin" / "helm"
+    binary.parent.mkdir()
+    binary.write_text(FAKE_HELM.replace("PYTHON", sys.executable, 1))
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{binary.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_HELM_STATE", str(tmp_path / "state.json"))
+    monkeypatch.setenv("FAKE_HELM_LOG", str(tmp_path / "calls.log"))
+    log = tmp_path / "calls.log"
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def target(values_files: tuple[Path, ...] = ()) -> helm.HelmCli:
+    return helm.HelmCli(CHART, "inference-api", "ml-serving", values_files)
+
+
+def test_deploy_upgrades_once_and_a_repeat_changes_nothing_with_the_cli(calls, tmp_path) -> None:
+    """Mock of the cluster: a fake helm binary answers."""
+    extra = tmp_path / "prod.yaml"
+    extra.write_text("ingress:\n  host: fraud.example.com\n")
+    first = helm.deploy(target((extra,)), model_uri="models:/m/1", image_tag="0.1.0")
+    assert (first.revision, first.changed, first.previous_revision) == (1, True, None)
+    assert (first.workload_kind, first.workload_name) == ("Rollout", "inference-api")
+    upgrade = next(call for call in calls() if call[0] == "upgrade")
+    assert upgrade[:4] == ["upgrade", "--install", "inference-api", str(CHART)]
+    assert upgrade[upgrade.index("--values") + 1] == str(extra)  # environment values before the model's
+    assert upgrade[-2:] == ["--namespace", "ml-serving"] and "--wait" not in upgrade
+
+    second = helm.deploy(target(), model_uri="models:/m/2", image_tag="0.1.0")
+    assert (second.revision, second.previous_revision) == (2, 1)
+    before = len(calls())
+    again = helm.deploy(target(), model_uri="models:/m/2", image_tag="0.1.0")
+    assert (again.revision, again.changed) == (2, False)
+    assert not any(call[0] == "upgrade" for call in calls()[before:])
+
+
+def test_rollback_restores_the_previous_model_once_with_the_cli(calls) -> None:
+    """Mock of the cluster: a fake helm binary answers."""
+    helm.deploy(target(), model_uri="models:/m/1", image_tag="0.1.0")
+    canary = helm.deploy(target(), model_uri="models:/m/2", image_tag="0.1.0")
+    rolled = helm.rollback(target(), revision=canary.revision)
+    assert (rolled.revision, rolled.restored_revision, rolled.restored_model_uri) == (3, 1, "models:/m/1")
+    assert ["rollback", "inference-api", "1", "--history-max", "20", "--namespace", "ml-serving"] in calls()
+    again = helm.rollback(target(), revision=canary.revision)
+    assert (again.revision, again.changed) == (3, False)
+    assert sum(call[0] == "rollback" for call in calls()) == 1
+
+
+def test_helm_failures_name_the_command_and_keep_helms_message(calls, monkeypatch) -> None:
+    """Mock of the cluster: a fake helm binary answers."""
+    with pytest.raises(StageError, match=r"revision 4 is not in the release's history \[\]"):
+        helm.rollback(target(), revision=4)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(StageError, match="needs the helm binary on PATH"):
+        target()
