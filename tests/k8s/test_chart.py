@@ -319,3 +319,22 @@ def test_the_chart_deploys_the_image_the_platform_names() -> None:
     assert (
         pod_template(render())["spec"]["securityContext"]["runAsUser"] == PLATFORM.kubernetes["run_as_user"]
     )
+
+
+#: Environment values files kept in the repository (the chart's own defaults are rendered by every other test).
+ENVIRONMENT_VALUES = sorted(p for p in ROOT.glob("k8s/**/*values.yaml") if p != CHART / "values.yaml")
+
+
+def test_the_kind_cluster_has_its_values_file() -> None:
+    assert ROOT / "k8s" / "kind" / "inference-api-values.yaml" in ENVIRONMENT_VALUES
+
+
+@pytest.mark.parametrize("values_file", ENVIRONMENT_VALUES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_values_file_in_the_repository_renders_valid_objects(values_file: Path) -> None:
+    """The kind cluster's values (and any other environment's) pass the schema and render valid objects."""
+    objects = chart.render(
+        CHART, {}, release=RELEASE["name"], namespace=RELEASE["namespace"], values_files=(values_file,)
+    )
+    for obj in objects:
+        if obj["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
