@@ -74,7 +74,9 @@ def test_images_are_built_from_the_repositorys_dockerfiles_with_sha_and_semver_t
     assert job["if"] == "github.event_name == 'push'"
     assert set(job["needs"]) == {"lint", "test", "chart", "terraform"}
     built = {entry["dockerfile"] for entry in job["strategy"]["matrix"]["include"]}
-    assert built == {"docker/ml-stage.Dockerfile", "docker/inference-api.Dockerfile"}
+    assert built == {
+        "docker/ml-stage.Dockerfile", "docker/inference-api.Dockerfile", "docker/terraform-drift.Dockerfile"
+    }  # fmt: skip
     assert all((ROOT / dockerfile).is_file() for dockerfile in built)
     meta = next(s for s in steps(job) if s.get("uses", "").startswith("docker/metadata-action"))
     assert "type=sha" in meta["with"]["tags"] and "type=semver" in meta["with"]["tags"]
@@ -84,16 +86,18 @@ def test_images_are_built_from_the_repositorys_dockerfiles_with_sha_and_semver_t
     )
 
 
-def test_the_pushed_stage_image_is_the_one_the_pipeline_runs(workflow) -> None:
+def test_the_pushed_images_are_the_ones_the_platform_runs(workflow) -> None:
+    platform_images = {image.rsplit(":", 1)[0] for image in load_platform().raw["images"].values()}
     repository = load_platform().ml_stage_image.rsplit(":", 1)[0]
     assert workflow["env"]["ML_STAGE_IMAGE"] == repository
+    assert workflow["env"]["INFERENCE_API_IMAGE"] == load_platform().inference_api_image[0]
     job = workflow["jobs"]["images"]
     meta = next(s for s in steps(job) if s.get("uses", "").startswith("docker/metadata-action"))
     images = {
         meta["with"]["images"].replace("${{ matrix.image }}", e["image"])
         for e in job["strategy"]["matrix"]["include"]
     }
-    assert images == {workflow["env"]["ML_STAGE_IMAGE"], workflow["env"]["INFERENCE_API_IMAGE"]}
+    assert images == platform_images
 
 
 def test_deploys_wait_for_the_production_approval_and_use_the_chart(workflow) -> None:
@@ -101,4 +105,18 @@ def test_deploys_wait_for_the_production_approval_and_use_the_chart(workflow) ->
     assert job["environment"] == "production"
     assert job["needs"] == ["images"]
     helm = next(s for s in steps(job) if "helm upgrade" in s.get("run", ""))
-    assert "k8s/helm/inference-api" in helm["run"] and "$GITHUB_SHA" in helm["run"]
+    release = load_platform().release
+    assert f"helm upgrade --install {release['name']} {release['chart']}" in helm["run"]
+    assert f"--namespace {release['namespace']}" in helm["run"] and "$GITHUB_SHA" in helm["run"]
+    # The pipeline's pinned model survives an image deploy; Helm's --wait cannot judge a Rollout.
+    assert "--reset-then-reuse-values" in helm["run"] and "--wait" not in helm["run"]
+    watch = "\n".join(s.get("run", "") for s in steps(job))
+    assert f"get rollout {release['name']}" in watch and "Degraded" in watch
+
+
+def test_ci_tests_with_the_terraform_the_drift_image_runs(workflow) -> None:
+    dockerfile = (ROOT / "docker" / "terraform-drift.Dockerfile").read_text()
+    image_version = re.search(r"FROM hashicorp/terraform:(\S+) AS", dockerfile).group(1)  # type: ignore[union-attr]
+    assert workflow["env"]["TERRAFORM_VERSION"] == image_version
+    setup = next(s for s in steps(workflow["jobs"]["test"]) if "setup-terraform" in s.get("uses", ""))
+    assert setup["with"]["terraform_wrapper"] is False
