@@ -319,6 +319,7 @@ class Controller:
         self.router.start()
         log.info("local rollouts controller for %s; router on %s", self.store.release, self.router.url)
         try:
+            self._restore_stable()
             while not self.stop_requested.is_set():
                 revision = self.store.deployed()
                 if revision is not None and revision.revision != self.status.observedRevision:
@@ -330,6 +331,29 @@ class Controller:
                 self.stable.stop()
             (self.path / PID_FILE).unlink(missing_ok=True)
             log.info("stopped")
+
+    def _restore_stable(self) -> None:
+        """After a restart, serve the last revision that became stable again, so the next one is a canary.
+
+        Without this, a controller started after ``stop`` would take the next revision for a first release and
+        skip its analysis.
+        """
+        for revision in reversed(self.store.history()):
+            result = read_result(self.path, revision.revision)
+            if result is None or result["phase"] != HEALTHY:
+                continue
+            workload = chart.workload(revision.objects)
+            try:
+                server = self._start(revision, workload)
+            except Aborted as err:
+                log.warning("could not restore stable revision %s: %s", revision.revision, err)
+                return
+            self._promote(revision, json.dumps(workload["spec"]["template"], sort_keys=True), server)
+            if revision.revision == (self.store.deployed() or revision).revision:
+                self.status.observedRevision = revision.revision
+            self.status.phase = HEALTHY
+            self._write_status(f"restored stable revision {revision.revision} after a restart")
+            return
 
     # -- one revision -------------------------------------------------------------------------------------
 
@@ -371,6 +395,9 @@ class Controller:
                                              f"{revision.revision}: {err}")  # fmt: skip
         except Superseded:
             self.router.weight, self.router.canary = 0, None
+            if self.stop_requested.is_set():  # stopped, not replaced: no verdict; a restart runs it again
+                self._write_status(f"stopped during the rollout of revision {revision.revision}")
+                return
             self._finish(
                 revision, SUPERSEDED, f"revision {revision.revision} was replaced before it completed"
             )

@@ -162,3 +162,14 @@ def test_blue_green_analyses_the_preview_and_a_deployment_switches_when_ready(
     assert all(m["phase"] == "Successful" for m in result["measurements"])
     record = local_rollouts.Traffic.from_prepared(versions["prepared"], 1).records[0]
     assert served_version(local, record) == versions["good"]
+
+
+def test_a_restarted_controller_restores_stable_and_still_canaries_the_next_model(target, versions) -> None:
+    """`make release-down` (or a reboot) between two releases must not turn the next one into a first release."""
+    first = helm.deploy(target, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
+    assert outcome(target, first.revision)["phase"] == "Healthy"
+    assert helm.stop_controller(target.store.path.parent, target.release) is True
+    deployment = helm.deploy(target, model_uri=uri(versions["error"]), image_tag=IMAGE_TAG)
+    result = outcome(target, deployment.revision)
+    assert result["phase"] == "Degraded", result["message"]
+    assert result["stableRevision"] == first.revision
