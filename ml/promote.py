@@ -15,7 +15,6 @@ that window could slip past the check.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from typing import Any
 from ml import tracking
 from ml.errors import StageError
 from ml.register import CHAMPION_AT_EVALUATION_TAG
+from ml.runtime import json_object
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +116,6 @@ def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> 
     )
 
 
-def _verdict(value: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise StageError(f"--verdict is not valid JSON: {err}") from err
-    if not isinstance(parsed, dict):
-        raise StageError("--verdict must be a JSON object (the rollout watch's result)")
-    return parsed
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m ml.promote", description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="registered model")
@@ -134,7 +124,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--verdict", required=True, help="the rollout watch's JSON result")
     args = parser.parse_args(argv)
     promotion = promote(
-        name=args.name, version=args.version, alias=args.alias, verdict=_verdict(args.verdict)
+        name=args.name,
+        version=args.version,
+        alias=args.alias,
+        verdict=json_object("--verdict", "the rollout watch's result")(args.verdict),
     )
     return asdict(promotion)
 

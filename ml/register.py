@@ -10,7 +10,6 @@ never create a second version. It refuses (non-zero exit, nothing written) anyth
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Any
 from ml import tracking
 from ml.errors import StageError
 from ml.evaluate import PASS, THRESHOLD_TAG
+from ml.runtime import json_object
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +124,6 @@ def register(evaluation: dict[str, Any], *, run_key: str, alias: str) -> Registr
     )
 
 
-def _evaluation(value: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise StageError(f"--evaluation is not valid JSON: {err}") from err
-    if not isinstance(parsed, dict):
-        raise StageError("--evaluation must be a JSON object (the evaluate stage's result)")
-    return parsed
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m ml.register", description=__doc__.splitlines()[0])
     parser.add_argument("--evaluation", required=True, help="the evaluate stage's JSON result")
@@ -142,7 +132,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--alias", required=True, help="alias to point at the new version")
     args = parser.parse_args(argv)
-    return asdict(register(_evaluation(args.evaluation), run_key=args.run_key, alias=args.alias))
+    return asdict(
+        register(
+            json_object("--evaluation", "the evaluate stage's result")(args.evaluation),
+            run_key=args.run_key,
+            alias=args.alias,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,21 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def json_object(flag: str, what: str) -> Callable[[str], dict[str, Any]]:
+    """An argparse ``type=`` for a flag that takes a JSON object (another stage's result), or a StageError."""
+
+    def parse(value: str) -> dict[str, Any]:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise StageError(f"{flag} is not valid JSON: {err}") from err
+        if not isinstance(parsed, dict):
+            raise StageError(f"{flag} must be a JSON object ({what})")
+        return parsed
+
+    return parse
+
+
 def write_result(result: dict[str, Any]) -> Path:
     """Write the stage's result where the XCom sidecar (or the local runtime) reads it.
 
