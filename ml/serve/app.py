@@ -14,13 +14,14 @@ import asyncio
 import logging
 import secrets
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from pydantic import create_model as create_pydantic_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -43,8 +44,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
 
 
+#: The model scores float32: a number of larger magnitude would reach it as infinity.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Under the record's strict config a float field takes ints and floats, never booleans or numeric strings.
-Number = float | None
+Number = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)] | None
 Category = str | None
 
 
