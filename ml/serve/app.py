@@ -14,14 +14,14 @@ import asyncio
 import logging
 import secrets
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError
 from pydantic import create_model as create_pydantic_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -44,10 +44,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
 
 
-#: The model scores float32: a number of larger magnitude would reach it as infinity.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Under the record's strict config a float field takes ints and floats, never booleans or numeric strings.
-Number = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)] | None
+Number = float | None
 Category = str | None
 
 
@@ -107,8 +105,9 @@ class Service:
         self.record = record_model(card)
         self.records: TypeAdapter[list[Any]] = TypeAdapter(list[self.record])  # type: ignore[name-defined]
 
-    def parse(self, body: bytes) -> list[dict[str, Any]]:
-        """Return the validated records of a request body: one record, or a batch under ``instances``."""
+    def parse(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
+        """Return the validated records of a request body (one record, or a batch under ``instances``), and
+        whether it was a batch."""
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as err:
@@ -129,14 +128,23 @@ class Service:
             self.records.validate_python(records)
         except ValidationError as err:
             raise Problem(422, _describe(err, batch)) from err
-        return records
+        return records, batch
 
-    def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def predict(self, records: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
+        matrix = self.scorer.matrix(records)
+        overflowed = np.isinf(matrix)
+        if overflowed.any():
+            # The model scores float32: a number of larger magnitude would reach it as infinity.
+            row, column = map(int, np.argwhere(overflowed)[0])
+            where = (f"instances[{row}]." if batch else "") + self.scorer.features[column]
+            raise Problem(
+                422, f"{where}: {records[row][self.scorer.features[column]]} is beyond float32's range"
+            )
         if self.tracer is None:
-            scores = self.scorer.scores(records)
+            scores = self.scorer.predict(matrix)
         else:
             with self.tracer.start_as_current_span("predict") as span:
-                scores = self.scorer.scores(records)
+                scores = self.scorer.predict(matrix)
                 span.set_attributes(
                     {
                         "model.name": self.card.name,
@@ -275,7 +283,7 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
         body = await request.body()
         if len(body) > settings.max_body_bytes:
             raise Problem(413, f"body of {len(body)} bytes is over the limit of {settings.max_body_bytes}")
-        records = service.parse(body)
-        return json_response(service.predict(records))
+        records, batch = service.parse(body)
+        return json_response(service.predict(records, batch))
 
     return app

@@ -79,7 +79,11 @@ class Scorer:
 
     def scores(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The positive-class probability of each record."""
-        return np.asarray(self._predict(self.matrix(records)), dtype=np.float64)
+        return self.predict(self.matrix(records))
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """The positive-class probability of each row of an encoded matrix (see ``matrix``)."""
+        return np.asarray(self._predict(matrix), dtype=np.float64)
 
 
 #: Written next to an exported model's MLmodel file: the name, version and threshold that travel with it.

@@ -98,7 +98,7 @@ def test_missing_values_are_accepted_as_null(client, registered) -> None:
         (lambda r: {"instances": [r, {**r, "amount": [1]}]}, 422, "instances[1].amount"),
         (lambda r: {"instances": {"a": 1}}, 422, "instances: must be a list"),
         (lambda r: [r], 422, "the body must be a JSON object"),
-        (lambda r: {**r, "amount": 1e300}, 422, "amount: Input should be less than or equal to 3402823466385288"),
+        (lambda r: {**r, "amount": 1e300}, 422, "amount: 1e+300 is beyond float32's range"),
     ],
 )
 def test_bad_input_gets_a_4xx_that_names_the_problem(client, registered, change, status, message) -> None:
