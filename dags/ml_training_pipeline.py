@@ -13,7 +13,7 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 | `evaluate` | pod, CPU | test-set metrics, threshold chosen on validation, comparison with `champion`, plots, model card |
 | `gate` | worker | continues only on a `pass` decision; a missing or malformed evaluation fails the run |
 | `register` | pod, CPU | one model version per DAG run, alias `challenger` |
-| `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new version and image tag |
+| `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's) |
 | `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), or slow (alert) |
 | `promote` | pod, CPU | tags the version with the verdict and figures; on Healthy, moves `champion` by compare-and-set |
 | `canary_failed` | worker | continues only if the canary was aborted |
@@ -52,7 +52,6 @@ GATE = PLATFORM.quality_gate
 TRAINING = PLATFORM.training
 REGISTRY = PLATFORM.registry
 RELEASE = PLATFORM.release
-IMAGE_REPOSITORY, IMAGE_TAG = PLATFORM.inference_api_image
 
 RUN_KEY = "{{ mlops_run_key(dag.dag_id, run_id) }}"
 PREPARED_URI = "{{ ti.xcom_pull(task_ids='prepare')['prepared_uri'] }}"
@@ -224,7 +223,6 @@ def ml_training_pipeline() -> None:
             "deploy", *RELEASE_ARGUMENTS,
             "--model-name", "{{ ti.xcom_pull(task_ids='register')['name'] }}",
             "--model-version", "{{ ti.xcom_pull(task_ids='register')['version'] }}",
-            "--image-tag", IMAGE_TAG,
             "--replay-data", PREPARED_URI,
         ],
     )  # fmt: skip

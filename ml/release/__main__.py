@@ -1,7 +1,7 @@
 """Deploy a model version with the inference API's chart, or roll the release back.
 
     python -m ml.release deploy --target kubernetes --release inference-api --namespace ml-serving \
-        --chart k8s/helm/inference-api --model-name card-fraud-detector --model-version 7 --image-tag 0.1.0
+        --chart k8s/helm/inference-api --model-name card-fraud-detector --model-version 7
     python -m ml.release rollback --target kubernetes --release inference-api --namespace ml-serving \
         --chart k8s/helm/inference-api --revision 12
     python -m ml.release status --state-dir .local/data/releases --release inference-api
@@ -68,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     deploy = commands.choices["deploy"]
     deploy.add_argument("--model-name", required=True, help="registered model")
     deploy.add_argument("--model-version", required=True, help="version to serve")
-    deploy.add_argument("--image-tag", required=True, help="inference API image tag")
+    deploy.add_argument(
+        "--image-tag",
+        help="inference API image tag; by default the deployed one (the chart's on a first install)",
+    )
     deploy.add_argument("--replay-data", help="local target: prepared data whose test split is replayed")
     rollback = commands.choices["rollback"]
     rollback.add_argument("--revision", type=int, required=True, help="the revision whose canary failed")

@@ -69,26 +69,30 @@ class Deployment:
     revision: int
     previous_revision: int | None
     model_uri: str
-    image_tag: str
+    image_tag: str | None  # None: the chart's default image
     changed: bool
     workload_kind: str
     workload_name: str
 
 
-def deploy(target: Target, *, model_uri: str, image_tag: str) -> Deployment:
-    """Upgrade the release to serve ``model_uri`` with image ``image_tag``, unless it already does."""
-    values = {"model": {"uri": model_uri}, "image": {"tag": image_tag}}
+def deploy(target: Target, *, model_uri: str, image_tag: str | None = None) -> Deployment:
+    """Upgrade the release to serve ``model_uri``, unless it already does.
+
+    The pipeline ships models and CI/CD ships images: an upgrade keeps the values of the deployed revision
+    (Helm's ``--reset-then-reuse-values``) and changes the model URI, and the image tag only when one is given.
+    A first install gets the chart's default image.
+    """
+    values: dict[str, Any] = {"model": {"uri": model_uri}}
+    if image_tag:
+        values["image"] = {"tag": image_tag}
     current = deployed(target)
-    if current is not None and model_of(current) == (model_uri, image_tag):
-        log.info(
-            "revision %s already serves %s (image %s): nothing to deploy",
-            current.revision,
-            model_uri,
-            image_tag,
-        )
+    if current is not None and chart.merge(current.values, values) == current.values:
+        log.info("revision %s already serves %s: nothing to deploy", current.revision, model_uri)
         revision, changed = current, False
     else:
-        revision = target.upgrade(values, f"deploy {model_uri} (image {image_tag})")
+        revision = target.upgrade(
+            values, f"deploy {model_uri}" + (f" (image {image_tag})" if image_tag else "")
+        )
         log.info("revision %s of %s serves %s", revision.revision, target.release, model_uri)
         changed = True
     previous = rollback_target(target.history(), revision.revision)
@@ -99,7 +103,7 @@ def deploy(target: Target, *, model_uri: str, image_tag: str) -> Deployment:
         revision=revision.revision,
         previous_revision=previous.revision if previous else None,
         model_uri=model_uri,
-        image_tag=image_tag,
+        image_tag=model_of(revision)[1],
         changed=changed,
         workload_kind=workload["kind"],
         workload_name=workload["metadata"]["name"],
@@ -215,7 +219,8 @@ class HelmCli:
             values_file.flush()
             files = [arg for path in self.values_files for arg in ("--values", str(path))]
             out = self._run(
-                "upgrade", "--install", self.release, str(self.chart_dir), *files, "--values", values_file.name,
+                "upgrade", "--install", self.release, str(self.chart_dir), "--reset-then-reuse-values",
+                *files, "--values", values_file.name,
                 "--history-max", str(HISTORY_MAX), "--description", description, "--output", "json",
             )  # fmt: skip
         released = json.loads(out)
@@ -264,6 +269,9 @@ class LocalHelm:
         return self.store.history()
 
     def upgrade(self, values: dict[str, Any], description: str) -> Revision:
+        current = deployed(self)
+        # As Helm's --reset-then-reuse-values: the deployed revision's values, then the new ones.
+        values = chart.merge(current.values, values) if current else values
         objects = chart.render(
             self.chart_dir,
             values,

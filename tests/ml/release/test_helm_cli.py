@@ -39,10 +39,12 @@ elif args[:2] == ["get", "values"]:
 elif args[:2] == ["get", "manifest"]:
     print(manifest)
 elif args[0] == "upgrade":
-    values = {}
+    deployed = [r for r in revisions if r["status"] == "deployed"]
+    values = json.loads(json.dumps(deployed[-1]["values"])) if deployed and "--reset-then-reuse-values" in args else {}
     for i, a in enumerate(args):
         if a == "--values":
-            values.update(yaml.safe_load(open(args[i + 1])))
+            for key, value in yaml.safe_load(open(args[i + 1])).items():
+                values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
     for r in revisions:
         r["status"] = "superseded"
     revision = {"revision": len(revisions) + 1, "status": "deployed", "description": flag("--description"),
@@ -88,7 +90,7 @@ def test_deploy_upgrades_once_and_a_repeat_changes_nothing_with_the_cli(calls, t
     assert (first.revision, first.changed, first.previous_revision) == (1, True, None)
     assert (first.workload_kind, first.workload_name) == ("Rollout", "inference-api")
     upgrade = next(call for call in calls() if call[0] == "upgrade")
-    assert upgrade[:4] == ["upgrade", "--install", "inference-api", str(CHART)]
+    assert upgrade[:5] == ["upgrade", "--install", "inference-api", str(CHART), "--reset-then-reuse-values"]
     assert upgrade[upgrade.index("--values") + 1] == str(extra)  # environment values before the model's
     assert upgrade[-2:] == ["--namespace", "ml-serving"] and "--wait" not in upgrade
 
@@ -119,3 +121,11 @@ def test_helm_failures_name_the_command_and_keep_helms_message(calls, monkeypatc
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(StageError, match="needs the helm binary on PATH"):
         target()
+
+
+def test_the_image_ci_cd_deployed_survives_the_pipelines_model_deploy(calls) -> None:
+    """Mock of the cluster: a fake helm binary answers. CI/CD ships images, the pipeline ships models."""
+    helm.deploy(target(), model_uri="models:/m/1", image_tag="4f2a9c1")  # as the workflow's deploy job does
+    deployment = helm.deploy(target(), model_uri="models:/m/2")
+    assert (deployment.revision, deployment.image_tag) == (2, "4f2a9c1")
+    assert helm.deploy(target(), model_uri="models:/m/2").changed is False
