@@ -59,12 +59,13 @@ class Airflow:
     def api(self, path: str) -> Any:
         if self._token is None:
             response = httpx.post(
-                f"{self.url}/auth/token", json={"username": USER, "password": self.password}, timeout=10
+                f"{self.url}/auth/token", json={"username": USER, "password": self.password}, timeout=60
             )
             response.raise_for_status()
             self._token = response.json()["access_token"]
+        # Generous: on 2 busy cores, standalone Airflow can take a while to answer while the run's pods work.
         response = httpx.get(
-            f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {self._token}"}, timeout=10
+            f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {self._token}"}, timeout=60
         )
         response.raise_for_status()
         return response.json()
