@@ -87,7 +87,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if not args.model_version.isdigit():
             raise StageError(f"--model-version must be a version number, got {args.model_version!r}")
         model_uri = f"models:/{args.model_name}/{args.model_version}"
-        return asdict(helm.deploy(_target(args), model_uri=model_uri, image_tag=args.image_tag))
+        target = _target(args)
+        deployment = helm.deploy(target, model_uri=model_uri, image_tag=args.image_tag)
+        if isinstance(target, helm.LocalHelm):
+            target.ensure_controller()  # a re-run deploy restarts a stopped controller, as a cluster would be up
+        return asdict(deployment)
     if args.command == "rollback":
         return asdict(helm.rollback(_target(args), revision=args.revision))
     if args.command == "status":

@@ -39,8 +39,10 @@ HEALTHY, DEGRADED, PROGRESSING, SUPERSEDED, SLOW = "Healthy", "Degraded", "Progr
 MODEL_ANNOTATION = "mlops.airflow-mlops.io/model-uri"
 #: Fields of the verdict handed to the next tasks.
 VERDICT_FIELDS = ("phase", "message", "revision", "model_uri", "measurements")
+#: Files of the local rollouts controller (ml/release/local_rollouts.py; a test pins the two sides together).
 LOCAL_RESULTS_DIR = "results"
 LOCAL_STATUS_FILE = "rollout.json"
+LOCAL_PID_FILE = "controller.pid"
 
 
 def interpret(kind: str, workload: dict[str, Any], model_uri: str) -> tuple[str, str]:
@@ -244,6 +246,11 @@ class RolloutWatchOperator(BaseOperator):
         result_file = release_dir / LOCAL_RESULTS_DIR / f"{deployment['revision']}.json"
         last_message = ""
         while not result_file.exists():
+            if not (release_dir / LOCAL_PID_FILE).exists():
+                raise AirflowException(
+                    f"no local rollouts controller is running for {deployment['release']} (stopped with `make "
+                    "release-down`?): clear the deploy task to start one, then this task"
+                )
             status_file = release_dir / LOCAL_STATUS_FILE
             status = json.loads(status_file.read_text()) if status_file.exists() else {}
             if status.get("message") and status["message"] != last_message:

@@ -241,9 +241,24 @@ def test_slow_is_a_failure_that_rolls_nothing_back_and_superseded_is_final(tmp_p
     }
 
 
+def test_the_local_watch_reads_the_files_the_local_controller_writes() -> None:
+    from ml.release import local_rollouts
+
+    assert rollout.LOCAL_RESULTS_DIR == local_rollouts.RESULTS_DIR
+    assert rollout.LOCAL_STATUS_FILE == local_rollouts.STATUS_FILE
+    assert rollout.LOCAL_PID_FILE == local_rollouts.PID_FILE
+    assert (rollout.HEALTHY, rollout.DEGRADED, rollout.SUPERSEDED) == (
+        local_rollouts.HEALTHY, local_rollouts.DEGRADED, local_rollouts.SUPERSEDED,
+    )  # fmt: skip
+
+
 def test_the_local_watch_reads_the_revisions_result_and_times_out_as_slow(tmp_path) -> None:
     release_dir = tmp_path / "inference-api"
     (release_dir / rollout.LOCAL_RESULTS_DIR).mkdir(parents=True)
+    operator = watcher(tmp_path, minutes=0.001)
+    with pytest.raises(AirflowException, match="no local rollouts controller is running"):
+        operator._watch_locally(operator._deployment(), deadline=time.time() + 5)
+    (release_dir / rollout.LOCAL_PID_FILE).write_text("1")
     (release_dir / rollout.LOCAL_STATUS_FILE).write_text(
         json.dumps({"phase": "Paused", "message": "step 1: pause"})
     )
