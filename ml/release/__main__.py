@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.errors import StageError
-from ml.release import helm, local_rollouts
+from ml.release import helm
 
 TARGETS = ("kubernetes", "local")
 
@@ -95,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.command == "rollback":
         return asdict(helm.rollback(_target(args), revision=args.revision))
     if args.command == "status":
+        # Only here: the local controller needs packages the release image does not carry (httpx).
+        from ml.release import local_rollouts
+
         status = local_rollouts.read_status(args.state_dir / args.release) or {}
         print(json.dumps(status, indent=2))  # noqa: T201 - the command's output
         return status

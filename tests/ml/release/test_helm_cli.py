@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,22 @@ def test_the_image_ci_cd_deployed_survives_the_pipelines_model_deploy(calls) -> 
     deployment = helm.deploy(target(), model_uri="models:/m/2")
     assert (deployment.revision, deployment.image_tag) == (2, "4f2a9c1")
     assert helm.deploy(target(), model_uri="models:/m/2").changed is False
+
+
+def test_the_cluster_target_runs_with_the_release_images_packages_only(tmp_path) -> None:
+    """The ML stage image has the project's dependencies alone: no httpx (the local controller's), no
+    helm-python-sdk (the local renderer's). The kubernetes target must not import them."""
+    code = (
+        "import sys, runpy; sys.modules['httpx'] = sys.modules['helm_python'] = None; "
+        f"sys.argv = ['ml.release', 'deploy', '--target', 'kubernetes', '--release', 'r', '--namespace', 'n', "
+        f"'--chart', {str(CHART)!r}, '--model-name', 'm', '--model-version', '1']; "
+        "runpy.run_module('ml.release', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=CHART.parents[2], capture_output=True, text=True,
+        env={"PATH": "/nonexistent", "ML_XCOM_DIR": str(tmp_path)},
+    )  # fmt: skip
+    # It gets as far as looking for the helm binary, which is what the image provides.
+    assert done.returncode == 2, done.stderr
+    assert "needs the helm binary on PATH" in done.stderr
