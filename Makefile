@@ -231,7 +231,8 @@ kind-down: $(KIND)
 
 # The demo's release keeps serving the champion on loopback, as a cluster would, until stopped here.
 release-down:
-	-$(RUN) -m ml.release stop --state-dir $(LOCAL)/data/releases --release "$$($(call PLATFORM,p.release["name"]))"
+	-$(RUN) -m ml.release stop --state-dir "$(LOCAL)/data/$$($(call PLATFORM,p.release["local"]["state_dir"]))" \
+		--release "$$($(call PLATFORM,p.release["name"]))"
 
 clean: release-down mlflow-down
 	rm -rf $(LOCAL) $(VENV) $(TOOLS)

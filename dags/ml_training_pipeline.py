@@ -28,7 +28,7 @@ what is deployed, rolling back what is rolled back and promoting what is champio
 `mlops_pod_runtime` (`local`, the default, or `kubernetes`). Images, resource presets, the quality gate's
 defaults and the release live in `plugins/mlops/platform.yaml`; canary steps and analysis thresholds in the
 chart's `values.yaml`. With the `local` runtime the release runs on this machine: the chart rendered by Helm's
-engine, the history kept under `<mlops_data_root>/releases`, the canary on loopback.
+engine, the history kept under the data root (`release.local.state_dir`), the canary on loopback.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ RELEASE = PLATFORM.release
 RUN_KEY = "{{ mlops_run_key(dag.dag_id, run_id) }}"
 PREPARED_URI = "{{ ti.xcom_pull(task_ids='prepare')['prepared_uri'] }}"
 OUTPUT_URI = "{{ var.value.mlops_data_root }}/prepared/{{ dag.dag_id }}/{{ mlops_partition_key(dag_run) }}"
-RELEASE_STATE_DIR = "{{ var.value.mlops_data_root }}/releases"
+RELEASE_STATE_DIR = f"{{{{ var.value.mlops_data_root }}}}/{RELEASE['local']['state_dir']}"
 #: Where the release lives follows where pods run: the cluster, or this machine's local stand-in.
 RELEASE_ARGUMENTS = [
     "--target", f"{{{{ var.value.get('{RUNTIME_VARIABLE}', 'local') }}}}",

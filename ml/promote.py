@@ -23,13 +23,13 @@ from typing import Any
 from ml import tracking
 from ml.errors import StageError
 from ml.register import CHAMPION_AT_EVALUATION_TAG
+from ml.release import DEGRADED, HEALTHY
 from ml.runtime import json_object
 
 log = logging.getLogger(__name__)
 
-HEALTHY = "Healthy"
 VERDICT_TAG = "mlops.canary_verdict"
-VERDICTS = {"Healthy": "promoted", "Degraded": "aborted"}
+VERDICTS = {HEALTHY: "promoted", DEGRADED: "aborted"}
 
 
 @dataclass

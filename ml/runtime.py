@@ -49,18 +49,18 @@ def json_object(flag: str, what: str) -> Callable[[str], dict[str, Any]]:
     return parse
 
 
-def write_result(result: dict[str, Any]) -> Path:
-    """Write the stage's result where the XCom sidecar (or the local runtime) reads it.
-
-    The file is written under a temporary name and renamed, so a reader never sees half a result.
-    """
-    xcom_dir = Path(os.environ.get(XCOM_DIR_ENV, DEFAULT_XCOM_DIR))
-    xcom_dir.mkdir(parents=True, exist_ok=True)
-    target = xcom_dir / "return.json"
-    partial = target.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result, default=str))
+def write_json(target: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as JSON under a temporary name and rename it: a reader never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".partial")
+    partial.write_text(json.dumps(payload, indent=1, default=str))
     partial.replace(target)
     return target
+
+
+def write_result(result: dict[str, Any]) -> Path:
+    """Write the stage's result where the XCom sidecar (or the local runtime) reads it."""
+    return write_json(Path(os.environ.get(XCOM_DIR_ENV, DEFAULT_XCOM_DIR)) / "return.json", result)
 
 
 def run_stage(

@@ -98,13 +98,12 @@ def summarise_release(dag_run: Any) -> None:
     verdict = results.get("watch_rollout")
     if not verdict:
         return
-    status_file = (
-        Path(os.environ.get("AIRFLOW_VAR_MLOPS_DATA_ROOT", ""))
-        / "releases"
-        / deployment["release"]
-        / "rollout.json"
+    from ml.release.local_rollouts import read_status
+
+    state_dir = (
+        Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / load_platform().release["local"]["state_dir"]
     )
-    status = json.loads(status_file.read_text()) if status_file.exists() else {}
+    status = read_status(state_dir / deployment["release"]) or {}
     if verdict["measurements"] and status.get("steps"):
         steps = [f"{s['setWeight']}%" if "setWeight" in s else f"pause {s['pause'].get('duration', '')}".strip()
                  for s in status["steps"]]  # fmt: skip
@@ -127,14 +126,7 @@ def summarise_release(dag_run: Any) -> None:
     rollback = results.get("rollback")
     if rollback:
         print(f"  rolled back to revision {rollback['restored_revision']} ({rollback['restored_model_uri']})")
-    status_file = (
-        Path(os.environ.get("AIRFLOW_VAR_MLOPS_DATA_ROOT", ""))
-        / "releases"
-        / deployment["release"]
-        / "rollout.json"
-    )
-    if status_file.exists():
-        status = json.loads(status_file.read_text())
+    if status:
         print(
             f"  serving {status['stableModelUri']} at {status['endpoint']} (POST /predict; stop: make release-down)"
         )

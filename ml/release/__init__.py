@@ -4,3 +4,12 @@
 pod runtime, against a release history kept in files and a local Argo Rollouts stand-in (``local_rollouts``) that
 runs the stable and new inference API on loopback behind a weighted router.
 """
+
+#: Phases of a rollout, as Argo Rollouts names them (and the verdicts the pipeline acts on).
+HEALTHY, DEGRADED, PROGRESSING, PAUSED, SUPERSEDED = (
+    "Healthy",
+    "Degraded",
+    "Progressing",
+    "Paused",
+    "Superseded",
+)

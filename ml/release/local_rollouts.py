@@ -39,8 +39,9 @@ from typing import Any
 import httpx
 
 from ml.errors import StageError
-from ml.release import analysis, chart
+from ml.release import DEGRADED, HEALTHY, PAUSED, PROGRESSING, SUPERSEDED, analysis, chart
 from ml.release.store import ReleaseStore, Revision
+from ml.runtime import write_json
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,6 @@ SETTINGS_FILE = "controller.json"
 STATUS_FILE = "rollout.json"
 RESULTS_DIR = "results"
 PID_FILE = "controller.pid"
-HEALTHY, DEGRADED, PROGRESSING, PAUSED, SUPERSEDED = (
-    "Healthy",
-    "Degraded",
-    "Progressing",
-    "Paused",
-    "Superseded",
-)
-TERMINAL = (HEALTHY, DEGRADED, SUPERSEDED)
 
 
 def running_pid(release_dir: Path) -> int | None:
@@ -77,13 +70,6 @@ def read_result(release_dir: Path, revision: int) -> dict[str, Any] | None:
 def read_status(release_dir: Path) -> dict[str, Any] | None:
     path = Path(release_dir) / STATUS_FILE
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(partial, path)
 
 
 def _free_port() -> int:
@@ -454,18 +440,13 @@ class Controller:
                     )
                 elif "pause" in step:
                     self.status.phase = PAUSED
-                    seconds = float(settings.get("pause_seconds", 3))
                     self._write_status(
                         f"step {index}: pause (chart: {step['pause'].get('duration', 'until promoted')}; "
-                        f"local: {seconds:.0f}s of replayed traffic)"
+                        f"local: {settings['pause_seconds']:.0f}s of replayed traffic)"
                     )
-                    before = new.scrape()
-                    if traffic is not None:
-                        traffic.replay(self.router.url, seconds, self.stop_requested)
-                    else:
-                        self.stop_requested.wait(seconds)
+                    before, after = self._window(new, self.router.url, traffic, settings)
                     if metrics and index >= starting_step:
-                        self._measure(index, metrics, before, new.scrape(), failures)
+                        self._measure(index, metrics, before, after, failures)
                 else:
                     raise Aborted(f"step {index} {step} is not supported by the local canary")
             self._promote(revision, template, new)
@@ -484,10 +465,8 @@ class Controller:
             if metrics:
                 self.status.phase = PAUSED
                 self._write_status(f"pre-promotion analysis of revision {revision.revision} on the preview")
-                before = preview.scrape()
-                if traffic is not None:
-                    traffic.replay(preview.url, float(settings.get("pause_seconds", 3)), self.stop_requested)
-                self._measure(0, metrics, before, preview.scrape(), {})
+                before, after = self._window(preview, preview.url, traffic, settings)
+                self._measure(0, metrics, before, after, {})
             self._check_superseded(revision)
             self._promote(revision, template, preview)
         except BaseException:
@@ -517,11 +496,23 @@ class Controller:
                 raise Aborted(str(err)) from err
         return metrics, int(spec.get("startingStep", 0))
 
+    def _window(
+        self, new: Server, url: str, traffic: Traffic | None, settings: dict[str, Any]
+    ) -> tuple[analysis.Scrape, analysis.Scrape]:
+        """One analysis window: the new server's counters before and after a pause of replayed traffic to
+        ``url`` (the router, or the preview itself)."""
+        before = new.scrape()
+        if traffic is not None:
+            traffic.replay(url, float(settings["pause_seconds"]), self.stop_requested)
+        else:
+            self.stop_requested.wait(float(settings["pause_seconds"]))
+        return before, new.scrape()
+
     def _traffic(self, settings: dict[str, Any]) -> Traffic | None:
         if not settings.get("replay_data"):
             log.warning("no replay data: the analysis will see only real traffic")
             return None
-        return Traffic.from_prepared(settings["replay_data"], float(settings.get("requests_per_second", 100)))
+        return Traffic.from_prepared(settings["replay_data"], float(settings["requests_per_second"]))
 
     def _measure(
         self,
@@ -574,13 +565,13 @@ class Controller:
             "revision": revision.revision,
             "model_uri": revision.values.get("model", {}).get("uri"),
         }
-        _write_json(self.path / RESULTS_DIR / f"{revision.revision}.json", result)
+        write_json(self.path / RESULTS_DIR / f"{revision.revision}.json", result)
         log.info("revision %s: %s (%s)", revision.revision, phase, message)
 
     def _write_status(self, message: str) -> None:
         self.status.message = message
         self.status.updated = datetime.now(UTC).isoformat(timespec="seconds")
-        _write_json(self.path / STATUS_FILE, asdict(self.status))
+        write_json(self.path / STATUS_FILE, asdict(self.status))
         log.info("%s", message)
 
 

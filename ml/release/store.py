@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ml.runtime import write_json
 
 DEPLOYED = "deployed"
 SUPERSEDED = "superseded"
@@ -88,7 +89,4 @@ class ReleaseStore:
         return Revision(**json.loads(path.read_text()))
 
     def _write(self, revision: Revision) -> None:
-        target = self.revisions_dir / f"{revision.revision}.json"
-        partial = target.with_suffix(".partial")
-        partial.write_text(json.dumps(asdict(revision), indent=1))
-        os.replace(partial, target)
+        write_json(self.revisions_dir / f"{revision.revision}.json", asdict(revision))

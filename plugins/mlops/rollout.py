@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 HEALTHY, DEGRADED, PROGRESSING, SUPERSEDED, SLOW = "Healthy", "Degraded", "Progressing", "Superseded", "Slow"
 #: Pod template annotation (set by the chart) naming the model the template serves.
 MODEL_ANNOTATION = "mlops.airflow-mlops.io/model-uri"
-#: Fields of the verdict handed to the next tasks.
-VERDICT_FIELDS = ("phase", "message", "revision", "model_uri", "measurements")
 #: Files of the local rollouts controller (ml/release/local_rollouts.py; a test pins the two sides together).
 LOCAL_RESULTS_DIR = "results"
 LOCAL_STATUS_FILE = "rollout.json"

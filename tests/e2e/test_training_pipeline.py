@@ -13,10 +13,11 @@ import pandas as pd
 import pendulum
 import pytest
 from mlflow import MlflowClient
+from mlops.platform_config import load_platform
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "ml_training_pipeline"
-RELEASE = "inference-api"
+RELEASE = load_platform().release["name"]
 RELEASE_TASKS = ("deploy", "watch_rollout", "promote", "canary_failed", "rollback", "alert")
 MODEL = "e2e-fraud-model"
 CONF = {
@@ -45,7 +46,7 @@ def dag(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathF
     for task in dag.tasks:
         task.retries = 0  # dag.test() sleeps through retry delays; failures here must show at once
     yield dag
-    stop_controller(data_root / "releases", RELEASE)
+    stop_controller(data_root / load_platform().release["local"]["state_dir"], RELEASE)
     for key in settings:
         os.environ.pop(key, None)
 

@@ -242,13 +242,13 @@ def test_slow_is_a_failure_that_rolls_nothing_back_and_superseded_is_final(tmp_p
 
 
 def test_the_local_watch_reads_the_files_the_local_controller_writes() -> None:
-    from ml.release import local_rollouts
+    from ml.release import DEGRADED, HEALTHY, SUPERSEDED, local_rollouts
 
     assert rollout.LOCAL_RESULTS_DIR == local_rollouts.RESULTS_DIR
     assert rollout.LOCAL_STATUS_FILE == local_rollouts.STATUS_FILE
     assert rollout.LOCAL_PID_FILE == local_rollouts.PID_FILE
     assert (rollout.HEALTHY, rollout.DEGRADED, rollout.SUPERSEDED) == (
-        local_rollouts.HEALTHY, local_rollouts.DEGRADED, local_rollouts.SUPERSEDED,
+        HEALTHY, DEGRADED, SUPERSEDED,
     )  # fmt: skip
 
 

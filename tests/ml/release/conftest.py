@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlops.platform_config import load_platform
 
 from ml import tracking
 from ml.evaluate import THRESHOLD_TAG, evaluate
@@ -19,6 +20,7 @@ from tests.helpers import CHALLENGER, CHAMPION, train_config
 from tests.ml.release.faulty_models import TRUSTED_TYPES, FaultyClassifier
 
 MODEL = "release-test-model"
+RELEASE = load_platform().release
 CHART = Path(__file__).resolve().parents[3] / "k8s" / "helm" / "inference-api"
 
 
@@ -74,8 +76,8 @@ def target(versions: dict[str, Any], tmp_path: Path) -> Iterator[helm.LocalHelm]
     tracking.client().set_registered_model_alias(MODEL, CHAMPION, versions["first"])
     local = helm.LocalHelm(
         CHART,
-        "inference-api",
-        "ml-serving",
+        RELEASE["name"],
+        RELEASE["namespace"],
         tmp_path / "releases",
         controller_settings={
             "replay_data": versions["prepared"],
@@ -84,4 +86,4 @@ def target(versions: dict[str, Any], tmp_path: Path) -> Iterator[helm.LocalHelm]
         },
     )
     yield local
-    helm.stop_controller(tmp_path / "releases", "inference-api")
+    helm.stop_controller(tmp_path / "releases", RELEASE["name"])

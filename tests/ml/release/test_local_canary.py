@@ -49,7 +49,7 @@ def first_release(target: helm.LocalHelm, versions: dict[str, Any]) -> dict[str,
     deployment = helm.deploy(target, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
     result = outcome(target, deployment.revision)
     assert (deployment.revision, deployment.changed, deployment.previous_revision) == (1, True, None)
-    assert (deployment.workload_kind, deployment.workload_name) == ("Rollout", "inference-api")
+    assert (deployment.workload_kind, deployment.workload_name) == ("Rollout", target.release)
     assert result["phase"] == "Healthy" and result["measurements"] == []
     traffic = local_rollouts.Traffic.from_prepared(versions["prepared"], 1)
     return {"record": traffic.records[0]}
