@@ -405,7 +405,6 @@ class Controller:
         tracking_uri = self._settings().get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
         if tracking_uri:
             env["MLFLOW_TRACKING_URI"] = tracking_uri
-        env["WEB_CONCURRENCY"] = "1"
         return env
 
     def _promote(self, revision: Revision, template: str, server: Server | None) -> None:
