@@ -69,7 +69,7 @@ KIND := $(TOOLS)/bin/kind
 KUBECTL := $(TOOLS)/bin/kubectl
 HELM := $(TOOLS)/bin/helm
 # Values from plugins/mlops/platform.yaml, read where they are defined rather than copied here.
-PLATFORM = PYTHONPATH=$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
+PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
 
 .PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast test-tools terraform-bin lint terraform-check \
 	drift-check browser actionlint bench bench-serve serve release-down clean kind-up kind-down
@@ -93,10 +93,10 @@ $(LOCAL)/airflow/airflow.db: | install
 	$(LOCAL_ENV) $(VENV)/bin/airflow db migrate > $(LOCAL)/airflow/migrate.log
 
 mlflow-up: install
-	$(RUN) -m scripts.local_mlflow start --root $(LOCAL)/mlflow --port $(MLFLOW_PORT)
+	$(RUN) -m standins.mlflow_server start --root $(LOCAL)/mlflow --port $(MLFLOW_PORT)
 
 mlflow-down:
-	-$(RUN) -m scripts.local_mlflow stop --root $(LOCAL)/mlflow
+	-$(RUN) -m standins.mlflow_server stop --root $(LOCAL)/mlflow
 
 demo: install $(LOCAL)/airflow/airflow.db mlflow-up
 	$(LOCAL_ENV) $(RUN) -m scripts.demo --rows $(DEMO_ROWS)
@@ -184,14 +184,14 @@ kind-up: install $(KIND) $(KUBECTL) $(HELM)
 	$(KIND) get clusters | grep -qx $(KIND_CLUSTER) \
 		|| $(KIND) create cluster --name $(KIND_CLUSTER) --config k8s/kind/cluster.yaml --image $(KIND_NODE_IMAGE) --wait 120s
 	$(KUBECTL) config use-context kind-$(KIND_CLUSTER)
-	gpu_selector=$$($(call PLATFORM,chr(44).join("=".join(i) for i in p.node_group("gpu")["node_selector"].items()))); \
+	gpu_selector=$$($(call PLATFORM,chr(44).join("=".join(i) for i in p.node_groups["gpu"].node_selector.items()))); \
 	for node in $$($(KUBECTL) get nodes -l "$$gpu_selector" -o name); do \
 		$(KUBECTL) patch "$$node" --subresource=status --type=json \
 			-p '[{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": "1"}]'; \
 	done
-	docker build -f docker/ml-stage.Dockerfile -t $$($(call PLATFORM,p.ml_stage_image)) .
+	docker build -f docker/ml-stage.Dockerfile -t $$($(call PLATFORM,p.images.ml_stage)) .
 	docker build -f docker/inference-api.Dockerfile -t $(INFERENCE_API_IMAGE) .
-	$(KIND) load docker-image --name $(KIND_CLUSTER) $$($(call PLATFORM,p.ml_stage_image)) $(INFERENCE_API_IMAGE)
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $$($(call PLATFORM,p.images.ml_stage)) $(INFERENCE_API_IMAGE)
 	$(KUBECTL) apply -f k8s/cluster/
 	$(KUBECTL) create namespace argo-rollouts --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) apply -n argo-rollouts \
@@ -201,10 +201,10 @@ kind-up: install $(KIND) $(KUBECTL) $(HELM)
 		--namespace monitoring --create-namespace --wait --timeout 10m \
 		--set prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues=false \
 		--set prometheus.prometheusSpec.podMonitorSelectorNilUsesHelmValues=false
-	$(HELM) upgrade --install "$$($(call PLATFORM,p.release["name"]))" "$$($(call PLATFORM,p.release["chart"]))" \
-		--namespace "$$($(call PLATFORM,p.release["namespace"]))" --values k8s/kind/inference-api-values.yaml
+	$(HELM) upgrade --install "$$($(call PLATFORM,p.release.name))" "$$($(call PLATFORM,p.release.chart))" \
+		--namespace "$$($(call PLATFORM,p.release.namespace))" --values k8s/kind/inference-api-values.yaml
 	mkdir -p $(LOCAL)/kube
-	namespace=$$($(call PLATFORM,p.kubernetes["namespace"])); \
+	namespace=$$($(call PLATFORM,p.kubernetes.namespace)); \
 	token=$$($(KUBECTL) -n "$$namespace" create token $(POD_LAUNCHER) --duration=24h); \
 	$(KUBECTL) config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' \
 		| base64 -d > $(LOCAL)/kube/ca.crt; \
@@ -231,8 +231,9 @@ kind-down: $(KIND)
 
 # The demo's release keeps serving the champion on loopback, as a cluster would, until stopped here.
 release-down:
-	-$(RUN) -m ml.release stop --state-dir "$(LOCAL)/data/$$($(call PLATFORM,p.release["local"]["state_dir"]))" \
-		--release "$$($(call PLATFORM,p.release["name"]))"
+	-PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m standins.rollouts stop \
+		--state-dir "$(LOCAL)/data/$$($(call PLATFORM,p.release.local.state_dir))" \
+		--release "$$($(call PLATFORM,p.release.name))"
 
 clean: release-down mlflow-down
 	rm -rf $(LOCAL) $(VENV) $(TOOLS)

@@ -43,7 +43,7 @@ def wait_until_idle(
 @contextmanager
 def settled_mlflow(work: Path) -> Iterator[str]:
     """Run a tracking server under ``work``, wait until it is idle, point MLFLOW_TRACKING_URI at it."""
-    from scripts.local_mlflow import start
+    from standins.mlflow_server import start
     from tests.conftest import free_port
 
     port = free_port()

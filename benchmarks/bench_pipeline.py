@@ -83,13 +83,13 @@ def run_benchmarks(work: Path, rows: int, large_rows: int) -> dict[str, Any]:
     for model_type in ("xgboost", "random_forest"):
         trained = step(
             "train", prepared_uri=str(prepared), experiment="bench", run_key=f"bench/{model_type}",
-            config={**load_platform().training, "model_type": model_type},
+            config={**load_platform().training.model_dump(), "model_type": model_type},
         )  # fmt: skip
         measured[f"train_{model_type}"] = trained
         measured[f"evaluate_{model_type}"] = step(
             "evaluate", prepared_uri=str(prepared), model_uri=trained["result"]["model_uri"],
             run_id=trained["result"]["run_id"], registered_model_name="bench", min_average_precision=0.0,
-            min_improvement=0.0, champion_alias=load_platform().registry["production_alias"],
+            min_improvement=0.0, champion_alias=load_platform().registry.production_alias,
         )  # fmt: skip
 
     large_raw = work / "large.parquet"

@@ -97,7 +97,6 @@ def main() -> None:
 
 def run(work: Path, workers: int, seconds: int, servers: list[Any]) -> dict[str, Any]:
     import pandas as pd
-    from mlops.platform_config import load_platform
 
     from ml.evaluate import evaluate
     from ml.prepare import prepare
@@ -105,22 +104,24 @@ def run(work: Path, workers: int, seconds: int, servers: list[Any]) -> dict[str,
     from ml.schema import to_model_input
     from ml.storage import read_manifest, read_published_table
     from ml.train import TrainConfig, train
+    from mlops.platform_config import load_platform
 
     platform = load_platform()
-    name = platform.registry["model_name"]
+    name = platform.registry.model_name
     print("training the model to serve (200,000 synthetic rows)", flush=True)
     prepared = str(work / "prepared")
     prepare("synthetic://card-transactions?rows=200000&seed=3", "is_fraud", prepared, time_column="timestamp",
             drop_columns=["transaction_id"])  # fmt: skip
     trained = train(
-        prepared, TrainConfig(**platform.training), experiment="bench-serve", run_key="bench/serve"
+        prepared,
+        TrainConfig(**platform.training.model_dump()),
+        experiment="bench-serve",
+        run_key="bench/serve",
     )
     result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name=name,
                       min_average_precision=0.0, min_improvement=0.0,
-                      champion_alias=platform.registry["production_alias"])  # fmt: skip
-    version = register(
-        asdict(result), run_key="bench/serve", alias=platform.registry["candidate_alias"]
-    ).version
+                      champion_alias=platform.registry.production_alias)  # fmt: skip
+    version = register(asdict(result), run_key="bench/serve", alias=platform.registry.candidate_alias).version
     model_uri = f"models:/{name}/{version}"
 
     manifest = read_manifest(prepared)

@@ -27,8 +27,8 @@ what is deployed, rolling back what is rolled back and promoting what is champio
 **Settings** (Airflow Variables): `mlflow_tracking_uri`, `mlops_data_root` (a path or `s3://` prefix) and
 `mlops_pod_runtime` (`local`, the default, or `kubernetes`). Images, resource presets, the quality gate's
 defaults and the release live in `plugins/mlops/platform.yaml`; canary steps and analysis thresholds in the
-chart's `values.yaml`. With the `local` runtime the release runs on this machine: the chart rendered by Helm's
-engine, the history kept under the data root (`release.local.state_dir`), the canary on loopback.
+chart's `values.yaml`. With the `local` runtime the release runs on this machine: the same `helm` commands reach
+the embedded stand-in (`standins/`), which keeps the history under the data root and runs the canary on loopback.
 """
 
 from __future__ import annotations
@@ -40,35 +40,255 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
+
+from contract import DEGRADED, DEVICES, FAIL, MODEL_TYPES, PASS
 from mlops.keys import MACROS
 from mlops.notifiers import AlertNotifier
-from mlops.operators import RUNTIME_VARIABLE, MLStageOperator, param_arguments
+from mlops.operators import MLStageOperator, param_arguments
 from mlops.platform_config import load_platform
 from mlops.rollout import RolloutWatchOperator
 
 log = logging.getLogger(__name__)
 PLATFORM = load_platform()
-GATE = PLATFORM.quality_gate
-TRAINING = PLATFORM.training
-REGISTRY = PLATFORM.registry
-RELEASE = PLATFORM.release
+TRAINING, GATE, REGISTRY, RELEASE = (
+    PLATFORM.training,
+    PLATFORM.quality_gate,
+    PLATFORM.registry,
+    PLATFORM.release,
+)
+
+# -- The form: the run's parameters, validated by the UI ----------------------------------------------------
+
+FORM = {
+    "dataset_uri": Param(
+        "synthetic://card-transactions?rows=200000&seed=42",
+        type="string",
+        minLength=1,
+        title="Dataset",
+        description="CSV or Parquet table: a path, s3://bucket/key, or synthetic://card-transactions?rows=N&seed=S",
+    ),
+    "target_column": Param("is_fraud", type="string", minLength=1, title="Target column (binary)"),
+    "time_column": Param(
+        "timestamp",
+        type=["null", "string"],
+        title="Time column",
+        description="Split by time on this column (train earlier, test later); empty for a stratified split",
+    ),
+    "drop_columns": Param(
+        ["transaction_id"],
+        type="array",
+        items={"type": "string"},
+        title="Columns to drop",
+        description="Identifiers and leaky columns to leave out of the features",
+    ),
+    "model_type": Param(TRAINING.model_type, enum=list(MODEL_TYPES), title="Model"),
+    "n_estimators": Param(
+        TRAINING.n_estimators, type="integer", minimum=1, maximum=5000, title="Max boosting rounds"
+    ),
+    "max_depth": Param(TRAINING.max_depth, type="integer", minimum=1, maximum=16, title="Max tree depth"),
+    "learning_rate": Param(
+        TRAINING.learning_rate, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"
+    ),
+    "early_stopping_rounds": Param(
+        TRAINING.early_stopping_rounds, type="integer", minimum=1, maximum=500, title="Early stopping rounds"
+    ),
+    "scale_pos_weight": Param(
+        TRAINING.scale_pos_weight,
+        type="string",
+        pattern=r"^(sqrt|auto|none|[0-9]*\.?[0-9]+)$",
+        title="Positive class weight",
+        description="sqrt or auto (of the negative/positive ratio), none, or a number",
+    ),
+    "device": Param(TRAINING.device, enum=list(DEVICES), title="Training device"),
+    "min_average_precision": Param(
+        GATE.min_average_precision,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Minimum average precision",
+        description="The test-set PR-AUC a model needs to be registered",
+    ),
+    "min_improvement": Param(
+        GATE.min_improvement,
+        type="number",
+        minimum=-1,
+        maximum=1,
+        title="Minimum improvement over champion",
+        description="Required gain in average precision over the current champion (when there is one)",
+    ),
+    "registered_model_name": Param(
+        REGISTRY.model_name, type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Registered model"
+    ),
+    "seed": Param(TRAINING.seed, type="integer", minimum=0, title="Random seed"),
+}
+
+# -- The stages: pods of the ML stage image, and the decisions taken on the worker ---------------------------
 
 RUN_KEY = "{{ mlops_run_key(dag.dag_id, run_id) }}"
 PREPARED_URI = "{{ ti.xcom_pull(task_ids='prepare')['prepared_uri'] }}"
 OUTPUT_URI = "{{ var.value.mlops_data_root }}/prepared/{{ dag.dag_id }}/{{ mlops_partition_key(dag_run) }}"
-RELEASE_STATE_DIR = f"{{{{ var.value.mlops_data_root }}}}/{RELEASE['local']['state_dir']}"
-#: Where the release lives follows where pods run: the cluster, or this machine's local stand-in.
+REGISTERED = "{{ ti.xcom_pull(task_ids='register')"
+#: The release the pipeline upgrades: the same `helm` commands in the cluster and in the local runtime.
 RELEASE_ARGUMENTS = [
-    "--target", f"{{{{ var.value.get('{RUNTIME_VARIABLE}', 'local') }}}}",
-    "--release", RELEASE["name"],
-    "--namespace", RELEASE["namespace"],
-    "--chart", RELEASE["chart"],
-    *[part for path in RELEASE["values_files"] for part in ("--values", path)],
-    "--state-dir", RELEASE_STATE_DIR,
-    "--local-pause-seconds", str(RELEASE["local"]["pause_seconds"]),
-    "--local-requests-per-second", str(RELEASE["local"]["requests_per_second"]),
-    "--local-port", str(RELEASE["local"]["port"]),
+    "--release", RELEASE.name,
+    "--namespace", RELEASE.namespace,
+    "--chart", RELEASE.chart,
+    *[part for path in RELEASE.values_files for part in ("--values", path)],
 ]  # fmt: skip
+
+
+def prepare_stage() -> MLStageOperator:
+    return MLStageOperator(
+        stage="prepare",
+        arguments=[
+            "--source", "{{ params.dataset_uri }}",
+            "--target", "{{ params.target_column }}",
+            "--time-column", "{{ params.time_column or '' }}",
+            "--drop-columns", "{{ params.drop_columns | join(',') }}",
+            "--output", OUTPUT_URI,
+            *param_arguments("seed"),
+        ],
+    )  # fmt: skip
+
+
+def train_stage() -> MLStageOperator:
+    return MLStageOperator(
+        stage="train",
+        arguments=[
+            "--prepared-uri", PREPARED_URI,
+            "--experiment", "{{ dag.dag_id }}",
+            "--run-key", RUN_KEY,
+            *param_arguments(*type(TRAINING).model_fields),
+        ],
+    )  # fmt: skip
+
+
+def evaluate_stage() -> MLStageOperator:
+    return MLStageOperator(
+        stage="evaluate",
+        arguments=[
+            "--prepared-uri", PREPARED_URI,
+            "--model-uri", "{{ ti.xcom_pull(task_ids='train')['model_uri'] }}",
+            "--run-id", "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
+            *param_arguments("registered_model_name", "min_average_precision", "min_improvement"),
+            "--champion-alias", REGISTRY.production_alias,
+        ],
+    )  # fmt: skip
+
+
+def register_stage() -> MLStageOperator:
+    return MLStageOperator(
+        stage="register",
+        arguments=[
+            "--evaluation", "{{ ti.xcom_pull(task_ids='evaluate') | tojson }}",
+            "--run-key", RUN_KEY,
+            "--alias", REGISTRY.candidate_alias,
+        ],
+    )  # fmt: skip
+
+
+def deploy_stage() -> MLStageOperator:
+    """`helm upgrade` of the inference API with the registered version (the image stays CI/CD's)."""
+    return MLStageOperator(
+        stage="release",
+        task_id="deploy",
+        arguments=[
+            "deploy", *RELEASE_ARGUMENTS,
+            "--model-name", f"{REGISTERED}['name'] }}}}",
+            "--model-version", f"{REGISTERED}['version'] }}}}",
+        ],
+    )  # fmt: skip
+
+
+def watch_stage(deployment: Any) -> RolloutWatchOperator:
+    """Wait for the rollout's verdict. A slow rollout fails with "slow, not broken": each retry alerts and
+    waits again, and the last failure alerts once more. A Degraded rollout is a verdict, not a failure."""
+    return RolloutWatchOperator(
+        task_id="watch_rollout",
+        deployment=deployment,
+        timeout=timedelta(minutes=RELEASE.watch_timeout_minutes),
+        poll_seconds=RELEASE.poll_seconds,
+        on_retry_callback=AlertNotifier(
+            title="Rollout of {{ params.registered_model_name }} is slow",
+            message="{{ dag.dag_id }} {{ run_id }}: {{ exception }} Waiting again.",
+        ),
+        on_failure_callback=AlertNotifier(
+            title="Rollout of {{ params.registered_model_name }} needs attention",
+            message="{{ dag.dag_id }} {{ run_id }}: watch_rollout failed ({{ exception }}).",
+        ),
+    )
+
+
+def promote_stage() -> MLStageOperator:
+    return MLStageOperator(
+        stage="promote",
+        arguments=[
+            "--name", f"{REGISTERED}['name'] }}}}",
+            "--version", f"{REGISTERED}['version'] }}}}",
+            "--alias", REGISTRY.production_alias,
+            "--verdict", "{{ ti.xcom_pull(task_ids='watch_rollout') | tojson }}",
+        ],
+    )  # fmt: skip
+
+
+def rollback_stage() -> MLStageOperator:
+    """`helm rollback` to the revision that served the previous model."""
+    return MLStageOperator(
+        stage="release",
+        task_id="rollback",
+        arguments=[
+            "rollback",
+            *RELEASE_ARGUMENTS,
+            "--revision",
+            "{{ ti.xcom_pull(task_ids='deploy')['revision'] }}",
+        ],
+    )
+
+
+@task.short_circuit
+def gate(evaluation: Any) -> bool:
+    """Continue to registration only on a pass; fail closed on a missing or malformed evaluation."""
+    if not isinstance(evaluation, dict) or "decision" not in evaluation:
+        raise AirflowFailException(
+            f"no usable evaluation result ({evaluation!r}): nothing will be registered"
+        )
+    reasons = "; ".join(evaluation.get("reasons", []))
+    if evaluation["decision"] == PASS:
+        log.info("PASS: %s", reasons)
+        return True
+    if evaluation["decision"] == FAIL:
+        log.info("FAIL: %s. Nothing is registered.", reasons)
+        return False
+    raise AirflowFailException(f"unknown decision {evaluation['decision']!r}: nothing will be registered")
+
+
+@task.short_circuit
+def canary_failed(verdict: Any) -> bool:
+    """Continue to the rollback only if the canary was aborted."""
+    return bool(verdict["phase"] == DEGRADED)
+
+
+@task(
+    on_failure_callback=AlertNotifier(
+        title="Canary of {{ params.registered_model_name }} aborted and rolled back",
+        message="{{ exception }}",
+    ),
+)
+def alert(verdict: Any, rolled_back: Any) -> None:
+    """Fail the run with what failed, so that it shows red and the notifier sends the failed metric."""
+    failed = [m for m in verdict.get("measurements", []) if m.get("phase") == "Failed"]
+    figures = "; ".join(
+        f"{m['metric']} = {m['value']} at step {m['step']} ({m['condition']})" for m in failed
+    )
+    raise AirflowFailException(
+        f"canary of {verdict['model_uri']} aborted: {verdict['message']}"
+        + (f" [{figures}]" if figures else "")
+        + f". Rolled back to revision {rolled_back['restored_revision']} ({rolled_back['restored_model_uri']}); "
+        f"{REGISTRY.production_alias} unchanged."
+    )
+
+
+# -- The wiring ----------------------------------------------------------------------------------------------
 
 
 @dag(
@@ -87,212 +307,20 @@ RELEASE_ARGUMENTS = [
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=20),
     },
-    params={
-        "dataset_uri": Param(
-            "synthetic://card-transactions?rows=200000&seed=42",
-            type="string",
-            minLength=1,
-            title="Dataset",
-            description="CSV or Parquet table: a path, s3://bucket/key, or synthetic://card-transactions?rows=N&seed=S",
-        ),
-        "target_column": Param("is_fraud", type="string", minLength=1, title="Target column (binary)"),
-        "time_column": Param(
-            "timestamp",
-            type=["null", "string"],
-            title="Time column",
-            description="Split by time on this column (train earlier, test later); empty for a stratified split",
-        ),
-        "drop_columns": Param(
-            ["transaction_id"],
-            type="array",
-            items={"type": "string"},
-            title="Columns to drop",
-            description="Identifiers and leaky columns to leave out of the features",
-        ),
-        "model_type": Param(TRAINING["model_type"], enum=["xgboost", "random_forest"], title="Model"),
-        "n_estimators": Param(
-            TRAINING["n_estimators"], type="integer", minimum=1, maximum=5000, title="Max boosting rounds"
-        ),
-        "max_depth": Param(
-            TRAINING["max_depth"], type="integer", minimum=1, maximum=16, title="Max tree depth"
-        ),
-        "learning_rate": Param(
-            TRAINING["learning_rate"], type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"
-        ),
-        "early_stopping_rounds": Param(
-            TRAINING["early_stopping_rounds"],
-            type="integer",
-            minimum=1,
-            maximum=500,
-            title="Early stopping rounds",
-        ),
-        "scale_pos_weight": Param(
-            TRAINING["scale_pos_weight"],
-            type="string",
-            pattern=r"^(sqrt|auto|none|[0-9]*\.?[0-9]+)$",
-            title="Positive class weight",
-            description="sqrt or auto (of the negative/positive ratio), none, or a number",
-        ),
-        "device": Param(TRAINING["device"], enum=["auto", "cpu", "cuda"], title="Training device"),
-        "min_average_precision": Param(
-            GATE["min_average_precision"],
-            type="number",
-            minimum=0,
-            maximum=1,
-            title="Minimum average precision",
-            description="The test-set PR-AUC a model needs to be registered",
-        ),
-        "min_improvement": Param(
-            GATE["min_improvement"],
-            type="number",
-            minimum=-1,
-            maximum=1,
-            title="Minimum improvement over champion",
-            description="Required gain in average precision over the current champion (when there is one)",
-        ),
-        "registered_model_name": Param(
-            REGISTRY["model_name"],
-            type="string",
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-            title="Registered model",
-        ),
-        "seed": Param(TRAINING["seed"], type="integer", minimum=0, title="Random seed"),
-    },
+    params=FORM,
 )
 def ml_training_pipeline() -> None:
-    prepare = MLStageOperator(
-        stage="prepare",
-        arguments=[
-            "--source", "{{ params.dataset_uri }}",
-            "--target", "{{ params.target_column }}",
-            "--time-column", "{{ params.time_column or '' }}",
-            "--drop-columns", "{{ params.drop_columns | join(',') }}",
-            "--output", OUTPUT_URI,
-            *param_arguments("seed"),
-        ],
-    )  # fmt: skip
-    train = MLStageOperator(
-        stage="train",
-        arguments=[
-            "--prepared-uri", PREPARED_URI,
-            "--experiment", "{{ dag.dag_id }}",
-            "--run-key", RUN_KEY,
-            *param_arguments(*TRAINING),
-        ],
-    )  # fmt: skip
-    evaluate = MLStageOperator(
-        stage="evaluate",
-        arguments=[
-            "--prepared-uri", PREPARED_URI,
-            "--model-uri", "{{ ti.xcom_pull(task_ids='train')['model_uri'] }}",
-            "--run-id", "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
-            *param_arguments("registered_model_name", "min_average_precision", "min_improvement"),
-            "--champion-alias", REGISTRY["production_alias"],
-        ],
-    )  # fmt: skip
-
-    @task.short_circuit
-    def gate(evaluation: dict[str, Any] | None) -> bool:
-        """Continue to registration only on a pass; fail closed on a missing or malformed evaluation."""
-        if not isinstance(evaluation, dict) or "decision" not in evaluation:
-            raise AirflowFailException(
-                f"no usable evaluation result ({evaluation!r}): nothing will be registered"
-            )
-        reasons = "; ".join(evaluation.get("reasons", []))
-        if evaluation["decision"] == "pass":
-            log.info("PASS: %s", reasons)
-            return True
-        if evaluation["decision"] == "fail":
-            log.info("FAIL: %s. Nothing is registered.", reasons)
-            return False
-        raise AirflowFailException(f"unknown decision {evaluation['decision']!r}: nothing will be registered")
-
-    register = MLStageOperator(
-        stage="register",
-        arguments=[
-            "--evaluation", "{{ ti.xcom_pull(task_ids='evaluate') | tojson }}",
-            "--run-key", RUN_KEY,
-            "--alias", REGISTRY["candidate_alias"],
-        ],
-    )  # fmt: skip
-
-    deploy = MLStageOperator(
-        stage="release",
-        task_id="deploy",
-        arguments=[
-            "deploy", *RELEASE_ARGUMENTS,
-            "--model-name", "{{ ti.xcom_pull(task_ids='register')['name'] }}",
-            "--model-version", "{{ ti.xcom_pull(task_ids='register')['version'] }}",
-            "--replay-data", PREPARED_URI,
-        ],
-    )  # fmt: skip
-    watch_rollout = RolloutWatchOperator(
-        task_id="watch_rollout",
-        deployment=deploy.output,
-        state_dir=RELEASE_STATE_DIR,
-        timeout=timedelta(minutes=RELEASE["watch_timeout_minutes"]),
-        poll_seconds=RELEASE["poll_seconds"],
-        # A slow rollout fails the watch with "slow, not broken": each retry alerts and waits again, and the
-        # last failure alerts once more. A Degraded rollout is a verdict, not a failure.
-        on_retry_callback=AlertNotifier(
-            title="Rollout of {{ params.registered_model_name }} is slow",
-            message="{{ dag.dag_id }} {{ run_id }}: {{ exception }} Waiting again.",
-        ),
-        on_failure_callback=AlertNotifier(
-            title="Rollout of {{ params.registered_model_name }} needs attention",
-            message="{{ dag.dag_id }} {{ run_id }}: watch_rollout failed ({{ exception }}).",
-        ),
-    )
-    promote = MLStageOperator(
-        stage="promote",
-        arguments=[
-            "--name", "{{ ti.xcom_pull(task_ids='register')['name'] }}",
-            "--version", "{{ ti.xcom_pull(task_ids='register')['version'] }}",
-            "--alias", REGISTRY["production_alias"],
-            "--verdict", "{{ ti.xcom_pull(task_ids='watch_rollout') | tojson }}",
-        ],
-    )  # fmt: skip
-
-    @task.short_circuit
-    def canary_failed(verdict: dict[str, Any]) -> bool:
-        """Continue to the rollback only if the canary was aborted."""
-        return bool(verdict["phase"] == "Degraded")
-
-    rollback = MLStageOperator(
-        stage="release",
-        task_id="rollback",
-        arguments=[
-            "rollback", *RELEASE_ARGUMENTS,
-            "--revision", "{{ ti.xcom_pull(task_ids='deploy')['revision'] }}",
-        ],
-    )  # fmt: skip
-
-    @task(
-        on_failure_callback=AlertNotifier(
-            title="Canary of {{ params.registered_model_name }} aborted and rolled back",
-            message="{{ exception }}",
-        ),
-    )
-    def alert(verdict: dict[str, Any], rolled_back: dict[str, Any]) -> None:
-        """Fail the run with what failed, so that it shows red and the notifier sends the failed metric."""
-        failed = [m for m in verdict.get("measurements", []) if m.get("phase") == "Failed"]
-        figures = "; ".join(
-            f"{m['metric']} = {m['value']} at step {m['step']} ({m['condition']})" for m in failed
-        )
-        raise AirflowFailException(
-            f"canary of {verdict['model_uri']} aborted: {verdict['message']}"
-            + (f" [{figures}]" if figures else "")
-            + f". Rolled back to revision {rolled_back['restored_revision']} ({rolled_back['restored_model_uri']}); "
-            f"{REGISTRY['production_alias']} unchanged."
-        )
-
+    prepare, train, evaluate = prepare_stage(), train_stage(), evaluate_stage()
+    register, deploy, promote, rollback = register_stage(), deploy_stage(), promote_stage(), rollback_stage()
+    watch_rollout = watch_stage(deploy.output)
     verdict = watch_rollout.output
+
     prepare >> train >> evaluate
-    gate(evaluate.output) >> register >> deploy >> watch_rollout >> promote  # type: ignore[arg-type]
+    gate(evaluate.output) >> register >> deploy >> watch_rollout >> promote
     # Argo has already sent all traffic back to stable when it aborts, so the rollback can wait for promote to
     # record the verdict on the version.
-    promote >> canary_failed(verdict) >> rollback  # type: ignore[arg-type]
-    alert(verdict, rollback.output)  # type: ignore[arg-type]  # XComArgs resolve to dicts at run time
+    promote >> canary_failed(verdict) >> rollback
+    alert(verdict, rollback.output)
 
 
 ml_training_pipeline()

@@ -31,6 +31,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
+
 from mlops.operators import TerraformDriftOperator
 from mlops.platform_config import load_platform
 
@@ -40,7 +41,7 @@ STACK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
 
 @dag(
-    schedule=CronTriggerTimetable(DRIFT["schedule"], timezone="UTC"),
+    schedule=CronTriggerTimetable(DRIFT.schedule, timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -54,7 +55,7 @@ STACK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
     },
     params={
         "stacks": Param(
-            DRIFT["stacks"],
+            [stack.model_dump() for stack in DRIFT.stacks],
             type="array",
             minItems=1,
             title="Stacks",
@@ -99,9 +100,13 @@ def terraform_drift_check() -> None:
     ).expand(arguments=stack_arguments())
 
     @task(trigger_rule="all_done")
-    def report(results: list[dict[str, Any]] | None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Aggregate the stacks, write the report, alert on drift or error; fail the run if a check failed."""
+    def report(results: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Aggregate the stacks, write the report, alert on drift or error; fail the run if a check failed.
+
+        ``results`` is the mapped checks' XComArg when wired and their list of results at run time.
+        """
         from airflow.sdk import Variable, get_current_context
+
         from mlops.drift.report import apply_allowlist, load_allowlist, render_markdown
         from mlops.notifiers import AlertNotifier
         from mlops.platform_config import load_platform
@@ -124,7 +129,7 @@ def terraform_drift_check() -> None:
         log.info("drift report:\n%s", markdown)
 
         data_root = str(Variable.get("mlops_data_root", default=".local/data")).rstrip("/")
-        target = write_report(data_root, DRIFT["report_prefix"], run_id, markdown)
+        target = write_report(data_root, DRIFT.report_prefix, run_id, markdown)
         log.info("report written to %s", target)
 
         drifted = [s["stack"] for s in summary if s["status"] == "drift"]
@@ -141,7 +146,7 @@ def terraform_drift_check() -> None:
             raise AirflowFailException(f"the drift check failed for {errored}: see their task logs")
         return {"report": target, "drifted": drifted, "stacks": [s["stack"] for s in summary]}
 
-    report(check_stack.output)  # type: ignore[arg-type]  # resolves to the mapped results at run time
+    report(check_stack.output)
 
 
 def write_report(data_root: str, prefix: str, run_id: str, markdown: str) -> str:

@@ -17,7 +17,11 @@ RUN --mount=type=bind,source=uv.lock,target=/tmp/lock/uv.lock \
         --project /tmp/lock --output-file /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
-# The stages' code, for the local pod runtime (MLOPS_LOCAL_WORKDIR); dags/ and plugins/ are mounted.
+# What the local pod runtime runs (MLOPS_LOCAL_WORKDIR): the stages, the contract, and the embedded stand-ins
+# (the local `helm` and rollouts controller) with the chart they release; dags/ and plugins/ are mounted.
+COPY contract/ /opt/airflow/project/contract/
 COPY ml/ /opt/airflow/project/ml/
+COPY standins/ /opt/airflow/project/standins/
+COPY k8s/helm/ /opt/airflow/project/k8s/helm/
 ENV MLOPS_LOCAL_WORKDIR=/opt/airflow/project \
     PYTHONPATH=/opt/airflow/project:/opt/airflow/plugins

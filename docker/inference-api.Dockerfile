@@ -20,6 +20,7 @@ RUN groupadd --gid "${APP_UID}" app \
     && useradd --uid "${APP_UID}" --gid app --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=builder /app/.venv /app/.venv
+COPY contract/ /app/contract/
 COPY ml/ /app/ml/
 ENV PATH="/app/.venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \

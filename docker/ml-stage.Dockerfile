@@ -24,6 +24,7 @@ RUN groupadd --gid "${APP_UID}" app \
     && useradd --uid "${APP_UID}" --gid app --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=builder /app/.venv /app/.venv
+COPY contract/ /app/contract/
 COPY ml/ /app/ml/
 COPY --from=helm /usr/bin/helm /usr/local/bin/helm
 # The chart the release stage installs, at the path platform.yaml gives relative to the working directory.

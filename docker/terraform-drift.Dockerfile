@@ -13,7 +13,8 @@ RUN groupadd --gid "${APP_UID}" app \
     && useradd --uid "${APP_UID}" --gid app --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=terraform /bin/terraform /usr/local/bin/terraform
-# The check needs nothing but the standard library; its package is importable from /app.
+# The check and the contract need nothing but the standard library; both are importable from /app.
+COPY contract/ /app/contract/
 COPY plugins/mlops/__init__.py /app/mlops/__init__.py
 COPY plugins/mlops/drift/ /app/mlops/drift/
 COPY terraform/ /app/terraform/

@@ -20,15 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contract import DECISION_TAG, FAIL, PASS, THRESHOLD_TAG
 from ml import tracking
 from ml.errors import StageError
 from ml.schema import to_model_input
 from ml.storage import read_manifest, read_published_table
 
 log = logging.getLogger(__name__)
-
-PASS, FAIL = "pass", "fail"
-THRESHOLD_TAG = "mlops.decision_threshold"
 
 
 @dataclass
@@ -317,7 +315,7 @@ def evaluate(
             plt.close(figure)  # pyplot keeps every figure alive until closed
         mlflow.log_text(model_card(evaluation, manifest), "model_card.md")
         mlflow.log_dict(asdict(evaluation), "evaluation.json")
-        mlflow.set_tags({"mlops.decision": decision, THRESHOLD_TAG: f"{threshold:.6f}"})
+        mlflow.set_tags({DECISION_TAG: decision, THRESHOLD_TAG: f"{threshold:.6f}"})
     log.info("decision %s: %s", decision.upper(), "; ".join(reasons))
     return evaluation
 

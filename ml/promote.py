@@ -20,15 +20,21 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from contract import (
+    CANARY_MEASUREMENT_TAG_PREFIX,
+    CANARY_MESSAGE_TAG,
+    CANARY_REVISION_TAG,
+    CANARY_VERDICT_TAG,
+    CHAMPION_AT_EVALUATION_TAG,
+    DEGRADED,
+    HEALTHY,
+)
 from ml import tracking
 from ml.errors import StageError
-from ml.register import CHAMPION_AT_EVALUATION_TAG
-from ml.release import DEGRADED, HEALTHY
 from ml.runtime import json_object
 
 log = logging.getLogger(__name__)
 
-VERDICT_TAG = "mlops.canary_verdict"
 VERDICTS = {HEALTHY: "promoted", DEGRADED: "aborted"}
 
 
@@ -59,14 +65,14 @@ def _check_verdict(verdict: dict[str, Any], name: str, version: str) -> None:
 def verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
     """The verdict and its analysis figures as version tags (``mlops.canary.<metric>.step<n>``)."""
     tags = {
-        VERDICT_TAG: VERDICTS[verdict["phase"]],
-        "mlops.canary_message": str(verdict.get("message", ""))[:5000],
-        "mlops.canary_revision": str(verdict.get("revision", "")),
+        CANARY_VERDICT_TAG: VERDICTS[verdict["phase"]],
+        CANARY_MESSAGE_TAG: str(verdict.get("message", ""))[:5000],
+        CANARY_REVISION_TAG: str(verdict.get("revision", "")),
     }
     for measurement in verdict.get("measurements", []):
         value = measurement.get("value")
         shown = "nan" if value is None else f"{value:.6g}"
-        tags[f"mlops.canary.{measurement['metric']}.step{measurement['step']}"] = (
+        tags[f"{CANARY_MEASUREMENT_TAG_PREFIX}{measurement['metric']}.step{measurement['step']}"] = (
             f"{shown} ({measurement['phase']}, {measurement['condition']}, {measurement.get('requests', '?')} requests)"
         )
     return tags

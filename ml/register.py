@@ -16,14 +16,20 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from contract import (
+    CHAMPION_AT_EVALUATION_TAG,
+    MODEL_ID_TAG,
+    PASS,
+    RUN_KEY_TAG,
+    TEST_METRIC_TAG_PREFIX,
+    THRESHOLD_TAG,
+)
 from ml import tracking
 from ml.errors import StageError
-from ml.evaluate import PASS, THRESHOLD_TAG
 from ml.runtime import json_object
 
 log = logging.getLogger(__name__)
 
-CHAMPION_AT_EVALUATION_TAG = "mlops.champion_version_at_evaluation"
 REQUIRED_FIELDS = (
     "decision",
     "model_uri",
@@ -78,10 +84,10 @@ def register(evaluation: dict[str, Any], *, run_key: str, alias: str) -> Registr
     mlflow_client = tracking.client()
     version = tracking.find_keyed_version(name, run_key)
     if version is not None:
-        if version.tags.get("mlops.model_id") != evaluation["model_id"]:
+        if version.tags.get(MODEL_ID_TAG) != evaluation["model_id"]:
             raise StageError(
                 f"{run_key} already registered {name} v{version.version} from model "
-                f"{version.tags.get('mlops.model_id')}, but this evaluation is of {evaluation['model_id']}; "
+                f"{version.tags.get(MODEL_ID_TAG)}, but this evaluation is of {evaluation['model_id']}; "
                 "one DAG run registers one version: trigger a new run to register another model"
             )
         log.info("%s already registered %s v%s: not registering again", run_key, name, version.version)
@@ -94,11 +100,15 @@ def register(evaluation: dict[str, Any], *, run_key: str, alias: str) -> Registr
                 raise
         metrics = evaluation["metrics"]
         tags = {
-            tracking.RUN_KEY_TAG: run_key,
-            "mlops.model_id": evaluation["model_id"],
+            RUN_KEY_TAG: run_key,
+            MODEL_ID_TAG: evaluation["model_id"],
             THRESHOLD_TAG: f"{metrics['threshold']:.6f}",
             CHAMPION_AT_EVALUATION_TAG: evaluation["champion"].get("version") or "none",
-            **{f"mlops.test_{key}": f"{value:.6f}" for key, value in metrics.items() if key != "threshold"},
+            **{
+                f"{TEST_METRIC_TAG_PREFIX}{key}": f"{value:.6f}"
+                for key, value in metrics.items()
+                if key != "threshold"
+            },
         }
         version = mlflow_client.create_model_version(
             name=name,

@@ -1,4 +1,4 @@
-"""What every stage's entrypoint shares: logging, the XCom result file and exit codes."""
+"""What every stage's entrypoint shares: logging, the XCom result and the exit codes of the contract."""
 
 from __future__ import annotations
 
@@ -10,15 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from contract import ERROR_PREFIX, EXIT_INVALID_INPUT, write_xcom_result
 from ml.errors import StageError
 
 log = logging.getLogger(__name__)
-
-#: Where the KubernetesPodOperator's sidecar reads the result; the local pod runtime points it elsewhere.
-XCOM_DIR_ENV = "ML_XCOM_DIR"
-DEFAULT_XCOM_DIR = "/airflow/xcom"
-#: Exit code of a stage that rejected its input (as opposed to crashing).
-EXIT_INVALID_INPUT = 2
 
 
 def configure_logging() -> None:
@@ -49,20 +44,6 @@ def json_object(flag: str, what: str) -> Callable[[str], dict[str, Any]]:
     return parse
 
 
-def write_json(target: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as JSON under a temporary name and rename it: a reader never sees half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".partial")
-    partial.write_text(json.dumps(payload, indent=1, default=str))
-    partial.replace(target)
-    return target
-
-
-def write_result(result: dict[str, Any]) -> Path:
-    """Write the stage's result where the XCom sidecar (or the local runtime) reads it."""
-    return write_json(Path(os.environ.get(XCOM_DIR_ENV, DEFAULT_XCOM_DIR)) / "return.json", result)
-
-
 def run_stage(
     main: Callable[[Sequence[str] | None], dict[str, Any]], argv: Sequence[str] | None = None
 ) -> None:
@@ -75,10 +56,10 @@ def run_stage(
         result = main(argv)
     except StageError as err:
         # One line that starts with "ERROR: ": the local runtime and the pod's termination message surface it.
-        print(f"ERROR: {err}", file=sys.stderr, flush=True)  # noqa: T201 - the stage's contract with callers
+        print(f"{ERROR_PREFIX}{err}", file=sys.stderr, flush=True)  # noqa: T201 - the stage's contract
         termination_log = Path("/dev/termination-log")
         if termination_log.exists():  # mounted by the kubelet in a pod; absent elsewhere
             termination_log.write_text(str(err))
         sys.exit(EXIT_INVALID_INPUT)
-    write_result(result)
+    write_xcom_result(result)
     log.info("result: %s", json.dumps(result, default=str))

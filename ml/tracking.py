@@ -12,12 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from contract import RUN_KEY_TAG, SUPERSEDED_TAG
 from ml.errors import StageError
 
 log = logging.getLogger(__name__)
-
-RUN_KEY_TAG = "mlops.run_key"
-SUPERSEDED_TAG = "mlops.superseded_by_retry"
 
 
 def client() -> Any:

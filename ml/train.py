@@ -27,6 +27,14 @@ from typing import Any
 
 import pandas as pd
 
+from contract import (
+    DATA_DIGEST_TAG,
+    DEVICES,
+    MODEL_TYPES,
+    PREPARED_URI_TAG,
+    TRAIN_FINGERPRINT_TAG,
+    TRAIN_RESULT_TAG,
+)
 from ml import tracking
 from ml.errors import StageError
 from ml.features import TabularEncoder
@@ -35,10 +43,6 @@ from ml.storage import read_manifest, read_published_table
 
 log = logging.getLogger(__name__)
 
-MODEL_TYPES = ("xgboost", "random_forest")
-DEVICES = ("auto", "cpu", "cuda")
-FINGERPRINT_TAG = "mlops.train_fingerprint"
-RESULT_TAG = "mlops.train_result"
 # Types beyond skops' defaults that each model's file holds. The files are written by this stage into our own
 # registry; loading them trusts exactly these types and nothing else.
 SKOPS_TRUSTED_TYPES = {
@@ -254,10 +258,10 @@ def train(
     run = tracking.find_keyed_run(experiment, run_key)
     if (
         run is not None
-        and run.data.tags.get(FINGERPRINT_TAG) == inputs_fingerprint
-        and RESULT_TAG in run.data.tags
+        and run.data.tags.get(TRAIN_FINGERPRINT_TAG) == inputs_fingerprint
+        and TRAIN_RESULT_TAG in run.data.tags
     ):
-        result = TrainResult(**{**json.loads(run.data.tags[RESULT_TAG]), "reused": True})
+        result = TrainResult(**{**json.loads(run.data.tags[TRAIN_RESULT_TAG]), "reused": True})
         log.info(
             "run %s already trained this model (%s) for %s: reusing it",
             run.info.run_id,
@@ -280,7 +284,7 @@ def train(
 
     with mlflow.start_run(run_id=run.info.run_id):
         mlflow.log_params({**asdict(config), "device_used": device, "n_features": len(features)})
-        mlflow.set_tags({"mlops.prepared_uri": prepared_uri, "mlops.data_digest": manifest.get("digest", "")})
+        mlflow.set_tags({PREPARED_URI_TAG: prepared_uri, DATA_DIGEST_TAG: manifest.get("digest", "")})
         for name, frame in (("train", train_df), ("validation", val_df)):
             dataset = from_pandas(
                 frame, source=f"{prepared_uri.rstrip('/')}/{name}.parquet", targets=target, name=name
@@ -325,7 +329,9 @@ def train(
             val_average_precision=val_ap,
             train_seconds=round(train_seconds, 3),
         )
-        mlflow.set_tags({FINGERPRINT_TAG: inputs_fingerprint, RESULT_TAG: json.dumps(asdict(result))})
+        mlflow.set_tags(
+            {TRAIN_FINGERPRINT_TAG: inputs_fingerprint, TRAIN_RESULT_TAG: json.dumps(asdict(result))}
+        )
     log.info("validation average precision %.4f; model %s", val_ap, info.model_uri)
     return result
 

@@ -37,8 +37,8 @@ def run_dag(conf: dict[str, Any], dags_folder: Path) -> Any:
 
 def summarise(dag_run: Any, tracking_uri: str) -> int:
     from mlflow import MlflowClient
-    from mlops.keys import run_key
 
+    from contract import run_key
     from ml import tracking
 
     print("\n== Tasks ==")
@@ -98,11 +98,9 @@ def summarise_release(dag_run: Any) -> None:
     verdict = results.get("watch_rollout")
     if not verdict:
         return
-    from ml.release.local_rollouts import read_status
+    from standins.rollouts import read_status
 
-    state_dir = (
-        Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / load_platform().release["local"]["state_dir"]
-    )
+    state_dir = Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / load_platform().release.local.state_dir
     status = read_status(state_dir / deployment["release"]) or {}
     if verdict["measurements"] and status.get("steps"):
         steps = [f"{s['setWeight']}%" if "setWeight" in s else f"pause {s['pause'].get('duration', '')}".strip()
@@ -145,7 +143,7 @@ def main() -> None:
     dags_folder = Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", "dags"))
     tracking_uri = os.environ["AIRFLOW_VAR_MLFLOW_TRACKING_URI"]
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
-    model_name = conf.get("registered_model_name") or load_platform().registry["model_name"]
+    model_name = conf.get("registered_model_name") or load_platform().registry.model_name
     if not has_champion(model_name):
         print(f"No champion yet: a first run releases one ({DAG_ID} with {json.dumps(conf)})")
         started = time.perf_counter()
@@ -169,7 +167,7 @@ def has_champion(model_name: str) -> bool:
         aliases = MlflowClient().get_registered_model(model_name).aliases
     except MlflowException:
         return False
-    return load_platform().registry["production_alias"] in aliases
+    return load_platform().registry.production_alias in aliases
 
 
 if __name__ == "__main__":

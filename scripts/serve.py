@@ -12,6 +12,7 @@ import argparse
 import os
 
 import uvicorn
+
 from mlops.platform_config import load_platform
 
 
@@ -39,14 +40,14 @@ def check(model_uri: str, model_name: str) -> None:
 def main() -> None:
     registry = load_platform().registry
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--alias", default=registry["production_alias"], help="registry alias to serve")
+    parser.add_argument("--alias", default=registry.production_alias, help="registry alias to serve")
     parser.add_argument("--model-uri", help="serve this models:/ URI instead of <model name>@<alias>")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    model_uri = args.model_uri or f"models:/{registry['model_name']}@{args.alias}"
-    check(model_uri, registry["model_name"])
+    model_uri = args.model_uri or f"models:/{registry.model_name}@{args.alias}"
+    check(model_uri, registry.model_name)
     os.environ["SERVE_MODEL_URI"] = model_uri
     uvicorn.run(
         "ml.serve.app:create_app",

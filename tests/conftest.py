@@ -39,7 +39,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server on loopback (SQLite backend, local artifact root)."""
-    from scripts.local_mlflow import start
+    from standins.mlflow_server import start
 
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ml.train import TrainConfig
 from mlops.platform_config import load_platform
 
-from ml.train import TrainConfig
-
-CHAMPION = load_platform().registry["production_alias"]
-CHALLENGER = load_platform().registry["candidate_alias"]
+CHAMPION = load_platform().registry.production_alias
+CHALLENGER = load_platform().registry.candidate_alias
 
 
 def train_config(**overrides: Any) -> TrainConfig:
     """The pipeline's default training config (from the platform settings) with some fields changed."""
-    return TrainConfig(**{**load_platform().training, **overrides})
+    return TrainConfig(**{**load_platform().training.model_dump(), **overrides})

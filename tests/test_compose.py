@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from mlops.platform_config import load_platform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ def test_every_setting_from_env_is_documented_in_the_example_and_the_real_file_i
 def test_the_inference_api_serves_the_registry_champion(services) -> None:
     registry = load_platform().registry
     env = environment(services["inference-api"])
-    assert env["SERVE_MODEL_URI"] == f"models:/{registry['model_name']}@{registry['production_alias']}"
+    assert env["SERVE_MODEL_URI"] == f"models:/{registry.model_name}@{registry.production_alias}"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert services["inference-api"]["build"]["dockerfile"] == "docker/inference-api.Dockerfile"
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mlops.platform_config import load_platform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def test_dockerfile_lints_clean(dockerfile: Path) -> None:
 def test_images_run_as_the_user_the_pods_require(dockerfile: Path) -> None:
     text = dockerfile.read_text()
     uid = int(re.search(r"ARG APP_UID=(\d+)", text).group(1))  # type: ignore[union-attr]
-    assert uid == load_platform().kubernetes["run_as_user"] == load_platform().kubernetes["run_as_group"]
+    assert uid == load_platform().kubernetes.run_as_user == load_platform().kubernetes.run_as_group
     runtime = text[text.index("AS runtime") :]
     assert "USER ${APP_UID}:${APP_UID}" in runtime
     assert not re.search(r"apt-get install|build-essential|gcc", runtime), "no compilers in the runtime stage"
@@ -65,13 +66,13 @@ def test_the_release_stage_image_carries_helm_and_the_chart() -> None:
     helm = re.search(r"FROM alpine/helm:(\S+) AS helm", text).group(1)  # type: ignore[union-attr]
     makefile = re.search(r"^HELM_VERSION := v(\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)  # type: ignore[union-attr]
     assert helm == makefile
-    assert f"COPY k8s/helm/ /app/{Path(load_platform().release['chart']).parent}/" in text
+    assert f"COPY k8s/helm/ /app/{Path(load_platform().release.chart).parent}/" in text
 
 
 def test_the_terraform_image_runs_the_drift_check_at_the_tested_terraform_version() -> None:
     text = (ROOT / "docker" / "terraform-drift.Dockerfile").read_text()
     assert re.search(r"FROM hashicorp/terraform:1\.(1[0-9])\.\d+ AS terraform", text), "terraform >= 1.10"
-    assert load_platform().raw["images"]["terraform"].split("/")[-1].startswith("terraform-drift:")
+    assert load_platform().images.terraform.split("/")[-1].startswith("terraform-drift:")
     assert 'CMD ["mlops.drift.check"' in text
 
 

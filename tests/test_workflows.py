@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from mlops.platform_config import load_platform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,10 +88,10 @@ def test_images_are_built_from_the_repositorys_dockerfiles_with_sha_and_semver_t
 
 
 def test_the_pushed_images_are_the_ones_the_platform_runs(workflow) -> None:
-    platform_images = {image.rsplit(":", 1)[0] for image in load_platform().raw["images"].values()}
-    repository = load_platform().ml_stage_image.rsplit(":", 1)[0]
+    platform_images = {image.rsplit(":", 1)[0] for image in load_platform().images.model_dump().values()}
+    repository = load_platform().images.ml_stage.rsplit(":", 1)[0]
     assert workflow["env"]["ML_STAGE_IMAGE"] == repository
-    assert workflow["env"]["INFERENCE_API_IMAGE"] == load_platform().inference_api_image[0]
+    assert workflow["env"]["INFERENCE_API_IMAGE"] == load_platform().images.inference_api_repository_tag[0]
     job = workflow["jobs"]["images"]
     meta = next(s for s in steps(job) if s.get("uses", "").startswith("docker/metadata-action"))
     images = {

@@ -1,15 +1,6 @@
-"""Releasing the inference API: Helm upgrades and rollbacks of its chart, and a local stand-in for the cluster.
+"""Releasing the inference API: a Helm upgrade of its chart with a model version, or a rollback.
 
-``python -m ml.release deploy|rollback`` runs in a pod with Helm (the ``kubernetes`` target) or, under the local
-pod runtime, against a release history kept in files and a local Argo Rollouts stand-in (``local_rollouts``) that
-runs the stable and new inference API on loopback behind a weighted router.
+``python -m ml.release deploy|rollback`` runs ``helm``: in the cluster, the binary of the ML stage image with the
+pod's service account; in the local pod runtime, the ``helm``-compatible stand-in (``standins/bin/helm``) that
+keeps the release on this machine. The stage is the same command in both.
 """
-
-#: Phases of a rollout, as Argo Rollouts names them (and the verdicts the pipeline acts on).
-HEALTHY, DEGRADED, PROGRESSING, PAUSED, SUPERSEDED = (
-    "Healthy",
-    "Degraded",
-    "Progressing",
-    "Paused",
-    "Superseded",
-)

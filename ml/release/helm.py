@@ -1,11 +1,7 @@
 """Helm releases of the inference API: deploy a model version, roll back to the model before it.
 
-Two targets implement the same four operations (history, deployed revision, upgrade, rollback):
-
-- ``HelmCli``: the ``helm`` binary against the cluster of the pod's service account (production);
-- ``LocalHelm``: the chart rendered by Helm's engine, revisions kept by ``ReleaseStore``, and the local Argo
-  Rollouts stand-in (``ml.release.local_rollouts``) acting on each new revision.
-
+``Helm`` drives the ``helm`` command on PATH (the cluster's, or the local runtime's stand-in) through the four
+operations the logic needs (history with each revision's values, upgrade, rollback, a revision's objects).
 ``deploy`` and ``rollback`` are idempotent: deploying what is already deployed, or rolling back what is already
 rolled back, changes nothing and reports the revision in place.
 """
@@ -14,14 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,13 +21,25 @@ import yaml
 
 from ml.errors import StageError
 from ml.release import chart
-from ml.release.store import DEPLOYED, ReleaseStore, Revision
 
 log = logging.getLogger(__name__)
 
 HISTORY_MAX = 20
-#: Where ``ml`` is importable from: the controller and its API servers run ``python -m`` from here.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: Helm's status of the one revision of a release that is live, and of the revisions it replaced.
+DEPLOYED = "deployed"
+SUPERSEDED = "superseded"
+
+
+@dataclass
+class Revision:
+    """One revision of a release, as ``helm history`` and ``helm get`` describe it."""
+
+    revision: int
+    status: str
+    description: str
+    values: dict[str, Any]
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    updated: str = ""
 
 
 class Target(Protocol):
@@ -160,8 +164,9 @@ def rollback(target: Target, *, revision: int) -> Rollback:
     )
 
 
-class HelmCli:
-    """The ``helm`` binary against the cluster (in-cluster service account, or the kubeconfig)."""
+class Helm:
+    """The ``helm`` command on PATH: the cluster's (in-cluster service account, or the kubeconfig), or the local
+    runtime's stand-in."""
 
     def __init__(
         self, chart_dir: Path, release: str, namespace: str, values_files: tuple[Path, ...] = ()
@@ -174,9 +179,7 @@ class HelmCli:
         )
         helm = shutil.which("helm")
         if helm is None:
-            raise StageError(
-                "the kubernetes release target needs the helm binary on PATH (the release image has it)"
-            )
+            raise StageError("the release stage needs helm on PATH (the ML stage image has it)")
         self.helm = helm
 
     def _run(self, *args: str) -> str:
@@ -242,97 +245,3 @@ class HelmCli:
         if current is None:
             raise StageError(f"helm rollback of {self.release} left no deployed revision")
         return current
-
-
-class LocalHelm:
-    """Helm's engine and a file-kept history, with the local Argo Rollouts stand-in acting on each revision."""
-
-    def __init__(
-        self,
-        chart_dir: Path,
-        release: str,
-        namespace: str,
-        state_dir: Path,
-        values_files: tuple[Path, ...] = (),
-        controller_settings: dict[str, Any] | None = None,
-    ) -> None:
-        self.chart_dir, self.release, self.namespace, self.values_files = (
-            chart_dir,
-            release,
-            namespace,
-            values_files,
-        )
-        self.store = ReleaseStore(state_dir, release)
-        self.controller_settings = controller_settings or {}
-
-    def history(self) -> list[Revision]:
-        return self.store.history()
-
-    def upgrade(self, values: dict[str, Any], description: str) -> Revision:
-        current = deployed(self)
-        # As Helm's --reset-then-reuse-values: the deployed revision's values, then the new ones.
-        values = chart.merge(current.values, values) if current else values
-        objects = chart.render(
-            self.chart_dir,
-            values,
-            release=self.release,
-            namespace=self.namespace,
-            values_files=self.values_files,
-        )
-        revision = self.store.record(values, objects, description)
-        self.ensure_controller()
-        return revision
-
-    def objects(self, revision: int) -> list[dict[str, Any]]:
-        found = self.store.get(revision)
-        return found.objects if found else []
-
-    def rollback(self, revision: int, description: str) -> Revision:
-        restored = self.store.get(revision)
-        if restored is None:
-            raise StageError(f"revision {revision} of {self.release} does not exist")
-        result = self.store.record(restored.values, restored.objects, description)
-        self.ensure_controller()
-        return result
-
-    def ensure_controller(self) -> None:
-        """Start the local rollouts controller for this release unless one is running."""
-        from ml.release import local_rollouts
-
-        settings_file = self.store.path / local_rollouts.SETTINGS_FILE
-        settings_file.write_text(json.dumps(self.controller_settings))
-        if local_rollouts.running_pid(self.store.path) is not None:
-            return
-        log_file = (self.store.path / "controller.log").open("a")
-        subprocess.Popen(
-            [sys.executable, "-m", "ml.release.local_rollouts", "--state-dir", str(self.store.path.parent),
-             "--release", self.release],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))},
-            start_new_session=True,  # outlives the step that started it, like a controller in the cluster
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while local_rollouts.running_pid(self.store.path) is None:
-            if time.monotonic() > deadline:
-                raise StageError(f"the local rollouts controller did not start; see {log_file.name}")
-            time.sleep(0.1)
-        log.info("started the local rollouts controller for %s (log: %s)", self.release, log_file.name)
-
-
-def stop_controller(state_dir: Path, release: str, timeout_s: float = 30) -> bool:
-    """Stop the release's local controller and the servers it runs; False if none was running."""
-    from ml.release import local_rollouts
-
-    path = Path(state_dir) / release
-    pid = local_rollouts.running_pid(path)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while local_rollouts.running_pid(path) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if local_rollouts.running_pid(path) is not None:
-        os.killpg(pid, signal.SIGKILL)
-    return True

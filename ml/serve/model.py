@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from contract import THRESHOLD_TAG
 from ml import tracking
 from ml.errors import StageError
-from ml.evaluate import THRESHOLD_TAG
 
 log = logging.getLogger(__name__)
 

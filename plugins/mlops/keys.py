@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from contract import run_key
+
 
 def partition_key(dag_run: Any) -> str:
     """Name the output folder of a DAG run: its data interval, or its run id when it has none.
@@ -16,11 +18,6 @@ def partition_key(dag_run: Any) -> str:
     if start is not None and end is not None:
         return f"{start:%Y%m%dT%H%M%S}_{end:%Y%m%dT%H%M%S}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run.run_id)
-
-
-def run_key(dag_id: str, run_id: str) -> str:
-    """The key of a DAG run in MLflow: one MLflow run and at most one model version per key."""
-    return f"{dag_id}/{run_id}"
 
 
 #: Macros the pipeline's templates use; pass as ``user_defined_macros``. Prefixed, because the template

@@ -10,6 +10,9 @@ Variable ``mlops_pod_runtime``:
 - ``local`` (the default): the same pod object is built by the provider's ``build_pod_request_obj``, and its
   container's command, arguments and environment run as a subprocess on the worker, output streamed into the
   task log, the pod's ``activeDeadlineSeconds`` enforced, and the result read from the same ``return.json``.
+  What a pod would find in the cluster comes from the embedded stand-ins (``standins/``): ``standins/bin`` is
+  first on its ``PATH`` (so ``helm`` is the local one) and ``$MLOPS_LOCAL_RELEASES`` names where local releases
+  are kept (``release.local.state_dir`` under the Variable ``mlops_data_root``).
 """
 
 from __future__ import annotations
@@ -30,22 +33,22 @@ from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
+from contract import ERROR_PREFIX, EXIT_INVALID_INPUT, LOCAL_RELEASES_ENV, XCOM_DIR_ENV, XCOM_RESULT_FILE
 from mlops.drift.check import BACKEND_CONFIG_ENV
-from mlops.platform_config import load_platform
+from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 RUNTIME_VARIABLE = "mlops_pod_runtime"
 RUNTIMES = ("local", "kubernetes")
-#: Environment variable through which a stage learns where to write its XCom result.
-XCOM_DIR_ENV = "ML_XCOM_DIR"
-#: Exit code with which a stage rejects its input: retrying cannot help.
-EXIT_INVALID_INPUT = 2
+DATA_ROOT_VARIABLE = "mlops_data_root"
 #: Worker variables the local runtime hands to the stage, standing in for what a pod gets from its
 #: service account (cloud credentials) and its image (locale).
 LOCAL_PASSTHROUGH_PREFIXES = ("AWS_", "LANG", "LC_", "TZ")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: The stand-ins' commands (``helm``), relative to the local workdir: first on a local pod's PATH.
+LOCAL_TOOLS = "standins/bin"
 
 
 def param_arguments(*names: str) -> list[str]:
@@ -63,6 +66,30 @@ def pod_runtime() -> str:
 def local_workdir() -> Path:
     """The folder the local runtime runs pods in: what the image's working directory holds."""
     return Path(os.environ.get("MLOPS_LOCAL_WORKDIR", PROJECT_ROOT))
+
+
+def local_releases_dir() -> str | None:
+    """Where the local runtime's ``helm`` keeps releases: ``release.local.state_dir`` under the data root
+    (None without a data root: the stand-in then refuses to keep a release and says why)."""
+    data_root = Variable.get(DATA_ROOT_VARIABLE, default=None)
+    if not data_root:
+        return None
+    return f"{str(data_root).rstrip('/')}/{load_platform().release.local.state_dir}"
+
+
+def stand_in_environment() -> dict[str, str]:
+    """What a local pod finds in place of the cluster: the stand-ins' ``helm`` and where it keeps releases."""
+    env = {
+        "PATH": os.pathsep.join(
+            [str(local_workdir() / LOCAL_TOOLS), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+        )
+    }
+    releases = local_releases_dir()
+    if releases:
+        env[LOCAL_RELEASES_ENV] = releases
+    if PLATFORM_FILE_ENV in os.environ:  # the stand-ins read the worker's platform settings
+        env[PLATFORM_FILE_ENV] = os.environ[PLATFORM_FILE_ENV]
+    return env
 
 
 def _restricted_security_context() -> k8s.V1SecurityContext:
@@ -113,12 +140,12 @@ class PlatformPodOperator(KubernetesPodOperator):
         platform = load_platform()
         resources = platform.preset(preset)
         cluster = platform.kubernetes
-        node_group = platform.node_group(resources["node_group"]) if "node_group" in resources else {}
+        node_group = platform.node_group_of(resources)
         kwargs.setdefault("task_id", stage)
         super().__init__(
             name=f"ml-{stage}".replace("_", "-"),
-            namespace=cluster["namespace"],
-            service_account_name=service_account or cluster["service_account"],
+            namespace=cluster.namespace,
+            service_account_name=service_account or cluster.service_account,
             # Only a pod with a service account of its own for the Kubernetes API gets the API token.
             automount_service_account_token=kubernetes_api,
             image=image,
@@ -132,16 +159,19 @@ class PlatformPodOperator(KubernetesPodOperator):
                 **env_vars,
             },
             container_resources=k8s.V1ResourceRequirements(
-                requests=resources["requests"], limits=resources["limits"]
+                requests=dict(resources.requests), limits=dict(resources.limits)
             ),
-            node_selector=node_group.get("node_selector"),
-            priority_class_name=resources.get("priority_class"),
-            tolerations=[k8s.V1Toleration(**t) for t in node_group.get("tolerations", [])],
+            node_selector=dict(node_group.node_selector) if node_group else None,
+            priority_class_name=resources.priority_class,
+            tolerations=[
+                k8s.V1Toleration(**t.model_dump(exclude_none=True))
+                for t in (node_group.tolerations if node_group else ())
+            ],
             security_context=k8s.V1PodSecurityContext(
                 run_as_non_root=True,
-                run_as_user=cluster["run_as_user"],
-                run_as_group=cluster["run_as_group"],
-                fs_group=cluster["run_as_group"],
+                run_as_user=cluster.run_as_user,
+                run_as_group=cluster.run_as_group,
+                fs_group=cluster.run_as_group,
                 seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
             ),
             container_security_context=_restricted_security_context(),
@@ -182,7 +212,7 @@ class PlatformPodOperator(KubernetesPodOperator):
             env[XCOM_DIR_ENV] = xcom_dir
             self.log.info("local pod runtime: %s (deadline %ss)", " ".join(command), timeout)
             self._run(command, env, timeout)
-            result_file = Path(xcom_dir) / "return.json"
+            result_file = Path(xcom_dir) / XCOM_RESULT_FILE
             if not result_file.exists():
                 raise AirflowException(f"stage {self.stage} exited 0 but wrote no result to {result_file}")
             return json.loads(result_file.read_text())
@@ -190,7 +220,7 @@ class PlatformPodOperator(KubernetesPodOperator):
     def _local_environment(self, pod_env: list[k8s.V1EnvVar]) -> dict[str, str]:
         prefixes = self.local_passthrough_prefixes
         env = {key: value for key, value in os.environ.items() if key.startswith(prefixes)}
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env.update(stand_in_environment())
         workdir = local_workdir()
         env["PYTHONPATH"] = os.pathsep.join(str((workdir / part).resolve()) for part in self.local_pythonpath)
         for var in pod_env:
@@ -235,8 +265,8 @@ class PlatformPodOperator(KubernetesPodOperator):
                 line = line.rstrip()
                 self.log.info("[%s] %s", self.stage, line)
                 tail = [*tail[-19:], line]
-                if line.startswith("ERROR: "):
-                    error_lines.append(line.removeprefix("ERROR: "))
+                if line.startswith(ERROR_PREFIX):
+                    error_lines.append(line.removeprefix(ERROR_PREFIX))
             returncode = process.wait()
         finally:
             if timer:
@@ -283,7 +313,7 @@ class MLStageOperator(PlatformPodOperator):
         spec = platform.stage(stage)
         super().__init__(
             stage=stage,
-            image=platform.ml_stage_image,
+            image=platform.images.ml_stage,
             cmds=["python", "-m", f"ml.{stage}"],
             arguments=arguments,
             env_vars={
@@ -310,7 +340,7 @@ class TerraformDriftOperator(PlatformPodOperator):
 
     ui_color = "#ede4f7"
     # The check lives in plugins/ (how Airflow talks to Terraform); the image puts it on its PYTHONPATH.
-    local_pythonpath = ("plugins",)
+    local_pythonpath = ("plugins", ".")
     local_passthrough_prefixes = (*LOCAL_PASSTHROUGH_PREFIXES, "TF_")
 
     def __init__(
@@ -320,15 +350,15 @@ class TerraformDriftOperator(PlatformPodOperator):
         drift = platform.terraform_drift
         super().__init__(
             stage="terraform_drift",
-            image=platform.terraform_image,
+            image=platform.images.terraform,
             cmds=["python", "-m", "mlops.drift.check"],
             arguments=arguments,
             env_vars={
                 BACKEND_CONFIG_ENV: "{{ var.value.get('terraform_backend_config', '{}') }}",
                 **(env_vars or {}),
             },
-            preset=drift["preset"],
-            timeout_minutes=int(drift["timeout_minutes"]),
-            service_account=drift["service_account"],
+            preset=drift.preset,
+            timeout_minutes=drift.timeout_minutes,
+            service_account=drift.service_account,
             **kwargs,
         )

@@ -1,100 +1,223 @@
-"""Typed access to ``platform.yaml``, the one place that images, presets, stages and thresholds are defined."""
+"""Typed ``platform.yaml``: the one place that images, presets, stages, thresholds and the release are defined.
+
+The file loads into frozen pydantic models that refuse unknown keys, so a typo or a value of the wrong type
+fails at load time with a message naming the key, never later as a ``KeyError`` in a DAG or a pod.
+``MLOPS_PLATFORM_FILE`` points at another file of the same shape (another environment's settings).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Literal, Self
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contract import DEVICES, MODEL_TYPES
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
+PLATFORM_FILE_ENV = "MLOPS_PLATFORM_FILE"
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
+class PlatformError(ValueError):
+    """``platform.yaml`` breaks its schema; the message names the file, each key and its problem."""
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Images(_Settings):
+    ml_stage: str
+    #: The chart's default image (repository:tag); the pipeline keeps the deployed one, CI/CD deploys images.
+    inference_api: str
+    terraform: str
+
+    @property
+    def inference_api_repository_tag(self) -> tuple[str, str]:
+        repository, _, tag = self.inference_api.rpartition(":")
+        return repository, tag
+
+
+class Kubernetes(_Settings):
+    namespace: str
+    service_account: str
+    run_as_user: int = Field(gt=0)
+    run_as_group: int = Field(gt=0)
+
+
+class Toleration(_Settings):
+    key: str
+    operator: Literal["Exists", "Equal"]
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+    value: str | None = None
+
+
+class NodeGroup(_Settings):
+    node_selector: dict[str, str]
+    tolerations: tuple[Toleration, ...] = ()
+
+
+class ResourcePreset(_Settings):
+    requests: dict[str, str]
+    limits: dict[str, str]
+    node_group: str | None = None
+    priority_class: str | None = None
+
+
+class Stage(_Settings):
     preset: str
-    timeout_minutes: int
+    timeout_minutes: int = Field(gt=0)
     #: A stage that calls the Kubernetes API runs as its own service account; the others as the default one.
     service_account: str | None = None
 
 
-@dataclass(frozen=True)
-class Platform:
-    raw: dict[str, Any]
+class Training(_Settings):
+    """Defaults of the hyperparameters the DAG's form exposes (and what the benchmarks measure)."""
 
-    @property
-    def ml_stage_image(self) -> str:
-        return str(self.raw["images"]["ml_stage"])
+    model_type: str
+    n_estimators: int = Field(ge=1)
+    max_depth: int = Field(ge=1)
+    learning_rate: float = Field(gt=0, le=1)
+    early_stopping_rounds: int = Field(ge=1)
+    scale_pos_weight: str
+    device: str
+    seed: int = Field(ge=0)
 
-    @property
-    def inference_api_image(self) -> tuple[str, str]:
-        """(repository, tag) of the inference API image."""
-        repository, _, tag = str(self.raw["images"]["inference_api"]).rpartition(":")
-        return repository, tag
+    @field_validator("model_type")
+    @classmethod
+    def _known_model_type(cls, value: str) -> str:
+        if value not in MODEL_TYPES:
+            raise ValueError(f"must be one of {MODEL_TYPES}, got {value!r}")
+        return value
 
-    @property
-    def release(self) -> dict[str, Any]:
-        return dict(self.raw["release"])
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in DEVICES:
+            raise ValueError(f"must be one of {DEVICES}, got {value!r}")
+        return value
 
-    @property
-    def kubernetes(self) -> dict[str, Any]:
-        return dict(self.raw["kubernetes"])
 
-    @property
-    def quality_gate(self) -> dict[str, float]:
-        return {key: float(value) for key, value in self.raw["quality_gate"].items()}
+class QualityGate(_Settings):
+    min_average_precision: float = Field(ge=0, le=1)
+    min_improvement: float = Field(ge=-1, le=1)
 
-    @property
-    def training(self) -> dict[str, Any]:
-        """Defaults of the training hyperparameters the DAG's form exposes."""
-        return dict(self.raw["training"])
 
-    @property
-    def registry(self) -> dict[str, str]:
-        return {key: str(value) for key, value in self.raw["registry"].items()}
+class Registry(_Settings):
+    model_name: str
+    candidate_alias: str
+    production_alias: str
+
+
+class LocalRelease(_Settings):
+    """The embedded default's release: the stand-ins for Helm and Argo Rollouts on this machine."""
+
+    state_dir: str
+    pause_seconds: float = Field(gt=0)
+    requests_per_second: float = Field(gt=0)
+    port: int = Field(ge=0, le=65535)
+
+
+class Release(_Settings):
+    name: str
+    namespace: str
+    chart: str
+    values_files: tuple[str, ...] = ()
+    watch_timeout_minutes: int = Field(gt=0)
+    poll_seconds: float = Field(gt=0)
+    local: LocalRelease
+
+
+class Stack(_Settings):
+    name: str
+    dir: str
+    backend_config: dict[str, str] = {}
+
+
+class TerraformDrift(_Settings):
+    schedule: str
+    preset: str
+    timeout_minutes: int = Field(gt=0)
+    service_account: str
+    allowlist: str
+    report_prefix: str
+    stacks: tuple[Stack, ...]
+
+
+class Platform(_Settings):
+    images: Images
+    kubernetes: Kubernetes
+    node_groups: dict[str, NodeGroup]
+    resource_presets: dict[str, ResourcePreset]
+    stages: dict[str, Stage]
+    training: Training
+    quality_gate: QualityGate
+    registry: Registry
+    release: Release
+    terraform_drift: TerraformDrift
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Self:
+        for name, preset in self.resource_presets.items():
+            if preset.node_group is not None and preset.node_group not in self.node_groups:
+                raise ValueError(
+                    f"resource_presets.{name}.node_group {preset.node_group!r} is not one of "
+                    f"node_groups {sorted(self.node_groups)}"
+                )
+        users = {f"stages.{name}": stage.preset for name, stage in self.stages.items()}
+        users["terraform_drift"] = self.terraform_drift.preset
+        for where, preset_name in users.items():
+            if preset_name not in self.resource_presets:
+                raise ValueError(
+                    f"{where}.preset {preset_name!r} is not one of resource_presets {sorted(self.resource_presets)}"
+                )
+        return self
 
     def stage(self, name: str) -> Stage:
         try:
-            spec = self.raw["stages"][name]
+            return self.stages[name]
         except KeyError:
-            raise KeyError(
-                f"unknown stage {name!r}; platform.yaml defines {sorted(self.raw['stages'])}"
-            ) from None
-        return Stage(
-            name=name,
-            preset=spec["preset"],
-            timeout_minutes=int(spec["timeout_minutes"]),
-            service_account=spec.get("service_account"),
-        )
+            raise KeyError(f"unknown stage {name!r}; platform.yaml defines {sorted(self.stages)}") from None
 
-    def preset(self, name: str) -> dict[str, Any]:
+    def preset(self, name: str) -> ResourcePreset:
         try:
-            return dict(self.raw["resource_presets"][name])
+            return self.resource_presets[name]
         except KeyError:
-            presets = sorted(self.raw["resource_presets"])
+            presets = sorted(self.resource_presets)
             raise KeyError(f"unknown resource preset {name!r}; platform.yaml defines {presets}") from None
 
-    def node_group(self, name: str) -> dict[str, Any]:
-        return dict(self.raw["node_groups"][name])
-
-    @property
-    def terraform_image(self) -> str:
-        return str(self.raw["images"]["terraform"])
-
-    @property
-    def terraform_drift(self) -> dict[str, Any]:
-        """Schedule, pod settings, allowlist and stacks of the Terraform drift check."""
-        return dict(self.raw["terraform_drift"])
+    def node_group_of(self, preset: ResourcePreset) -> NodeGroup | None:
+        return self.node_groups[preset.node_group] if preset.node_group else None
 
     @property
     def drift_allowlist_file(self) -> Path:
-        return PLATFORM_FILE.parent / str(self.raw["terraform_drift"]["allowlist"])
+        return PLATFORM_FILE.parent / self.terraform_drift.allowlist
+
+
+def parse_platform(raw: object, source: str = "platform.yaml") -> Platform:
+    """Validate a parsed platform file.
+
+    Raises:
+        PlatformError: naming each offending key (``release.local.port``) and its problem.
+    """
+    try:
+        return Platform.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+            for error in err.errors()
+        )
+        raise PlatformError(f"{source}: {problems}") from None
 
 
 @cache
-def load_platform(path: Path = PLATFORM_FILE) -> Platform:
-    """Read the platform settings once per process."""
-    return Platform(yaml.safe_load(path.read_text()))
+def _load(path: Path) -> Platform:
+    return parse_platform(yaml.safe_load(path.read_text()), str(path))
+
+
+def load_platform(path: Path | None = None) -> Platform:
+    """Read the platform settings once per process (``MLOPS_PLATFORM_FILE``, else ``platform.yaml``)."""
+    return _load(Path(path or os.environ.get(PLATFORM_FILE_ENV) or PLATFORM_FILE).resolve())

@@ -12,7 +12,8 @@ the workload itself. The verdict is one of:
 
 With the ``kubernetes`` pod runtime the wait is deferred to the triggerer, which polls the Rollout (or
 Deployment) through the Kubernetes connection and collects the AnalysisRuns' measurements. With the ``local``
-runtime the local rollouts controller's result file for the revision is polled.
+runtime the local rollouts controller's result file for the revision is polled (``standins/rollouts``; the file
+names are the contract's).
 """
 
 from __future__ import annotations
@@ -29,18 +30,21 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from mlops.operators import pod_runtime
+from contract import (
+    DEGRADED,
+    HEALTHY,
+    LOCAL_PID_FILE,
+    LOCAL_STATUS_FILE,
+    MODEL_ANNOTATION,
+    PROGRESSING,
+    SLOW,
+    SUPERSEDED,
+    local_result_path,
+)
+from mlops.operators import local_releases_dir, pod_runtime
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-HEALTHY, DEGRADED, PROGRESSING, SUPERSEDED, SLOW = "Healthy", "Degraded", "Progressing", "Superseded", "Slow"
-#: Pod template annotation (set by the chart) naming the model the template serves.
-MODEL_ANNOTATION = "mlops.airflow-mlops.io/model-uri"
-#: Files of the local rollouts controller (ml/release/local_rollouts.py; a test pins the two sides together).
-LOCAL_RESULTS_DIR = "results"
-LOCAL_STATUS_FILE = "rollout.json"
-LOCAL_PID_FILE = "controller.pid"
 
 
 def interpret(kind: str, workload: dict[str, Any], model_uri: str) -> tuple[str, str]:
@@ -180,20 +184,18 @@ class RolloutWatchOperator(BaseOperator):
     """Wait for the rollout of a deployed revision and return its verdict (``Healthy`` or ``Degraded``).
 
     :param deployment: The deploy step's result (release, namespace, revision, model URI, workload).
-    :param state_dir: Local runtime: the folder of the local release histories.
     :param timeout: How long a rollout may keep progressing before it is reported as slow.
     :param poll_seconds: Time between two looks at the rollout.
     :param kubernetes_conn_id: Kubernetes runtime: the connection to the cluster.
     """
 
-    template_fields = ("deployment", "state_dir")
+    template_fields = ("deployment",)
     ui_color = "#fdf0d5"
 
     def __init__(
         self,
         *,
         deployment: Any,
-        state_dir: str,
         timeout: timedelta,
         poll_seconds: float = 30,
         kubernetes_conn_id: str | None = "kubernetes_default",
@@ -201,7 +203,6 @@ class RolloutWatchOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.deployment = deployment
-        self.state_dir = state_dir
         self.watch_timeout = timeout
         self.poll_seconds = poll_seconds
         self.kubernetes_conn_id = kubernetes_conn_id
@@ -240,8 +241,13 @@ class RolloutWatchOperator(BaseOperator):
         return {**deployment, "timeout": self.watch_timeout}
 
     def _watch_locally(self, deployment: dict[str, Any], deadline: float) -> dict[str, Any]:
-        release_dir = Path(self.state_dir) / deployment["release"]
-        result_file = release_dir / LOCAL_RESULTS_DIR / f"{deployment['revision']}.json"
+        releases = local_releases_dir()
+        if releases is None:
+            raise AirflowFailException(
+                "the local runtime keeps releases under the Variable mlops_data_root: set it"
+            )
+        release_dir = Path(releases) / deployment["release"]
+        result_file = local_result_path(release_dir, int(deployment["revision"]))
         last_message = ""
         while not result_file.exists():
             if not (release_dir / LOCAL_PID_FILE).exists():

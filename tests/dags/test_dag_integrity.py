@@ -135,13 +135,12 @@ def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, task_id: str
 
 
 def test_form_choices_and_defaults_match_what_the_stages_accept(dagbag) -> None:
-    from mlops.platform_config import load_platform
-
     from ml.train import DEVICES, MODEL_TYPES, TrainConfig
+    from mlops.platform_config import load_platform
 
     params = dagbag.dags["ml_training_pipeline"].params
     assert params.get_param("model_type").schema["enum"] == list(MODEL_TYPES)
     assert params.get_param("device").schema["enum"] == list(DEVICES)
-    defaults = load_platform().training
+    defaults = load_platform().training.model_dump()
     assert {name: params[name] for name in defaults} == defaults
     TrainConfig(**defaults)  # the defaults are a valid training config

@@ -13,11 +13,12 @@ import pandas as pd
 import pendulum
 import pytest
 from mlflow import MlflowClient
+
 from mlops.platform_config import load_platform
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "ml_training_pipeline"
-RELEASE = load_platform().release["name"]
+RELEASE = load_platform().release.name
 RELEASE_TASKS = ("deploy", "watch_rollout", "promote", "canary_failed", "rollback", "alert")
 MODEL = "e2e-fraud-model"
 CONF = {
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.e2e
 def dag(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from airflow.dag_processing.dagbag import DagBag
 
-    from ml.release.helm import stop_controller
+    from standins.rollouts import stop
 
     data_root = tmp_path_factory.mktemp("data-root")
     settings = {
@@ -46,7 +47,7 @@ def dag(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathF
     for task in dag.tasks:
         task.retries = 0  # dag.test() sleeps through retry delays; failures here must show at once
     yield dag
-    stop_controller(data_root / load_platform().release["local"]["state_dir"], RELEASE)
+    stop(data_root / load_platform().release.local.state_dir / RELEASE)
     for key in settings:
         os.environ.pop(key, None)
 

@@ -20,11 +20,13 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from mlops.platform_config import load_platform
 
 from ml.errors import StageError
-from ml.release import analysis, chart
+from ml.release import chart
 from ml.serve import metrics
+from mlops.platform_config import load_platform
+from standins.render import render as render_chart
+from standins.rollouts import analysis
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "k8s" / "helm" / "inference-api"
@@ -57,7 +59,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 
 
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    return chart.render(CHART, values or {}, release=RELEASE["name"], namespace=RELEASE["namespace"])
+    return render_chart(CHART, values or {}, release=RELEASE.name, namespace=RELEASE.namespace)
 
 
 def kinds(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -73,7 +75,7 @@ def pod_template(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_the_chart_lints_clean(name: str) -> None:
-    report = helm_python.lint(CHART, VALUE_SETS[name], strict=True, namespace=RELEASE["namespace"])
+    report = helm_python.lint(CHART, VALUE_SETS[name], strict=True, namespace=RELEASE.namespace)
     assert [m for m in report["messages"] if m["severity"] >= 2] == [] and report["errors"] == []
 
 
@@ -311,14 +313,12 @@ def test_every_key_of_values_yaml_has_a_comment_above_it() -> None:
 
 
 def test_the_chart_deploys_the_image_the_platform_names() -> None:
-    repository, tag = PLATFORM.inference_api_image
+    repository, tag = PLATFORM.images.inference_api_repository_tag
     assert VALUES["image"]["repository"] == repository
     assert yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"] == tag
     container = pod_template(render())["spec"]["containers"][0]
     assert container["image"] == f"{repository}:{tag}"
-    assert (
-        pod_template(render())["spec"]["securityContext"]["runAsUser"] == PLATFORM.kubernetes["run_as_user"]
-    )
+    assert pod_template(render())["spec"]["securityContext"]["runAsUser"] == PLATFORM.kubernetes.run_as_user
 
 
 #: Environment values files kept in the repository (the chart's own defaults are rendered by every other test).
@@ -332,9 +332,8 @@ def test_the_kind_cluster_has_its_values_file() -> None:
 @pytest.mark.parametrize("values_file", ENVIRONMENT_VALUES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_values_file_in_the_repository_renders_valid_objects(values_file: Path) -> None:
     """The kind cluster's values (and any other environment's) pass the schema and render valid objects."""
-    objects = chart.render(
-        CHART, {}, release=RELEASE["name"], namespace=RELEASE["namespace"], values_files=(values_file,)
-    )
+    values = yaml.safe_load(values_file.read_text()) or {}
+    objects = render_chart(CHART, values, release=RELEASE.name, namespace=RELEASE.namespace)
     for obj in objects:
         if obj["kind"] not in CRD_KINDS:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)

@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes.utils import parse_quantity
+
 from mlops.platform_config import load_platform
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,12 +80,10 @@ def test_the_pod_namespace_and_service_account_are_the_platforms() -> None:
     # Everything lives in the pipeline's namespace, but the release's access to the serving namespace.
     assert {o["metadata"]["namespace"] for o in namespaced} == {
         cluster["namespace"],
-        PLATFORM.release["namespace"],
+        PLATFORM.release.namespace,
     }
     assert {
-        o["metadata"]["name"]
-        for o in namespaced
-        if o["metadata"]["namespace"] == PLATFORM.release["namespace"]
+        o["metadata"]["name"] for o in namespaced if o["metadata"]["namespace"] == PLATFORM.release.namespace
     } == {PLATFORM.stage("release").service_account, "rollout-watcher"}
 
 
@@ -158,9 +157,7 @@ def test_the_role_is_bound_to_airflows_pod_launcher_only() -> None:
             "namespace": launcher["metadata"]["namespace"],
         }
     ]
-    assert launcher["metadata"]["name"] != PLATFORM.kubernetes["service_account"], (
-        "the pods get no API access"
-    )
+    assert launcher["metadata"]["name"] != PLATFORM.kubernetes.service_account, "the pods get no API access"
 
 
 def quantity(resources: dict[str, Any], name: str) -> Any:
@@ -173,11 +170,11 @@ def test_every_preset_fits_the_limit_range_and_the_quota() -> None:
     bounds = one("LimitRange")["spec"]["limits"][0]
     quota = one("ResourceQuota")["spec"]["hard"]
     sidecar = PodDefaults.SIDECAR_CONTAINER.resources.requests
-    for name in PLATFORM.raw["resource_presets"]:
+    for name in PLATFORM.resource_presets:
         preset = PLATFORM.preset(name)
         for resource in ("cpu", "memory"):
-            assert quantity(bounds["max"], resource) >= quantity(preset["limits"], resource), (name, resource)
-            assert quantity(bounds["min"], resource) <= quantity(preset["requests"], resource), (
+            assert quantity(bounds["max"], resource) >= quantity(preset.limits, resource), (name, resource)
+            assert quantity(bounds["min"], resource) <= quantity(preset.requests, resource), (
                 name,
                 resource,
             )
@@ -186,13 +183,13 @@ def test_every_preset_fits_the_limit_range_and_the_quota() -> None:
                 resource,
             )
             # The sidecar has no limits of its own: the LimitRange's default applies.
-            pod_limit = quantity(preset["limits"], resource) + quantity(bounds["default"], resource)
+            pod_limit = quantity(preset.limits, resource) + quantity(bounds["default"], resource)
             assert quantity(quota, f"limits.{resource}") >= pod_limit, (name, resource)
-            assert quantity(quota, f"requests.{resource}") >= quantity(preset["requests"], resource), (
+            assert quantity(quota, f"requests.{resource}") >= quantity(preset.requests, resource), (
                 name,
                 resource,
             )
-        gpus = quantity(preset["requests"], "nvidia.com/gpu")
+        gpus = quantity(preset.requests, "nvidia.com/gpu")
         assert quantity(quota, "requests.nvidia.com/gpu") >= gpus
 
 
@@ -201,8 +198,7 @@ def test_gpu_training_runs_with_the_gpu_priority_class() -> None:
 
     priority_class = one("PriorityClass")
     assert (
-        PLATFORM.preset(PLATFORM.stage("train").preset)["priority_class"]
-        == priority_class["metadata"]["name"]
+        PLATFORM.preset(PLATFORM.stage("train").preset).priority_class == priority_class["metadata"]["name"]
     )
     assert priority_class["globalDefault"] is False
     dag = DagBag(str(ROOT / "dags")).dags["ml_training_pipeline"]
@@ -212,14 +208,14 @@ def test_gpu_training_runs_with_the_gpu_priority_class() -> None:
 
 def test_the_kind_cluster_has_a_node_labelled_and_tainted_like_the_gpu_node_group() -> None:
     config = yaml.safe_load(KIND_CONFIG.read_text())
-    gpu = PLATFORM.node_group("gpu")
-    gpu_nodes = [n for n in config["nodes"] if n.get("labels") == gpu["node_selector"]]
+    gpu = PLATFORM.node_groups["gpu"]
+    gpu_nodes = [n for n in config["nodes"] if n.get("labels") == gpu.node_selector]
     assert len(gpu_nodes) == 1 and gpu_nodes[0]["role"] == "worker"
     patches = [yaml.safe_load(p) for p in gpu_nodes[0]["kubeadmConfigPatches"]]
     taints = next(p for p in patches if p["kind"] == "JoinConfiguration")["nodeRegistration"]["taints"]
-    for toleration in gpu["tolerations"]:
-        assert toleration["operator"] == "Exists"
-        assert any(t["key"] == toleration["key"] and t["effect"] == toleration["effect"] for t in taints)
+    for toleration in gpu.tolerations:
+        assert toleration.operator == "Exists"
+        assert any(t["key"] == toleration.key and t["effect"] == toleration.effect for t in taints)
     assert any(n["role"] == "worker" and "labels" not in n for n in config["nodes"]), "a CPU worker too"
 
 
@@ -229,7 +225,7 @@ def test_make_kind_up_uses_these_names_and_pinned_versions() -> None:
     assert settings["KIND_CLUSTER"] == yaml.safe_load(KIND_CONFIG.read_text())["name"]
     assert settings["POD_LAUNCHER"] == one("RoleBinding", LAUNCHER)["subjects"][0]["name"]
     assert settings["POD_LAUNCHER"] == LAUNCHER
-    one("Namespace", PLATFORM.release["namespace"])
+    one("Namespace", PLATFORM.release.namespace)
     assert re.fullmatch(r"kindest/node:v[\d.]+@sha256:[0-9a-f]{64}", settings["KIND_NODE_IMAGE"])
     for key in ("KIND_VERSION", "KUBECTL_VERSION", "HELM_VERSION", "ARGO_ROLLOUTS_VERSION"):
         assert re.fullmatch(r"v\d+\.\d+\.\d+", settings[key]), key
@@ -238,23 +234,21 @@ def test_make_kind_up_uses_these_names_and_pinned_versions() -> None:
 
 def test_the_release_stage_may_manage_every_object_the_chart_renders_and_nothing_else() -> None:
     """The deployer's Role covers each kind of each strategy's render, in the serving namespace only."""
-    from ml.release import chart
+    from standins.render import render
 
     release = PLATFORM.release
     deployer = PLATFORM.stage("release").service_account
     role = one("Role", deployer)
-    assert role["metadata"]["namespace"] == release["namespace"]
+    assert role["metadata"]["namespace"] == release.namespace
     binding = one("RoleBinding", deployer)
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": deployer, "namespace": PLATFORM.kubernetes["namespace"]}
+        {"kind": "ServiceAccount", "name": deployer, "namespace": PLATFORM.kubernetes.namespace}
     ]
     one("ServiceAccount", deployer)
     permissions = granted(role)
     rendered = set()
     for values in ({}, {"workload": {"strategy": "blueGreen"}}, {"workload": {"kind": "deployment"}}):
-        for obj in chart.render(
-            ROOT / release["chart"], values, release=release["name"], namespace=release["namespace"]
-        ):
+        for obj in render(ROOT / release.chart, values, release=release.name, namespace=release.namespace):
             group = obj["apiVersion"].rpartition("/")[0]
             kind = obj["kind"].lower()
             plural = kind[:-1] + "ies" if kind.endswith("y") else kind + ("es" if kind.endswith("s") else "s")
@@ -267,7 +261,7 @@ def test_the_release_stage_may_manage_every_object_the_chart_renders_and_nothing
 
 def test_the_rollout_watcher_only_reads_the_workload_and_its_analysis() -> None:
     role = one("Role", "rollout-watcher")
-    assert role["metadata"]["namespace"] == PLATFORM.release["namespace"]
+    assert role["metadata"]["namespace"] == PLATFORM.release.namespace
     assert granted(role) == {
         ("argoproj.io", "rollouts"): {"get", "list"},
         ("argoproj.io", "analysisruns"): {"get", "list"},

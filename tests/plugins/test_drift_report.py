@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mlops.drift.report import AcceptedDrift, apply_allowlist, load_allowlist, render_markdown
 from mlops.platform_config import load_platform
 

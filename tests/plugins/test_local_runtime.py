@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
+
 from mlops.operators import MLStageOperator
 
 TEST_LOGGER = logging.getLogger("tests.local_runtime")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -88,7 +90,11 @@ def test_environment_is_the_pods_plus_credentials_and_nothing_else(operator, mon
     assert env["AWS_ACCESS_KEY_ID"] == "from-worker"
     assert env["DB_PASSWORD"] == "from-worker-secret-store"
     assert "UNRELATED_WORKER_SECRET" not in env
-    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    # The stand-ins' commands first (what the cluster would answer), then the worker's interpreter.
+    assert env["PATH"].split(os.pathsep)[:2] == [
+        str(ROOT / "standins" / "bin"),
+        str(Path(sys.executable).parent),
+    ]
 
 
 def test_a_secret_env_var_missing_on_the_worker_is_a_clear_error(operator, monkeypatch) -> None:
@@ -107,13 +113,25 @@ def test_an_unknown_runtime_is_refused(monkeypatch) -> None:
         pod_runtime()
 
 
-def test_both_sides_of_the_stage_contract_agree() -> None:
-    """plugins/ may not import ml/ (the Airflow image need not ship it): this pins the shared protocol."""
+def test_the_contracts_xcom_folder_is_the_one_the_providers_sidecar_reads() -> None:
+    """The pods write where the KubernetesPodOperator's sidecar reads; the contract cannot import Airflow."""
     from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
-    from mlops import operators
 
-    from ml import runtime
+    from contract import DEFAULT_XCOM_DIR
 
-    assert operators.XCOM_DIR_ENV == runtime.XCOM_DIR_ENV
-    assert operators.EXIT_INVALID_INPUT == runtime.EXIT_INVALID_INPUT
-    assert runtime.DEFAULT_XCOM_DIR == PodDefaults.XCOM_MOUNT_PATH
+    assert DEFAULT_XCOM_DIR == PodDefaults.XCOM_MOUNT_PATH
+
+
+def test_a_local_pod_finds_the_stand_ins_helm_and_where_releases_are_kept(
+    operator, tmp_path, monkeypatch
+) -> None:
+    """The local runtime's PATH resolves ``helm`` to the stand-in, and names the folder of local releases."""
+    import shutil
+
+    from contract import LOCAL_RELEASES_ENV
+    from mlops.platform_config import load_platform
+
+    monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_ROOT", str(tmp_path))
+    env = operator._local_environment([])
+    assert shutil.which("helm", path=env["PATH"]) == str(ROOT / "standins" / "bin" / "helm")
+    assert env[LOCAL_RELEASES_ENV] == f"{tmp_path}/{load_platform().release.local.state_dir}"

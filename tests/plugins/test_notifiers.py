@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from mlops.notifiers import AlertDeliveryError, AlertNotifier
 
+from mlops.notifiers import AlertDeliveryError, AlertNotifier
 from tests.conftest import free_port
 
 TEST_LOGGER = logging.getLogger("tests.notifiers")

@@ -8,6 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from kubernetes.client import ApiClient
+
 from mlops.operators import MLStageOperator
 from mlops.platform_config import load_platform
 
@@ -42,7 +43,7 @@ def test_pod_validates_against_the_kubernetes_schema(pods, stage: str) -> None:
 @pytest.mark.parametrize("stage", STAGES)
 def test_pod_runs_the_stage_entrypoint_from_the_platform_image(pods, stage: str) -> None:
     base = next(c for c in pods[stage]["spec"]["containers"] if c["name"] == "base")
-    assert base["image"] == load_platform().ml_stage_image
+    assert base["image"] == load_platform().images.ml_stage
     assert base["command"] == ["python", "-m", f"ml.{stage}"]
     assert {"name": "MLFLOW_TRACKING_URI", "value": "{{ var.value.mlflow_tracking_uri }}"} in base["env"]
     deadline = load_platform().stage(stage).timeout_minutes * 60
@@ -55,7 +56,7 @@ def test_training_pod_requests_a_gpu_tolerates_the_taint_and_selects_the_gpu_nod
     assert base["resources"]["requests"]["nvidia.com/gpu"] == "1"
     assert base["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    assert spec["nodeSelector"] == load_platform().node_group("gpu")["node_selector"]
+    assert spec["nodeSelector"] == load_platform().node_groups["gpu"].node_selector
 
 
 @pytest.mark.parametrize("stage", ["prepare", "evaluate", "register"])

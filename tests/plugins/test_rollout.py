@@ -13,12 +13,13 @@ import copy
 import json
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
-from mlops import rollout
+
+from contract import LOCAL_PID_FILE, LOCAL_RESULTS_DIR, LOCAL_STATUS_FILE, local_result_path
+from mlops.platform_config import load_platform
 from mlops.rollout import (
     MODEL_ANNOTATION,
     RolloutTrigger,
@@ -216,15 +217,14 @@ DEPLOYMENT = {
 }  # fmt: skip
 
 
-def watcher(tmp_path: Path, minutes: float = 1) -> RolloutWatchOperator:
+def watcher(minutes: float = 1) -> RolloutWatchOperator:
     return RolloutWatchOperator(
-        task_id="watch", deployment=DEPLOYMENT, state_dir=str(tmp_path), timeout=timedelta(minutes=minutes),
-        poll_seconds=0.05,
-    )  # fmt: skip
+        task_id="watch", deployment=DEPLOYMENT, timeout=timedelta(minutes=minutes), poll_seconds=0.05
+    )
 
 
-def test_slow_is_a_failure_that_rolls_nothing_back_and_superseded_is_final(tmp_path) -> None:
-    operator = watcher(tmp_path)
+def test_slow_is_a_failure_that_rolls_nothing_back_and_superseded_is_final() -> None:
+    operator = watcher()
     with pytest.raises(
         AirflowException, match="slow, not broken: revision 2 of inference-api is still progressing"
     ):
@@ -241,40 +241,29 @@ def test_slow_is_a_failure_that_rolls_nothing_back_and_superseded_is_final(tmp_p
     }
 
 
-def test_the_local_watch_reads_the_files_the_local_controller_writes() -> None:
-    from ml.release import DEGRADED, HEALTHY, SUPERSEDED, local_rollouts
-
-    assert rollout.LOCAL_RESULTS_DIR == local_rollouts.RESULTS_DIR
-    assert rollout.LOCAL_STATUS_FILE == local_rollouts.STATUS_FILE
-    assert rollout.LOCAL_PID_FILE == local_rollouts.PID_FILE
-    assert (rollout.HEALTHY, rollout.DEGRADED, rollout.SUPERSEDED) == (
-        HEALTHY, DEGRADED, SUPERSEDED,
-    )  # fmt: skip
-
-
-def test_the_local_watch_reads_the_revisions_result_and_times_out_as_slow(tmp_path) -> None:
-    release_dir = tmp_path / "inference-api"
-    (release_dir / rollout.LOCAL_RESULTS_DIR).mkdir(parents=True)
-    operator = watcher(tmp_path, minutes=0.001)
+def test_the_local_watch_reads_the_revisions_result_and_times_out_as_slow(tmp_path, monkeypatch) -> None:
+    """The files are the local controller's (``standins.rollouts``), at the contract's paths."""
+    monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_ROOT", str(tmp_path))
+    release_dir = tmp_path / load_platform().release.local.state_dir / "inference-api"
+    (release_dir / LOCAL_RESULTS_DIR).mkdir(parents=True)
+    operator = watcher(minutes=0.001)
     with pytest.raises(AirflowException, match="no local rollouts controller is running"):
         operator._watch_locally(operator._deployment(), deadline=time.time() + 5)
-    (release_dir / rollout.LOCAL_PID_FILE).write_text("1")
-    (release_dir / rollout.LOCAL_STATUS_FILE).write_text(
-        json.dumps({"phase": "Paused", "message": "step 1: pause"})
-    )
-    operator = watcher(tmp_path, minutes=0.001)
+    (release_dir / LOCAL_PID_FILE).write_text("1")
+    (release_dir / LOCAL_STATUS_FILE).write_text(json.dumps({"phase": "Paused", "message": "step 1: pause"}))
+    operator = watcher(minutes=0.001)
     deployment = operator._deployment()
     assert operator._watch_locally(deployment, deadline=time.time() + 0.1)["phase"] == "Slow"
     result = {"phase": "Healthy", "message": "stable", "model_uri": MODEL, "measurements": []}
-    (release_dir / rollout.LOCAL_RESULTS_DIR / "2.json").write_text(json.dumps(result))
+    local_result_path(release_dir, 2).write_text(json.dumps(result))
     assert operator._watch_locally(deployment, deadline=time.time() + 5) == result
     other = {**result, "model_uri": "models:/card-fraud-detector/6"}
-    (release_dir / rollout.LOCAL_RESULTS_DIR / "2.json").write_text(json.dumps(other))
+    local_result_path(release_dir, 2).write_text(json.dumps(other))
     assert operator._watch_locally(deployment, deadline=time.time() + 5)["phase"] == "Superseded"
 
 
-def test_a_deploy_result_missing_fields_fails_the_watch(tmp_path) -> None:
-    operator = watcher(tmp_path)
+def test_a_deploy_result_missing_fields_fails_the_watch() -> None:
+    operator = watcher()
     operator.deployment = {"release": "inference-api"}
     with pytest.raises(AirflowFailException, match="lacks"):
         operator._deployment()

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from mlops.drift import check
 
+from mlops.drift import check
 from tests.terraform.fixtures import API_TOKEN, edit_world
 
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from mlops.platform_config import load_platform
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ def blocks(text: str, kind: str) -> dict[str, str]:
 
 def test_the_stacks_are_the_ones_the_drift_check_and_the_readme_know() -> None:
     assert {p.name for p in STACK_DIRS} == {"bootstrap", "cluster", "data"}
-    checked = {stack["dir"] for stack in PLATFORM.terraform_drift["stacks"]}
+    checked = {stack["dir"] for stack in PLATFORM.terraform_drift.stacks}
     assert checked == {"terraform/cluster", "terraform/data"}
     assert all((ROOT / d).is_dir() for d in checked)
 
@@ -82,21 +83,21 @@ def test_remote_state_is_in_s3_with_locking(stack: str) -> None:
 def test_the_gpu_node_group_carries_the_label_and_taint_the_pods_expect() -> None:
     """The pods' node selector and toleration (platform.yaml) against the node group's labels and taint."""
     cluster = (TERRAFORM / "cluster" / "main.tf").read_text()
-    gpu = PLATFORM.node_group("gpu")
+    gpu = PLATFORM.node_groups["gpu"]
     labels = dict(
         re.findall(
             r'"([^"]+)" = "([^"]+)"', re.search(r"gpu_node_labels = \{(.*?)\}", cluster, re.S).group(1)
         )
     )  # type: ignore[union-attr]
-    assert labels == gpu["node_selector"]
+    assert labels == gpu.node_selector
     taint = dict(
         re.findall(r'(\w+)\s+= "([^"]+)"', re.search(r"gpu_node_taint = \{(.*?)\}", cluster, re.S).group(1))
     )  # type: ignore[union-attr]
-    (toleration,) = gpu["tolerations"]
-    assert taint["key"] == toleration["key"]
+    (toleration,) = gpu.tolerations
+    assert taint["key"] == toleration.key
     # Kubernetes writes the effect NoSchedule; the EKS API NO_SCHEDULE.
-    assert taint["effect"] == re.sub(r"(?<!^)(?=[A-Z])", "_", toleration["effect"]).upper()
-    assert taint["value"] == "true" and toleration["operator"] == "Exists"
+    assert taint["effect"] == re.sub(r"(?<!^)(?=[A-Z])", "_", toleration.effect).upper()
+    assert taint["value"] == "true" and toleration.operator == "Exists"
     gpu_group = cluster[cluster.index("    gpu = {") :]
     assert (
         re.search(r"min_size\s+= 0\b", gpu_group)
@@ -111,11 +112,9 @@ def test_service_account_roles_are_for_the_pods_service_accounts() -> None:
     def default(name: str) -> str:
         return re.search(r'default\s+= "([^"]+)"', variables[name]).group(1)  # type: ignore[union-attr]
 
-    namespace = PLATFORM.kubernetes["namespace"]
-    assert default("pipeline_service_account") == f"{namespace}:{PLATFORM.kubernetes['service_account']}"
-    assert (
-        default("drift_check_service_account") == f"{namespace}:{PLATFORM.terraform_drift['service_account']}"
-    )
+    namespace = PLATFORM.kubernetes.namespace
+    assert default("pipeline_service_account") == f"{namespace}:{PLATFORM.kubernetes.service_account}"
+    assert default("drift_check_service_account") == f"{namespace}:{PLATFORM.terraform_drift.service_account}"
 
 
 def test_the_data_bucket_is_encrypted_versioned_and_private() -> None:

@@ -31,10 +31,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from contract import ERROR_PREFIX, write_xcom_result
+
 log = logging.getLogger("mlops.drift.check")
 
-XCOM_DIR_ENV = "ML_XCOM_DIR"
-DEFAULT_XCOM_DIR = "/airflow/xcom"
 #: Backend settings shared by every stack (bucket, region, ...), as a JSON object; each stack adds its own key.
 BACKEND_CONFIG_ENV = "TF_DRIFT_BACKEND_CONFIG"
 SENSITIVE = "(sensitive)"
@@ -224,17 +224,6 @@ def check_stack(stack: str, stack_dir: Path, backend_config: list[str]) -> dict[
     return summarise_plan(stack, plan, code)
 
 
-def write_result(result: dict[str, Any]) -> Path:
-    """Write the XCom result atomically, where the sidecar (or the local runtime) reads it."""
-    xcom_dir = Path(os.environ.get(XCOM_DIR_ENV, DEFAULT_XCOM_DIR))
-    xcom_dir.mkdir(parents=True, exist_ok=True)
-    target = xcom_dir / "return.json"
-    partial = target.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result))
-    partial.replace(target)
-    return target
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlops.drift.check", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True, help="name of the stack in the report")
@@ -251,9 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = check_stack(args.stack, args.dir, backend)
     except (TerraformError, ValueError, OSError) as err:
         # One line the local runtime and the pod's termination message surface as the task's error.
-        print(f"ERROR: stack {args.stack}: {err}", file=sys.stderr, flush=True)  # noqa: T201 - the pod's contract
+        print(f"{ERROR_PREFIX}stack {args.stack}: {err}", file=sys.stderr, flush=True)  # noqa: T201 - the pod's contract
         return 1
-    write_result(result)
+    write_xcom_result(result)
     log.info(
         "stack %s: %s (%d drifted resources, %d failed checks, plan exit code %d)",
         args.stack,

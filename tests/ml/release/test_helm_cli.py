@@ -1,4 +1,4 @@
-"""The cluster target: ``python -m ml.release`` drives the ``helm`` CLI with the same idempotent logic.
+"""The release stage against a cluster: ``python -m ml.release`` drives the ``helm`` CLI idempotently.
 
 No cluster (and no helm binary) is available here, so ``helm`` is a fake on PATH (a mock of the cluster side):
 it keeps releases in a JSON file, answers ``history``, ``get values``, ``get manifest``, ``upgrade --install``
@@ -79,8 +79,8 @@ def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def target(values_files: tuple[Path, ...] = ()) -> helm.HelmCli:
-    return helm.HelmCli(CHART, "inference-api", "ml-serving", values_files)
+def target(values_files: tuple[Path, ...] = ()) -> helm.Helm:
+    return helm.Helm(CHART, "inference-api", "ml-serving", values_files)
 
 
 def test_deploy_upgrades_once_and_a_repeat_changes_nothing_with_the_cli(calls, tmp_path) -> None:
@@ -120,7 +120,7 @@ def test_helm_failures_name_the_command_and_keep_helms_message(calls, monkeypatc
     with pytest.raises(StageError, match=r"revision 4 is not in the release's history \[\]"):
         helm.rollback(target(), revision=4)
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(StageError, match="needs the helm binary on PATH"):
+    with pytest.raises(StageError, match="needs helm on PATH"):
         target()
 
 
@@ -132,12 +132,12 @@ def test_the_image_ci_cd_deployed_survives_the_pipelines_model_deploy(calls) -> 
     assert helm.deploy(target(), model_uri="models:/m/2").changed is False
 
 
-def test_the_cluster_target_runs_with_the_release_images_packages_only(tmp_path) -> None:
+def test_the_release_stage_runs_with_the_release_images_packages_only(tmp_path) -> None:
     """The ML stage image has the project's dependencies alone: no httpx (the local controller's), no
-    helm-python-sdk (the local renderer's). The kubernetes target must not import them."""
+    helm-python-sdk (the local renderer's). The release stage must not import them."""
     code = (
         "import sys, runpy; sys.modules['httpx'] = sys.modules['helm_python'] = None; "
-        f"sys.argv = ['ml.release', 'deploy', '--target', 'kubernetes', '--release', 'r', '--namespace', 'n', "
+        f"sys.argv = ['ml.release', 'deploy', '--release', 'r', '--namespace', 'n', "
         f"'--chart', {str(CHART)!r}, '--model-name', 'm', '--model-version', '1']; "
         "runpy.run_module('ml.release', run_name='__main__')"
     )
@@ -148,4 +148,4 @@ def test_the_cluster_target_runs_with_the_release_images_packages_only(tmp_path)
     )  # fmt: skip
     # It gets as far as looking for the helm binary, which is what the image provides.
     assert done.returncode == 2, done.stderr
-    assert "needs the helm binary on PATH" in done.stderr
+    assert "needs helm on PATH" in done.stderr

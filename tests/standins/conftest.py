@@ -1,27 +1,35 @@
-"""Registered model versions for release tests: a good model and models that fail the way production models do."""
+"""Registered model versions for release tests (a good model and models that fail the way production models
+do), and a release kept by the local ``helm`` stand-in, driven by the release stage's own ``Helm``."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mlops.platform_config import load_platform
+import yaml
 
+from contract import CHAMPION_AT_EVALUATION_TAG, LOCAL_RELEASES_ENV, PREPARED_URI_TAG, THRESHOLD_TAG
 from ml import tracking
-from ml.evaluate import THRESHOLD_TAG, evaluate
+from ml.evaluate import evaluate
 from ml.prepare import prepare
-from ml.register import CHAMPION_AT_EVALUATION_TAG, register
+from ml.register import register
 from ml.release import helm
 from ml.train import train
+from mlops.platform_config import PLATFORM_FILE, PLATFORM_FILE_ENV, load_platform
+from standins import rollouts
 from tests.helpers import CHALLENGER, CHAMPION, train_config
-from tests.ml.release.faulty_models import TRUSTED_TYPES, FaultyClassifier
+from tests.standins.faulty_models import TRUSTED_TYPES, FaultyClassifier
 
 MODEL = "release-test-model"
 RELEASE = load_platform().release
-CHART = Path(__file__).resolve().parents[3] / "k8s" / "helm" / "inference-api"
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / RELEASE.chart
+STAND_IN_TOOLS = ROOT / "standins" / "bin"
 
 
 def _version_of(source: str, run_id: str, model_id: str, champion_at_evaluation: str, threshold: str) -> str:
@@ -35,7 +43,7 @@ def _version_of(source: str, run_id: str, model_id: str, champion_at_evaluation:
     return str(version.version)
 
 
-def _faulty(fault: str, encoder: Any, experiment: str) -> tuple[str, str, str]:
+def _faulty(fault: str, encoder: Any, experiment: str, prepared: str) -> tuple[str, str, str]:
     import mlflow
     import mlflow.sklearn
     from sklearn.pipeline import Pipeline
@@ -45,6 +53,8 @@ def _faulty(fault: str, encoder: Any, experiment: str) -> tuple[str, str, str]:
     with mlflow.start_run(
         experiment_id=tracking.experiment_id(experiment), run_name=f"faulty-{fault}"
     ) as run:
+        # As the train stage does: the data the model learnt from, which the local canary replays.
+        mlflow.set_tag(PREPARED_URI_TAG, prepared)
         info = mlflow.sklearn.log_model(pipeline, name="model", skops_trusted_types=TRUSTED_TYPES)
     return info.model_uri, run.info.run_id, info.model_id
 
@@ -65,25 +75,40 @@ def versions(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> di
     good = _version_of(trained.model_uri, trained.run_id, trained.model_id, first, threshold)
     encoder = mlflow.sklearn.load_model(trained.model_uri).named_steps["encode"]
     faulty = {
-        fault: _version_of(*_faulty(fault, encoder, "release"), first, "0.5") for fault in ("error", "slow")
+        fault: _version_of(*_faulty(fault, encoder, "release", prepared), first, "0.5")
+        for fault in ("error", "slow")
     }
     return {"prepared": prepared, "first": first, "good": good, **faulty}
 
 
+@pytest.fixture(scope="package")
+def quick_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The platform settings with a shorter local pause and any free port for the stable API."""
+    raw = yaml.safe_load(PLATFORM_FILE.read_text())
+    raw["release"]["local"].update(pause_seconds=2, port=0)
+    path = tmp_path_factory.mktemp("platform") / "platform.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 @pytest.fixture()
-def target(versions: dict[str, Any], tmp_path: Path) -> Iterator[helm.LocalHelm]:
-    """A local release of the chart, its controller stopped at the end; champion reset to the first version."""
+def local_helm(
+    versions: dict[str, Any], quick_platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """What the local pod runtime gives the release stage: the stand-in first on PATH and a folder for releases.
+    Yields the release's folder; its controller is stopped at the end and champion reset to the first version."""
     tracking.client().set_registered_model_alias(MODEL, CHAMPION, versions["first"])
-    local = helm.LocalHelm(
-        CHART,
-        RELEASE["name"],
-        RELEASE["namespace"],
-        tmp_path / "releases",
-        controller_settings={
-            "replay_data": versions["prepared"],
-            "pause_seconds": 2,
-            "requests_per_second": 60,
-        },
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([str(STAND_IN_TOOLS), str(Path(sys.executable).parent), os.environ["PATH"]])
     )
-    yield local
-    helm.stop_controller(tmp_path / "releases", RELEASE["name"])
+    monkeypatch.setenv(LOCAL_RELEASES_ENV, str(tmp_path / "releases"))
+    monkeypatch.setenv(PLATFORM_FILE_ENV, str(quick_platform))
+    release_dir = tmp_path / "releases" / RELEASE.name
+    yield release_dir
+    rollouts.stop(release_dir)
+
+
+@pytest.fixture()
+def target(local_helm: Path) -> helm.Helm:
+    """The release stage's ``Helm`` on the inference API's chart, answered by the local stand-in."""
+    return helm.Helm(CHART, RELEASE.name, RELEASE.namespace)

@@ -3,8 +3,8 @@
 Artifacts are served through the tracking server (``--artifacts-destination``), as in production where the
 server proxies S3: stages need only ``MLFLOW_TRACKING_URI``, never direct access to the artifact store.
 
-    python -m scripts.local_mlflow start --root .local/mlflow --port 5000
-    python -m scripts.local_mlflow stop --root .local/mlflow
+    python -m standins.mlflow_server start --root .local/mlflow --port 5000
+    python -m standins.mlflow_server stop --root .local/mlflow
 """
 
 from __future__ import annotations

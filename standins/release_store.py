@@ -11,27 +11,13 @@ import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ml.runtime import write_json
-
-DEPLOYED = "deployed"
-SUPERSEDED = "superseded"
-
-
-@dataclass
-class Revision:
-    """One revision of a release, as ``helm history`` and ``helm get`` describe it."""
-
-    revision: int
-    status: str
-    description: str
-    values: dict[str, Any]
-    objects: list[dict[str, Any]] = field(default_factory=list)
-    updated: str = ""
+from contract import write_json
+from ml.release.helm import DEPLOYED, SUPERSEDED, Revision
 
 
 class ReleaseStore:
@@ -74,6 +60,16 @@ class ReleaseStore:
             )
             self._write(revision)
             return revision
+
+    def prune(self, keep: int) -> None:
+        """Delete the oldest superseded revisions beyond ``keep``, as Helm's ``--history-max`` does."""
+        if keep <= 0:
+            return
+        with self._locked():
+            history = self.history()
+            for old in history[: max(0, len(history) - keep)]:
+                if old.status != DEPLOYED:
+                    (self.revisions_dir / f"{old.revision}.json").unlink(missing_ok=True)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

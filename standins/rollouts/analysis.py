@@ -17,9 +17,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ml.errors import StageError
-
 SCORED_PATH = "/predict"
+
+
+class AnalysisError(ValueError):
+    """The template asks for something this analysis cannot judge."""
+
+
 _CONDITION = re.compile(r"^\s*result\[0\]\s*(>=|<=|>|<)\s*([0-9.eE+-]+)\s*$")
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -59,10 +63,12 @@ def metrics_of(template: dict[str, Any]) -> list[Metric]:
     for spec in template.get("spec", {}).get("metrics", []):
         name = spec["name"]
         if name not in MEASURES:
-            raise StageError(f"the local canary cannot evaluate metric {name!r}; it knows {sorted(MEASURES)}")
+            raise AnalysisError(
+                f"the local canary cannot evaluate metric {name!r}; it knows {sorted(MEASURES)}"
+            )
         match = _CONDITION.match(str(spec.get("successCondition", "")))
         if match is None:
-            raise StageError(
+            raise AnalysisError(
                 f"metric {name!r}: successCondition {spec.get('successCondition')!r} is not of the form "
                 "'result[0] <op> <number>'"
             )

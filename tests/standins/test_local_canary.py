@@ -1,20 +1,25 @@
-"""The local canary, end to end: Helm's engine renders the chart, the release history is kept in files, and the
-stable and new inference APIs run on loopback behind the weighted router, judged by the chart's own analysis."""
+"""The local canary, end to end: the release stage's own ``Helm`` runs the ``helm`` stand-in, which renders the
+chart with Helm's engine and keeps the history in files; the stable and new inference APIs run on loopback behind
+the weighted router, judged by the chart's own analysis."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from contract import CANARY_VERDICT_TAG
 from ml import tracking
 from ml.errors import StageError
-from ml.promote import VERDICT_TAG, promote
-from ml.release import helm, local_rollouts
+from ml.promote import promote
+from ml.release import helm
+from standins import rollouts
+from standins.rollouts.traffic import Traffic
 from tests.helpers import CHAMPION
-from tests.ml.release.conftest import MODEL
+from tests.standins.conftest import MODEL
 
 IMAGE_TAG = "0.1.0"
 
@@ -23,16 +28,16 @@ def uri(version: str) -> str:
     return f"models:/{MODEL}/{version}"
 
 
-def outcome(target: helm.LocalHelm, revision: int, timeout_s: float = 180) -> dict[str, Any]:
+def outcome(release_dir: Path, revision: int, timeout_s: float = 180) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    while (result := local_rollouts.read_result(target.store.path, revision)) is None:
-        assert time.monotonic() < deadline, local_rollouts.read_status(target.store.path)
+    while (result := rollouts.read_result(release_dir, revision)) is None:
+        assert time.monotonic() < deadline, rollouts.read_status(release_dir)
         time.sleep(0.3)
     return result
 
 
-def served_version(target: helm.LocalHelm, record: dict[str, Any]) -> str:
-    endpoint = local_rollouts.read_status(target.store.path)["endpoint"]
+def served_version(release_dir: Path, record: dict[str, Any]) -> str:
+    endpoint = rollouts.read_status(release_dir)["endpoint"]
     answer = httpx.post(f"{endpoint}/predict", json=record, timeout=10)
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-served-by"] == "stable"
@@ -44,22 +49,24 @@ def champion() -> str:
 
 
 @pytest.fixture()
-def first_release(target: helm.LocalHelm, versions: dict[str, Any]) -> dict[str, Any]:
+def first_release(target: helm.Helm, local_helm: Path, versions: dict[str, Any]) -> dict[str, Any]:
     """The champion deployed as the release's first revision: stable at once, no steps (as Argo does)."""
     deployment = helm.deploy(target, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
-    result = outcome(target, deployment.revision)
+    result = outcome(local_helm, deployment.revision)
     assert (deployment.revision, deployment.changed, deployment.previous_revision) == (1, True, None)
     assert (deployment.workload_kind, deployment.workload_name) == ("Rollout", target.release)
     assert result["phase"] == "Healthy" and result["measurements"] == []
-    traffic = local_rollouts.Traffic.from_prepared(versions["prepared"], 1)
+    traffic = Traffic.from_prepared(versions["prepared"], 1)
     return {"record": traffic.records[0]}
 
 
-def test_a_good_canary_follows_the_charts_steps_and_is_promoted(target, versions, first_release) -> None:
-    assert served_version(target, first_release["record"]) == versions["first"]
+def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
+    target, local_helm, versions, first_release
+) -> None:
+    assert served_version(local_helm, first_release["record"]) == versions["first"]
     deployment = helm.deploy(target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
     assert (deployment.revision, deployment.previous_revision) == (2, 1)
-    result = outcome(target, deployment.revision)
+    result = outcome(local_helm, deployment.revision)
 
     assert result["phase"] == "Healthy", result["message"]
     steps = result["steps"]
@@ -69,7 +76,7 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(target, versions
     assert measured == {(i, metric) for i in pauses for metric in ("success-rate", "latency-p99")}
     assert all(m["phase"] == "Successful" and m["requests"] > 0 for m in result["measurements"])
     assert {m["condition"] for m in result["measurements"]} == {"result[0] >= 0.99", "result[0] <= 0.25"}
-    assert served_version(target, first_release["record"]) == versions["good"]
+    assert served_version(local_helm, first_release["record"]) == versions["good"]
 
     promotion = promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=result)
     assert (promotion.promoted, promotion.previous_champion, champion()) == (
@@ -78,7 +85,7 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(target, versions
         versions["good"],
     )
     tags = tracking.client().get_model_version(MODEL, versions["good"]).tags
-    assert tags[VERDICT_TAG] == "promoted"
+    assert tags[CANARY_VERDICT_TAG] == "promoted"
     assert any(key.startswith("mlops.canary.latency-p99.step") for key in tags)
 
     again = promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=result)
@@ -89,27 +96,27 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(target, versions
 
 @pytest.mark.parametrize(("fault", "failed_metric"), [("error", "success-rate"), ("slow", "latency-p99")])
 def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
-    target, versions, first_release, fault, failed_metric
+    target, local_helm, versions, first_release, fault, failed_metric
 ) -> None:
     deployment = helm.deploy(target, model_uri=uri(versions[fault]), image_tag=IMAGE_TAG)
-    result = outcome(target, deployment.revision)
+    result = outcome(local_helm, deployment.revision)
 
     assert result["phase"] == "Degraded" and result["abort"] is True
     assert f'Metric "{failed_metric}" assessed Failed' in result["message"]
     assert result["currentStepIndex"] == 1  # aborted at the first analysed pause, at 10 % of the traffic
-    assert served_version(target, first_release["record"]) == versions["first"]
+    assert served_version(local_helm, first_release["record"]) == versions["first"]
 
     rollback = helm.rollback(target, revision=deployment.revision)
     assert (rollback.revision, rollback.restored_revision, rollback.changed) == (3, 1, True)
     assert rollback.restored_model_uri == uri(versions["first"])
-    assert outcome(target, rollback.revision)["phase"] == "Healthy"
+    assert outcome(local_helm, rollback.revision)["phase"] == "Healthy"
     again = helm.rollback(target, revision=deployment.revision)
     assert (again.revision, again.changed) == (3, False)
     assert [r.status for r in target.history()] == ["superseded", "superseded", "deployed"]
 
     recorded = promote(name=MODEL, version=versions[fault], alias=CHAMPION, verdict=result)
     assert (recorded.promoted, recorded.verdict, champion()) == (False, "aborted", versions["first"])
-    assert tracking.client().get_model_version(MODEL, versions[fault]).tags[VERDICT_TAG] == "aborted"
+    assert tracking.client().get_model_version(MODEL, versions[fault]).tags[CANARY_VERDICT_TAG] == "aborted"
 
 
 def test_promotion_refuses_when_champion_moved_since_evaluation(target, versions) -> None:
@@ -144,32 +151,31 @@ def test_rolling_back_a_first_release_is_refused(target, versions) -> None:
     ids=["blue-green", "deployment"],
 )
 def test_blue_green_analyses_the_preview_and_a_deployment_switches_when_ready(
-    target, versions, tmp_path, values, measured_steps
+    target, local_helm, versions, tmp_path, values, measured_steps
 ) -> None:
     """The other strategies of the chart: the preview is analysed before the switch; a Deployment just rolls."""
     values_file = tmp_path / "strategy.yaml"
     values_file.write_text(values)
-    local = helm.LocalHelm(
-        target.chart_dir, target.release, target.namespace, target.store.path.parent, (values_file,),
-        target.controller_settings,
-    )  # fmt: skip
+    local = helm.Helm(target.chart_dir, target.release, target.namespace, (values_file,))
     first = helm.deploy(local, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
-    assert outcome(local, first.revision)["phase"] == "Healthy"
+    assert outcome(local_helm, first.revision)["phase"] == "Healthy"
     deployment = helm.deploy(local, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
-    result = outcome(local, deployment.revision)
+    result = outcome(local_helm, deployment.revision)
     assert result["phase"] == "Healthy", result["message"]
     assert {m["step"] for m in result["measurements"]} == measured_steps
     assert all(m["phase"] == "Successful" for m in result["measurements"])
-    record = local_rollouts.Traffic.from_prepared(versions["prepared"], 1).records[0]
-    assert served_version(local, record) == versions["good"]
+    record = Traffic.from_prepared(versions["prepared"], 1).records[0]
+    assert served_version(local_helm, record) == versions["good"]
 
 
-def test_a_restarted_controller_restores_stable_and_still_canaries_the_next_model(target, versions) -> None:
+def test_a_restarted_controller_restores_stable_and_still_canaries_the_next_model(
+    target, local_helm, versions
+) -> None:
     """`make release-down` (or a reboot) between two releases must not turn the next one into a first release."""
     first = helm.deploy(target, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
-    assert outcome(target, first.revision)["phase"] == "Healthy"
-    assert helm.stop_controller(target.store.path.parent, target.release) is True
+    assert outcome(local_helm, first.revision)["phase"] == "Healthy"
+    assert rollouts.stop(local_helm) is True
     deployment = helm.deploy(target, model_uri=uri(versions["error"]), image_tag=IMAGE_TAG)
-    result = outcome(target, deployment.revision)
+    result = outcome(local_helm, deployment.revision)
     assert result["phase"] == "Degraded", result["message"]
     assert result["stableRevision"] == first.revision

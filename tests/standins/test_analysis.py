@@ -7,8 +7,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from ml.errors import StageError
-from ml.release import analysis
+from standins.rollouts import analysis
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 
@@ -76,5 +75,5 @@ def test_conditions_read_from_the_template_and_nan_never_passes() -> None:
     ],
 )
 def test_what_the_local_analysis_cannot_judge_is_refused_by_name(metric, message) -> None:
-    with pytest.raises(StageError, match=message):
+    with pytest.raises(analysis.AnalysisError, match=message):
         analysis.metrics_of({"spec": {"metrics": [metric]}})

@@ -1,0 +1,113 @@
+"""What Airflow and the pods agree on, defined once: the standard library only, carried by every image.
+
+The orchestrator side (``dags/``, ``plugins/``), the pods (``ml/``, the drift check) and the embedded stand-ins
+(``standins/``) import these names; none of them writes one of these values itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+# -- A pod's result and exit code ---------------------------------------------------------------------------
+
+#: Environment variable naming the folder a pod writes its result to; the local pod runtime points it elsewhere.
+XCOM_DIR_ENV = "ML_XCOM_DIR"
+#: Where the KubernetesPodOperator's XCom sidecar reads a pod's result (the provider's mount path).
+DEFAULT_XCOM_DIR = "/airflow/xcom"
+XCOM_RESULT_FILE = "return.json"
+#: Exit code of a stage that rejected its input (as opposed to crashing): retrying cannot help.
+EXIT_INVALID_INPUT = 2
+#: Prefix of the one line a stage prints to stderr when it rejects its input; the local runtime surfaces it.
+ERROR_PREFIX = "ERROR: "
+
+
+def write_json(target: Path, payload: Any) -> Path:
+    """Write ``payload`` as JSON under a temporary name and rename it: a reader never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(json.dumps(payload, indent=1, default=str))
+    partial.replace(target)
+    return target
+
+
+def write_xcom_result(result: dict[str, Any]) -> Path:
+    """Write a pod's result where the XCom sidecar (or the local pod runtime) reads it."""
+    return write_json(Path(os.environ.get(XCOM_DIR_ENV, DEFAULT_XCOM_DIR)) / XCOM_RESULT_FILE, result)
+
+
+# -- Keys that make every task idempotent -------------------------------------------------------------------
+
+
+def run_key(dag_id: str, run_id: str) -> str:
+    """The key of a DAG run in MLflow: one MLflow run and at most one model version per key."""
+    return f"{dag_id}/{run_id}"
+
+
+# -- Training ----------------------------------------------------------------------------------------------
+
+#: What the train stage can fit and where; the DAG's form offers exactly these.
+MODEL_TYPES = ("xgboost", "random_forest")
+DEVICES = ("auto", "cpu", "cuda")
+
+# -- The quality gate ---------------------------------------------------------------------------------------
+
+#: The evaluate stage's decisions; the gate continues on PASS, registers nothing on FAIL, fails on anything else.
+PASS = "pass"
+FAIL = "fail"
+
+# -- MLflow tags (runs and model versions) ------------------------------------------------------------------
+
+#: The DAG run an MLflow run or model version belongs to (``run_key``).
+RUN_KEY_TAG = "mlops.run_key"
+#: Set on a run taken out of its key by a new attempt with other inputs.
+SUPERSEDED_TAG = "mlops.superseded_by_retry"
+#: The train stage's inputs (config and data digest) and its result, so a retry reuses the model.
+TRAIN_FINGERPRINT_TAG = "mlops.train_fingerprint"
+TRAIN_RESULT_TAG = "mlops.train_result"
+#: The prepared data a run learnt from (a folder published by ``ml.prepare``) and its digest.
+PREPARED_URI_TAG = "mlops.prepared_uri"
+DATA_DIGEST_TAG = "mlops.data_digest"
+#: The evaluation's decision (run) and the decision threshold chosen on validation (run and version).
+DECISION_TAG = "mlops.decision"
+THRESHOLD_TAG = "mlops.decision_threshold"
+#: The logged model a version was registered from.
+MODEL_ID_TAG = "mlops.model_id"
+#: Prefix of the test metrics copied onto a version (``mlops.test_<metric>``).
+TEST_METRIC_TAG_PREFIX = "mlops.test_"
+#: The champion version the candidate was compared with ("none" without one): promotion's compare-and-set.
+CHAMPION_AT_EVALUATION_TAG = "mlops.champion_version_at_evaluation"
+#: The canary's verdict on a version, its message, its release revision and its figures.
+CANARY_VERDICT_TAG = "mlops.canary_verdict"
+CANARY_MESSAGE_TAG = "mlops.canary_message"
+CANARY_REVISION_TAG = "mlops.canary_revision"
+CANARY_MEASUREMENT_TAG_PREFIX = "mlops.canary."
+
+# -- Rollouts -----------------------------------------------------------------------------------------------
+
+#: Phases of a rollout as Argo Rollouts names them, and the watch's verdict for a rollout past its deadline.
+HEALTHY = "Healthy"
+DEGRADED = "Degraded"
+PROGRESSING = "Progressing"
+PAUSED = "Paused"
+SUPERSEDED = "Superseded"
+SLOW = "Slow"
+#: Pod template annotation (set by the chart) naming the model the template serves.
+MODEL_ANNOTATION = "mlops.airflow-mlops.io/model-uri"
+
+# -- The local release (the embedded default's stand-in for Helm and Argo Rollouts) --------------------------
+
+#: Environment variable naming the folder of local release histories; the local pod runtime sets it.
+LOCAL_RELEASES_ENV = "MLOPS_LOCAL_RELEASES"
+#: Files under ``<local releases>/<release>/``: the Rollout's status, each revision's final outcome
+#: (``results/<revision>.json``) and the pid of the release's controller.
+LOCAL_STATUS_FILE = "rollout.json"
+LOCAL_RESULTS_DIR = "results"
+LOCAL_PID_FILE = "controller.pid"
+
+
+def local_result_path(release_dir: Path, revision: int) -> Path:
+    """Where the local controller writes the final outcome of a revision's rollout."""
+    return Path(release_dir) / LOCAL_RESULTS_DIR / f"{revision}.json"

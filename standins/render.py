@@ -1,0 +1,36 @@
+"""Rendering the chart exactly as Helm does, through Helm's own Go SDK (``helm-python-sdk``).
+
+The same template engine, values coalescing and ``values.schema.json`` validation as the ``helm`` CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RenderError(Exception):
+    """The values break the chart's schema or a template failed; the message is Helm's."""
+
+
+def render(chart_dir: Path, values: dict[str, Any], *, release: str, namespace: str) -> list[dict[str, Any]]:
+    """Render the chart with ``values`` over its defaults into Kubernetes objects, as an upgrade would."""
+    import helm_python
+
+    try:
+        with helm_python.Chart.load(chart_dir) as chart:
+            manifests = chart.render(values, name=release, namespace=namespace, is_upgrade=True)
+    except helm_python.HelmError as err:
+        raise RenderError(f"rendering {chart_dir} failed: {err}") from err
+    documents: list[Any] = []
+    for path in sorted(manifests):
+        if path.endswith((".yaml", ".yml")):
+            documents.extend(yaml.safe_load_all(manifests[path]))
+    return [doc for doc in documents if doc]
+
+
+def chart_metadata(chart_dir: Path) -> dict[str, Any]:
+    """The chart's ``Chart.yaml``."""
+    return dict(yaml.safe_load((Path(chart_dir) / "Chart.yaml").read_text()))

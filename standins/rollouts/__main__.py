@@ -1,0 +1,62 @@
+"""The local rollouts controller's command: run one for a release, show its status, or stop it.
+
+    python -m standins.rollouts run --state-dir .local/data/releases --release inference-api
+    python -m standins.rollouts status --state-dir .local/data/releases --release inference-api
+    python -m standins.rollouts stop --state-dir .local/data/releases --release inference-api
+
+``run`` is what the ``helm`` stand-in starts; the pace of the canary and the router's port come from
+``release.local`` in the platform settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from standins.rollouts import read_status, running_pid, stop
+
+
+def run(state_dir: Path, release: str) -> None:
+    from mlops.platform_config import load_platform
+    from standins.rollouts.controller import Controller
+    from standins.rollouts.state import Pace
+
+    if running_pid(state_dir / release) is not None:
+        logging.info("a controller for %s is already running", release)
+        return
+    local = load_platform().release.local
+    pace = Pace(
+        pause_seconds=local.pause_seconds, requests_per_second=local.requests_per_second, port=local.port
+    )
+    controller = Controller(state_dir, release, pace)
+    signal.signal(signal.SIGTERM, lambda *_: controller.stop_requested.set())
+    signal.signal(signal.SIGINT, lambda *_: controller.stop_requested.set())
+    controller.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m standins.rollouts", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("run", "status", "stop"))
+    parser.add_argument("--state-dir", type=Path, required=True, help="folder of the local release histories")
+    parser.add_argument("--release", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
+        )
+        run(args.state_dir, args.release)
+    elif args.command == "status":
+        print(json.dumps(read_status(args.state_dir / args.release) or {}, indent=2))  # noqa: T201
+    else:
+        stopped = stop(args.state_dir / args.release)
+        print(f"stopped the local release {args.release}" if stopped else "no local release was running")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

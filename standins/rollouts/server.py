@@ -1,0 +1,89 @@
+"""One inference API process (a pod of one revision) on a loopback port."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from standins.rollouts import analysis
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(Exception):
+    """The API exited, could not load its model, or was not ready in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_or_free(port: int) -> int:
+    """``port`` if it can be bound on loopback, else any free port (the status names the one in use)."""
+    if port:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                log.warning("port %s is taken: serving on another free port", port)
+    return free_port()
+
+
+class Server:
+    """``uvicorn ml.serve.app:create_app`` for one revision, with the pod's environment."""
+
+    def __init__(self, revision: int, model_uri: str, env: dict[str, str], log_dir: Path) -> None:
+        self.revision = revision
+        self.model_uri = model_uri
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"revision-{revision}-{self.port}.log"
+        with self.log_path.open("w") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "ml.serve.app:create_app", "--factory",
+                 "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
+                env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Return once ``/ready`` answers 200; raise ``NotReady`` as soon as that cannot happen."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise NotReady(f"the API for revision {self.revision} exited: {self._log_tail()}")
+            try:
+                answer = httpx.get(f"{self.url}/ready", timeout=2)
+                if answer.status_code == 200:
+                    return
+                last = str(answer.json().get("detail"))
+                if last != "model is loading":  # loading failed: the probe would fail until the deadline
+                    raise NotReady(f"the API for revision {self.revision} cannot load its model: {last}")
+            except httpx.HTTPError as err:
+                last = str(err)
+            time.sleep(0.3)
+        raise NotReady(f"the API for revision {self.revision} was not ready within {timeout_s:.0f}s: {last}")
+
+    def scrape(self) -> analysis.Scrape:
+        return analysis.parse(httpx.get(f"{self.url}/metrics", timeout=5).text)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def _log_tail(self) -> str:
+        return " | ".join(self.log_path.read_text().strip().splitlines()[-3:])
