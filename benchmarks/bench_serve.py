@@ -96,6 +96,7 @@ def main() -> None:
 
 
 def run(work: Path, workers: int, seconds: int, servers: list[Any]) -> dict[str, Any]:
+    # Long on purpose: one benchmark script read top to bottom (model, servers, equal scores, load, figures).
     import pandas as pd
 
     from ml.evaluate import evaluate

@@ -38,6 +38,9 @@ def write_xcom_result(result: dict[str, Any]) -> Path:
     return write_json(Path(os.environ.get(XCOM_DIR_ENV, DEFAULT_XCOM_DIR)) / XCOM_RESULT_FILE, result)
 
 
+#: The Terraform drift check's backend settings shared by every stack (bucket, region, ...), as a JSON object.
+BACKEND_CONFIG_ENV = "TF_DRIFT_BACKEND_CONFIG"
+
 # -- Keys that make every task idempotent -------------------------------------------------------------------
 
 

@@ -303,21 +303,39 @@ def evaluate(
         test_positives=int(labels.sum()),
     )
 
-    with mlflow.start_run(run_id=run_id):
-        test_metrics = {f"test_{k}": v for k, v in asdict(metrics).items() if k != "threshold"}
-        mlflow.log_metrics({**test_metrics, "decision_threshold": threshold}, model_id=evaluation.model_id)
-        if champion.metrics:
-            mlflow.log_metrics({f"champion_test_{k}": v for k, v in asdict(champion.metrics).items()})
-        import matplotlib.pyplot as plt
+    _log_evidence(evaluation, manifest, labels, scores, pipeline, champion_scores)
+    log.info("decision %s: %s", decision.upper(), "; ".join(reasons))
+    return evaluation
 
-        for path, figure in _figures(labels, scores, threshold, pipeline, champion_scores).items():
+
+def _log_evidence(
+    evaluation: Evaluation,
+    manifest: dict[str, Any],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    pipeline: Any,
+    champion_scores: np.ndarray | None,
+) -> None:
+    """Log the metrics, figures, model card and decision to the training's run."""
+    import mlflow
+
+    threshold = evaluation.metrics.threshold
+    figures = _figures(labels, scores, threshold, pipeline, champion_scores)  # selects the Agg backend first
+    import matplotlib.pyplot as plt
+
+    with mlflow.start_run(run_id=evaluation.run_id):
+        test_metrics = {f"test_{k}": v for k, v in asdict(evaluation.metrics).items() if k != "threshold"}
+        mlflow.log_metrics({**test_metrics, "decision_threshold": threshold}, model_id=evaluation.model_id)
+        if evaluation.champion.metrics:
+            mlflow.log_metrics(
+                {f"champion_test_{k}": v for k, v in asdict(evaluation.champion.metrics).items()}
+            )
+        for path, figure in figures.items():
             mlflow.log_figure(figure, path)
             plt.close(figure)  # pyplot keeps every figure alive until closed
         mlflow.log_text(model_card(evaluation, manifest), "model_card.md")
         mlflow.log_dict(asdict(evaluation), "evaluation.json")
-        mlflow.set_tags({DECISION_TAG: decision, THRESHOLD_TAG: f"{threshold:.6f}"})
-    log.info("decision %s: %s", decision.upper(), "; ".join(reasons))
-    return evaluation
+        mlflow.set_tags({DECISION_TAG: evaluation.decision, THRESHOLD_TAG: f"{threshold:.6f}"})
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -52,6 +52,24 @@ class PreparedData:
     digest: str = ""
 
 
+def _check_columns_exist(
+    available: list[str],
+    target: str,
+    time_column: str | None,
+    feature_columns: Sequence[str],
+    drop_columns: Sequence[str],
+) -> None:
+    """Every column the caller names is in the table; otherwise the error names it and lists the table's."""
+    for name, role in [(target, "target"), *((c, "feature") for c in feature_columns)]:
+        if name not in available:
+            raise DataValidationError(name, f"{role} column not found; the table has {available}")
+    if time_column and time_column not in available:
+        raise DataValidationError(time_column, f"time column not found; the table has {available}")
+    missing_drops = [c for c in drop_columns if c not in available]
+    if missing_drops:
+        raise DataValidationError(missing_drops[0], f"asked to drop it, but the table has {available}")
+
+
 def validate(
     frame: pd.DataFrame,
     target: str,
@@ -73,16 +91,7 @@ def validate(
         )
     frame = frame.copy(deep=False)
     frame.columns = [str(c) for c in frame.columns]
-    available = list(frame.columns)
-    for name, role in [(target, "target"), *((c, "feature") for c in feature_columns or ())]:
-        if name not in frame.columns:
-            raise DataValidationError(name, f"{role} column not found; the table has {available}")
-    if time_column and time_column not in frame.columns:
-        raise DataValidationError(time_column, f"time column not found; the table has {available}")
-    missing_drops = [c for c in drop_columns if c not in frame.columns]
-    if missing_drops:
-        raise DataValidationError(missing_drops[0], f"asked to drop it, but the table has {available}")
-
+    _check_columns_exist(list(frame.columns), target, time_column, feature_columns or (), drop_columns)
     frame[target] = _binary_target(frame[target], target)
     if time_column:
         frame[time_column] = _time_values(frame[time_column], time_column)

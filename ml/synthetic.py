@@ -66,6 +66,7 @@ def generate(
     Returns:
         A DataFrame with numeric, categorical and timestamp columns and the binary target ``is_fraud``.
     """
+    # Long on purpose: one generative story read top to bottom; the logit combines every draw before it.
     if rows < 1:
         raise StageError(f"rows must be at least 1, got {rows}")
     if not 0.0001 <= fraud_rate <= 0.2:

@@ -165,6 +165,45 @@ def resolve_device(requested: str, model_type: str) -> str:
     return requested
 
 
+def _estimator(
+    config: TrainConfig, y_train: Any, features: Sequence[str], categorical: Sequence[str], device: str
+) -> Any:
+    """The unfitted estimator: XGBoost ``hist`` with native categoricals and early stopping, or the baseline."""
+    if config.model_type == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(
+            n_estimators=100,
+            max_depth=10,
+            class_weight="balanced_subsample",
+            n_jobs=-1,
+            random_state=config.seed,
+        )
+    from xgboost import XGBClassifier
+
+    positives = int(y_train.sum())
+    return XGBClassifier(
+        tree_method="hist",
+        device=device,
+        n_estimators=config.n_estimators,
+        max_depth=config.max_depth,
+        learning_rate=config.learning_rate,
+        min_child_weight=config.min_child_weight,
+        subsample=config.subsample,
+        colsample_bytree=config.colsample_bytree,
+        scale_pos_weight=positive_weight(
+            config.scale_pos_weight, negatives=len(y_train) - positives, positives=positives
+        ),
+        early_stopping_rounds=config.early_stopping_rounds,
+        eval_metric="aucpr",
+        feature_types=["c" if name in categorical else "q" for name in features],
+        enable_categorical=True,
+        max_cat_to_onehot=1,
+        random_state=config.seed,
+        n_jobs=os.cpu_count(),
+    )
+
+
 def fit_model(
     config: TrainConfig,
     train: pd.DataFrame,
@@ -180,51 +219,16 @@ def fit_model(
 
     encoder = TabularEncoder(features=list(features), categorical=list(categorical))
     x_train = encoder.fit_transform(train)
-    x_val = encoder.transform(validation)
     y_train = train[target].to_numpy()
-    y_val = validation[target].to_numpy()
-
+    estimator = _estimator(config, y_train, features, categorical, device)
     history: list[float] = []
     best_iteration: int | None = None
     if config.model_type == "xgboost":
-        from xgboost import XGBClassifier
-
-        positives = int(y_train.sum())
-        scale = positive_weight(
-            config.scale_pos_weight, negatives=len(y_train) - positives, positives=positives
-        )
-        feature_types = ["c" if name in categorical else "q" for name in features]
-        estimator: Any = XGBClassifier(
-            tree_method="hist",
-            device=device,
-            n_estimators=config.n_estimators,
-            max_depth=config.max_depth,
-            learning_rate=config.learning_rate,
-            min_child_weight=config.min_child_weight,
-            subsample=config.subsample,
-            colsample_bytree=config.colsample_bytree,
-            scale_pos_weight=scale,
-            early_stopping_rounds=config.early_stopping_rounds,
-            eval_metric="aucpr",
-            feature_types=feature_types,
-            enable_categorical=True,
-            max_cat_to_onehot=1,
-            random_state=config.seed,
-            n_jobs=os.cpu_count(),
-        )
-        estimator.fit(x_train, y_train, eval_set=[(x_val, y_val)], verbose=False)
+        eval_set = [(encoder.transform(validation), validation[target].to_numpy())]
+        estimator.fit(x_train, y_train, eval_set=eval_set, verbose=False)
         history = [float(v) for v in estimator.evals_result()["validation_0"]["aucpr"]]
         best_iteration = int(estimator.best_iteration)
     else:
-        from sklearn.ensemble import RandomForestClassifier
-
-        estimator = RandomForestClassifier(
-            n_estimators=100,
-            max_depth=10,
-            class_weight="balanced_subsample",
-            n_jobs=-1,
-            random_state=config.seed,
-        )
         estimator.fit(x_train, y_train)
     return Pipeline([("encode", encoder), ("model", estimator)]), history, best_iteration
 
@@ -233,6 +237,55 @@ def fingerprint(config: TrainConfig, manifest: dict[str, Any]) -> str:
     """Identify a training by its inputs: same config and same prepared data give the same fingerprint."""
     payload = json.dumps({"config": asdict(config), "data": manifest.get("digest")}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _keyed_run(experiment: str, run_key: str, inputs_fingerprint: str) -> tuple[Any, TrainResult | None]:
+    """The MLflow run keyed ``run_key``, and its result if it already trained a model from the same inputs.
+
+    A run that holds an attempt with other inputs (or an incomplete one) is superseded by a fresh run.
+    """
+    run = tracking.find_keyed_run(experiment, run_key)
+    tags = run.data.tags if run is not None else {}
+    if tags.get(TRAIN_FINGERPRINT_TAG) == inputs_fingerprint and TRAIN_RESULT_TAG in tags:
+        return run, TrainResult(**{**json.loads(tags[TRAIN_RESULT_TAG]), "reused": True})
+    if run is not None and (run.data.params or run.data.metrics):
+        tracking.supersede(run, "a new training attempt with different inputs, or after an incomplete one")
+        run = None
+    if run is None:
+        run = tracking.create_keyed_run(experiment, run_key, run_name=run_key.replace("/", " "))
+    return run, None
+
+
+def _log_inputs(prepared_uri: str, manifest: dict[str, Any], splits: dict[str, pd.DataFrame]) -> None:
+    """The data's lineage on the active run: where it came from, its digest, and each split as a dataset."""
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    mlflow.set_tags({PREPARED_URI_TAG: prepared_uri, DATA_DIGEST_TAG: manifest.get("digest", "")})
+    for name, frame in splits.items():
+        source = f"{prepared_uri.rstrip('/')}/{name}.parquet"
+        dataset = from_pandas(frame, source=source, targets=manifest["target"], name=name)
+        mlflow.log_input(dataset, context="training" if name == "train" else name)
+
+
+def _log_model(
+    pipeline: Any, validation: pd.DataFrame, manifest: dict[str, Any], config: TrainConfig, device: str
+) -> Any:
+    """Log the pipeline with its signature and an input example; its pyfunc predicts probabilities."""
+    import mlflow
+
+    example = to_model_input(validation[manifest["features"]].head(5), manifest["categorical"])
+    return mlflow.sklearn.log_model(
+        sk_model=pipeline,
+        name="model",
+        signature=mlflow.models.infer_signature(example, pipeline.predict_proba(example)),
+        input_example=example,
+        pyfunc_predict_fn="predict_proba",
+        # Saved with skops, not pickle: loading executes no code beyond these declared types.
+        skops_trusted_types=SKOPS_TRUSTED_TYPES[config.model_type],
+        code_paths=[ML_PACKAGE],
+        params={"model_type": config.model_type, "device_used": device},
+    )
 
 
 def train(
@@ -248,92 +301,62 @@ def train(
     the keyed run instead of training again; anything else supersedes that run and starts a fresh one.
     """
     import mlflow
-    from mlflow.data.pandas_dataset import from_pandas
 
     manifest = read_manifest(prepared_uri)
-    features, categorical, target = manifest["features"], manifest["categorical"], manifest["target"]
     device = resolve_device(config.device, config.model_type)
     inputs_fingerprint = fingerprint(config, manifest)
-
-    run = tracking.find_keyed_run(experiment, run_key)
-    if (
-        run is not None
-        and run.data.tags.get(TRAIN_FINGERPRINT_TAG) == inputs_fingerprint
-        and TRAIN_RESULT_TAG in run.data.tags
-    ):
-        result = TrainResult(**{**json.loads(run.data.tags[TRAIN_RESULT_TAG]), "reused": True})
-        log.info(
-            "run %s already trained this model (%s) for %s: reusing it",
-            run.info.run_id,
-            result.model_id,
-            run_key,
-        )
-        return result
-    if run is not None and (run.data.params or run.data.metrics):
-        tracking.supersede(run, "a new training attempt with different inputs, or after an incomplete one")
-        run = None
-    if run is None:
-        run = tracking.create_keyed_run(experiment, run_key, run_name=run_key.replace("/", " "))
-
-    train_df = read_published_table(prepared_uri, "train.parquet")
-    val_df = read_published_table(prepared_uri, "validation.parquet")
+    run, reused = _keyed_run(experiment, run_key, inputs_fingerprint)
+    if reused is not None:
+        log.info("run %s already trained %s for %s: reusing it", run.info.run_id, reused.model_id, run_key)
+        return reused
+    splits = {name: read_published_table(prepared_uri, f"{name}.parquet") for name in ("train", "validation")}
     log.info(
         "training %s on %s (%d rows, %d features) with device=%s",
-        config.model_type, prepared_uri, len(train_df), len(features), device,
+        config.model_type, prepared_uri, len(splits["train"]), len(manifest["features"]), device,
     )  # fmt: skip
-
     with mlflow.start_run(run_id=run.info.run_id):
-        mlflow.log_params({**asdict(config), "device_used": device, "n_features": len(features)})
-        mlflow.set_tags({PREPARED_URI_TAG: prepared_uri, DATA_DIGEST_TAG: manifest.get("digest", "")})
-        for name, frame in (("train", train_df), ("validation", val_df)):
-            dataset = from_pandas(
-                frame, source=f"{prepared_uri.rstrip('/')}/{name}.parquet", targets=target, name=name
-            )
-            mlflow.log_input(dataset, context="training" if name == "train" else name)
-
-        started = time.perf_counter()
-        pipeline, history, best_iteration = fit_model(
-            config, train_df, val_df, features=features, categorical=categorical, target=target, device=device
-        )
-        train_seconds = time.perf_counter() - started
-        log.info("trained in %.1fs on %s (best iteration %s)", train_seconds, device, best_iteration)
-        if history:
-            tracking.log_metric_series(run.info.run_id, "val_average_precision_by_round", history)
-
-        from sklearn.metrics import average_precision_score
-
-        val_scores = pipeline.predict_proba(val_df[features])[:, 1]
-        val_ap = float(average_precision_score(val_df[target], val_scores))
-        mlflow.log_metrics({"val_average_precision": val_ap, "train_seconds": train_seconds})
-
-        example = to_model_input(val_df[features].head(5), categorical)
-        signature = mlflow.models.infer_signature(example, pipeline.predict_proba(example))
-        info = mlflow.sklearn.log_model(
-            sk_model=pipeline,
-            name="model",
-            signature=signature,
-            input_example=example,
-            pyfunc_predict_fn="predict_proba",
-            # Saved with skops, not pickle: loading executes no code beyond these declared types.
-            skops_trusted_types=SKOPS_TRUSTED_TYPES[config.model_type],
-            code_paths=[ML_PACKAGE],
-            params={"model_type": config.model_type, "device_used": device},
-        )
-        result = TrainResult(
-            run_id=run.info.run_id,
-            model_uri=info.model_uri,
-            model_id=info.model_id,
-            model_type=config.model_type,
-            device=device,
-            best_iteration=best_iteration,
-            val_average_precision=val_ap,
-            train_seconds=round(train_seconds, 3),
-        )
+        mlflow.log_params({**asdict(config), "device_used": device, "n_features": len(manifest["features"])})
+        _log_inputs(prepared_uri, manifest, splits)
+        result = _fit_and_log(run.info.run_id, config, splits, manifest, device)
         mlflow.set_tags(
             {TRAIN_FINGERPRINT_TAG: inputs_fingerprint, TRAIN_RESULT_TAG: json.dumps(asdict(result))}
         )
-    log.info("validation average precision %.4f; model %s", val_ap, info.model_uri)
+    log.info("validation average precision %.4f; model %s", result.val_average_precision, result.model_uri)
     return result
+
+
+def _fit_and_log(
+    run_id: str, config: TrainConfig, splits: dict[str, pd.DataFrame], manifest: dict[str, Any], device: str
+) -> TrainResult:
+    """Fit on the active run: the learning curve, the validation average precision and the model."""
+    import mlflow
+    from sklearn.metrics import average_precision_score
+
+    features, target, validation = manifest["features"], manifest["target"], splits["validation"]
+    started = time.perf_counter()
+    pipeline, history, best_iteration = fit_model(
+        config, splits["train"], validation, features=features, categorical=manifest["categorical"],
+        target=target, device=device,
+    )  # fmt: skip
+    train_seconds = time.perf_counter() - started
+    log.info("trained in %.1fs on %s (best iteration %s)", train_seconds, device, best_iteration)
+    if history:
+        tracking.log_metric_series(run_id, "val_average_precision_by_round", history)
+    val_ap = float(
+        average_precision_score(validation[target], pipeline.predict_proba(validation[features])[:, 1])
+    )
+    mlflow.log_metrics({"val_average_precision": val_ap, "train_seconds": train_seconds})
+    info = _log_model(pipeline, validation, manifest, config, device)
+    return TrainResult(
+        run_id=run_id,
+        model_uri=info.model_uri,
+        model_id=info.model_id,
+        model_type=config.model_type,
+        device=device,
+        best_iteration=best_iteration,
+        val_average_precision=val_ap,
+        train_seconds=round(train_seconds, 3),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -107,12 +107,12 @@ def test_deploys_wait_for_the_production_approval_and_use_the_chart(workflow) ->
     assert job["needs"] == ["images"]
     helm = next(s for s in steps(job) if "helm upgrade" in s.get("run", ""))
     release = load_platform().release
-    assert f"helm upgrade --install {release['name']} {release['chart']}" in helm["run"]
-    assert f"--namespace {release['namespace']}" in helm["run"] and "$GITHUB_SHA" in helm["run"]
+    assert f"helm upgrade --install {release.name} {release.chart}" in helm["run"]
+    assert f"--namespace {release.namespace}" in helm["run"] and "$GITHUB_SHA" in helm["run"]
     # The pipeline's pinned model survives an image deploy; Helm's --wait cannot judge a Rollout.
     assert "--reset-then-reuse-values" in helm["run"] and "--wait" not in helm["run"]
     watch = "\n".join(s.get("run", "") for s in steps(job))
-    assert f"get rollout {release['name']}" in watch and "Degraded" in watch
+    assert f"get rollout {release.name}" in watch and "Degraded" in watch
 
 
 def test_ci_tests_with_the_terraform_the_drift_image_runs(workflow) -> None:

@@ -17,11 +17,9 @@ A failure to deliver raises with the reason, after logging the alert itself so i
 from __future__ import annotations
 
 import json
-import smtplib
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseNotifier
@@ -103,7 +101,7 @@ class AlertNotifier(BaseNotifier):
                 raise AlertDeliveryError(
                     f"connection {self.conn_id!r} has type {conn.conn_type!r}; alerts support {supported}"
                 )
-        except (AlertDeliveryError, OSError, smtplib.SMTPException) as err:
+        except (AlertDeliveryError, OSError) as err:  # smtplib's errors are OSErrors
             self.log.error("ALERT NOT DELIVERED (%s): %s\n%s", err, self.title, self.message)
             if isinstance(err, AlertDeliveryError):
                 raise
@@ -134,6 +132,9 @@ class AlertNotifier(BaseNotifier):
             raise AlertDeliveryError(
                 f"e-mail connection {self.conn_id!r} needs a host, extra 'to' and extra 'from' (or a login)"
             )
+        import smtplib  # only where e-mail is sent: it is not needed to parse a DAG
+        from email.message import EmailMessage
+
         mail = EmailMessage()
         mail["Subject"] = self.title
         mail["From"] = sender

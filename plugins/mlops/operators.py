@@ -33,8 +33,14 @@ from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
-from contract import ERROR_PREFIX, EXIT_INVALID_INPUT, LOCAL_RELEASES_ENV, XCOM_DIR_ENV, XCOM_RESULT_FILE
-from mlops.drift.check import BACKEND_CONFIG_ENV
+from contract import (
+    BACKEND_CONFIG_ENV,
+    ERROR_PREFIX,
+    EXIT_INVALID_INPUT,
+    LOCAL_RELEASES_ENV,
+    XCOM_DIR_ENV,
+    XCOM_RESULT_FILE,
+)
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 
 if TYPE_CHECKING:
@@ -137,6 +143,7 @@ class PlatformPodOperator(KubernetesPodOperator):
         kubernetes_api: bool = False,
         **kwargs: Any,
     ) -> None:
+        # Long on purpose: one KubernetesPodOperator call that spells out the whole pod, field by field.
         platform = load_platform()
         resources = platform.preset(preset)
         cluster = platform.kubernetes

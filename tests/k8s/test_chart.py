@@ -21,10 +21,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ml.errors import StageError
 from ml.release import chart
 from ml.serve import metrics
 from mlops.platform_config import load_platform
+from standins.render import RenderError
 from standins.render import render as render_chart
 from standins.rollouts import analysis
 
@@ -272,7 +272,7 @@ def test_a_model_or_setting_change_changes_the_pod_template_and_starts_a_rollout
     ],
 )
 def test_bad_values_fail_at_render_time_with_a_message(values: dict[str, Any], message: str) -> None:
-    with pytest.raises(StageError, match=re.escape(message)):
+    with pytest.raises(RenderError, match=re.escape(message)):
         render(values)
 
 

@@ -72,14 +72,14 @@ def test_the_schema_check_rejects_an_unknown_field() -> None:
 
 def test_the_pod_namespace_and_service_account_are_the_platforms() -> None:
     cluster = PLATFORM.kubernetes
-    one("Namespace", cluster["namespace"])
-    account = one("ServiceAccount", cluster["service_account"])
-    assert account["metadata"]["namespace"] == cluster["namespace"]
+    one("Namespace", cluster.namespace)
+    account = one("ServiceAccount", cluster.service_account)
+    assert account["metadata"]["namespace"] == cluster.namespace
     assert account["automountServiceAccountToken"] is False
     namespaced = [o for o in objects() if o["kind"] not in ("Namespace", "PriorityClass")]
     # Everything lives in the pipeline's namespace, but the release's access to the serving namespace.
     assert {o["metadata"]["namespace"] for o in namespaced} == {
-        cluster["namespace"],
+        cluster.namespace,
         PLATFORM.release.namespace,
     }
     assert {

@@ -30,7 +30,7 @@ def blocks(text: str, kind: str) -> dict[str, str]:
 
 def test_the_stacks_are_the_ones_the_drift_check_and_the_readme_know() -> None:
     assert {p.name for p in STACK_DIRS} == {"bootstrap", "cluster", "data"}
-    checked = {stack["dir"] for stack in PLATFORM.terraform_drift.stacks}
+    checked = {stack.dir for stack in PLATFORM.terraform_drift.stacks}
     assert checked == {"terraform/cluster", "terraform/data"}
     assert all((ROOT / d).is_dir() for d in checked)
 

@@ -31,12 +31,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from contract import ERROR_PREFIX, write_xcom_result
+from contract import BACKEND_CONFIG_ENV, ERROR_PREFIX, write_xcom_result
 
 log = logging.getLogger("mlops.drift.check")
 
-#: Backend settings shared by every stack (bucket, region, ...), as a JSON object; each stack adds its own key.
-BACKEND_CONFIG_ENV = "TF_DRIFT_BACKEND_CONFIG"
 SENSITIVE = "(sensitive)"
 #: Longest value shown in a report; longer ones (policies, certificates) are cut.
 MAX_VALUE_CHARS = 120

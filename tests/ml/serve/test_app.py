@@ -19,8 +19,10 @@ from ml.evaluate import evaluate
 from ml.prepare import prepare
 from ml.register import register
 from ml.schema import to_model_input
-from ml.serve import app as app_module
-from ml.serve.app import Settings, create_app
+from ml.serve import service as service_module
+from ml.serve.app import create_app
+from ml.serve.service import PredictResponse
+from ml.serve.settings import Settings
 from ml.storage import read_manifest, read_published_table
 from ml.train import train
 from tests.helpers import CHALLENGER, CHAMPION, train_config
@@ -72,6 +74,8 @@ def test_served_scores_equal_the_mlflow_models_scores(client, registered) -> Non
     assert (body["model_name"], body["model_version"]) == (MODEL, registered["version"])
     assert body["threshold"] == pytest.approx(registered["threshold"], abs=1e-6)
     assert [p["decision"] for p in body["predictions"]] == [bool(s >= body["threshold"]) for s in served]
+    # The documented (not FastAPI-validated) response model holds for a real answer, field for field.
+    assert PredictResponse.model_validate(body).model_dump() == body
 
 
 def test_one_record_without_a_batch_wrapper(client, registered) -> None:
@@ -147,13 +151,13 @@ def test_metrics_are_prometheus_text_with_the_names_alerts_query(client, registe
 
 def test_ready_is_false_until_the_model_is_loaded(registered, monkeypatch) -> None:
     release = threading.Event()
-    real_load = app_module.load
+    real_load = service_module.load
 
     def slow_load(uri: str) -> Any:
         release.wait(30)
         return real_load(uri)
 
-    monkeypatch.setattr(app_module, "load", slow_load)
+    monkeypatch.setattr(service_module, "load", slow_load)
     with TestClient(create_app(Settings(model_uri=f"models:/{MODEL}@{CHAMPION}"))) as client:
         assert client.get("/health").status_code == 200
         assert client.get("/ready").status_code == 503
@@ -240,8 +244,8 @@ def test_reload_follows_a_moved_alias_and_is_not_ready_meanwhile(registered, mon
                                              tags=client_.get_model_version(MODEL, version).tags)  # fmt: skip
         client_.set_registered_model_alias(MODEL, "reload-test", other.version)
         release = threading.Event()
-        real_load = app_module.load
-        monkeypatch.setattr(app_module, "load", lambda uri: (release.wait(30), real_load(uri))[1])
+        real_load = service_module.load
+        monkeypatch.setattr(service_module, "load", lambda uri: (release.wait(30), real_load(uri))[1])
         assert api.post("/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert api.post("/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 202
         assert api.get("/ready").status_code == 503

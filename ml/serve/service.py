@@ -1,0 +1,184 @@
+"""Validating and scoring requests with the loaded model, and holding that model while it (re)loads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import create_model as create_pydantic_model
+
+from ml.serve import metrics
+from ml.serve.model import ModelCard, Scorer, load
+from ml.serve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Under the record's strict config a float field takes ints and floats, never booleans or numeric strings.
+Number = float | None
+Category = str | None
+
+
+class Prediction(BaseModel):
+    probability: float
+    decision: bool
+
+
+class PredictResponse(BaseModel):
+    """The body of a 200 from ``/predict`` (documented; built by ``Service.predict`` and serialised by orjson)."""
+
+    model_name: str
+    model_version: str
+    threshold: float
+    predictions: list[Prediction]
+
+
+class Problem(Exception):
+    """A client error: status code and a message that names the field and the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def record_model(card: ModelCard) -> type[BaseModel]:
+    """The pydantic model of one record: exactly the model's features, strictly typed, no NaN or infinity."""
+    fields: dict[str, Any] = {
+        name: (Category if name in card.categorical else Number, ...) for name in card.features
+    }
+    config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+    return create_pydantic_model("Record", __config__=config, **fields)
+
+
+def describe(error: ValidationError, batch: bool) -> str:
+    """One line per problem, each naming its field: ``instances[3].amount: ...`` or ``amount: ...``."""
+    parts = []
+    for item in error.errors()[:10]:
+        loc = item["loc"] if batch else item["loc"][1:]  # a single record is validated as a batch of one
+        location = ("instances" if batch else "") + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc
+        )
+        parts.append(f"{location.lstrip('.')}: {item['msg']}")
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class Service:
+    """The loaded model and what validating and scoring a request needs."""
+
+    def __init__(self, card: ModelCard, scorer: Scorer, settings: Settings, tracer: Any = None) -> None:
+        self.card, self.scorer, self.settings, self.tracer = card, scorer, settings, tracer
+        self.record = record_model(card)
+        self.records: TypeAdapter[list[Any]] = TypeAdapter(list[self.record])  # type: ignore[name-defined]
+
+    def parse(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
+        """Return the validated records of a request body (one record, or a batch under ``instances``), and
+        whether it was a batch."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            raise Problem(400, f"malformed JSON: {err}") from err
+        if not isinstance(payload, dict):
+            raise Problem(422, 'the body must be a JSON object: one record, or {"instances": [records]}')
+        batch = set(payload) == {"instances"}
+        records = payload["instances"] if batch else [payload]
+        if not isinstance(records, list):
+            raise Problem(422, "instances: must be a list of records")
+        if not records:
+            raise Problem(422, "instances: the batch is empty")
+        if len(records) > self.settings.max_batch_size:
+            raise Problem(
+                422, f"instances: {len(records)} records is over the limit of {self.settings.max_batch_size}"
+            )
+        try:
+            self.records.validate_python(records)
+        except ValidationError as err:
+            raise Problem(422, describe(err, batch)) from err
+        return records, batch
+
+    def predict(self, records: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
+        """Score validated records: a ``PredictResponse`` as a plain dict."""
+        matrix = self.scorer.matrix(records)
+        overflowed = np.isinf(matrix)
+        if overflowed.any():
+            # The model scores float32: a number of larger magnitude would reach it as infinity.
+            row, column = map(int, np.argwhere(overflowed)[0])
+            where = (f"instances[{row}]." if batch else "") + self.scorer.features[column]
+            raise Problem(
+                422, f"{where}: {records[row][self.scorer.features[column]]} is beyond float32's range"
+            )
+        scores = self._score(matrix, len(records))
+        for score in scores:
+            metrics.PREDICTION_SCORE.observe(float(score))
+        threshold = self.card.threshold
+        return {
+            "model_name": self.card.name,
+            "model_version": self.card.version,
+            "threshold": threshold,
+            "predictions": [{"probability": float(s), "decision": bool(s >= threshold)} for s in scores],
+        }
+
+    def _score(self, matrix: np.ndarray, size: int) -> np.ndarray:
+        if self.tracer is None:
+            return self.scorer.predict(matrix)
+        with self.tracer.start_as_current_span("predict") as span:
+            scores = self.scorer.predict(matrix)
+            span.set_attributes(
+                {
+                    "model.name": self.card.name,
+                    "model.version": self.card.version,
+                    "input.size": size,
+                    "prediction.score": float(scores[0]) if len(scores) == 1 else float(scores.max()),
+                    "prediction.positives": int((scores >= self.card.threshold).sum()),
+                }
+            )
+        return scores
+
+
+class ModelHolder:
+    """The service in memory, and its (re)loading in the background.
+
+    While a load runs, the previous service (if any) keeps answering ``/predict`` and ``/ready`` says no, so a
+    load balancer drains the replica. A failed load keeps the process up for its probes and reports why.
+    """
+
+    def __init__(self, settings: Settings, tracer: Any = None) -> None:
+        self.settings, self.tracer = settings, tracer
+        self.service: Service | None = None
+        self.error: str | None = None
+        self.loading: asyncio.Task[None] | None = None
+        #: Called after a new model is in memory (the app drops its cached OpenAPI document).
+        self.on_loaded: list[Any] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.service is not None and self.loading is None
+
+    def start_loading(self) -> None:
+        if self.loading is None:
+            self.loading = asyncio.create_task(self._load())
+
+    def stop_loading(self) -> None:
+        if self.loading is not None:
+            self.loading.cancel()
+
+    async def _load(self) -> None:
+        try:
+            card, scorer = await asyncio.to_thread(load, self.settings.model_uri)
+        except Exception as err:  # kept for /ready to report; the process stays up for its probes
+            log.exception("loading %s failed", self.settings.model_uri)
+            self.error = f"{type(err).__name__}: {err}"
+            return
+        finally:
+            self.loading = None
+        previous = self.service
+        self.service, self.error = Service(card, scorer, self.settings, self.tracer), None
+        if previous is not None:
+            metrics.MODEL_INFO.remove(previous.card.name, previous.card.version)
+        metrics.MODEL_INFO.labels(model_name=card.name, model_version=card.version).set(1)
+        for callback in self.on_loaded:
+            callback()
