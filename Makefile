@@ -5,6 +5,7 @@
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
 #   make bench-serve inference API against `mlflow models serve` (needs wrk: installed with apt-get)
+#   make bench-parse DAG parse time of each DAG file (target: the training DAG in 50 ms)
 #   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
 #   make drift-check run the Terraform drift check DAG once (local runtime; needs the stacks' backend access)
 #   make terraform-check  terraform fmt and the checkov scan of terraform/ (offline)
@@ -72,7 +73,7 @@ HELM := $(TOOLS)/bin/helm
 PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
 
 .PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast test-tools terraform-bin lint terraform-check \
-	drift-check browser actionlint bench bench-serve serve release-down clean kind-up kind-down
+	drift-check browser actionlint bench bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -154,6 +155,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+bench-parse: install
+	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_parse
 
 bench: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_pipeline

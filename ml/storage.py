@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -163,8 +163,3 @@ def read_published_table(uri: str, name: str) -> pd.DataFrame:
         body = _s3_client().get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
         return pd.read_parquet(io.BytesIO(body))
     return pd.read_parquet(Path(uri) / name)
-
-
-def parse_query(uri: str) -> dict[str, str]:
-    """Return a URI's query parameters as single values."""
-    return {key: values[-1] for key, values in parse_qs(urlparse(uri).query).items()}

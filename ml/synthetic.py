@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pandas as pd
@@ -142,9 +143,7 @@ def _intercept_for_rate(logit: np.ndarray, rate: float) -> float:
 
 def generate_from_uri(uri: str) -> pd.DataFrame:
     """Generate a table from ``synthetic://card-transactions?rows=N&seed=S&fraud_rate=R``."""
-    from ml.storage import parse_query
-
-    options = parse_query(uri)
+    options = {key: values[-1] for key, values in parse_qs(urlparse(uri).query).items()}
     known = {"rows", "seed", "fraud_rate", "start", "days"}
     unknown = sorted(set(options) - known)
     if unknown:

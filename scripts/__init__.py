@@ -1,1 +1,1 @@
-"""Developer tooling: the embedded local stack and the demo driver (not shipped in any image)."""
+"""Developer tooling: the demo driver and serving a registered model by hand (not shipped in any image)."""
