@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,23 @@ EXIT_INVALID_INPUT = 2
 ERROR_PREFIX = "ERROR: "
 
 
-def write_json(target: Path, payload: Any) -> Path:
-    """Write ``payload`` as JSON under a temporary name and rename it: a reader never sees half a file."""
+@contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` to write to: it becomes ``target`` in one rename if the block succeeds,
+    and is removed if it fails. A reader never sees half a file (results, reports, tables, release records)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    partial.write_text(json.dumps(payload, indent=1, default=str))
-    partial.replace(target)
+    try:
+        yield partial
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_json(target: Path, payload: Any) -> Path:
+    """Write ``payload`` as JSON, atomically (``replacing``)."""
+    with replacing(target) as partial:
+        partial.write_text(json.dumps(payload, indent=1, default=str))
     return target
 
 
@@ -104,6 +117,8 @@ MODEL_ANNOTATION = "mlops.airflow-mlops.io/model-uri"
 
 #: Environment variable naming the folder of local release histories; the local pod runtime sets it.
 LOCAL_RELEASES_ENV = "MLOPS_LOCAL_RELEASES"
+#: The Airflow plugins folder (where the platform settings live), which the local pod runtime hands the stand-ins.
+PLUGINS_FOLDER_ENV = "MLOPS_PLUGINS_FOLDER"
 #: Files under ``<local releases>/<release>/``: the Rollout's status, each revision's final outcome
 #: (``results/<revision>.json``) and the pid of the release's controller.
 LOCAL_STATUS_FILE = "rollout.json"

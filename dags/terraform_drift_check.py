@@ -166,12 +166,11 @@ def write_report(data_root: str, prefix: str, run_id: str, markdown: str) -> str
         return f"s3://{bucket}/{key}"
     from pathlib import Path
 
-    folder = Path(data_root) / prefix
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    partial = target.with_suffix(".md.partial")
-    partial.write_text(markdown)
-    partial.replace(target)  # a reader never sees half a report
+    from contract import replacing
+
+    target = Path(data_root) / prefix / name
+    with replacing(target) as partial:  # a reader never sees half a report
+        partial.write_text(markdown)
     return str(target)
 
 

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pandas as pd
 
+from contract import replacing
 from ml.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -163,13 +164,11 @@ def generate_from_uri(uri: str) -> pd.DataFrame:
 
 def write(frame: pd.DataFrame, output: Path) -> None:
     """Write a table as Parquet or CSV (by suffix), through a temporary name so no partial file remains."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    if output.suffix == ".csv":
-        frame.to_csv(partial, index=False)
-    else:
-        frame.to_parquet(partial, index=False)
-    partial.replace(output)
+    with replacing(output) as partial:
+        if output.suffix == ".csv":
+            frame.to_csv(partial, index=False)
+        else:
+            frame.to_parquet(partial, index=False)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -28,17 +28,22 @@ from typing import Any, NoReturn
 
 import yaml
 
-from contract import LOCAL_RELEASES_ENV
+from contract import LOCAL_RELEASES_ENV, PLUGINS_FOLDER_ENV
 from ml.release.chart import merge
 from ml.release.helm import Revision
 from standins import rollouts
 from standins.release_store import ReleaseStore
 from standins.render import RenderError, render
 
-#: Where the controller imports from: ``standins`` and ``ml`` (the project root) and the platform settings
-#: (``plugins``).
+#: Where ``standins`` and ``ml`` are imported from.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONTROLLER_PATH = (PROJECT_ROOT, PROJECT_ROOT / "plugins")
+
+
+def controller_pythonpath() -> str:
+    """The project, and the plugins folder whose platform settings the controller reads (the local pod runtime
+    names it; this repository's by default), before what the caller had."""
+    plugins = os.environ.get(PLUGINS_FOLDER_ENV) or str(PROJECT_ROOT / "plugins")
+    return os.pathsep.join(filter(None, [str(PROJECT_ROOT), plugins, os.environ.get("PYTHONPATH")]))
 
 
 class HelmError(Exception):
@@ -80,7 +85,7 @@ def ensure_controller(store: ReleaseStore) -> None:
             [sys.executable, "-m", "standins.rollouts", "run", "--state-dir", str(store.path.parent),
              "--release", store.release],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, CONTROLLER_PATH), os.environ.get("PYTHONPATH", "")])},
+            env={**os.environ, "PYTHONPATH": controller_pythonpath()},
             start_new_session=True,  # outlives the command that started it, like a controller in the cluster
         )  # fmt: skip
     deadline = time.monotonic() + 30

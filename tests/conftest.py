@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ os.environ.update(
     }
 )
 
+from contract import XCOM_DIR_ENV  # noqa: E402 - after the environment above
 from ml.synthetic import generate  # noqa: E402 - after the environment above
 
 # Fixture stacks deployed with the real terraform (used by the drift check's tests and its DAG's).
@@ -57,6 +59,21 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def trained_model(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One prepared table (20,000 synthetic rows) and one XGBoost model trained on it, logged to the session's
+    MLflow: shared by the tests that need a real model, each registering it under a name of its own."""
+    from ml.prepare import prepare
+    from ml.train import train
+    from tests.helpers import train_config
+
+    prepared = str(tmp_path_factory.mktemp("shared-model") / "prepared")
+    prepare("synthetic://card-transactions?rows=20000&seed=8", "is_fraud", prepared, time_column="timestamp",
+            drop_columns=["transaction_id"])  # fmt: skip
+    trained = train(prepared, train_config(n_estimators=60), experiment="tests", run_key="tests/shared-model")
+    return {"prepared": prepared, "trained": trained}
+
+
+@pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated Airflow metadata database (SQLite) in the session's AIRFLOW_HOME."""
     subprocess.run(
@@ -79,5 +96,5 @@ def synthetic_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def xcom_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the stages' XCom result at a temporary folder."""
-    monkeypatch.setenv("ML_XCOM_DIR", str(tmp_path / "xcom"))
+    monkeypatch.setenv(XCOM_DIR_ENV, str(tmp_path / "xcom"))
     return tmp_path / "xcom"

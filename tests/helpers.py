@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
-from ml.train import TrainConfig
+from ml.evaluate import Evaluation, evaluate
+from ml.register import register
+from ml.train import TrainConfig, TrainResult
 from mlops.platform_config import load_platform
 
 CHAMPION = load_platform().registry.production_alias
@@ -14,3 +17,12 @@ CHALLENGER = load_platform().registry.candidate_alias
 def train_config(**overrides: Any) -> TrainConfig:
     """The pipeline's default training config (from the platform settings) with some fields changed."""
     return TrainConfig(**{**load_platform().training.model_dump(), **overrides})
+
+
+def register_evaluated(
+    prepared: str, trained: TrainResult, name: str, run_key: str
+) -> tuple[Evaluation, str]:
+    """Evaluate a trained model against ``name``'s champion (no gate) and register it as ``name``'s challenger."""
+    evaluation = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name=name,
+                          min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+    return evaluation, register(asdict(evaluation), run_key=run_key, alias=CHALLENGER).version

@@ -38,6 +38,7 @@ from contract import (
     ERROR_PREFIX,
     EXIT_INVALID_INPUT,
     LOCAL_RELEASES_ENV,
+    PLUGINS_FOLDER_ENV,
     XCOM_DIR_ENV,
     XCOM_RESULT_FILE,
 )
@@ -53,6 +54,8 @@ DATA_ROOT_VARIABLE = "mlops_data_root"
 #: service account (cloud credentials) and its image (locale).
 LOCAL_PASSTHROUGH_PREFIXES = ("AWS_", "LANG", "LC_", "TZ")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: The folder this package is imported from: Airflow's plugins folder.
+PLUGINS_FOLDER = Path(__file__).resolve().parents[1]
 #: The stand-ins' commands (``helm``), relative to the local workdir: first on a local pod's PATH.
 LOCAL_TOOLS = "standins/bin"
 
@@ -84,11 +87,13 @@ def local_releases_dir() -> str | None:
 
 
 def stand_in_environment() -> dict[str, str]:
-    """What a local pod finds in place of the cluster: the stand-ins' ``helm`` and where it keeps releases."""
+    """What a local pod finds in place of the cluster: the stand-ins' ``helm``, where it keeps releases, and
+    the plugins folder whose platform settings the stand-ins read (the pod itself does not import it)."""
     env = {
         "PATH": os.pathsep.join(
             [str(local_workdir() / LOCAL_TOOLS), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
-        )
+        ),
+        PLUGINS_FOLDER_ENV: str(PLUGINS_FOLDER),
     }
     releases = local_releases_dir()
     if releases:

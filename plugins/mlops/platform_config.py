@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from contract import DEVICES, MODEL_TYPES
 
@@ -86,18 +94,12 @@ class Training(_Settings):
     device: str
     seed: int = Field(ge=0)
 
-    @field_validator("model_type")
+    @field_validator("model_type", "device")
     @classmethod
-    def _known_model_type(cls, value: str) -> str:
-        if value not in MODEL_TYPES:
-            raise ValueError(f"must be one of {MODEL_TYPES}, got {value!r}")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if value not in DEVICES:
-            raise ValueError(f"must be one of {DEVICES}, got {value!r}")
+    def _offered_by_the_train_stage(cls, value: str, info: ValidationInfo) -> str:
+        choices = {"model_type": MODEL_TYPES, "device": DEVICES}[str(info.field_name)]
+        if value not in choices:
+            raise ValueError(f"must be one of {choices}, got {value!r}")
         return value
 
 

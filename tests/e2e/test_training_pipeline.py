@@ -14,6 +14,7 @@ import pendulum
 import pytest
 from mlflow import MlflowClient
 
+from contract import CANARY_VERDICT_TAG, DECISION_TAG, THRESHOLD_TAG
 from mlops.platform_config import load_platform
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +109,7 @@ def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, ml
     assert (prepared / "manifest.json").exists()
     assert mlflow_run.data.params["model_type"] == "xgboost"
     assert mlflow_run.data.params["device_used"] == "cpu"
-    assert mlflow_run.data.tags["mlops.decision"] == "pass"
+    assert mlflow_run.data.tags[DECISION_TAG] == "pass"
     client = MlflowClient()
     plots = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "plots")}
     assert plots == {
@@ -121,9 +122,7 @@ def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, ml
 
     (version,) = versions(run_key)
     assert client.get_model_version_by_alias(MODEL, "challenger").version == version.version
-    assert float(version.tags["mlops.decision_threshold"]) == pytest.approx(
-        metrics["decision_threshold"], abs=1e-6
-    )
+    assert float(version.tags[THRESHOLD_TAG]) == pytest.approx(metrics["decision_threshold"], abs=1e-6)
     assert version.run_id == mlflow_run.info.run_id
 
 
@@ -185,7 +184,7 @@ def test_a_better_or_equal_model_goes_through_the_canary_and_becomes_champion(da
     promotion = xcom(dag_run, "promote")
     assert (promotion["promoted"], promotion["previous_champion"]) == (True, previous_champion)
     assert champion() == version.version
-    assert MlflowClient().get_model_version(MODEL, version.version).tags["mlops.canary_verdict"] == "promoted"
+    assert MlflowClient().get_model_version(MODEL, version.version).tags[CANARY_VERDICT_TAG] == "promoted"
 
 
 def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(dag, first_run, tmp_path, capfd) -> None:
@@ -213,7 +212,7 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(dag, first_r
     assert rolled_back["restored_model_uri"] == f"models:/{MODEL}/{previous_champion}"
     assert champion() == previous_champion
     (version,) = versions(f"{DAG_ID}/{dag_run.run_id}")
-    assert MlflowClient().get_model_version(MODEL, version.version).tags["mlops.canary_verdict"] == "aborted"
+    assert MlflowClient().get_model_version(MODEL, version.version).tags[CANARY_VERDICT_TAG] == "aborted"
     # No alert connection is configured: the notifier logs the alert in the task log.
     out = capfd.readouterr().out
     alerts = [line for line in out.splitlines() if "[mlops.notifiers.AlertNotifier]" in line]
@@ -232,7 +231,7 @@ def test_a_model_below_the_gate_registers_nothing(dag, first_run, airflow_db) ->
     assert (prepared / re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run.run_id) / "manifest.json").exists()
     assert states(dag_run)["gate"] == "success" and states(dag_run)["register"] == "skipped"
     (mlflow_run,) = keyed_runs(f"{DAG_ID}/{dag_run.run_id}")
-    assert mlflow_run.data.tags["mlops.decision"] == "fail"
+    assert mlflow_run.data.tags[DECISION_TAG] == "fail"
     assert versions(f"{DAG_ID}/{dag_run.run_id}") == []
     assert len(versions()) == len(before)
 

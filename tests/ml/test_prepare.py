@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract import XCOM_DIR_ENV, XCOM_RESULT_FILE
 from ml.errors import DataValidationError, StageError
 from ml.prepare import SPLITS, prepare, split, validate
 from ml.storage import MANIFEST, publish_folder, read_manifest, read_published_table
@@ -66,7 +67,7 @@ def test_cli_rejects_bad_input_with_exit_code_2_and_the_message(tmp_path: Path) 
     result = subprocess.run(
         [sys.executable, "-m", "ml.prepare", "--source", str(source), "--target", "label", "--output",
          str(tmp_path / "out")],
-        cwd=ROOT, capture_output=True, text=True, env={"ML_XCOM_DIR": str(tmp_path / "x"), "PATH": ""},
+        cwd=ROOT, capture_output=True, text=True, env={XCOM_DIR_ENV: str(tmp_path / "x"), "PATH": ""},
     )  # fmt: skip
     assert result.returncode == 2
     assert (
@@ -74,7 +75,7 @@ def test_cli_rejects_bad_input_with_exit_code_2_and_the_message(tmp_path: Path) 
         in result.stderr
     )
     assert not (tmp_path / "out").exists()
-    assert not (tmp_path / "x" / "return.json").exists()
+    assert not (tmp_path / "x" / XCOM_RESULT_FILE).exists()
 
 
 def test_booleans_and_text_categories_are_accepted_and_identifiers_dropped() -> None:

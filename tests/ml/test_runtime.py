@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from contract import XCOM_DIR_ENV, XCOM_RESULT_FILE
 from ml.errors import StageError
 from ml.runtime import EXIT_INVALID_INPUT, json_object
 
@@ -33,11 +34,11 @@ def test_a_stage_given_a_malformed_result_exits_2_with_one_error_line_and_writes
     }[stage]
     done = subprocess.run(
         [sys.executable, "-m", f"ml.{stage}", *flags],
-        cwd=ROOT, capture_output=True, text=True, env={"ML_XCOM_DIR": str(tmp_path), "PATH": ""},
+        cwd=ROOT, capture_output=True, text=True, env={XCOM_DIR_ENV: str(tmp_path), "PATH": ""},
     )  # fmt: skip
     assert done.returncode == EXIT_INVALID_INPUT, done.stderr
     assert (
         done.stderr.strip().splitlines()[-1].startswith("ERROR: --")
         and "must be a JSON object" in done.stderr
     )
-    assert not (tmp_path / "return.json").exists()
+    assert not (tmp_path / XCOM_RESULT_FILE).exists()

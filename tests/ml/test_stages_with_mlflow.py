@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from contract import RUN_KEY_TAG
 from ml.errors import StageError
 from ml.evaluate import evaluate
 from ml.prepare import prepare
@@ -35,7 +36,7 @@ def test_a_repeat_with_the_same_inputs_reuses_the_model_and_other_inputs_superse
     changed = train(prepared, train_config(n_estimators=41), experiment="stages", run_key="dag/run-a")
     assert not changed.reused and changed.run_id != first.run_id
     old = MlflowClient().get_run(first.run_id)
-    assert old.data.tags["mlops.run_key"].startswith("dag/run-a#superseded-")
+    assert old.data.tags[RUN_KEY_TAG].startswith("dag/run-a#superseded-")
     run = MlflowClient().get_run(changed.run_id)
     assert run.data.params["device_used"] == "cpu"
     assert len(MlflowClient().get_metric_history(changed.run_id, "val_average_precision_by_round")) > 1

@@ -128,10 +128,13 @@ def test_a_local_pod_finds_the_stand_ins_helm_and_where_releases_are_kept(
     """The local runtime's PATH resolves ``helm`` to the stand-in, and names the folder of local releases."""
     import shutil
 
-    from contract import LOCAL_RELEASES_ENV
+    from contract import LOCAL_RELEASES_ENV, PLUGINS_FOLDER_ENV
     from mlops.platform_config import load_platform
 
     monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_ROOT", str(tmp_path))
     env = operator._local_environment([])
     assert shutil.which("helm", path=env["PATH"]) == str(ROOT / "standins" / "bin" / "helm")
     assert env[LOCAL_RELEASES_ENV] == f"{tmp_path}/{load_platform().release.local.state_dir}"
+    assert env[PLUGINS_FOLDER_ENV] == str(
+        ROOT / "plugins"
+    )  # the stand-ins read the worker's platform settings

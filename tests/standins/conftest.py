@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,10 @@ import yaml
 
 from contract import CHAMPION_AT_EVALUATION_TAG, LOCAL_RELEASES_ENV, PREPARED_URI_TAG, THRESHOLD_TAG
 from ml import tracking
-from ml.evaluate import evaluate
-from ml.prepare import prepare
-from ml.register import register
 from ml.release import helm
-from ml.train import train
 from mlops.platform_config import PLATFORM_FILE, PLATFORM_FILE_ENV, load_platform
 from standins import rollouts
-from tests.helpers import CHALLENGER, CHAMPION, train_config
+from tests.helpers import CHAMPION, register_evaluated
 from tests.standins.faulty_models import TRUSTED_TYPES, FaultyClassifier
 
 MODEL = "release-test-model"
@@ -60,17 +55,12 @@ def _faulty(fault: str, encoder: Any, experiment: str, prepared: str) -> tuple[s
 
 
 @pytest.fixture(scope="package")
-def versions(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def versions(trained_model: dict[str, Any]) -> dict[str, Any]:
     """v1 (the champion), v2 (a good challenger), and challengers that error or are slow, all compared to v1."""
     import mlflow.sklearn
 
-    prepared = str(tmp_path_factory.mktemp("release") / "prepared")
-    prepare("synthetic://card-transactions?rows=20000&seed=11", "is_fraud", prepared, time_column="timestamp",
-            drop_columns=["transaction_id"])  # fmt: skip
-    trained = train(prepared, train_config(n_estimators=40), experiment="release", run_key="release/1")
-    evaluation = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name=MODEL,
-                          min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
-    first = register(asdict(evaluation), run_key="release/1", alias=CHALLENGER).version
+    prepared, trained = trained_model["prepared"], trained_model["trained"]
+    evaluation, first = register_evaluated(prepared, trained, MODEL, run_key="release/1")
     threshold = f"{evaluation.metrics.threshold:.6f}"
     good = _version_of(trained.model_uri, trained.run_id, trained.model_id, first, threshold)
     encoder = mlflow.sklearn.load_model(trained.model_uri).named_steps["encode"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from contract import XCOM_RESULT_FILE
 from mlops.drift import check
 from tests.terraform.fixtures import API_TOKEN, edit_world
 
@@ -19,7 +20,7 @@ def run_check(stack: Path, name: str, xcom_dir: Path, capfd: pytest.CaptureFixtu
 
 
 def result_of(xcom_dir: Path) -> dict:
-    return json.loads((xcom_dir / "return.json").read_text())
+    return json.loads((xcom_dir / XCOM_RESULT_FILE).read_text())
 
 
 def test_a_stack_in_sync_reports_no_drift(deploy, xcom_dir, capfd) -> None:
@@ -80,7 +81,7 @@ def test_a_broken_configuration_is_an_error_not_a_result(xcom_dir, capfd, terraf
     assert code == 1
     assert "ERROR: stack broken: terraform plan exited 1" in output
     assert "terraform_data.missing" in output
-    assert not (xcom_dir / "return.json").exists(), "an error must never look like a result"
+    assert not (xcom_dir / XCOM_RESULT_FILE).exists(), "an error must never look like a result"
 
 
 def test_a_folder_without_terraform_files_is_an_error(xcom_dir, capfd, tmp_path) -> None:
@@ -97,7 +98,7 @@ def test_sensitive_values_never_appear_in_the_result_or_the_output(
     edit_world(terraform_env, "credentials", secret=new_secret, size="small")
     code, output = run_check(stack, "world", xcom_dir, capfd)
     assert code == 0
-    text = (xcom_dir / "return.json").read_text()
+    text = (xcom_dir / XCOM_RESULT_FILE).read_text()
     (resource,) = json.loads(text)["drift"]
     attributes = {a["name"]: a for a in resource["attributes"]}
     assert attributes["secret"]["before"] == attributes["secret"]["after"] == check.SENSITIVE

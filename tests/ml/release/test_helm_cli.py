@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from contract import XCOM_DIR_ENV
 from ml.errors import StageError
 from ml.release import helm
 
@@ -144,7 +145,7 @@ def test_the_release_stage_runs_with_the_release_images_packages_only(tmp_path) 
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=CHART.parents[2], capture_output=True, text=True,
-        env={"PATH": "/nonexistent", "ML_XCOM_DIR": str(tmp_path)},
+        env={"PATH": "/nonexistent", XCOM_DIR_ENV: str(tmp_path)},
     )  # fmt: skip
     # It gets as far as looking for the helm binary, which is what the image provides.
     assert done.returncode == 2, done.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -15,30 +14,21 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ml import tracking
-from ml.evaluate import evaluate
-from ml.prepare import prepare
-from ml.register import register
 from ml.schema import to_model_input
 from ml.serve import service as service_module
 from ml.serve.app import create_app
 from ml.serve.service import PredictResponse
 from ml.serve.settings import Settings
 from ml.storage import read_manifest, read_published_table
-from ml.train import train
-from tests.helpers import CHALLENGER, CHAMPION, train_config
+from tests.helpers import CHAMPION, register_evaluated
 
 MODEL = "serve-test-model"
 
 
 @pytest.fixture(scope="module")
-def registered(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = str(tmp_path_factory.mktemp("serve") / "prepared")
-    prepare("synthetic://card-transactions?rows=20000&seed=8", "is_fraud", out, time_column="timestamp",
-            drop_columns=["transaction_id"])  # fmt: skip
-    trained = train(out, train_config(n_estimators=60), experiment="serve", run_key="serve/1")
-    result = evaluate(out, trained.model_uri, trained.run_id, registered_model_name=MODEL,
-                      min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
-    version = register(asdict(result), run_key="serve/1", alias=CHALLENGER).version
+def registered(trained_model: dict[str, Any]) -> dict[str, Any]:
+    out, trained = trained_model["prepared"], trained_model["trained"]
+    result, version = register_evaluated(out, trained, MODEL, run_key="serve/1")
     tracking.client().set_registered_model_alias(MODEL, CHAMPION, version)
     manifest = read_manifest(out)
     test = read_published_table(out, "test.parquet")
