@@ -66,6 +66,13 @@ def test_ml_imports_nothing_the_images_do_not_carry(path: Path) -> None:
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
+@pytest.mark.parametrize("path", list(sources("mlops", "dags")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_airflow_side_imports_neither_the_stages_nor_the_stand_ins(path: Path) -> None:
+    """DAGs and plugins reach ``ml/`` through pods and the stand-ins through the local runtime's PATH only."""
+    bad = {name for name in imports(path) if name.split(".")[0] in {"ml", "standins"}}
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
 def test_the_contract_is_standard_library_only() -> None:
     outside = (
         {name.split(".")[0] for path in sources("contract") for name in imports(path)}
