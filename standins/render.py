@@ -29,8 +29,3 @@ def render(chart_dir: Path, values: dict[str, Any], *, release: str, namespace: 
         if path.endswith((".yaml", ".yml")):
             documents.extend(yaml.safe_load_all(manifests[path]))
     return [doc for doc in documents if doc]
-
-
-def chart_metadata(chart_dir: Path) -> dict[str, Any]:
-    """The chart's ``Chart.yaml``."""
-    return dict(yaml.safe_load((Path(chart_dir) / "Chart.yaml").read_text()))
