@@ -127,7 +127,8 @@ FORM = {
 RUN_KEY = "{{ mlops_run_key(dag.dag_id, run_id) }}"
 PREPARED_URI = "{{ ti.xcom_pull(task_ids='prepare')['prepared_uri'] }}"
 OUTPUT_URI = "{{ var.value.mlops_data_root }}/prepared/{{ dag.dag_id }}/{{ mlops_partition_key(dag_run) }}"
-REGISTERED = "{{ ti.xcom_pull(task_ids='register')"
+REGISTERED_NAME = "{{ ti.xcom_pull(task_ids='register')['name'] }}"
+REGISTERED_VERSION = "{{ ti.xcom_pull(task_ids='register')['version'] }}"
 #: The release the pipeline upgrades: the same `helm` commands in the cluster and in the local runtime.
 RELEASE_ARGUMENTS = [
     "--release", RELEASE.name,
@@ -194,8 +195,8 @@ def deploy_stage() -> MLStageOperator:
         task_id="deploy",
         arguments=[
             "deploy", *RELEASE_ARGUMENTS,
-            "--model-name", f"{REGISTERED}['name'] }}}}",
-            "--model-version", f"{REGISTERED}['version'] }}}}",
+            "--model-name", REGISTERED_NAME,
+            "--model-version", REGISTERED_VERSION,
         ],
     )  # fmt: skip
 
@@ -223,8 +224,8 @@ def promote_stage() -> MLStageOperator:
     return MLStageOperator(
         stage="promote",
         arguments=[
-            "--name", f"{REGISTERED}['name'] }}}}",
-            "--version", f"{REGISTERED}['version'] }}}}",
+            "--name", REGISTERED_NAME,
+            "--version", REGISTERED_VERSION,
             "--alias", REGISTRY.production_alias,
             "--verdict", "{{ ti.xcom_pull(task_ids='watch_rollout') | tojson }}",
         ],

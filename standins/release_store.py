@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import write_json
-from ml.release.helm import DEPLOYED, SUPERSEDED, Revision
+from ml.release.helm import DEPLOYED, SUPERSEDED, Revision, deployed
 
 
 class ReleaseStore:
@@ -39,7 +39,7 @@ class ReleaseStore:
         return self._read(path) if path.exists() else None
 
     def deployed(self) -> Revision | None:
-        return next((r for r in reversed(self.history()) if r.status == DEPLOYED), None)
+        return deployed(self.history())
 
     def record(self, values: dict[str, Any], objects: list[dict[str, Any]], description: str) -> Revision:
         """Add a new deployed revision and supersede the one deployed before it."""

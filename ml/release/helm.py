@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
@@ -42,21 +42,9 @@ class Revision:
     updated: str = ""
 
 
-class Target(Protocol):
-    release: str
-    namespace: str
-
-    def history(self) -> list[Revision]: ...
-
-    def upgrade(self, values: dict[str, Any], description: str) -> Revision: ...
-
-    def rollback(self, revision: int, description: str) -> Revision: ...
-
-    def objects(self, revision: int) -> list[dict[str, Any]]: ...
-
-
-def deployed(target: Target) -> Revision | None:
-    return next((r for r in reversed(target.history()) if r.status == DEPLOYED), None)
+def deployed(history: list[Revision]) -> Revision | None:
+    """The revision of a release's history that is live, if any."""
+    return next((r for r in reversed(history) if r.status == DEPLOYED), None)
 
 
 def model_of(revision: Revision) -> tuple[str | None, str | None]:
@@ -79,7 +67,7 @@ class Deployment:
     workload_name: str
 
 
-def deploy(target: Target, *, model_uri: str, image_tag: str | None = None) -> Deployment:
+def deploy(target: Helm, *, model_uri: str, image_tag: str | None = None) -> Deployment:
     """Upgrade the release to serve ``model_uri``, unless it already does.
 
     The pipeline ships models and CI/CD ships images: an upgrade keeps the values of the deployed revision
@@ -89,7 +77,8 @@ def deploy(target: Target, *, model_uri: str, image_tag: str | None = None) -> D
     values: dict[str, Any] = {"model": {"uri": model_uri}}
     if image_tag:
         values["image"] = {"tag": image_tag}
-    current = deployed(target)
+    history = target.history()
+    current = deployed(history)
     if current is not None and chart.merge(current.values, values) == current.values:
         log.info("revision %s already serves %s: nothing to deploy", current.revision, model_uri)
         revision, changed = current, False
@@ -98,8 +87,8 @@ def deploy(target: Target, *, model_uri: str, image_tag: str | None = None) -> D
             values, f"deploy {model_uri}" + (f" (image {image_tag})" if image_tag else "")
         )
         log.info("revision %s of %s serves %s", revision.revision, target.release, model_uri)
-        changed = True
-    previous = rollback_target(target.history(), revision.revision)
+        history, changed = [*history, revision], True
+    previous = rollback_target(history, revision.revision)
     workload = chart.workload(revision.objects or target.objects(revision.revision))
     return Deployment(
         release=target.release,
@@ -136,7 +125,7 @@ class Rollback:
     changed: bool
 
 
-def rollback(target: Target, *, revision: int) -> Rollback:
+def rollback(target: Helm, *, revision: int) -> Rollback:
     """Restore the model that ``revision`` replaced; a no-op when it is already back."""
     history = target.history()
     restore = rollback_target(history, revision)
@@ -145,15 +134,13 @@ def rollback(target: Target, *, revision: int) -> Rollback:
             f"revision {revision} of {target.release} has no earlier revision with another model to roll back "
             "to (a first release has no canary to abort)"
         )
-    current = deployed(target)
+    current = deployed(history)
     if current is not None and model_of(current) == model_of(restore):
         log.info("revision %s already serves %s: already rolled back", current.revision, model_of(restore)[0])
         result, changed = current, False
     else:
-        result = target.rollback(
-            restore.revision, f"Rollback to {restore.revision}: canary of revision {revision} aborted"
-        )
-        changed = True
+        log.info("canary of revision %s aborted: rolling back to revision %s", revision, restore.revision)
+        result, changed = target.rollback(restore.revision), True
     return Rollback(
         release=target.release,
         namespace=target.namespace,
@@ -239,9 +226,9 @@ class Helm:
         manifest = self._run("get", "manifest", self.release, "--revision", str(revision))
         return [doc for doc in yaml.safe_load_all(manifest) if doc]
 
-    def rollback(self, revision: int, description: str) -> Revision:
+    def rollback(self, revision: int) -> Revision:
         self._run("rollback", self.release, str(revision), "--history-max", str(HISTORY_MAX))
-        current = deployed(self)
+        current = deployed(self.history())
         if current is None:
             raise StageError(f"helm rollback of {self.release} left no deployed revision")
         return current

@@ -42,10 +42,11 @@ async def health() -> dict[str, str]:
 @router.get("/ready")
 async def ready(request: Request) -> Response:
     holder = _holder(request)
-    if holder.service is None or not holder.ready:
+    service = holder.service
+    if service is None or holder.loading is not None:
         detail = "model is loading" if holder.loading is not None else holder.error
         return json_response({"ready": False, "detail": detail}, status_code=503)
-    card = holder.service.card
+    card = service.card
     return json_response({"ready": True, "model_name": card.name, "model_version": card.version})
 
 

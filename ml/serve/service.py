@@ -154,10 +154,6 @@ class ModelHolder:
         #: Called after a new model is in memory (the app drops its cached OpenAPI document).
         self.on_loaded: list[Any] = []
 
-    @property
-    def ready(self) -> bool:
-        return self.service is not None and self.loading is None
-
     def start_loading(self) -> None:
         if self.loading is None:
             self.loading = asyncio.create_task(self._load())

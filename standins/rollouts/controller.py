@@ -27,7 +27,7 @@ from contract import (
     write_json,
 )
 from ml.release import chart
-from ml.release.helm import Revision
+from ml.release.helm import Revision, model_of
 from standins.release_store import ReleaseStore
 from standins.rollouts import read_result, strategies
 from standins.rollouts.router import Router
@@ -41,7 +41,7 @@ LOCAL_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "HOME")
 
 
 def model_uri_of(revision: Revision) -> str:
-    return str(revision.values.get("model", {}).get("uri", ""))
+    return model_of(revision)[0] or ""
 
 
 def template_of(workload: dict[str, Any]) -> str:
