@@ -1,12 +1,16 @@
 """Validate a table with a binary target and split it into train / validation / test Parquet files.
 
-The split is time-based when a time column is named (train on the earliest window, test on the latest, as
-fraud teams do) and stratified random otherwise. The output folder is keyed by the caller (the DAG passes the
-run's data interval), is replaced whole on a re-run, and carries a ``manifest.json`` that later stages read:
-the feature list, the categorical columns, row counts and a digest of the split files.
+With a time column and a data interval (what the DAG passes), the test split is the evaluation window (the
+interval) and the train and validation splits are the training window before it (``ml.windows``); only those
+rows are read from the source (``ml.sources``). With a time column and no interval, the split is by time
+quantiles of the whole table; without a time column, stratified random. The output folder is keyed by the
+caller (the DAG passes the run's data interval), is replaced whole on a re-run, and carries a ``manifest.json``
+that later stages read: the windows, the inputs read, the feature list, the categorical columns, row counts
+and a digest of the split files.
 
     python -m ml.prepare --source data/raw/tx.parquet --target is_fraud --time-column timestamp \
-        --output data/prepared/2026-01-01
+        --interval-start 2026-03-02 --interval-end 2026-03-09 --training-window-days 56 \
+        --output data/prepared/2026-03-02
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ml import windows as data_windows
 from ml.errors import DataValidationError, StageError
-from ml.storage import MANIFEST, publish_folder, read_table
+from ml.sources import Read, read_source
+from ml.storage import MANIFEST, publish_folder
+from ml.windows import ANY_SIZE, Minimums, Windows
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,10 @@ class PreparedData:
     positives: dict[str, int]
     dropped_columns: dict[str, str] = field(default_factory=dict)
     time_ranges: dict[str, list[str]] = field(default_factory=dict)
+    #: The data interval and the training and evaluation windows cut from it (empty without a time column).
+    windows: dict[str, list[str]] = field(default_factory=dict)
+    #: What was read: the source's files, partitions, or generated range.
+    inputs: list[str] = field(default_factory=list)
     digest: str = ""
 
 
@@ -252,6 +263,49 @@ def _split_by_time(
     }
 
 
+def split_windows(
+    frame: pd.DataFrame, meta: PreparedData, windows: Windows, *, val_fraction: float, minimums: Minimums
+) -> dict[str, pd.DataFrame]:
+    """Test on the evaluation window; train on the training window, validating on its latest ``val_fraction``.
+
+    Raises:
+        DataValidationError: naming the window and its counts when a window holds fewer rows or positives than
+            ``minimums``, or a split lacks a class.
+    """
+    if not 0 < val_fraction < 0.9:
+        raise StageError(f"val_fraction ({val_fraction}) must be in (0, 0.9)")
+    assert meta.time_column
+    times = frame[meta.time_column]
+    test = frame[(times >= windows.evaluation.start) & (times < windows.evaluation.end)]
+    training = frame[(times >= windows.training.start) & (times < windows.training.end)]
+    positives = int(test[meta.target].sum())
+    problems = []
+    if len(training) < minimums.training_rows:
+        problems.append(
+            f"the training window {windows.training} has {len(training)} rows (at least {minimums.training_rows} "
+            "are needed)"
+        )
+    if len(test) < minimums.evaluation_rows or positives < minimums.evaluation_positives:
+        problems.append(
+            f"the evaluation window {windows.evaluation} has {len(test)} rows and {positives} positives (at least "
+            f"{minimums.evaluation_rows} rows and {minimums.evaluation_positives} positives are needed)"
+        )
+    if problems:
+        raise DataValidationError(
+            meta.time_column, "; ".join(problems) + ": nothing is trained for this interval"
+        )
+    parts = {**_split_by_time(training, meta.time_column, val_fraction, 0.0), "test": test}
+    for name, part in parts.items():
+        if part[meta.target].nunique() < 2:
+            window = windows.evaluation if name == "test" else windows.training
+            raise DataValidationError(
+                meta.target,
+                f"the {name} split of the window {window} has {len(part)} rows and one class; both classes are "
+                "needed in every split: use a longer window",
+            )
+    return parts
+
+
 def _split_stratified(
     frame: pd.DataFrame, target: str, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, pd.DataFrame]:
@@ -290,6 +344,8 @@ def prepare(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 42,
+    windows: Windows | None = None,
+    minimums: Minimums = ANY_SIZE,
 ) -> PreparedData:
     """Read, validate, split and publish a table; return the manifest that was written.
 
@@ -303,16 +359,26 @@ def prepare(
         val_fraction: Share of rows (or of the time range's rows) for validation.
         test_fraction: Share of rows for the test split.
         seed: Seed of the random split.
+        windows: With a time column, read only these; test on the evaluation window, train on the training one.
+        minimums: What each window must hold.
     """
-    raw = read_table(source)
-    log.info("read %d rows x %d columns from %s", len(raw), len(raw.columns), source)
+    if windows is not None and not time_column:
+        log.warning("no time column: the data interval selects no rows, and every run sees the whole table")
+        windows = None
+    read = _read(source, time_column, windows)
+    raw = read.frame
     frame, meta = validate(
         raw, target, time_column=time_column, feature_columns=feature_columns, drop_columns=drop_columns
     )
     del raw
-    parts = split(frame, meta, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if windows is not None:
+        parts = split_windows(frame, meta, windows, val_fraction=val_fraction, minimums=minimums)
+        meta.windows = windows.as_dict()
+    else:
+        parts = split(frame, meta, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     del frame
     meta.source = source
+    meta.inputs = read.inputs
     meta.rows = {name: len(part) for name, part in parts.items()}
     meta.positives = {name: int(part[target].sum()) for name, part in parts.items()}
     if time_column:
@@ -320,18 +386,36 @@ def prepare(
             name: [part[time_column].min().isoformat(), part[time_column].max().isoformat()]
             for name, part in parts.items()
         }
-    with publish_folder(output) as staging:
-        for name in SPLITS:
-            parts[name].to_parquet(staging / f"{name}.parquet", index=False)
-            del parts[name]
-        meta.digest = _digest(staging)
-        (staging / MANIFEST).write_text(json.dumps(asdict(meta), indent=2))
+    _publish(parts, meta, output)
     log.info(
         "published %s: rows %s, positives %s, %d features (%d categorical)%s",
         output, meta.rows, meta.positives, len(meta.features), len(meta.categorical),
         f", dropped {meta.dropped_columns}" if meta.dropped_columns else "",
     )  # fmt: skip
     return meta
+
+
+def _read(source: str, time_column: str | None, windows: Windows | None) -> Read:
+    read = read_source(source, time_column=time_column, window=windows.whole if windows else None)
+    log.info("read %d rows x %d columns from %s (%d input(s))",
+             len(read.frame), len(read.frame.columns), source, len(read.inputs))  # fmt: skip
+    if windows is not None and read.frame.empty:
+        raise DataValidationError(
+            time_column,
+            f"the source has no rows in the training window {windows.training} nor the evaluation window "
+            f"{windows.evaluation}: nothing is trained for this interval",
+        )
+    return read
+
+
+def _publish(parts: dict[str, pd.DataFrame], meta: PreparedData, output: str) -> None:
+    """Write the splits and, last, the manifest with their digest; the folder appears whole or not at all."""
+    with publish_folder(output) as staging:
+        for name in SPLITS:
+            parts[name].to_parquet(staging / f"{name}.parquet", index=False)
+            del parts[name]
+        meta.digest = _digest(staging)
+        (staging / MANIFEST).write_text(json.dumps(asdict(meta), indent=2))
 
 
 def _columns(value: str) -> list[str]:
@@ -349,7 +433,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
+    window = parser.add_argument_group("data windows (with a time column)")
+    window.add_argument("--interval-start", default="", help="the run's data interval start (ISO-8601)")
+    window.add_argument("--interval-end", default="", help="the run's data interval end (ISO-8601)")
+    window.add_argument(
+        "--training-window-days", type=int, default=56, help="days trained on before evaluation"
+    )
+    window.add_argument(
+        "--evaluation-window-days",
+        type=int,
+        default=0,
+        help="days evaluated on before the end (0: the interval)",
+    )
+    window.add_argument("--min-training-rows", type=int, default=1)
+    window.add_argument("--min-evaluation-rows", type=int, default=1)
+    window.add_argument("--min-evaluation-positives", type=int, default=1)
     args = parser.parse_args(argv)
+    if bool(args.interval_start) != bool(args.interval_end):
+        raise StageError("give both --interval-start and --interval-end, or neither")
+    windows = (
+        data_windows.plan(
+            args.interval_start,
+            args.interval_end,
+            training_days=args.training_window_days,
+            evaluation_days=args.evaluation_window_days,
+        )
+        if args.interval_start
+        else None
+    )
     meta = prepare(
         args.source,
         args.target,
@@ -360,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         seed=args.seed,
+        windows=windows,
+        minimums=Minimums(args.min_training_rows, args.min_evaluation_rows, args.min_evaluation_positives),
     )
     return {"prepared_uri": args.output, **asdict(meta)}
 

@@ -1,4 +1,4 @@
-"""Reading tables and publishing stage outputs on local disk or S3, with all-or-nothing semantics.
+"""Publishing stage outputs on local disk or S3, with all-or-nothing semantics.
 
 A published folder is complete only when its ``manifest.json`` exists: the manifest is written last, and on
 local disk the whole folder appears with one rename. Readers refuse a folder without a manifest, so a crash
@@ -29,14 +29,15 @@ MANIFEST = "manifest.json"
 SYNTHETIC_SCHEME = "synthetic"
 
 
-def _s3_client() -> Any:
+def s3_client() -> Any:
+    """A boto3 S3 client; boto3 reads AWS_ENDPOINT_URL itself, so MinIO works without code changes."""
     import boto3  # imported lazily: local runs never need it
 
-    # boto3 reads AWS_ENDPOINT_URL itself, so MinIO works without code changes.
     return boto3.client("s3")
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
+def split_s3(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an ``s3://`` URI."""
     parsed = urlparse(uri)
     return parsed.netloc, parsed.path.lstrip("/")
 
@@ -49,42 +50,6 @@ def table_format(uri: str) -> str:
     if path.endswith((".csv", ".csv.gz", ".csv.zst")):
         return "csv"
     raise StageError(f"cannot tell the format of '{uri}': use a .csv, .csv.gz or .parquet path")
-
-
-def read_table(uri: str) -> pd.DataFrame:
-    """Read a CSV or Parquet table from a local path, ``s3://`` or ``synthetic://`` URI."""
-    parsed = urlparse(uri)
-    if parsed.scheme == SYNTHETIC_SCHEME:
-        from ml.synthetic import generate_from_uri
-
-        return generate_from_uri(uri)
-    if parsed.scheme == "s3":
-        bucket, key = _split_s3(uri)
-        client = _s3_client()
-        with tempfile.NamedTemporaryFile(suffix=Path(key).suffix) as tmp:
-            try:
-                client.download_fileobj(bucket, key, tmp)
-            except Exception as err:  # botocore raises several unrelated types for "not there"
-                raise StageError(f"cannot read '{uri}': {err}") from err
-            tmp.flush()
-            return _read_local(Path(tmp.name), table_format(uri))
-    if parsed.scheme not in ("", "file"):
-        raise StageError(
-            f"unsupported URI scheme '{parsed.scheme}' in '{uri}' (use a path, s3:// or synthetic://)"
-        )
-    path = Path(parsed.path if parsed.scheme == "file" else uri)
-    if not path.exists():
-        raise StageError(f"input table '{uri}' does not exist")
-    return _read_local(path, "parquet" if path.is_dir() else table_format(uri))
-
-
-def _read_local(path: Path, fmt: str) -> pd.DataFrame:
-    try:
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path, low_memory=False)
-    except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise StageError(f"cannot parse '{path}' as {fmt}: {err}") from err
 
 
 def is_remote(uri: str) -> bool:
@@ -124,8 +89,8 @@ def publish_folder(uri: str) -> Iterator[Path]:
 
 
 def _publish_s3(staging: Path, uri: str) -> None:
-    bucket, prefix = _split_s3(uri.rstrip("/") + "/")
-    client = _s3_client()
+    bucket, prefix = split_s3(uri.rstrip("/") + "/")
+    client = s3_client()
     client.delete_object(Bucket=bucket, Key=prefix + MANIFEST)
     uploaded = set()
     for path in sorted(staging.iterdir()):
@@ -144,8 +109,8 @@ def read_manifest(uri: str) -> dict[str, Any]:
     """Read a published folder's manifest, refusing a folder that was never completed."""
     try:
         if is_remote(uri):
-            bucket, prefix = _split_s3(uri.rstrip("/") + "/")
-            body = _s3_client().get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"].read()
+            bucket, prefix = split_s3(uri.rstrip("/") + "/")
+            body = s3_client().get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"].read()
             return dict(json.loads(body))
         return dict(json.loads((Path(uri) / MANIFEST).read_text()))
     except FileNotFoundError as err:
@@ -159,7 +124,7 @@ def read_manifest(uri: str) -> dict[str, Any]:
 def read_published_table(uri: str, name: str) -> pd.DataFrame:
     """Read one Parquet file of a published folder."""
     if is_remote(uri):
-        bucket, prefix = _split_s3(uri.rstrip("/") + "/")
-        body = _s3_client().get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
+        bucket, prefix = split_s3(uri.rstrip("/") + "/")
+        body = s3_client().get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
         return pd.read_parquet(io.BytesIO(body))
     return pd.read_parquet(Path(uri) / name)

@@ -183,5 +183,5 @@ def test_s3_source_and_output_with_moto(tmp_path: Path, monkeypatch: pytest.Monk
         assert keys == sorted(f"prepared/run1/{n}" for n in [MANIFEST, *(f"{s}.parquet" for s in SPLITS)])
         assert sum(read_manifest("s3://data/prepared/run1")["rows"].values()) == 3_000
         assert len(read_published_table("s3://data/prepared/run1", "test.parquet")) > 0
-        with pytest.raises(StageError, match=r"cannot read 's3://data/raw/missing\.parquet'"):
+        with pytest.raises(StageError, match=r"input table 's3://data/raw/missing\.parquet' does not exist"):
             prepare("s3://data/raw/missing.parquet", "is_fraud", "s3://data/prepared/run2")

@@ -1,0 +1,209 @@
+"""Read the rows of a source table, or only those in a time window, touching as little of the source as it can.
+
+A source is one of:
+
+- one CSV or Parquet table, a local path or ``s3://`` URI (a Parquet folder counts as one table). With a
+  window, Parquet is filtered on the time column inside the reader, so row groups outside the window are
+  skipped; CSV cannot be, so its rows are filtered after parsing;
+- a folder of Hive-style date partitions (``.../dt=2026-03-02/part-0.parquet``, any key whose values are
+  dates): only the partitions of the window's days are listed in and read, and a missing day is an error;
+- a URI with a ``{date}`` placeholder (``s3://bucket/tx/{date:%Y/%m/%d}.parquet``; plain ``{date}`` is
+  ``YYYY-MM-DD``): one table per day of the window, each of which must exist;
+- ``synthetic://card-transactions?...`` (``ml.synthetic``), generated for the window's days only.
+
+Partitions are days in UTC. What was read is reported as ``Read.inputs``, for the manifest's lineage.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from ml.errors import StageError
+from ml.storage import SYNTHETIC_SCHEME, is_remote, s3_client, split_s3, table_format
+from ml.windows import Window
+
+DATE_PLACEHOLDER = re.compile(r"\{date(?::[^{}]*)?\}")
+_HIVE_DATE = re.compile(r"^(?P<key>[A-Za-z_]\w*)=(?P<day>\d{4}-\d{2}-\d{2})$")
+#: How many missing partitions an error lists before it counts the rest.
+_SHOWN = 5
+
+
+@dataclass
+class Read:
+    """A source's rows and the files (or partitions, or generated range) they came from."""
+
+    frame: pd.DataFrame
+    inputs: list[str] = field(default_factory=list)
+
+
+def read_source(uri: str, *, time_column: str | None = None, window: Window | None = None) -> Read:
+    """Read a source whole, or only what lies in ``window`` on ``time_column`` (see the module's docstring)."""
+    if window is not None and not time_column:
+        raise StageError("a window needs a time column to select rows by")
+    scheme = urlparse(uri).scheme
+    if scheme == SYNTHETIC_SCHEME:
+        from ml.synthetic import generate_from_uri
+
+        frame = (
+            generate_from_uri(uri, start=window.start, end=window.end) if window else generate_from_uri(uri)
+        )
+        return Read(frame, [f"{uri} {window}" if window else uri])
+    if scheme not in ("", "file", "s3"):
+        raise StageError(f"unsupported URI scheme '{scheme}' in '{uri}' (use a path, s3:// or synthetic://)")
+    if DATE_PLACEHOLDER.search(uri):
+        if window is None:
+            raise StageError(f"'{uri}' names one table per {{date}}: it needs a data interval to read")
+        return _read_days(uri, time_column, window)
+    if window is not None:
+        partitions = _hive_partitions(uri)
+        if partitions:
+            return _read_partitions(uri, partitions, time_column, window)
+    with _local_copy(uri) as path:
+        fmt = "parquet" if path.is_dir() else table_format(uri)
+        return Read(_read(path, fmt, time_column, window), [uri])
+
+
+def _read_days(uri: str, time_column: str | None, window: Window) -> Read:
+    uris = [_on_day(uri, day) for day in window.days()]
+    missing = [u for u in uris if not _exists(u)]
+    if missing:
+        raise StageError(
+            f"{len(missing)} of the {len(uris)} daily tables of the window {window} are missing: "
+            + ", ".join(missing[:_SHOWN]) + (f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else "")
+        )  # fmt: skip
+    frames = []
+    for one in uris:
+        with _local_copy(one) as path:
+            frames.append(_read(path, table_format(one), time_column, window))
+    return Read(pd.concat(frames, ignore_index=True), uris)
+
+
+def _on_day(uri: str, day: date) -> str:
+    """The URI with each ``{date}`` / ``{date:<strftime>}`` placeholder filled in for ``day``."""
+    return DATE_PLACEHOLDER.sub(lambda match: str(match.group(0)).format(date=day), uri)
+
+
+def _hive_partitions(uri: str) -> dict[date, str]:
+    """The day partitions right under a folder (``key=YYYY-MM-DD``), by day; empty if it is not so laid out."""
+    found: dict[date, str] = {}
+    for name in _children(uri):
+        match = _HIVE_DATE.match(name)
+        if match:
+            found[date.fromisoformat(match["day"])] = uri.rstrip("/") + "/" + name
+    return found
+
+
+def _read_partitions(uri: str, partitions: dict[date, str], time_column: str | None, window: Window) -> Read:
+    wanted = window.days()
+    missing = [day.isoformat() for day in wanted if day not in partitions]
+    if missing:
+        raise StageError(
+            f"'{uri}' has no partition for {len(missing)} of the {len(wanted)} days of the window {window}: "
+            + ", ".join(missing[:_SHOWN]) + (f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else "")
+            + f" (it has {min(partitions)} to {max(partitions)}, {len(partitions)} days)"
+        )  # fmt: skip
+    frames = []
+    for day in wanted:
+        with _local_copy(partitions[day]) as path:
+            frames.append(
+                _read(path, "parquet" if path.is_dir() else table_format(str(path)), time_column, window)
+            )
+    return Read(pd.concat(frames, ignore_index=True), [partitions[day] for day in wanted])
+
+
+def _read(path: Path, fmt: str, time_column: str | None, window: Window | None) -> pd.DataFrame:
+    """Read a local table; Parquet with the window pushed into the scan when the time column is a timestamp."""
+    try:
+        if fmt == "csv":
+            if path.is_dir():
+                return pd.concat([pd.read_csv(p, low_memory=False) for p in sorted(path.glob("*.csv*"))])
+            return pd.read_csv(path, low_memory=False)
+        dataset = ds.dataset(path, format="parquet", partitioning="hive")
+        condition = _time_filter(dataset.schema, time_column, window) if time_column and window else None
+        return dataset.to_table(filter=condition).to_pandas()
+    except (ValueError, OSError, pa.ArrowException, pd.errors.ParserError) as err:
+        raise StageError(f"cannot parse '{path}' as {fmt}: {err}") from err
+
+
+def _time_filter(schema: pa.Schema, column: str, window: Window) -> ds.Expression | None:
+    """``start <= column < end`` in the column's own type, or None when the reader cannot compare it."""
+    if column not in schema.names:
+        return None  # prepare names the missing column
+    kind = schema.field(column).type
+    if pa.types.is_timestamp(kind):
+        zone = kind.tz
+        bounds = [t.tz_convert(zone) if zone else t.tz_convert("UTC").tz_localize(None)
+                  for t in (window.start, window.end)]  # fmt: skip
+        lower, upper = (pa.scalar(b.to_pydatetime(), type=kind) for b in bounds)
+    elif pa.types.is_date(kind):
+        lower, upper = (pa.scalar(t.date(), type=kind) for t in (window.start, window.end))
+    else:
+        return None  # text or numbers: parsed and filtered by prepare
+    return (ds.field(column) >= lower) & (ds.field(column) < upper)
+
+
+def _children(uri: str) -> list[str]:
+    """Names of the entries right under a folder, local or S3 (empty if it is a file or absent)."""
+    if is_remote(uri):
+        bucket, prefix = split_s3(uri.rstrip("/") + "/")
+        pages = (
+            s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        )
+        return [
+            p["Prefix"][len(prefix) :].rstrip("/") for page in pages for p in page.get("CommonPrefixes", [])
+        ]
+    path = _local_path(uri)
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
+def _exists(uri: str) -> bool:
+    if is_remote(uri):
+        bucket, key = split_s3(uri)
+        return bool(s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount"))
+    return _local_path(uri).exists()
+
+
+def _local_path(uri: str) -> Path:
+    parsed = urlparse(uri)
+    return Path(parsed.path if parsed.scheme == "file" else uri)
+
+
+@contextmanager
+def _local_copy(uri: str) -> Iterator[Path]:
+    """A local path of the table or folder at ``uri``: itself, or a temporary download of an S3 object or prefix."""
+    if not is_remote(uri):
+        path = _local_path(uri)
+        if not path.exists():
+            raise StageError(f"input table '{uri}' does not exist")
+        yield path
+        return
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    with tempfile.TemporaryDirectory(prefix="source-") as tmp:
+        listing = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        keys = [obj["Key"] for page in listing for obj in page.get("Contents", [])]
+        if key in keys:  # one object
+            local = Path(tmp) / Path(key).name
+            client.download_file(bucket, key, str(local))
+            yield local
+            return
+        prefix = key.rstrip("/") + "/"
+        inside = [k for k in keys if k.startswith(prefix) and not k.endswith("/")]
+        if not inside:
+            raise StageError(f"input table '{uri}' does not exist")
+        for one in inside:
+            local = Path(tmp) / one[len(prefix) :]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, one, str(local))
+        yield Path(tmp)
