@@ -100,6 +100,18 @@ CANARY_VERDICT_TAG = "mlops.canary_verdict"
 CANARY_MESSAGE_TAG = "mlops.canary_message"
 CANARY_REVISION_TAG = "mlops.canary_revision"
 CANARY_MEASUREMENT_TAG_PREFIX = "mlops.canary."
+#: The data interval a run or version covers (``<start>/<end>``, ISO-8601) and the evaluation window it was
+#: judged on: what the performance-over-time plot lines up.
+INTERVAL_TAG = "mlops.interval"
+EVALUATION_WINDOW_TAG = "mlops.evaluation_window"
+#: The registered model a run was evaluated for (its history is that model's).
+REGISTERED_MODEL_TAG = "mlops.registered_model"
+#: Whether the pipeline planned to release a version (RELEASE_PLANNED) or registered it for the record only
+#: (RELEASE_SKIPPED: a backfill, an old interval, a form that said never), and why.
+RELEASE_TAG = "mlops.release"
+RELEASE_REASON_TAG = "mlops.release_reason"
+RELEASE_PLANNED = "planned"
+RELEASE_SKIPPED = "skipped"
 
 # -- Rollouts -----------------------------------------------------------------------------------------------
 

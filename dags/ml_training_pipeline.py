@@ -8,18 +8,24 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 
 | Task | Runs | Does |
 |---|---|---|
-| `prepare` | pod, CPU | validates the table and writes train / validation / test Parquet for this data interval |
+| `prepare` | pod, CPU | reads the run's windows of the table (training: the weeks before the interval; evaluation: the interval), validates them, writes train / validation / test Parquet |
 | `train` | pod, GPU | XGBoost (`hist`, CUDA when visible) or the RandomForest baseline; logs the run to MLflow |
 | `evaluate` | pod, CPU | test-set metrics, threshold chosen on validation, comparison with `champion`, plots, model card |
 | `gate` | worker | continues only on a `pass` decision; a missing or malformed evaluation fails the run |
-| `register` | pod, CPU | one model version per DAG run, alias `challenger` |
+| `register` | pod, CPU | one model version per DAG run, tagged with its interval and release plan; alias `challenger` if it will be released |
+| `release_gate` | worker | continues to the release only for the newest interval (never for a backfill); the log says why not |
 | `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's) |
 | `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), or slow (alert) |
 | `promote` | pod, CPU | tags the version with the verdict and figures; on Healthy, moves `champion` by compare-and-set |
+| `announce_champion` | worker | when `champion` moved: an event on the `<model>@champion` asset (model, version, metrics) |
 | `canary_failed` | worker | continues only if the canary was aborted |
 | `rollback` | pod, Helm | Helm rollback to the revision that served the previous model |
 | `alert` | worker | fails the run with the failed metric, and the notifier sends it (connection `mlops_alerts`) |
 
+**Each interval trains on its own data.** A scheduled run for a week is evaluated on that week and trains on
+the weeks before it; a run triggered without a logical date covers the latest complete week.
+**Backfills never release.** A backfill or a run for an old interval registers its version for the record and
+skips the release; the release tasks share a one-slot pool, so two runs never release at once.
 **Re-runs are safe.** Outputs are keyed by the data interval and replaced whole; the MLflow run and the
 model version are keyed by the DAG run, so a retried or cleared task never registers a second version. Deploying
 what is deployed, rolling back what is rolled back and promoting what is champion change nothing.
@@ -39,9 +45,11 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from contract import DEGRADED, DEVICES, FAIL, MODEL_TYPES, PASS
+from mlops.assets import champion_asset, prepared_asset, source_asset, weekly_partitions_of
+from mlops.intervals import RELEASE_CHOICES, macros
 from mlops.keys import MACROS
 from mlops.notifiers import AlertNotifier
 from mlops.operators import MLStageOperator, param_arguments
@@ -50,22 +58,33 @@ from mlops.rollout import RolloutWatchOperator
 
 log = logging.getLogger(__name__)
 PLATFORM = load_platform()
-TRAINING, GATE, REGISTRY, RELEASE = (
+TRAINING, RETRAINING, GATE, REGISTRY, RELEASE = (
     PLATFORM.training,
+    PLATFORM.retraining,
     PLATFORM.quality_gate,
     PLATFORM.registry,
     PLATFORM.release,
+)
+
+DAG_ID = "ml_training_pipeline"
+TRANSACTIONS = source_asset(RETRAINING.source_asset)
+CHAMPION = champion_asset(REGISTRY.model_name, REGISTRY.production_alias)
+SCHEDULE = (
+    CronDataIntervalTimetable(RETRAINING.schedule, timezone=RETRAINING.timezone)
+    if RETRAINING.trigger == "cron"
+    else weekly_partitions_of(TRANSACTIONS, RETRAINING.timezone)
 )
 
 # -- The form: the run's parameters, validated by the UI ----------------------------------------------------
 
 FORM = {
     "dataset_uri": Param(
-        "synthetic://card-transactions?rows=200000&seed=42",
+        "synthetic://card-transactions?rows_per_day=3000&seed=42",
         type="string",
         minLength=1,
         title="Dataset",
-        description="CSV or Parquet table: a path, s3://bucket/key, or synthetic://card-transactions?rows=N&seed=S",
+        description="CSV or Parquet table (a path or s3://bucket/key), a folder of dt=YYYY-MM-DD partitions, a URI "
+        "with a {date} placeholder (one table per day), or synthetic://card-transactions?rows_per_day=N&seed=S",
     ),
     "target_column": Param("is_fraud", type="string", minLength=1, title="Target column (binary)"),
     "time_column": Param(
@@ -73,6 +92,23 @@ FORM = {
         type=["null", "string"],
         title="Time column",
         description="Split by time on this column (train earlier, test later); empty for a stratified split",
+    ),
+    "training_window_days": Param(
+        RETRAINING.training_days,
+        type="integer",
+        minimum=1,
+        maximum=3660,
+        title="Training window (days)",
+        description="The model learns from these days before the evaluation window (the last 15% validate it)",
+    ),
+    "evaluation_window_days": Param(
+        RETRAINING.evaluation_days,
+        type="integer",
+        minimum=0,
+        maximum=3660,
+        title="Evaluation window (days)",
+        description="0: the run's data interval. A run triggered without a logical date covers the latest "
+        "complete interval of the schedule",
     ),
     "drop_columns": Param(
         ["transaction_id"],
@@ -120,6 +156,13 @@ FORM = {
         REGISTRY.model_name, type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Registered model"
     ),
     "seed": Param(TRAINING.seed, type="integer", minimum=0, title="Random seed"),
+    "release": Param(
+        "auto",
+        enum=list(RELEASE_CHOICES),
+        title="Release",
+        description="auto: only a run for the newest interval releases (backfills and old intervals register "
+        "for the record); always or never: force or forbid the release of this run (a backfill never releases)",
+    ),
 }
 
 # -- The stages: pods of the ML stage image, and the decisions taken on the worker ---------------------------
@@ -139,15 +182,24 @@ RELEASE_ARGUMENTS = [
 
 
 def prepare_stage() -> MLStageOperator:
+    """Read the run's windows of the transactions; the event on the prepared asset says what was read."""
     return MLStageOperator(
         stage="prepare",
+        inlets=[TRANSACTIONS],
+        outlets=[prepared_asset(DAG_ID)],
+        event_extra=("prepared_uri", "source", "windows", "inputs", "rows", "positives", "digest"),
         arguments=[
             "--source", "{{ params.dataset_uri }}",
             "--target", "{{ params.target_column }}",
             "--time-column", "{{ params.time_column or '' }}",
             "--drop-columns", "{{ params.drop_columns | join(',') }}",
             "--output", OUTPUT_URI,
-            *param_arguments("seed"),
+            "--interval-start", "{{ mlops_interval(dag_run).start.isoformat() }}",
+            "--interval-end", "{{ mlops_interval(dag_run).end.isoformat() }}",
+            *param_arguments("seed", "training_window_days", "evaluation_window_days"),
+            "--min-training-rows", str(RETRAINING.min_training_rows),
+            "--min-evaluation-rows", str(RETRAINING.min_evaluation_rows),
+            "--min-evaluation-positives", str(RETRAINING.min_evaluation_positives),
         ],
     )  # fmt: skip
 
@@ -173,6 +225,8 @@ def evaluate_stage() -> MLStageOperator:
             "--run-id", "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
             *param_arguments("registered_model_name", "min_average_precision", "min_improvement"),
             "--champion-alias", REGISTRY.production_alias,
+            "--psi-warning", str(RETRAINING.psi_warning),
+            "--history-intervals", str(RETRAINING.history_intervals),
         ],
     )  # fmt: skip
 
@@ -184,6 +238,7 @@ def register_stage() -> MLStageOperator:
             "--evaluation", "{{ ti.xcom_pull(task_ids='evaluate') | tojson }}",
             "--run-key", RUN_KEY,
             "--alias", REGISTRY.candidate_alias,
+            "--release-plan", "{{ mlops_release_plan(dag_run, params) | tojson }}",
         ],
     )  # fmt: skip
 
@@ -193,6 +248,7 @@ def deploy_stage() -> MLStageOperator:
     return MLStageOperator(
         stage="release",
         task_id="deploy",
+        pool=RELEASE.pool,
         arguments=[
             "deploy", *RELEASE_ARGUMENTS,
             "--model-name", REGISTERED_NAME,
@@ -206,6 +262,7 @@ def watch_stage(deployment: Any) -> RolloutWatchOperator:
     waits again, and the last failure alerts once more. A Degraded rollout is a verdict, not a failure."""
     return RolloutWatchOperator(
         task_id="watch_rollout",
+        pool=RELEASE.pool,
         deployment=deployment,
         timeout=timedelta(minutes=RELEASE.watch_timeout_minutes),
         poll_seconds=RELEASE.poll_seconds,
@@ -223,6 +280,7 @@ def watch_stage(deployment: Any) -> RolloutWatchOperator:
 def promote_stage() -> MLStageOperator:
     return MLStageOperator(
         stage="promote",
+        pool=RELEASE.pool,
         arguments=[
             "--name", REGISTERED_NAME,
             "--version", REGISTERED_VERSION,
@@ -237,6 +295,7 @@ def rollback_stage() -> MLStageOperator:
     return MLStageOperator(
         stage="release",
         task_id="rollback",
+        pool=RELEASE.pool,
         arguments=[
             "rollback",
             *RELEASE_ARGUMENTS,
@@ -261,6 +320,29 @@ def gate(evaluation: Any) -> bool:
         log.info("FAIL: %s. Nothing is registered.", reasons)
         return False
     raise AirflowFailException(f"unknown decision {evaluation['decision']!r}: nothing will be registered")
+
+
+@task.short_circuit
+def release_gate(registration: Any) -> bool:
+    """Continue to the release only if the run's release plan says so (the newest interval; never a backfill)."""
+    plan = registration["release"]
+    log.info("%s: %s", "releasing" if plan["release"] else "not releasing", plan["reason"])
+    return bool(plan["release"])
+
+
+@task(outlets=[CHAMPION])
+def announce_champion(promotion: Any, evaluation: Any, *, outlet_events: Any = None) -> None:
+    """Announce a new champion on its asset, so that DAGs scheduled on it (batch scoring) run on it."""
+    if not promotion["promoted"]:
+        raise AirflowSkipException(f"{promotion['alias']} did not move: nothing to announce")
+    outlet_events[CHAMPION].extra = {
+        "model_name": promotion["name"],
+        "version": promotion["version"],
+        "model_uri": f"models:/{promotion['name']}/{promotion['version']}",
+        "previous_version": promotion["previous_champion"],
+        "metrics": {k: v for k, v in evaluation["metrics"].items() if k != "threshold"},
+        "threshold": evaluation["metrics"]["threshold"],
+    }
 
 
 @task.short_circuit
@@ -293,14 +375,15 @@ def alert(verdict: Any, rolled_back: Any) -> None:
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 3 * * 1", timezone="UTC"),  # weekly retraining, Mondays 03:00 UTC
+    dag_id=DAG_ID,
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=8),
     tags=["ml", "training", "mlflow", "kubernetes"],
     doc_md=__doc__,
-    user_defined_macros=MACROS,
+    user_defined_macros={**MACROS, **macros(RETRAINING.schedule, RETRAINING.timezone)},
     default_args={
         "owner": "ml-platform",
         "retries": 2,
@@ -317,9 +400,10 @@ def ml_training_pipeline() -> None:
     verdict = watch_rollout.output
 
     prepare >> train >> evaluate
-    gate(evaluate.output) >> register >> deploy >> watch_rollout >> promote
+    gate(evaluate.output) >> register >> release_gate(register.output) >> deploy >> watch_rollout >> promote
     # Argo has already sent all traffic back to stable when it aborts, so the rollback can wait for promote to
     # record the verdict on the version.
+    announce_champion(promote.output, evaluate.output)
     promote >> canary_failed(verdict) >> rollback
     alert(verdict, rollback.output)
 

@@ -2,8 +2,10 @@
 
 The decision threshold is the one that maximises F1 on the validation split (never chosen on test). The same
 metrics are computed for the registered model's ``champion`` alias on the same test rows when one exists.
-Plots (precision-recall curve, confusion matrix, feature importance), a markdown model card and the decision
-are logged to the training's MLflow run; the decision is also the stage's XCom result.
+Plots (precision-recall curve, confusion matrix, feature importance, and the performance over the last
+intervals), the drift of each feature between the training and evaluation windows (``ml.monitoring``), a
+markdown model card and the decision are logged to the training's MLflow run; the decision is also the stage's
+XCom result.
 
     python -m ml.evaluate --prepared-uri data/prepared/x --model-uri models:/m-... --run-id abc \
         --registered-model-name card-fraud-detector --min-average-precision 0.3 --min-improvement 0.0
@@ -20,8 +22,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from contract import DECISION_TAG, FAIL, PASS, THRESHOLD_TAG
-from ml import tracking
+from contract import (
+    DECISION_TAG,
+    EVALUATION_WINDOW_TAG,
+    FAIL,
+    PASS,
+    REGISTERED_MODEL_TAG,
+    THRESHOLD_TAG,
+)
+from ml import monitoring, tracking
 from ml.errors import StageError
 from ml.schema import to_model_input
 from ml.storage import read_manifest, read_published_table
@@ -63,6 +72,9 @@ class Evaluation:
     min_improvement: float
     test_rows: int
     test_positives: int
+    #: PSI of each feature between the training and the evaluation window, and those over the warning level.
+    drift: dict[str, float]
+    drifted: list[str]
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -120,13 +132,7 @@ def decide(
 
 
 def compare_with_champion(
-    name: str,
-    alias: str,
-    validation: pd.DataFrame,
-    test: pd.DataFrame,
-    features: list[str],
-    categorical: list[str],
-    target: str,
+    name: str, alias: str, validation: pd.DataFrame, test: pd.DataFrame, manifest: dict[str, Any]
 ) -> tuple[ChampionComparison, np.ndarray | None]:
     """Score the ``alias`` version of ``name`` on the same test rows, at its own recorded threshold.
 
@@ -137,6 +143,11 @@ def compare_with_champion(
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    features, categorical, target = (
+        list(manifest["features"]),
+        list(manifest["categorical"]),
+        manifest["target"],
+    )
     try:
         version = tracking.client().get_model_version_by_alias(name, alias)
     except MlflowException as err:
@@ -242,10 +253,40 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
         f"Champion: {('v' + champion.version) if champion.version else 'none'}"
         + (f" ({champion.reason})" if champion.reason and not champion.comparable else ""),
         "",
+        *_drift_lines(evaluation, manifest),
+        "",
         "## Model",
         f"- MLflow run `{evaluation.run_id}`, model `{evaluation.model_uri}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _drift_lines(evaluation: Evaluation, manifest: dict[str, Any]) -> list[str]:
+    lines = ["## Drift (training window to evaluation window)"]
+    if evaluation.drifted:
+        shown = ", ".join(f"`{f}` {evaluation.drift[f]:.3f}" for f in evaluation.drifted)
+        lines.append(f"- PSI above the warning level: {shown}")
+    else:
+        lines.append("- No feature's PSI is above the warning level.")
+    if windows := manifest.get("windows"):
+        (train_start, train_end), (test_start, test_end) = windows["training"], windows["evaluation"]
+        lines.append(
+            f"- Windows: training {train_start} to {train_end}, evaluation {test_start} to {test_end}"
+        )
+    return lines
+
+
+def _drift(
+    prepared_uri: str, test: pd.DataFrame, manifest: dict[str, Any], warning: float
+) -> tuple[dict[str, float], list[str]]:
+    """PSI of each feature, training split against test split, and the features above ``warning``, worst first."""
+    training = read_published_table(prepared_uri, "train.parquet")
+    drift = monitoring.drift(training, test, list(manifest["features"]), list(manifest["categorical"]))
+    drifted = sorted((f for f, value in drift.items() if value > warning), key=lambda f: -drift[f])
+    for feature in drifted:
+        log.warning("drift: %s has PSI %.3f between the training and evaluation windows (warning above %.2f)",
+                    feature, drift[feature], warning)  # fmt: skip
+    return drift, drifted
 
 
 def evaluate(
@@ -257,6 +298,8 @@ def evaluate(
     min_average_precision: float,
     min_improvement: float,
     champion_alias: str,
+    psi_warning: float = 0.2,
+    history_intervals: int = 12,
 ) -> Evaluation:
     """Score the candidate and the champion on the test split, log the evidence and return the decision."""
     import mlflow
@@ -268,7 +311,7 @@ def evaluate(
     features, target = list(manifest["features"]), manifest["target"]
     validation = read_published_table(prepared_uri, "validation.parquet")
     test = read_published_table(prepared_uri, "test.parquet")
-
+    drift, drifted = _drift(prepared_uri, test, manifest, psi_warning)
     pipeline = mlflow.sklearn.load_model(model_uri)
     threshold = choose_threshold(
         validation[target].to_numpy(), pipeline.predict_proba(validation[features])[:, 1]
@@ -277,13 +320,7 @@ def evaluate(
     scores = pipeline.predict_proba(test[features])[:, 1]
     metrics = score_metrics(labels, scores, threshold)
     champion, champion_scores = compare_with_champion(
-        registered_model_name,
-        champion_alias,
-        validation,
-        test,
-        features,
-        list(manifest["categorical"]),
-        target,
+        registered_model_name, champion_alias, validation, test, manifest
     )
     decision, reasons = decide(
         metrics, champion, min_average_precision=min_average_precision, min_improvement=min_improvement
@@ -301,9 +338,12 @@ def evaluate(
         min_improvement=min_improvement,
         test_rows=len(test),
         test_positives=int(labels.sum()),
+        drift=drift,
+        drifted=drifted,
     )
 
     _log_evidence(evaluation, manifest, labels, scores, pipeline, champion_scores)
+    _log_history(evaluation, history_intervals)
     log.info("decision %s: %s", decision.upper(), "; ".join(reasons))
     return evaluation
 
@@ -335,7 +375,29 @@ def _log_evidence(
             plt.close(figure)  # pyplot keeps every figure alive until closed
         mlflow.log_text(model_card(evaluation, manifest), "model_card.md")
         mlflow.log_dict(asdict(evaluation), "evaluation.json")
-        mlflow.set_tags({DECISION_TAG: evaluation.decision, THRESHOLD_TAG: f"{threshold:.6f}"})
+        mlflow.log_metrics({monitoring.metric_name(f): value for f, value in evaluation.drift.items()})
+        mlflow.set_tags({
+            DECISION_TAG: evaluation.decision,
+            THRESHOLD_TAG: f"{threshold:.6f}",
+            REGISTERED_MODEL_TAG: evaluation.registered_model_name,
+            **({EVALUATION_WINDOW_TAG: "/".join(manifest["windows"]["evaluation"])} if manifest.get("windows") else {}),
+        })  # fmt: skip
+
+
+def _log_history(evaluation: Evaluation, intervals: int) -> None:
+    """Plot the model's and the champion's average precision over the last intervals (this run's included)."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    run = tracking.client().get_run(evaluation.run_id)
+    past = monitoring.history(run.info.experiment_id, evaluation.registered_model_name, intervals)
+    if past.empty:
+        return  # no data windows (no time column): nothing lines up over time
+    figure = monitoring.history_figure(past, evaluation.registered_model_name)
+    with mlflow.start_run(run_id=evaluation.run_id):
+        mlflow.log_figure(figure, "plots/performance_over_time.png")
+        mlflow.log_table(past.assign(window_end=past["window_end"].astype(str)), "performance_over_time.json")
+    plt.close(figure)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -347,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--min-average-precision", type=float, required=True)
     parser.add_argument("--min-improvement", type=float, required=True)
     parser.add_argument("--champion-alias", required=True, help="registry alias of the model to beat")
+    parser.add_argument("--psi-warning", type=float, default=0.2, help="warn of drift above this PSI")
+    parser.add_argument("--history-intervals", type=int, default=12, help="intervals in the performance plot")
     args = parser.parse_args(argv)
     evaluation = evaluate(
         args.prepared_uri,
@@ -356,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         min_average_precision=args.min_average_precision,
         min_improvement=args.min_improvement,
         champion_alias=args.champion_alias,
+        psi_warning=args.psi_warning,
+        history_intervals=args.history_intervals,
     )
     return asdict(evaluation)
 

@@ -1,5 +1,7 @@
 """Register a model that passed evaluation as a new version and point the candidate alias at it.
 
+A version the pipeline will not release (a backfill, an old interval: the caller's release plan says so) is
+registered for the record, tagged with its interval and the reason, and the candidate alias stays where it is.
 Registration is keyed by the orchestrator's run (tag ``mlops.run_key`` on the model version): running it again
 for the same DAG run finds the version it made and only re-asserts the alias, so retries and cleared tasks
 never create a second version. It refuses (non-zero exit, nothing written) anything but a ``pass`` decision.
@@ -18,8 +20,13 @@ from typing import Any
 
 from contract import (
     CHAMPION_AT_EVALUATION_TAG,
+    INTERVAL_TAG,
     MODEL_ID_TAG,
     PASS,
+    RELEASE_PLANNED,
+    RELEASE_REASON_TAG,
+    RELEASE_SKIPPED,
+    RELEASE_TAG,
     RUN_KEY_TAG,
     TEST_METRIC_TAG_PREFIX,
     THRESHOLD_TAG,
@@ -47,13 +54,16 @@ class Registration:
 
     name: str
     version: str
-    alias: str
+    alias: str | None  # None: not to be released, so the candidate alias was left alone
     model_uri: str
     run_id: str
     newly_registered: bool
+    release: dict[str, Any]
 
 
-def _check(evaluation: dict[str, Any]) -> None:
+def _check(evaluation: dict[str, Any], plan: dict[str, Any]) -> None:
+    if not isinstance(plan.get("release"), bool) or not isinstance(plan.get("reason"), str):
+        raise StageError(f"the release plan needs a boolean 'release' and a 'reason'; got {plan}")
     missing = [key for key in REQUIRED_FIELDS if key not in evaluation]
     if missing:
         raise StageError(f"the evaluation result is incomplete: missing {missing}; refusing to register")
@@ -75,13 +85,20 @@ def _await_ready(name: str, version: str, timeout_s: float = 300) -> None:
         raise StageError(f"model version {name} v{version} ended in status {status}")
 
 
-def register(evaluation: dict[str, Any], *, run_key: str, alias: str) -> Registration:
-    """Create (once per ``run_key``) the model version for a passing evaluation and set ``alias`` on it."""
-    from mlflow.exceptions import MlflowException
+#: The plan of a version registered outside a pipeline: released like any other.
+UNPLANNED = {"release": True, "reason": "registered without a release plan", "interval": []}
 
-    _check(evaluation)
+
+def register(
+    evaluation: dict[str, Any], *, run_key: str, alias: str, plan: dict[str, Any] = UNPLANNED
+) -> Registration:
+    """Create (once per ``run_key``) the model version for a passing evaluation and set ``alias`` on it.
+
+    ``plan`` is the caller's release plan (``release``, ``reason``, ``interval``): recorded on the version, and
+    a version that will not be released does not take ``alias``.
+    """
+    _check(evaluation, plan)
     name = evaluation["registered_model_name"]
-    mlflow_client = tracking.client()
     version = tracking.find_keyed_version(name, run_key)
     if version is not None:
         if version.tags.get(MODEL_ID_TAG) != evaluation["model_id"]:
@@ -93,45 +110,74 @@ def register(evaluation: dict[str, Any], *, run_key: str, alias: str) -> Registr
         log.info("%s already registered %s v%s: not registering again", run_key, name, version.version)
         newly_registered = False
     else:
-        try:
-            mlflow_client.create_registered_model(name)
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        metrics = evaluation["metrics"]
-        tags = {
-            RUN_KEY_TAG: run_key,
-            MODEL_ID_TAG: evaluation["model_id"],
-            THRESHOLD_TAG: f"{metrics['threshold']:.6f}",
-            CHAMPION_AT_EVALUATION_TAG: evaluation["champion"].get("version") or "none",
-            **{
-                f"{TEST_METRIC_TAG_PREFIX}{key}": f"{value:.6f}"
-                for key, value in metrics.items()
-                if key != "threshold"
-            },
-        }
-        version = mlflow_client.create_model_version(
-            name=name,
-            source=evaluation["model_uri"],
-            run_id=evaluation["run_id"],
-            tags=tags,
-            model_id=evaluation["model_id"],
-            description="; ".join(evaluation.get("reasons", [])),
-        )
-        _await_ready(name, str(version.version))
-        log.info("registered %s v%s from %s", name, version.version, evaluation["model_uri"])
+        version = _create_version(name, evaluation, run_key)
         newly_registered = True
 
-    mlflow_client.set_registered_model_alias(name, alias, str(version.version))
-    log.info("alias %s@%s -> v%s", name, alias, version.version)
+    number = str(version.version)
+    _record_plan(name, number, alias, plan)
     return Registration(
         name=name,
-        version=str(version.version),
-        alias=alias,
-        model_uri=f"models:/{name}@{alias}",
+        version=number,
+        alias=alias if plan["release"] else None,
+        model_uri=f"models:/{name}@{alias}" if plan["release"] else f"models:/{name}/{number}",
         run_id=evaluation["run_id"],
         newly_registered=newly_registered,
+        release=plan,
     )
+
+
+def _create_version(name: str, evaluation: dict[str, Any], run_key: str) -> Any:
+    """Register the evaluated model as a new version of ``name``, tagged with its run key and test figures."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = tracking.client()
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    metrics = evaluation["metrics"]
+    tags = {
+        RUN_KEY_TAG: run_key,
+        MODEL_ID_TAG: evaluation["model_id"],
+        THRESHOLD_TAG: f"{metrics['threshold']:.6f}",
+        CHAMPION_AT_EVALUATION_TAG: evaluation["champion"].get("version") or "none",
+        **{
+            f"{TEST_METRIC_TAG_PREFIX}{key}": f"{value:.6f}"
+            for key, value in metrics.items()
+            if key != "threshold"
+        },
+    }
+    version = mlflow_client.create_model_version(
+        name=name,
+        source=evaluation["model_uri"],
+        run_id=evaluation["run_id"],
+        tags=tags,
+        model_id=evaluation["model_id"],
+        description="; ".join(evaluation.get("reasons", [])),
+    )
+    _await_ready(name, str(version.version))
+    log.info("registered %s v%s from %s", name, version.version, evaluation["model_uri"])
+    return version
+
+
+def _record_plan(name: str, version: str, alias: str, plan: dict[str, Any]) -> None:
+    """Tag the version with its release plan and interval; point ``alias`` at it only if it will be released."""
+    mlflow_client = tracking.client()
+    tags = {
+        RELEASE_TAG: RELEASE_PLANNED if plan["release"] else RELEASE_SKIPPED,
+        RELEASE_REASON_TAG: plan["reason"],
+        **({INTERVAL_TAG: "/".join(plan["interval"])} if plan.get("interval") else {}),
+    }
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, version, key, value)
+    if plan["release"]:
+        mlflow_client.set_registered_model_alias(name, alias, version)
+        log.info("alias %s@%s -> v%s", name, alias, version)
+    else:
+        log.info(
+            "%s v%s is registered for the record and will not be released: %s", name, version, plan["reason"]
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -141,12 +187,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--run-key", required=True, help="key of the orchestrator run, e.g. <dag_id>/<run_id>"
     )
     parser.add_argument("--alias", required=True, help="alias to point at the new version")
+    parser.add_argument(
+        "--release-plan",
+        type=json_object("--release-plan", "release, reason and interval"),
+        default=UNPLANNED,
+        help="the pipeline's release plan as JSON; a version not to be released keeps the alias where it is",
+    )
     args = parser.parse_args(argv)
     return asdict(
         register(
             json_object("--evaluation", "the evaluate stage's result")(args.evaluation),
             run_key=args.run_key,
             alias=args.alias,
+            plan=args.release_plan,
         )
     )
 

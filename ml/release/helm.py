@@ -52,6 +52,13 @@ def model_of(revision: Revision) -> tuple[str | None, str | None]:
     return revision.values.get("model", {}).get("uri"), revision.values.get("image", {}).get("tag")
 
 
+def registered_name(model_uri: str | None) -> str | None:
+    """The registered model of a ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` URI (else None)."""
+    if not model_uri or not model_uri.startswith("models:/"):
+        return None
+    return model_uri.removeprefix("models:/").split("@")[0].rsplit("/", 1)[0] or None
+
+
 @dataclass
 class Deployment:
     """The deploy step's result: which revision now carries the model, and what it replaced."""
@@ -79,6 +86,13 @@ def deploy(target: Helm, *, model_uri: str, image_tag: str | None = None) -> Dep
         values["image"] = {"tag": image_tag}
     history = target.history()
     current = deployed(history)
+    serving = registered_name(model_of(current)[0]) if current is not None else None
+    if current is not None and serving is not None and serving != registered_name(model_uri):
+        raise StageError(
+            f"release {target.release} serves the registered model '{serving}' (revision {current.revision}), "
+            f"not '{registered_name(model_uri)}': one release serves one registered model, so {model_uri} is "
+            "not deployed into it (release it under its own release name, or register it under that name)"
+        )
     if current is not None and chart.merge(current.values, values) == current.values:
         log.info("revision %s already serves %s: nothing to deploy", current.revision, model_uri)
         revision, changed = current, False

@@ -330,6 +330,8 @@ class MLStageOperator(PlatformPodOperator):
     :param arguments: The stage's CLI arguments (templated).
     :param env_vars: Extra environment for the stage (templated); the MLflow tracking URI is always set
         from the Airflow Variable ``mlflow_tracking_uri``.
+    :param event_extra: Keys of the stage's result to put in the extra of the asset event of each of the
+        task's outlets (what downstream DAGs and the asset view see of the run).
     """
 
     def __init__(
@@ -338,8 +340,10 @@ class MLStageOperator(PlatformPodOperator):
         stage: str,
         arguments: list[str],
         env_vars: dict[str, str] | None = None,
+        event_extra: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
+        self.event_extra = event_extra
         platform = load_platform()
         spec = platform.stage(stage)
         super().__init__(
@@ -358,6 +362,20 @@ class MLStageOperator(PlatformPodOperator):
             kubernetes_api=spec.service_account is not None,
             **kwargs,
         )
+
+    def execute(self, context: Context) -> Any:
+        return self._announced(context, super().execute(context))
+
+    def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
+        # In the cluster a deferred pod's result comes back here, not from execute().
+        return self._announced(context, super().trigger_reentry(context, event))
+
+    def _announced(self, context: Context, result: Any) -> Any:
+        if self.event_extra and isinstance(result, dict):
+            extra = {key: result[key] for key in self.event_extra if key in result}
+            for outlet in self.outlets:
+                context["outlet_events"][outlet].extra = extra
+        return result
 
 
 class TerraformDriftOperator(PlatformPodOperator):

@@ -103,6 +103,20 @@ class Training(_Settings):
         return value
 
 
+class Retraining(_Settings):
+    trigger: Literal["cron", "asset"]
+    schedule: str
+    timezone: str
+    source_asset: str
+    training_days: int = Field(ge=1)
+    evaluation_days: int = Field(ge=0)
+    min_training_rows: int = Field(ge=1)
+    min_evaluation_rows: int = Field(ge=1)
+    min_evaluation_positives: int = Field(ge=1)
+    psi_warning: float = Field(gt=0)
+    history_intervals: int = Field(ge=2)
+
+
 class QualityGate(_Settings):
     min_average_precision: float = Field(ge=0, le=1)
     min_improvement: float = Field(ge=-1, le=1)
@@ -128,6 +142,7 @@ class Release(_Settings):
     namespace: str
     chart: str
     values_files: tuple[str, ...] = ()
+    pool: str
     watch_timeout_minutes: int = Field(gt=0)
     poll_seconds: float = Field(gt=0)
     local: LocalRelease
@@ -156,6 +171,7 @@ class Platform(_Settings):
     resource_presets: dict[str, ResourcePreset]
     stages: dict[str, Stage]
     training: Training
+    retraining: Retraining
     quality_gate: QualityGate
     registry: Registry
     release: Release

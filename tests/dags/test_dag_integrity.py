@@ -75,17 +75,29 @@ def test_training_pipeline_shape(dagbag) -> None:
     assert dag.max_active_runs == 1
     assert dag.get_task("prepare").downstream_task_ids == {"train"}
     assert dag.get_task("train").downstream_task_ids == {"evaluate"}
-    assert dag.get_task("evaluate").downstream_task_ids == {"gate"}
+    assert dag.get_task("evaluate").downstream_task_ids == {"gate", "announce_champion"}
     assert dag.get_task("gate").downstream_task_ids == {"register"}
-    assert dag.get_task("register").downstream_task_ids == {"deploy"}
+    assert dag.get_task("register").downstream_task_ids == {"release_gate"}
+    assert dag.get_task("release_gate").downstream_task_ids == {"deploy"}
     assert dag.get_task("deploy").downstream_task_ids == {"watch_rollout"}
     assert dag.get_task("watch_rollout").downstream_task_ids == {"promote", "canary_failed", "alert"}
-    assert dag.get_task("promote").downstream_task_ids == {"canary_failed"}
+    assert dag.get_task("promote").downstream_task_ids == {"canary_failed", "announce_champion"}
+    assert [a.name for a in dag.get_task("announce_champion").outlets] == ["card-fraud-detector@champion"]
+    assert [a.name for a in dag.get_task("prepare").inlets] == ["transactions"]
     assert dag.get_task("rollback").upstream_task_ids == {"canary_failed"}
     assert dag.get_task("alert").upstream_task_ids == {"watch_rollout", "rollback"}
     for task_id in ("prepare", "train", "evaluate", "register", "deploy", "promote", "rollback"):
         task = dag.get_task(task_id)
         assert task.retry_exponential_backoff, f"{task_id} retries without backoff"
+    from mlops.platform_config import load_platform
+
+    release = load_platform().release.pool
+    assert {t.task_id for t in dag.tasks if t.pool == release} == {
+        "deploy",
+        "watch_rollout",
+        "promote",
+        "rollback",
+    }
 
 
 @pytest.mark.parametrize(
@@ -99,6 +111,9 @@ def test_training_pipeline_shape(dagbag) -> None:
         ("scale_pos_weight", "lots", "does not match"),
         ("registered_model_name", "bad name!", "does not match"),
         ("device", "tpu", "'tpu' is not one of"),
+        ("training_window_days", 0, "0 is less than the minimum of 1"),
+        ("evaluation_window_days", -1, "-1 is less than the minimum of 0"),
+        ("release", "sometimes", "'sometimes' is not one of ['auto', 'always', 'never']"),
     ],
 )
 def test_the_form_refuses_invalid_values(dagbag, param: str, value: Any, message: str) -> None:

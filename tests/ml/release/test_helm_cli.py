@@ -150,3 +150,18 @@ def test_the_release_stage_runs_with_the_release_images_packages_only(tmp_path) 
     # It gets as far as looking for the helm binary, which is what the image provides.
     assert done.returncode == 2, done.stderr
     assert "needs helm on PATH" in done.stderr
+
+
+def test_a_release_serves_one_registered_model_and_refuses_another(calls) -> None:
+    """Mock of the cluster: a fake helm binary answers. A run for another model name never lands in the release."""
+    helm.deploy(target(), model_uri="models:/card-fraud/3")
+    before = len(calls())
+    with pytest.raises(
+        StageError, match=r"serves the registered model 'card-fraud' \(revision 1\), not 'other'"
+    ):
+        helm.deploy(target(), model_uri="models:/other/1")
+    assert not any(call[0] == "upgrade" for call in calls()[before:])
+    assert (
+        helm.registered_name("models:/a.b/c/7") == "a.b/c"
+        and helm.registered_name("models:/m@champion") == "m"
+    )

@@ -1,0 +1,113 @@
+"""Which data interval a run covers, and whether it may release.
+
+Every run trains on its own window of data, cut from its data interval. A run triggered without a logical date
+(the UI's and the REST API's default) has no data interval: it covers the latest complete interval of the
+retraining schedule before it was triggered.
+
+Only the newest interval releases, in the spirit of Airflow's latest-only semantics: a backfill, a catch-up run
+or a re-run of an old interval trains, evaluates and registers its version for the record, and skips the
+release, so that an old model never reaches production. A person triggering a run can force (``always``) or
+forbid (``never``) the release in the form; a backfill never releases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import pendulum
+from croniter import croniter
+
+from mlops.assets import PARTITION_PERIOD
+
+AUTO, ALWAYS, NEVER = "auto", "always", "never"
+RELEASE_CHOICES = (AUTO, ALWAYS, NEVER)
+#: DagRunType values (strings, so the plugin needs nothing from Airflow's core).
+BACKFILL = "backfill"
+
+
+@dataclass(frozen=True)
+class Interval:
+    start: datetime
+    end: datetime
+
+    def __str__(self) -> str:
+        return f"{self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} {self.end:%Z}".strip()
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """Whether a run releases its model, why, and the interval it covers (what the version is tagged with)."""
+
+    release: bool
+    reason: str
+    interval: list[str]
+
+
+def latest_complete(schedule: str, timezone: str, now: datetime) -> Interval:
+    """The last interval of a cron schedule that ended at or before ``now``."""
+    moment = pendulum.instance(now).in_timezone(timezone)
+    end = moment if croniter.match(schedule, moment) else croniter(schedule, moment).get_prev(datetime)
+    start = croniter(schedule, end).get_prev(datetime)
+    return Interval(pendulum.instance(start).in_timezone("UTC"), pendulum.instance(end).in_timezone("UTC"))
+
+
+def run_interval(dag_run: Any, schedule: str, timezone: str) -> Interval:
+    """The interval a run covers: its data interval; for a run on a partitioned asset, the period its partition
+    key starts; for a run without either, the latest complete interval of the schedule before it was triggered.
+    """
+    if dag_run.data_interval_start is not None and dag_run.data_interval_end is not None:
+        return Interval(dag_run.data_interval_start, dag_run.data_interval_end)
+    partition = getattr(dag_run, "partition_date", None)
+    if partition is not None:
+        start = pendulum.instance(partition).in_timezone("UTC")
+        return Interval(start, start + PARTITION_PERIOD)
+    return latest_complete(schedule, timezone, dag_run.run_after)
+
+
+def is_newest(interval: Interval, now: datetime) -> bool:
+    """Whether no complete interval of the same length ends after this one (Airflow's latest-only rule)."""
+    return now < interval.end + (interval.end - interval.start)
+
+
+def release_plan(*, run_type: str, interval: Interval, now: datetime, choice: str) -> ReleasePlan:
+    """Decide whether a run releases (see the module's docstring); the reason says why in words."""
+    bounds = [interval.start.isoformat(), interval.end.isoformat()]
+    if getattr(run_type, "value", run_type) == BACKFILL:  # the SDK's DagRunType is a str enum
+        return ReleasePlan(
+            False, f"a backfill run (interval {interval}) registers for the record, never releases", bounds
+        )
+    if choice == NEVER:
+        return ReleasePlan(False, "the run's form says release: never", bounds)
+    if choice == ALWAYS:
+        return ReleasePlan(True, f"the run's form says release: always (interval {interval})", bounds)
+    if choice != AUTO:
+        raise ValueError(f"release must be one of {RELEASE_CHOICES}, got {choice!r}")
+    if not is_newest(interval, now):
+        return ReleasePlan(
+            False,
+            f"interval {interval} is older than the newest complete interval: an old interval registers for "
+            "the record and is not released",
+            bounds,
+        )
+    return ReleasePlan(True, f"interval {interval} is the newest complete interval", bounds)
+
+
+def macros(schedule: str, timezone: str) -> dict[str, Any]:
+    """Template macros of a DAG on this retraining schedule: ``mlops_interval(dag_run)`` (an Interval) and
+    ``mlops_release_plan(dag_run, params)`` (the plan as the dict the register stage records)."""
+
+    def mlops_interval(dag_run: Any) -> Interval:
+        return run_interval(dag_run, schedule, timezone)
+
+    def mlops_release_plan(dag_run: Any, params: Any) -> dict[str, Any]:
+        plan = release_plan(
+            run_type=dag_run.run_type,
+            interval=run_interval(dag_run, schedule, timezone),
+            now=pendulum.now("UTC"),
+            choice=params["release"],
+        )
+        return asdict(plan)
+
+    return {"mlops_interval": mlops_interval, "mlops_release_plan": mlops_release_plan}

@@ -1,0 +1,86 @@
+"""Which interval a run covers and whether it releases: the newest interval only, never a backfill."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pendulum
+import pytest
+
+from mlops.intervals import Interval, latest_complete, macros, release_plan, run_interval
+from mlops.platform_config import load_platform
+
+WEEKLY = "0 3 * * 1"
+
+
+def at(*args: int) -> pendulum.DateTime:
+    return pendulum.datetime(*args, tz="UTC")
+
+
+def week_ending(*args: int) -> Interval:
+    end = at(*args, 3)
+    return Interval(end.subtract(weeks=1), end)
+
+
+@pytest.mark.parametrize(
+    ("now", "end"),
+    [
+        (at(2026, 11, 27, 4), at(2026, 11, 23, 3)),  # a Friday: the week that ended on Monday
+        (at(2026, 11, 23, 3), at(2026, 11, 23, 3)),  # exactly at the boundary: that week is complete
+        (at(2026, 11, 23, 2, 59), at(2026, 11, 16, 3)),
+    ],
+)
+def test_the_latest_complete_interval_of_the_schedule(now, end) -> None:
+    assert latest_complete(WEEKLY, "UTC", now) == Interval(end.subtract(weeks=1), end)
+
+
+def test_a_run_without_a_logical_date_covers_the_latest_complete_interval() -> None:
+    manual = SimpleNamespace(data_interval_start=None, data_interval_end=None, run_after=at(2026, 11, 27, 4))
+    assert run_interval(manual, WEEKLY, "UTC") == week_ending(2026, 11, 23)
+    scheduled = SimpleNamespace(
+        data_interval_start=at(2026, 3, 2), data_interval_end=at(2026, 3, 9), run_after=None
+    )
+    assert run_interval(scheduled, WEEKLY, "UTC") == Interval(at(2026, 3, 2), at(2026, 3, 9))
+
+
+NEWEST = week_ending(2026, 11, 23)
+OLD = week_ending(2026, 11, 2)
+
+
+@pytest.mark.parametrize(
+    ("run_type", "interval", "choice", "release", "why"),
+    [
+        ("scheduled", NEWEST, "auto", True, "is the newest complete interval"),
+        ("manual", NEWEST, "auto", True, "is the newest complete interval"),
+        ("scheduled", OLD, "auto", False, "is older than the newest complete interval"),
+        ("manual", OLD, "auto", False, "an old interval registers for the record and is not released"),
+        ("manual", OLD, "always", True, "release: always"),
+        ("manual", NEWEST, "never", False, "release: never"),
+        ("backfill", OLD, "auto", False, "a backfill run"),
+        ("backfill", NEWEST, "always", False, "never releases"),
+    ],
+)
+def test_only_the_newest_interval_releases_and_never_a_backfill(
+    run_type, interval, choice, release, why
+) -> None:
+    plan = release_plan(run_type=run_type, interval=interval, now=at(2026, 11, 27, 4), choice=choice)
+    assert plan.release is release and why in plan.reason
+    assert plan.interval == [interval.start.isoformat(), interval.end.isoformat()]
+
+
+def test_a_run_on_weekly_partitions_covers_the_week_its_key_starts() -> None:
+    asset_run = SimpleNamespace(
+        data_interval_start=None, data_interval_end=None, partition_date=at(2026, 11, 16)
+    )
+    assert run_interval(asset_run, WEEKLY, "UTC") == Interval(at(2026, 11, 16), at(2026, 11, 23))
+
+
+def test_the_macros_follow_the_platforms_schedule() -> None:
+    retraining = load_platform().retraining
+    bound = macros(retraining.schedule, retraining.timezone)
+    backfill = SimpleNamespace(
+        run_type="backfill", data_interval_start=at(2026, 3, 2), data_interval_end=at(2026, 3, 9)
+    )
+    assert bound["mlops_interval"](backfill) == Interval(at(2026, 3, 2), at(2026, 3, 9))
+    plan = bound["mlops_release_plan"](backfill, {"release": "auto"})
+    assert plan["release"] is False and plan["interval"][0].startswith("2026-03-02T00:00:00")
