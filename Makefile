@@ -26,7 +26,7 @@ RUN := $(VENV)/bin/python
 LOCAL := $(CURDIR)/.local
 MLFLOW_PORT ?= 5000
 AIRFLOW_PORT ?= 8080
-DEMO_ROWS ?= 200000
+DEMO_ROWS_PER_DAY ?= 3000
 
 # The embedded defaults: Airflow on SQLite, MLflow on loopback, local files, the local pod runtime.
 LOCAL_ENV := \
@@ -92,6 +92,7 @@ install: $(VENV)/.synced
 $(LOCAL)/airflow/airflow.db: | install
 	mkdir -p $(LOCAL)/airflow
 	$(LOCAL_ENV) $(VENV)/bin/airflow db migrate > $(LOCAL)/airflow/migrate.log
+	$(LOCAL_ENV) $(RUN) -m mlops.pools 2>> $(LOCAL)/airflow/migrate.log
 
 mlflow-up: install
 	$(RUN) -m standins.mlflow_server start --root $(LOCAL)/mlflow --port $(MLFLOW_PORT)
@@ -100,9 +101,10 @@ mlflow-down:
 	-$(RUN) -m standins.mlflow_server stop --root $(LOCAL)/mlflow
 
 demo: install $(LOCAL)/airflow/airflow.db mlflow-up
-	$(LOCAL_ENV) $(RUN) -m scripts.demo --rows $(DEMO_ROWS)
+	$(LOCAL_ENV) $(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY)
 
 airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
+	$(LOCAL_ENV) $(RUN) -m mlops.pools
 	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)"
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"
 	$(LOCAL_ENV) $(VENV)/bin/airflow standalone

@@ -10,9 +10,9 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 |---|---|---|
 | `prepare` | pod, CPU | reads the run's windows of the table (training: the weeks before the interval; evaluation: the interval), validates them, writes train / validation / test Parquet |
 | `train` | pod, GPU | XGBoost (`hist`, CUDA when visible) or the RandomForest baseline; logs the run to MLflow |
-| `evaluate` | pod, CPU | test-set metrics, threshold chosen on validation, comparison with `champion`, plots, model card |
+| `evaluate` | pod, CPU | test-set metrics, threshold chosen on validation, comparison with `champion`, drift, plots, model card; decides whether this run will be released (only the newest interval, never a backfill) |
 | `gate` | worker | continues only on a `pass` decision; a missing or malformed evaluation fails the run |
-| `register` | pod, CPU | one model version per DAG run, tagged with its interval and release plan; alias `challenger` if it will be released |
+| `register` | pod, CPU | one model version per DAG run, tagged with its interval and release plan; alias `challenger` if it will be released (a run not to be released registers for the record without having to beat `champion`) |
 | `release_gate` | worker | continues to the release only for the newest interval (never for a backfill); the log says why not |
 | `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's) |
 | `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), or slow (alert) |
@@ -227,6 +227,7 @@ def evaluate_stage() -> MLStageOperator:
             "--champion-alias", REGISTRY.production_alias,
             "--psi-warning", str(RETRAINING.psi_warning),
             "--history-intervals", str(RETRAINING.history_intervals),
+            "--release-plan", "{{ mlops_release_plan(dag_run, params) | tojson }}",
         ],
     )  # fmt: skip
 
@@ -238,7 +239,6 @@ def register_stage() -> MLStageOperator:
             "--evaluation", "{{ ti.xcom_pull(task_ids='evaluate') | tojson }}",
             "--run-key", RUN_KEY,
             "--alias", REGISTRY.candidate_alias,
-            "--release-plan", "{{ mlops_release_plan(dag_run, params) | tojson }}",
         ],
     )  # fmt: skip
 

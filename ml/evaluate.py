@@ -31,6 +31,7 @@ from contract import (
     THRESHOLD_TAG,
 )
 from ml import monitoring, tracking
+from ml import plan as release_plan
 from ml.errors import StageError
 from ml.schema import to_model_input
 from ml.storage import read_manifest, read_published_table
@@ -75,6 +76,8 @@ class Evaluation:
     #: PSI of each feature between the training and the evaluation window, and those over the warning level.
     drift: dict[str, float]
     drifted: list[str]
+    #: Whether the pipeline will release this model (``ml.plan``); register records it on the version.
+    release_plan: dict[str, Any]
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -108,9 +111,18 @@ def score_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> M
 
 
 def decide(
-    metrics: Metrics, champion: ChampionComparison, *, min_average_precision: float, min_improvement: float
+    metrics: Metrics,
+    champion: ChampionComparison,
+    *,
+    min_average_precision: float,
+    min_improvement: float,
+    record_only: str = "",
 ) -> tuple[str, list[str]]:
-    """Pass only if the absolute floor is met and, when a comparable champion exists, it is beaten enough."""
+    """Pass only if the absolute floor is met and, when a comparable champion exists, it is beaten enough.
+
+    A model that will not be released (``record_only`` says why) is registered for the record if it meets the
+    floor: it replaces nothing, so beating the champion is reported, not required.
+    """
     reasons = []
     ok = metrics.average_precision >= min_average_precision
     reasons.append(
@@ -123,10 +135,11 @@ def decide(
     else:
         gain = metrics.average_precision - champion.metrics.average_precision
         beats = gain >= min_improvement
-        ok = ok and beats
+        ok = ok and (beats or bool(record_only))
         reasons.append(
             f"improvement over champion v{champion.version} ({champion.metrics.average_precision:.4f}) is "
             f"{gain:+.4f}, {'>=' if beats else '<'} required {min_improvement:+.4f}"
+            + (f" (not required: not to be released, {record_only})" if record_only else "")
         )
     return (PASS if ok else FAIL), reasons
 
@@ -300,6 +313,7 @@ def evaluate(
     champion_alias: str,
     psi_warning: float = 0.2,
     history_intervals: int = 12,
+    plan: dict[str, Any] = release_plan.UNPLANNED,
 ) -> Evaluation:
     """Score the candidate and the champion on the test split, log the evidence and return the decision."""
     import mlflow
@@ -323,8 +337,9 @@ def evaluate(
         registered_model_name, champion_alias, validation, test, manifest
     )
     decision, reasons = decide(
-        metrics, champion, min_average_precision=min_average_precision, min_improvement=min_improvement
-    )
+        metrics, champion, min_average_precision=min_average_precision, min_improvement=min_improvement,
+        record_only="" if plan["release"] else plan["reason"],
+    )  # fmt: skip
     evaluation = Evaluation(
         decision=decision,
         reasons=reasons,
@@ -340,6 +355,7 @@ def evaluate(
         test_positives=int(labels.sum()),
         drift=drift,
         drifted=drifted,
+        release_plan=plan,
     )
 
     _log_evidence(evaluation, manifest, labels, scores, pipeline, champion_scores)
@@ -411,6 +427,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--champion-alias", required=True, help="registry alias of the model to beat")
     parser.add_argument("--psi-warning", type=float, default=0.2, help="warn of drift above this PSI")
     parser.add_argument("--history-intervals", type=int, default=12, help="intervals in the performance plot")
+    parser.add_argument(
+        "--release-plan",
+        type=release_plan.parse,
+        default=release_plan.UNPLANNED,
+        help="JSON {release, reason, interval}: a model not to be released need not beat the champion",
+    )
     args = parser.parse_args(argv)
     evaluation = evaluate(
         args.prepared_uri,
@@ -422,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         champion_alias=args.champion_alias,
         psi_warning=args.psi_warning,
         history_intervals=args.history_intervals,
+        plan=args.release_plan,
     )
     return asdict(evaluation)
 

@@ -1,7 +1,8 @@
 """Register a model that passed evaluation as a new version and point the candidate alias at it.
 
-A version the pipeline will not release (a backfill, an old interval: the caller's release plan says so) is
-registered for the record, tagged with its interval and the reason, and the candidate alias stays where it is.
+A version the pipeline will not release (a backfill, an old interval: the release plan in the evaluation says
+so, ``ml.plan``) is registered for the record, tagged with its interval and the reason, and the candidate alias
+stays where it is.
 Registration is keyed by the orchestrator's run (tag ``mlops.run_key`` on the model version): running it again
 for the same DAG run finds the version it made and only re-asserts the alias, so retries and cleared tasks
 never create a second version. It refuses (non-zero exit, nothing written) anything but a ``pass`` decision.
@@ -33,6 +34,7 @@ from contract import (
 )
 from ml import tracking
 from ml.errors import StageError
+from ml.plan import UNPLANNED, checked
 from ml.runtime import json_object
 
 log = logging.getLogger(__name__)
@@ -61,9 +63,7 @@ class Registration:
     release: dict[str, Any]
 
 
-def _check(evaluation: dict[str, Any], plan: dict[str, Any]) -> None:
-    if not isinstance(plan.get("release"), bool) or not isinstance(plan.get("reason"), str):
-        raise StageError(f"the release plan needs a boolean 'release' and a 'reason'; got {plan}")
+def _check(evaluation: dict[str, Any]) -> None:
     missing = [key for key in REQUIRED_FIELDS if key not in evaluation]
     if missing:
         raise StageError(f"the evaluation result is incomplete: missing {missing}; refusing to register")
@@ -85,19 +85,14 @@ def _await_ready(name: str, version: str, timeout_s: float = 300) -> None:
         raise StageError(f"model version {name} v{version} ended in status {status}")
 
 
-#: The plan of a version registered outside a pipeline: released like any other.
-UNPLANNED = {"release": True, "reason": "registered without a release plan", "interval": []}
-
-
-def register(
-    evaluation: dict[str, Any], *, run_key: str, alias: str, plan: dict[str, Any] = UNPLANNED
-) -> Registration:
+def register(evaluation: dict[str, Any], *, run_key: str, alias: str) -> Registration:
     """Create (once per ``run_key``) the model version for a passing evaluation and set ``alias`` on it.
 
-    ``plan`` is the caller's release plan (``release``, ``reason``, ``interval``): recorded on the version, and
-    a version that will not be released does not take ``alias``.
+    The evaluation's release plan is recorded on the version, and a version that will not be released does not
+    take ``alias``.
     """
-    _check(evaluation, plan)
+    _check(evaluation)
+    plan = checked(evaluation.get("release_plan", UNPLANNED))
     name = evaluation["registered_model_name"]
     version = tracking.find_keyed_version(name, run_key)
     if version is not None:
@@ -187,19 +182,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--run-key", required=True, help="key of the orchestrator run, e.g. <dag_id>/<run_id>"
     )
     parser.add_argument("--alias", required=True, help="alias to point at the new version")
-    parser.add_argument(
-        "--release-plan",
-        type=json_object("--release-plan", "release, reason and interval"),
-        default=UNPLANNED,
-        help="the pipeline's release plan as JSON; a version not to be released keeps the alias where it is",
-    )
     args = parser.parse_args(argv)
     return asdict(
         register(
             json_object("--evaluation", "the evaluate stage's result")(args.evaluation),
             run_key=args.run_key,
             alias=args.alias,
-            plan=args.release_plan,
         )
     )
 

@@ -1,8 +1,10 @@
 """Run the training DAG end to end on the embedded defaults and print what happened.
 
 The DAG ends with a canary release of the new model against the champion. On a fresh machine there is no
-champion yet, so the demo first runs the DAG once to make the first release (nothing to canary against), then
-runs it again: that run's model goes through the chart's canary steps on loopback and becomes the champion.
+champion yet, so the demo first runs the DAG for the week before the newest complete week, released by hand
+(``release: always``: a run for an old week would only register its model) as the first champion; then it runs
+the DAG for the newest complete week: that week's model, trained on its own window of the synthetic stream,
+goes through the chart's canary steps on loopback and becomes the champion.
 
 Expects the environment that ``make demo`` sets: AIRFLOW_HOME with a migrated database, the MLflow server
 running, and the Airflow Variables (``AIRFLOW_VAR_*``) that point the pipeline at it.
@@ -18,21 +20,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pendulum
+
+from mlops.intervals import latest_complete
 from mlops.platform_config import load_platform
 
 DAG_ID = "ml_training_pipeline"
-STAGE_TASKS = ("prepare", "train", "evaluate", "gate", "register")
-RELEASE_TASKS = ("deploy", "watch_rollout", "promote", "canary_failed", "rollback", "alert")
+STAGE_TASKS = ("prepare", "train", "evaluate", "gate", "register", "release_gate")
+RELEASE_TASKS = (
+    "deploy",
+    "watch_rollout",
+    "promote",
+    "announce_champion",
+    "canary_failed",
+    "rollback",
+    "alert",
+)
 
 
-def run_dag(conf: dict[str, Any], dags_folder: Path) -> Any:
+def run_dag(conf: dict[str, Any], dags_folder: Path, interval_end: Any) -> Any:
+    """Run the DAG for the interval that ends at ``interval_end`` (its logical date, as ``dag.test`` infers it)."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(str(dags_folder))
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
     dag = bag.dags[DAG_ID]
-    return dag.test(run_conf=conf)
+    return dag.test(logical_date=interval_end, run_conf=conf)
 
 
 def summarise(dag_run: Any, tracking_uri: str) -> int:
@@ -42,10 +56,11 @@ def summarise(dag_run: Any, tracking_uri: str) -> int:
     from ml import tracking
 
     print("\n== Tasks ==")
-    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    instances = {ti.task_id: ti for ti in dag_run.get_task_instances()}
     for task_id in (*STAGE_TASKS, *RELEASE_TASKS):
-        print(f"  {task_id:<13} {states.get(task_id)}")
+        print(f"  {task_id:<17} {getattr(instances.get(task_id), 'state', None)}")
     print(f"  DAG run    {dag_run.state}  ({dag_run.run_id})")
+    summarise_data(instances)
 
     client = MlflowClient(tracking_uri)
     dag_run_key = run_key(DAG_ID, dag_run.run_id)
@@ -79,6 +94,23 @@ def summarise(dag_run: Any, tracking_uri: str) -> int:
     print(f"  {tracking_uri}/#/models/{name}/versions/{version.version}")
     summarise_release(dag_run)
     return 0 if dag_run.state == "success" else 1
+
+
+def summarise_data(instances: dict[str, Any]) -> None:
+    """The windows the run read and what each split holds."""
+    prepared = instances["prepare"].xcom_pull(task_ids="prepare") if "prepare" in instances else None
+    if not prepared:
+        return
+    print("\n== Data ==")
+    windows = prepared.get("windows") or {}
+    for name in ("training", "evaluation"):
+        if name in windows:
+            print(f"  {name} window   {windows[name][0][:16]} to {windows[name][1][:16]}")
+    print(f"  rows {prepared['rows']}, positives {prepared['positives']}")
+    registration = instances["register"].xcom_pull(task_ids="register") if "register" in instances else None
+    if registration:
+        print(f"  release plan: {'release' if registration['release']['release'] else 'no release'}: "
+              f"{registration['release']['reason']}")  # fmt: skip
 
 
 def summarise_release(dag_run: Any) -> None:
@@ -132,29 +164,34 @@ def summarise_release(dag_run: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000, help="rows of the synthetic dataset")
+    parser.add_argument("--rows-per-day", type=int, default=3000, help="daily rows of the synthetic stream")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--conf", default="{}", help="extra DAG run conf as JSON")
     args = parser.parse_args()
     conf = {
-        "dataset_uri": f"synthetic://card-transactions?rows={args.rows}&seed={args.seed}",
+        "dataset_uri": f"synthetic://card-transactions?rows_per_day={args.rows_per_day}&seed={args.seed}",
         **json.loads(args.conf),
     }
+    retraining = load_platform().retraining
+    newest = latest_complete(retraining.schedule, retraining.timezone, pendulum.now("UTC"))
     dags_folder = Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", "dags"))
     tracking_uri = os.environ["AIRFLOW_VAR_MLFLOW_TRACKING_URI"]
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
     model_name = conf.get("registered_model_name") or load_platform().registry.model_name
     if not has_champion(model_name):
-        print(f"No champion yet: a first run releases one ({DAG_ID} with {json.dumps(conf)})")
+        print(f"No champion yet: a run for the week ending {newest.start:%Y-%m-%d %H:%M}, released by hand, makes "
+              f"the first one ({DAG_ID} with {json.dumps(conf)})")  # fmt: skip
         started = time.perf_counter()
-        first = run_dag(conf, dags_folder)
+        first = run_dag({**conf, "release": "always"}, dags_folder, newest.start)
         print(f"\nFinished in {time.perf_counter() - started:.0f}s")
         if summarise(first, tracking_uri) != 0:
             sys.exit(1)
         print("\n" + "=" * 100 + "\nNow a new model, canaried against that champion\n" + "=" * 100)
-    print(f"Running {DAG_ID} with {json.dumps(conf)}")
+    print(
+        f"Running {DAG_ID} for the newest complete week, ending {newest.end:%Y-%m-%d %H:%M}, with {json.dumps(conf)}"
+    )
     started = time.perf_counter()
-    dag_run = run_dag(conf, dags_folder)
+    dag_run = run_dag(conf, dags_folder, newest.end)
     print(f"\nFinished in {time.perf_counter() - started:.0f}s")
     sys.exit(summarise(dag_run, tracking_uri))
 

@@ -154,7 +154,7 @@ def test_the_demo_summary_reports_the_run_the_decision_and_the_registered_versio
     assert f"{MODEL} version {version.version} (aliases: challenger, champion)" in out
     assert "PASS" in out and "test_average_precision" in out
     for task_id in ("prepare", "train", "evaluate", "gate", "register", "deploy", "watch_rollout", "promote"):
-        assert f"{task_id:<13} success" in out
+        assert f"{task_id:<17} success" in out
     assert (
         f"helm release {RELEASE} revision 1 serves models:/{MODEL}/{version.version} (first release)" in out
     )

@@ -48,3 +48,15 @@ def test_decision(ap: float, champion: ChampionComparison, expected: str, reason
     decision, reasons = decide(metrics(ap), champion, min_average_precision=0.3, min_improvement=0.01)
     assert decision == expected
     assert any(reason in r for r in reasons), reasons
+
+
+def test_a_model_registered_for_the_record_need_not_beat_the_champion_but_must_meet_the_floor() -> None:
+    weaker = ChampionComparison("3", True, metrics(0.7))
+    decision, reasons = decide(metrics(0.6), weaker, min_average_precision=0.3, min_improvement=0.01,
+                               record_only="a backfill run")  # fmt: skip
+    assert decision == PASS
+    assert any("< required +0.0100 (not required: not to be released, a backfill run)" in r for r in reasons)
+    decision, _ = decide(
+        metrics(0.2), weaker, min_average_precision=0.3, min_improvement=0.01, record_only="old"
+    )
+    assert decision == FAIL

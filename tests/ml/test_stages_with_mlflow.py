@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from contract import RUN_KEY_TAG
+from contract import INTERVAL_TAG, RELEASE_REASON_TAG, RELEASE_SKIPPED, RELEASE_TAG, RUN_KEY_TAG
 from ml.errors import StageError
 from ml.evaluate import evaluate
 from ml.prepare import prepare
@@ -94,6 +94,22 @@ def test_evaluation_compares_with_the_champion_on_the_same_rows(
     assert any("improvement over champion" in reason for reason in compared.reasons)
     card = MlflowClient().download_artifacts(weaker.run_id, "model_card.md", str(tmp_path))
     assert "**Decision: FAIL**" in Path(card).read_text()
+
+    # The same weaker model from a backfill: registered for the record, tagged, and not the challenger.
+    plan = {
+        "release": False,
+        "reason": "a backfill run",
+        "interval": ["2026-03-02T00:00:00", "2026-03-09T00:00:00"],
+    }
+    record = evaluate(prepared, weaker.model_uri, weaker.run_id, registered_model_name="champ-model",
+                      min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION, plan=plan)  # fmt: skip
+    assert record.decision == "pass"
+    registered = register(asdict(record), run_key="dag/run-e", alias=CHALLENGER)
+    assert registered.alias is None and registered.release == plan
+    tags = MlflowClient().get_model_version("champ-model", registered.version).tags
+    assert tags[RELEASE_TAG] == RELEASE_SKIPPED and tags[RELEASE_REASON_TAG] == "a backfill run"
+    assert tags[INTERVAL_TAG] == "2026-03-02T00:00:00/2026-03-09T00:00:00"
+    assert MlflowClient().get_model_version_by_alias("champ-model", CHALLENGER).version == version
 
 
 def test_the_random_forest_baseline_is_logged_and_scored_through_mlflow(mlflow_server, prepared) -> None:

@@ -1,0 +1,38 @@
+"""Create the Airflow pools the DAGs use, from platform.yaml; run once after ``airflow db migrate``.
+
+    python -m mlops.pools
+
+A task in a pool that does not exist is never scheduled, so every set-up (``make demo``, ``make airflow-ui``,
+the compose stack's init) runs this. Setting a pool again only resets its slots and description.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from mlops.platform_config import load_platform
+
+
+def pools() -> dict[str, tuple[int, str]]:
+    """Name -> (slots, description) of every pool the DAGs name."""
+    release = load_platform().release
+    return {
+        release.pool: (
+            1,
+            f"Releases of {release.name}: one deploy, watch, promote or rollback at a time, all runs",
+        ),
+    }
+
+
+def main() -> None:
+    airflow = shutil.which("airflow") or "airflow"
+    for name, (slots, description) in pools().items():
+        # --include-deferred: a deferred watch keeps its slot, so no other run's release starts meanwhile.
+        subprocess.run([airflow, "pools", "set", name, str(slots), description, "--include-deferred"], check=True,
+                       stdout=sys.stderr)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
