@@ -71,6 +71,8 @@ def test_dags_have_owner_retries_tags_and_docs(dagbag) -> None:
 
 
 def test_training_pipeline_shape(dagbag) -> None:
+    from mlops.platform_config import load_platform
+
     dag = dagbag.dags["ml_training_pipeline"]
     assert dag.max_active_runs == 1
     assert dag.get_task("prepare").downstream_task_ids == {"train"}
@@ -82,16 +84,16 @@ def test_training_pipeline_shape(dagbag) -> None:
     assert dag.get_task("deploy").downstream_task_ids == {"watch_rollout"}
     assert dag.get_task("watch_rollout").downstream_task_ids == {"promote", "canary_failed", "alert"}
     assert dag.get_task("promote").downstream_task_ids == {"canary_failed", "announce_champion"}
-    assert [a.name for a in dag.get_task("announce_champion").outlets] == ["card-fraud-detector@champion"]
-    assert [a.name for a in dag.get_task("prepare").inlets] == ["transactions"]
+    platform = load_platform()
+    champion = f"{platform.registry.model_name}@{platform.registry.production_alias}"
+    assert [a.name for a in dag.get_task("announce_champion").outlets] == [champion]
+    assert [a.name for a in dag.get_task("prepare").inlets] == [platform.retraining.source_asset]
     assert dag.get_task("rollback").upstream_task_ids == {"canary_failed"}
     assert dag.get_task("alert").upstream_task_ids == {"watch_rollout", "rollback"}
     for task_id in ("prepare", "train", "evaluate", "register", "deploy", "promote", "rollback"):
         task = dag.get_task(task_id)
         assert task.retry_exponential_backoff, f"{task_id} retries without backoff"
-    from mlops.platform_config import load_platform
-
-    release = load_platform().release.pool
+    release = platform.release.pool
     assert {t.task_id for t in dag.tasks if t.pool == release} == {
         "deploy",
         "watch_rollout",
@@ -159,3 +161,25 @@ def test_form_choices_and_defaults_match_what_the_stages_accept(dagbag) -> None:
     defaults = load_platform().training.model_dump()
     assert {name: params[name] for name in defaults} == defaults
     TrainConfig(**defaults)  # the defaults are a valid training config
+
+
+def test_the_champion_consumer_reads_the_new_champion_from_the_event(dagbag) -> None:
+    from types import SimpleNamespace
+
+    from mlops.assets import champion_asset
+    from mlops.platform_config import load_platform
+
+    registry = load_platform().registry
+    asset = champion_asset(registry.model_name, registry.production_alias)
+    dag = dagbag.dags["champion_batch_scoring"]
+    assert [a.name for a in dag.timetable.asset_condition.objects] == [asset.name]
+    extra = {
+        "model_uri": "models:/m/3",
+        "version": "3",
+        "threshold": 0.4,
+        "metrics": {"average_precision": 0.6},
+    }
+    events = {asset: [SimpleNamespace(extra={**extra, "version": "2"}), SimpleNamespace(extra=extra)]}
+    assert dag.get_task("new_champion").python_callable(triggering_asset_events=events) == extra
+    with pytest.raises(ValueError, match="no event on"):
+        dag.get_task("new_champion").python_callable(triggering_asset_events={})

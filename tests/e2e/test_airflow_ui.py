@@ -1,30 +1,27 @@
 """The Airflow UI in a real browser: a data scientist triggers the training DAG from its form.
 
-Airflow runs as ``airflow standalone`` (SQLite, LocalExecutor, the local pod runtime, MLflow on loopback);
-Playwright drives Debian's Chromium (``make test`` installs it). Screenshots of every step are kept under
-``.local/test-artifacts/browser/`` (CI uploads them). The test knows the DAG's form, not its task list: it waits
-for the run as a whole to succeed.
+Airflow runs as the session's ``airflow standalone`` (SQLite, LocalExecutor, the local pod runtime, MLflow on
+loopback); Playwright drives Debian's Chromium (``make test`` installs it). Screenshots of every step are kept
+under ``.local/test-artifacts/browser/`` (CI uploads them). A run triggered from the form has no logical date:
+it covers the newest complete week, so it is the one that releases (after the backfill of past weeks in
+``test_airflow_backfill.py``, which released nothing).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from mlflow import MlflowClient
 
-from tests.conftest import free_port
+from contract import RELEASE_PLANNED, RELEASE_REASON_TAG, RELEASE_TAG, RUN_KEY_TAG
+from mlops.platform_config import load_platform
+from tests.e2e.conftest import DAG_ID, USER, Airflow
 
 ROOT = Path(__file__).resolve().parents[2]
-DAG_ID = "ml_training_pipeline"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -37,105 +34,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = ROOT / ".local" / "test-artifacts" / "browser"
-USER = "data-scientist"
-DATASET = "synthetic://card-transactions?rows=20000&seed=7"
-STARTUP_TIMEOUT_S = 300
+DATASET = "synthetic://card-transactions?rows_per_day=300&seed=7"
 RUN_TIMEOUT_S = 600
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.browser,
-    pytest.mark.timeout(STARTUP_TIMEOUT_S + RUN_TIMEOUT_S + 120),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 
-class Airflow:
-    """A running ``airflow standalone`` and a REST client logged in as the test's user."""
-
-    def __init__(self, url: str, password: str) -> None:
-        self.url = url
-        self.password = password
-        self._token: str | None = None
-
-    def api(self, path: str) -> Any:
-        if self._token is None:
-            response = httpx.post(
-                f"{self.url}/auth/token", json={"username": USER, "password": self.password}, timeout=60
-            )
-            response.raise_for_status()
-            self._token = response.json()["access_token"]
-        # Generous: on 2 busy cores, standalone Airflow can take a while to answer while the run's pods work.
-        response = httpx.get(
-            f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {self._token}"}, timeout=60
-        )
-        response.raise_for_status()
-        return response.json()
-
-    def dag_runs(self) -> list[dict[str, Any]]:
-        return list(self.api(f"/dags/{DAG_ID}/dagRuns")["dag_runs"])
-
-
-def _wait_until_dag_is_listed(airflow: Airflow, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"airflow standalone exited with {process.returncode}; see {log}")
-        try:
-            if airflow.api(f"/dags/{DAG_ID}")["dag_id"] == DAG_ID:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"{DAG_ID} not served after {STARTUP_TIMEOUT_S}s; see {log}")
-
-
-@pytest.fixture(scope="module")
-def airflow(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
-    """``airflow standalone`` on a free port, with its own AIRFLOW_HOME and a known password for the user."""
-    home = tmp_path_factory.mktemp("airflow-ui-home")
-    password = os.urandom(12).hex()
-    (home / "passwords.json").write_text(json.dumps({USER: password}))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        # What `make airflow-ui` sets, on this test's own home, port and MLflow server.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        # Only the runs this test triggers: the DAG is unpaused, and its weekly schedule creates none.
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-        "AIRFLOW_VAR_MLFLOW_TRACKING_URI": mlflow_server,
-        "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(tmp_path_factory.mktemp("ui-data-root")),
-        "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
-    }
-    log = home / "standalone.log"
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "standalone"],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        running = Airflow(url, password)
-        _wait_until_dag_is_listed(running, process, log)
-        yield running
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+@pytest.fixture()
+def airflow(standalone: Airflow) -> Airflow:
+    return standalone
 
 
 @pytest.fixture()
@@ -217,3 +123,15 @@ def test_a_data_scientist_triggers_a_training_run_from_the_form_and_it_succeeds(
     tasks = airflow.api(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
     assert run["state"] == "success", {task["task_id"]: task["state"] for task in tasks}
     expect(page.get_by_text("Success").first).to_be_visible()
+    # The newest week's run releases: deployed, promoted, and announced on the champion's asset.
+    states = {task["task_id"]: task["state"] for task in tasks}
+    assert {
+        states[t] for t in ("release_gate", "deploy", "watch_rollout", "promote", "announce_champion")
+    } == {"success"}
+    registry = load_platform().registry
+    champion = MlflowClient().get_model_version_by_alias(registry.model_name, registry.production_alias)
+    assert (
+        champion.tags[RELEASE_TAG] == RELEASE_PLANNED
+        and "is the newest complete interval" in champion.tags[RELEASE_REASON_TAG]
+    )
+    assert champion.tags[RUN_KEY_TAG] == f"{DAG_ID}/{run_id}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,7 +175,9 @@ def test_running_the_same_dag_run_again_registers_nothing_new(dag, first_run) ->
     assert xcom(again, "promote")["promoted"] is False
 
 
-def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champion(dag, first_run) -> None:
+def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champion(
+    dag, first_run, airflow_db
+) -> None:
     """A later week's model; the gate lets any improvement through, so the canary decides."""
     previous_champion = champion()
     dag_run = run(dag, 23, min_improvement=-1)
@@ -188,6 +192,20 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     promotion = xcom(dag_run, "promote")
     assert (promotion["promoted"], promotion["previous_champion"]) == (True, previous_champion)
     assert champion() == version.version
+    # The new champion is announced on its asset, for the DAGs scheduled on it.
+    registry = load_platform().registry
+    with sqlite3.connect(airflow_db / "airflow.db") as db:
+        rows = db.execute(
+            "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ? order by e.id",
+            (f"{registry.model_name}@{registry.production_alias}",),
+        ).fetchall()
+    announced = json.loads(rows[-1][0])
+    assert (announced["model_name"], announced["version"], announced["previous_version"]) == (
+        MODEL, version.version, previous_champion,
+    )  # fmt: skip
+    assert announced["metrics"]["average_precision"] == pytest.approx(
+        xcom(dag_run, "evaluate")["metrics"]["average_precision"]
+    )
     assert MlflowClient().get_model_version(MODEL, version.version).tags[CANARY_VERDICT_TAG] == "promoted"
 
 
