@@ -183,3 +183,21 @@ def test_the_champion_consumer_reads_the_new_champion_from_the_event(dagbag) -> 
     assert dag.get_task("new_champion").python_callable(triggering_asset_events=events) == extra
     with pytest.raises(ValueError, match="no event on"):
         dag.get_task("new_champion").python_callable(triggering_asset_events={})
+
+
+def test_with_the_asset_trigger_the_pipeline_runs_per_week_of_daily_partitions(tmp_path, monkeypatch) -> None:
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import PartitionedAssetTimetable
+
+    from mlops.platform_config import PLATFORM_FILE, PLATFORM_FILE_ENV
+
+    raw = yaml.safe_load(PLATFORM_FILE.read_text())
+    raw["retraining"]["trigger"] = "asset"
+    (tmp_path / "platform.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv(PLATFORM_FILE_ENV, str(tmp_path / "platform.yaml"))
+    bag = DagBag(str(ROOT / "dags"), safe_mode=False)
+    assert bag.import_errors == {}
+    timetable = bag.dags["ml_training_pipeline"].timetable
+    assert isinstance(timetable, PartitionedAssetTimetable)
+    assert [a.name for a in [timetable.asset_condition]] == [raw["retraining"]["source_asset"]]

@@ -88,9 +88,8 @@ def test_each_backfilled_week_trains_on_its_own_window_and_registers_without_rel
     registered = backfilled["versions"]
     assert len(registered) == 4
     assert {v.tags[RELEASE_TAG] for v in registered} == {RELEASE_SKIPPED}
-    assert [v.tags[INTERVAL_TAG].split("/")[0] for v in registered] == [
-        m["windows"]["interval"][0] for m in manifests
-    ]
+    tagged = sorted(v.tags[INTERVAL_TAG].split("/")[0] for v in registered)
+    assert tagged == [m["windows"]["interval"][0] for m in manifests]
     assert all("a backfill run" in v.tags[RELEASE_REASON_TAG] and not v.aliases for v in registered)
 
 
