@@ -27,6 +27,8 @@ from mlops.platform_config import load_platform
 
 DAG_ID = "ml_training_pipeline"
 STAGE_TASKS = ("prepare", "train", "evaluate", "gate", "register", "release_gate")
+#: The second run's gate: how far below the champion the newest week's model may score (see main).
+DEMO_TOLERANCE = -0.05
 RELEASE_TASKS = (
     "deploy",
     "watch_rollout",
@@ -105,7 +107,7 @@ def summarise_data(instances: dict[str, Any]) -> None:
     windows = prepared.get("windows") or {}
     for name in ("training", "evaluation"):
         if name in windows:
-            print(f"  {name} window   {windows[name][0][:16]} to {windows[name][1][:16]}")
+            print(f"  {name + ' window':<19} {windows[name][0][:16]} to {windows[name][1][:16]}")
     print(f"  rows {prepared['rows']}, positives {prepared['positives']}")
     registration = instances["register"].xcom_pull(task_ids="register") if "register" in instances else None
     if registration:
@@ -187,6 +189,10 @@ def main() -> None:
         if summarise(first, tracking_uri) != 0:
             sys.exit(1)
         print("\n" + "=" * 100 + "\nNow a new model, canaried against that champion\n" + "=" * 100)
+    # One more week of data is a small gain, and on ~100 frauds a week the measured difference is noisy: by the
+    # calendar week the demo happens to run in, a retrained model can score a little below the champion. The
+    # demo tolerates that much, so that it always shows the canary; the platform's default requires no loss.
+    conf = {"min_improvement": DEMO_TOLERANCE, **conf}
     print(
         f"Running {DAG_ID} for the newest complete week, ending {newest.end:%Y-%m-%d %H:%M}, with {json.dumps(conf)}"
     )
