@@ -74,6 +74,20 @@ def trained_model(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
+def quick_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The platform settings with a shorter local canary pause and any free port for the stable API."""
+    import yaml
+
+    from mlops.platform_config import PLATFORM_FILE
+
+    raw = yaml.safe_load(PLATFORM_FILE.read_text())
+    raw["release"]["local"].update(pause_seconds=2, port=0)
+    path = tmp_path_factory.mktemp("platform") / "platform.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated Airflow metadata database (SQLite) in the session's AIRFLOW_HOME."""
     subprocess.run(

@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from contract import CANARY_VERDICT_TAG, DECISION_TAG, THRESHOLD_TAG
-from mlops.platform_config import load_platform
+from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "ml_training_pipeline"
@@ -37,7 +37,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def dag(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def dag(
+    airflow_db: Path, mlflow_server: str, quick_platform: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     from airflow.dag_processing.dagbag import DagBag
 
     from standins.rollouts import stop
@@ -47,6 +49,7 @@ def dag(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathF
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": mlflow_server,
         "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(data_root),
         "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
+        PLATFORM_FILE_ENV: str(quick_platform),  # the chart's canary steps with 2 s pauses
     }
     os.environ.update(settings)
     dag = DagBag(str(ROOT / "dags")).dags[DAG_ID]

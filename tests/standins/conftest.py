@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from contract import CHAMPION_AT_EVALUATION_TAG, LOCAL_RELEASES_ENV, PREPARED_URI_TAG, THRESHOLD_TAG
 from ml import tracking
 from ml.release import helm
-from mlops.platform_config import PLATFORM_FILE, PLATFORM_FILE_ENV, load_platform
+from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 from standins import rollouts
 from tests.helpers import CHAMPION, register_evaluated
 from tests.standins.faulty_models import TRUSTED_TYPES, FaultyClassifier
@@ -69,16 +68,6 @@ def versions(trained_model: dict[str, Any]) -> dict[str, Any]:
         for fault in ("error", "slow")
     }
     return {"prepared": prepared, "first": first, "good": good, **faulty}
-
-
-@pytest.fixture(scope="package")
-def quick_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The platform settings with a shorter local pause and any free port for the stable API."""
-    raw = yaml.safe_load(PLATFORM_FILE.read_text())
-    raw["release"]["local"].update(pause_seconds=2, port=0)
-    path = tmp_path_factory.mktemp("platform") / "platform.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 @pytest.fixture()
