@@ -180,7 +180,8 @@ def _time_values(values: pd.Series, name: str) -> pd.Series:
             )
     if parsed.isna().any():
         raise DataValidationError(name, f"time column has {int(parsed.isna().sum())} missing value(s)")
-    return parsed
+    # Times without a zone are UTC, as the data interval's bounds are.
+    return parsed.dt.tz_localize("UTC") if parsed.dt.tz is None else parsed
 
 
 def _feature_values(values: pd.Series, name: str, *, explicit: bool) -> tuple[str, pd.Series]:

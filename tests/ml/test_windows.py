@@ -153,6 +153,17 @@ def test_a_parquet_table_is_filtered_in_the_reader_and_a_csv_after_parsing(tmp_p
     assert from_csv.rows == from_parquet.rows and from_csv.rows["test"] == 7 * 200
 
 
+def test_times_without_a_zone_are_utc(tmp_path: Path) -> None:
+    frame = generate_range(week(1), week(5), rows_per_day=200, seed=6)
+    frame.assign(**{TIME_COLUMN: frame[TIME_COLUMN].dt.tz_localize(None)}).to_parquet(
+        tmp_path / "naive.parquet"
+    )
+    windows = plan(week(4).isoformat(), week(5).isoformat(), training_days=21)
+    meta = prepare(str(tmp_path / "naive.parquet"), "is_fraud", str(tmp_path / "out"), time_column=TIME_COLUMN,
+                   windows=windows)  # fmt: skip
+    assert meta.rows["test"] == 7 * 200 and meta.windows["evaluation"][0] == week(4).isoformat()
+
+
 def write_partitions(root: Path, first: pd.Timestamp, days: int, skip: tuple[int, ...] = ()) -> None:
     frame = generate_range(first, first + pd.Timedelta(days=days), rows_per_day=150, seed=3)
     for day, rows in frame.groupby(frame[TIME_COLUMN].dt.date):
