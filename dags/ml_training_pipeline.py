@@ -25,7 +25,8 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 **Each interval trains on its own data.** A scheduled run for a week is evaluated on that week and trains on
 the weeks before it; a run triggered without a logical date covers the latest complete week.
 **Backfills never release.** A backfill or a run for an old interval registers its version for the record and
-skips the release; the release tasks share a one-slot pool, so two runs never release at once.
+skips the release. The release tasks share a one-slot pool (one release step at a time across all runs, backfills
+included); with `max_active_runs=1` for every other run, one run's release at a time.
 **Re-runs are safe.** Outputs are keyed by the data interval and replaced whole; the MLflow run and the
 model version are keyed by the DAG run, so a retried or cleared task never registers a second version. Deploying
 what is deployed, rolling back what is rolled back and promoting what is champion change nothing.
@@ -99,7 +100,7 @@ FORM = {
         minimum=1,
         maximum=3660,
         title="Training window (days)",
-        description="The model learns from these days before the evaluation window (the last 15% validate it)",
+        description="The model learns from these days before the evaluation window (their latest part validates it)",
     ),
     "evaluation_window_days": Param(
         RETRAINING.evaluation_days,

@@ -311,12 +311,12 @@ def evaluate(
     min_average_precision: float,
     min_improvement: float,
     champion_alias: str,
-    psi_warning: float = 0.2,
-    history_intervals: int = 12,
+    psi_warning: float = float("inf"),
+    history_intervals: int = 0,
     plan: dict[str, Any] = release_plan.UNPLANNED,
 ) -> Evaluation:
-    """Score the candidate and the champion on the test split, log the evidence and return the decision."""
-    import mlflow
+    """Score the candidate and the champion on the test split, log the evidence and return the decision
+    (drift warned of above ``psi_warning``, by default never; ``history_intervals`` windows plotted, default none)."""
     import mlflow.sklearn
 
     if not 0 <= min_average_precision <= 1:
@@ -406,9 +406,12 @@ def _log_history(evaluation: Evaluation, intervals: int) -> None:
     import mlflow
 
     run = tracking.client().get_run(evaluation.run_id)
-    past = monitoring.history(run.info.experiment_id, evaluation.registered_model_name, intervals)
-    if past.empty:
+    window = run.data.tags.get(EVALUATION_WINDOW_TAG)
+    if not window or not intervals:
         return  # no data windows (no time column): nothing lines up over time
+    past = monitoring.history(
+        run.info.experiment_id, evaluation.registered_model_name, intervals, until=window.split("/")[-1]
+    )
     figure = monitoring.history_figure(past, evaluation.registered_model_name)
     with mlflow.start_run(run_id=evaluation.run_id):
         mlflow.log_figure(figure, "plots/performance_over_time.png")
@@ -425,8 +428,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--min-average-precision", type=float, required=True)
     parser.add_argument("--min-improvement", type=float, required=True)
     parser.add_argument("--champion-alias", required=True, help="registry alias of the model to beat")
-    parser.add_argument("--psi-warning", type=float, default=0.2, help="warn of drift above this PSI")
-    parser.add_argument("--history-intervals", type=int, default=12, help="intervals in the performance plot")
+    parser.add_argument("--psi-warning", type=float, required=True, help="warn of drift above this PSI")
+    parser.add_argument(
+        "--history-intervals", type=int, required=True, help="intervals in the performance plot"
+    )
     parser.add_argument(
         "--release-plan",
         type=release_plan.parse,

@@ -1,7 +1,7 @@
 """Performance over time: data drift between a run's training and evaluation windows, and past runs' scores.
 
-Drift is the population stability index (PSI) of each feature: the training window's distribution against the
-evaluation window's, over ten quantile bins of the training values (numeric) or over the categories
+Drift is the population stability index (PSI) of each feature: the train split's distribution (the training
+window without its latest, validation part) against the evaluation window's, over ten quantile bins of the training values (numeric) or over the categories
 (categorical), missing values a bin of their own. The usual reading: under 0.1 stable, 0.1 to 0.25 some
 shift, over 0.25 a major one.
 """
@@ -63,8 +63,9 @@ def metric_name(feature: str) -> str:
     return "drift_psi_" + re.sub(r"[^A-Za-z0-9_\-./ ]", "_", feature)
 
 
-def history(experiment_id: str, registered_model_name: str, limit: int) -> pd.DataFrame:
-    """The latest run's test average precision (and its champion's) for each of the last ``limit`` windows.
+def history(experiment_id: str, registered_model_name: str, limit: int, until: str) -> pd.DataFrame:
+    """The latest run's test average precision (and its champion's) for each of the last ``limit`` windows
+    ending at or before ``until`` (ISO-8601: a backfill of an old week plots the weeks up to it).
 
     Columns: ``window_end`` (timestamp), ``challenger``, ``champion`` (NaN where there was none), ``run_id``.
     """
@@ -78,6 +79,8 @@ def history(experiment_id: str, registered_model_name: str, limit: int) -> pd.Da
     for run in runs:
         window = run.data.tags.get(EVALUATION_WINDOW_TAG)
         if not window or window in rows or "test_average_precision" not in run.data.metrics:
+            continue
+        if pd.Timestamp(window.split("/")[-1]) > pd.Timestamp(until):
             continue
         rows[window] = {
             "window_end": pd.Timestamp(window.split("/")[-1]),

@@ -438,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     window.add_argument("--interval-start", default="", help="the run's data interval start (ISO-8601)")
     window.add_argument("--interval-end", default="", help="the run's data interval end (ISO-8601)")
     window.add_argument(
-        "--training-window-days", type=int, default=56, help="days trained on before evaluation"
+        "--training-window-days", type=int, help="days trained on before evaluation (with an interval)"
     )
     window.add_argument(
         "--evaluation-window-days",
@@ -452,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if bool(args.interval_start) != bool(args.interval_end):
         raise StageError("give both --interval-start and --interval-end, or neither")
+    if args.interval_start and args.training_window_days is None:
+        raise StageError("--training-window-days is needed with an interval: how many days to train on")
     windows = (
         data_windows.plan(
             args.interval_start,

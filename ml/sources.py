@@ -85,7 +85,7 @@ def _read_days(uri: str, time_column: str | None, window: Window) -> Read:
     frames = []
     for one in uris:
         with _local_copy(one) as path:
-            frames.append(_read(path, table_format(one), time_column, window))
+            frames.append(_read(path, "parquet" if path.is_dir() else table_format(one), time_column, window))
     return Read(pd.concat(frames, ignore_index=True), uris)
 
 
@@ -147,7 +147,11 @@ def _time_filter(schema: pa.Schema, column: str, window: Window) -> ds.Expressio
                   for t in (window.start, window.end)]  # fmt: skip
         lower, upper = (pa.scalar(b.to_pydatetime(), type=kind) for b in bounds)
     elif pa.types.is_date(kind):
-        lower, upper = (pa.scalar(t.date(), type=kind) for t in (window.start, window.end))
+        # A date is its day's midnight: keep every day the window touches; prepare makes the exact cut.
+        first, last = window.start.date(), (window.end - pd.Timedelta(1, "ns")).date()
+        return (ds.field(column) >= pa.scalar(first, type=kind)) & (
+            ds.field(column) <= pa.scalar(last, type=kind)
+        )
     else:
         return None  # text or numbers: parsed and filtered by prepare
     return (ds.field(column) >= lower) & (ds.field(column) < upper)

@@ -1,7 +1,9 @@
 """Data windows: which rows of a table a run trains on and is evaluated on, from the run's data interval.
 
 The evaluation window is the data interval itself, or the last ``evaluation_days`` before its end; the training
-window is the ``training_days`` before the evaluation window, and its latest part is the validation split. So a
+window is the ``training_days`` before the evaluation window, and its latest part is the validation split. An
+interval of a day or more is cut at whole UTC days (each bound moves back to midnight): a weekly run at 03:00 on
+a Monday is judged on Monday to Sunday, whose daily partitions are complete when it runs. So a
 weekly run trains on the eight weeks before its week and is judged on its week, and a backfill of an old week
 sees only what was known then.
 """
@@ -78,6 +80,8 @@ def plan(start: str, end: str, *, training_days: int, evaluation_days: int = 0) 
     interval = Window(timestamp(start, "the interval's start"), timestamp(end, "the interval's end"))
     if interval.start >= interval.end:
         raise StageError(f"the data interval {interval} is empty: its start must be before its end")
+    if interval.end - interval.start >= pd.Timedelta(days=1):
+        interval = Window(interval.start.floor("D"), interval.end.floor("D"))
     if training_days < 1 or evaluation_days < 0:
         raise StageError(
             f"the training window needs at least 1 day (got {training_days}) and the evaluation window 0 or "

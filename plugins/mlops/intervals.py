@@ -19,7 +19,7 @@ from typing import Any
 import pendulum
 from croniter import croniter
 
-from mlops.assets import PARTITION_PERIOD
+from mlops.assets import PARTITION_KEY_FORMAT, PARTITION_PERIOD
 
 AUTO, ALWAYS, NEVER = "auto", "always", "never"
 RELEASE_CHOICES = (AUTO, ALWAYS, NEVER)
@@ -47,7 +47,7 @@ class ReleasePlan:
 
 def latest_complete(schedule: str, timezone: str, now: datetime) -> Interval:
     """The last interval of a cron schedule that ended at or before ``now``."""
-    moment = pendulum.instance(now).in_timezone(timezone)
+    moment = pendulum.instance(now).in_timezone(timezone).replace(second=0, microsecond=0)
     end = moment if croniter.match(schedule, moment) else croniter(schedule, moment).get_prev(datetime)
     start = croniter(schedule, end).get_prev(datetime)
     return Interval(pendulum.instance(start).in_timezone("UTC"), pendulum.instance(end).in_timezone("UTC"))
@@ -57,22 +57,36 @@ def run_interval(dag_run: Any, schedule: str, timezone: str) -> Interval:
     """The interval a run covers: its data interval; for a run on a partitioned asset, the period its partition
     key starts; for a run without either, the latest complete interval of the schedule before it was triggered.
     """
-    if dag_run.data_interval_start is not None and dag_run.data_interval_end is not None:
-        return Interval(dag_run.data_interval_start, dag_run.data_interval_end)
-    partition = getattr(dag_run, "partition_date", None)
-    if partition is not None:
-        start = pendulum.instance(partition).in_timezone("UTC")
-        return Interval(start, start + PARTITION_PERIOD)
+    start, end = dag_run.data_interval_start, dag_run.data_interval_end
+    if start is not None and end is not None and start < end:  # an asset schedule gives start == end
+        return Interval(pendulum.instance(start), pendulum.instance(end))
+    if _partitioned(dag_run):
+        partition = getattr(dag_run, "partition_date", None)
+        if partition is None:  # Airflow could not map the key to a date: never guess another week
+            raise ValueError(
+                f"partition key {dag_run.partition_key!r} names no date ({PARTITION_KEY_FORMAT})"
+            )
+        first = pendulum.instance(partition).in_timezone("UTC")
+        return Interval(first, first + PARTITION_PERIOD)
     return latest_complete(schedule, timezone, dag_run.run_after)
 
 
-def is_newest(interval: Interval, now: datetime) -> bool:
-    """Whether no complete interval of the same length ends after this one (Airflow's latest-only rule)."""
-    return now < interval.end + (interval.end - interval.start)
+def _partitioned(dag_run: Any) -> bool:
+    """Whether the run's interval comes from its partition key (an asset-triggered run of the asset schedule)."""
+    start, end = dag_run.data_interval_start, dag_run.data_interval_end
+    return bool(getattr(dag_run, "partition_key", None)) and not (
+        start is not None and end is not None and start < end
+    )
 
 
-def release_plan(*, run_type: str, interval: Interval, now: datetime, choice: str) -> ReleasePlan:
-    """Decide whether a run releases (see the module's docstring); the reason says why in words."""
+def release_plan(
+    *, run_type: str, interval: Interval, now: datetime, newest_end: datetime, choice: str
+) -> ReleasePlan:
+    """Decide whether a run releases (see the module's docstring); the reason says why in words.
+
+    ``newest_end`` is where the newest complete interval ends: an interval ending before it is old, one ending
+    after ``now`` is not complete.
+    """
     bounds = [interval.start.isoformat(), interval.end.isoformat()]
     if getattr(run_type, "value", run_type) == BACKFILL:  # the SDK's DagRunType is a str enum
         return ReleasePlan(
@@ -84,7 +98,11 @@ def release_plan(*, run_type: str, interval: Interval, now: datetime, choice: st
         return ReleasePlan(True, f"the run's form says release: always (interval {interval})", bounds)
     if choice != AUTO:
         raise ValueError(f"release must be one of {RELEASE_CHOICES}, got {choice!r}")
-    if not is_newest(interval, now):
+    if interval.end > now:
+        return ReleasePlan(
+            False, f"interval {interval} is not complete yet: its data is still arriving", bounds
+        )
+    if interval.end < newest_end:
         return ReleasePlan(
             False,
             f"interval {interval} is older than the newest complete interval: an old interval registers for "
@@ -102,10 +120,16 @@ def macros(schedule: str, timezone: str) -> dict[str, Any]:
         return run_interval(dag_run, schedule, timezone)
 
     def mlops_release_plan(dag_run: Any, params: Any) -> dict[str, Any]:
+        interval, now = run_interval(dag_run, schedule, timezone), pendulum.now("UTC")
+        # A week of partitions is the newest until the next week's is complete; otherwise the schedule says.
+        newest_end = (
+            now - PARTITION_PERIOD if _partitioned(dag_run) else latest_complete(schedule, timezone, now).end
+        )
         plan = release_plan(
             run_type=dag_run.run_type,
-            interval=run_interval(dag_run, schedule, timezone),
-            now=pendulum.now("UTC"),
+            interval=interval,
+            now=now,
+            newest_end=newest_end,
             choice=params["release"],
         )
         return asdict(plan)

@@ -80,7 +80,9 @@ def test_each_backfilled_week_trains_on_its_own_window_and_registers_without_rel
     assert len({m["windows"]["evaluation"][0] for m in manifests}) == 4
     assert len({m["digest"] for m in manifests}) == 4
     for run, m in zip(runs, manifests, strict=True):
-        assert pendulum.parse(m["windows"]["evaluation"][0]) == pendulum.parse(run["data_interval_start"])
+        # Windows are whole UTC days: the week that starts on Monday 03:00 is judged from Monday 00:00.
+        day = pendulum.parse(run["data_interval_start"]).start_of("day")
+        assert pendulum.parse(m["windows"]["evaluation"][0]) == day
         assert pendulum.parse(m["windows"]["training"][1]) == pendulum.parse(m["windows"]["evaluation"][0])
         states = standalone.task_states(run["run_id"])
         assert states["register"] == "success" and states["release_gate"] == "success"

@@ -28,6 +28,7 @@ def week_ending(*args: int) -> Interval:
         (at(2026, 11, 27, 4), at(2026, 11, 23, 3)),  # a Friday: the week that ended on Monday
         (at(2026, 11, 23, 3), at(2026, 11, 23, 3)),  # exactly at the boundary: that week is complete
         (at(2026, 11, 23, 2, 59), at(2026, 11, 16, 3)),
+        (at(2026, 11, 23, 3, 0, 30), at(2026, 11, 23, 3)),  # seconds into the cron's minute
     ],
 )
 def test_the_latest_complete_interval_of_the_schedule(now, end) -> None:
@@ -63,16 +64,28 @@ OLD = week_ending(2026, 11, 2)
 def test_only_the_newest_interval_releases_and_never_a_backfill(
     run_type, interval, choice, release, why
 ) -> None:
-    plan = release_plan(run_type=run_type, interval=interval, now=at(2026, 11, 27, 4), choice=choice)
+    plan = release_plan(run_type=run_type, interval=interval, now=at(2026, 11, 27, 4), newest_end=NEWEST.end,
+                        choice=choice)  # fmt: skip
     assert plan.release is release and why in plan.reason
     assert plan.interval == [interval.start.isoformat(), interval.end.isoformat()]
 
 
+def test_an_interval_not_yet_complete_never_releases() -> None:
+    current = Interval(at(2026, 11, 23, 3), at(2026, 11, 30, 3))
+    plan = release_plan(run_type="manual", interval=current, now=at(2026, 11, 27, 4), newest_end=NEWEST.end,
+                        choice="auto")  # fmt: skip
+    assert plan.release is False and "is not complete yet" in plan.reason
+
+
 def test_a_run_on_weekly_partitions_covers_the_week_its_key_starts() -> None:
-    asset_run = SimpleNamespace(
-        data_interval_start=None, data_interval_end=None, partition_date=at(2026, 11, 16)
-    )
+    moment = at(2026, 11, 20)
+    asset_run = SimpleNamespace(data_interval_start=moment, data_interval_end=moment, partition_key="2026-11-16",
+                                partition_date=at(2026, 11, 16))  # fmt: skip
     assert run_interval(asset_run, WEEKLY, "UTC") == Interval(at(2026, 11, 16), at(2026, 11, 23))
+    unmapped = SimpleNamespace(data_interval_start=None, data_interval_end=None, partition_key="last week",
+                               partition_date=None)  # fmt: skip
+    with pytest.raises(ValueError, match="partition key 'last week' names no date"):
+        run_interval(unmapped, WEEKLY, "UTC")
 
 
 def test_the_macros_follow_the_platforms_schedule() -> None:
