@@ -80,18 +80,14 @@ def plan(start: str, end: str, *, training_days: int, evaluation_days: int = 0) 
     interval = Window(timestamp(start, "the interval's start"), timestamp(end, "the interval's end"))
     if interval.start >= interval.end:
         raise StageError(f"the data interval {interval} is empty: its start must be before its end")
-    if interval.end - interval.start >= pd.Timedelta(days=1):
-        interval = Window(interval.start.floor("D"), interval.end.floor("D"))
+    whole_days = interval.end - interval.start >= pd.Timedelta(days=1)
+    cut = Window(interval.start.floor("D"), interval.end.floor("D")) if whole_days else interval
     if training_days < 1 or evaluation_days < 0:
         raise StageError(
             f"the training window needs at least 1 day (got {training_days}) and the evaluation window 0 or "
             f"more (got {evaluation_days}; 0 is the data interval)"
         )
-    evaluation = (
-        Window(interval.end - pd.Timedelta(days=evaluation_days), interval.end)
-        if evaluation_days
-        else interval
-    )
+    evaluation = Window(cut.end - pd.Timedelta(days=evaluation_days), cut.end) if evaluation_days else cut
     training = Window(evaluation.start - pd.Timedelta(days=training_days), evaluation.start)
     return Windows(interval=interval, training=training, evaluation=evaluation)
 

@@ -245,3 +245,14 @@ def test_without_a_time_column_the_interval_selects_nothing_and_the_table_is_spl
                    windows=plan("2026-03-02", "2026-03-09", training_days=56))  # fmt: skip
     assert sum(meta.rows.values()) == 2000 and meta.windows == {}
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["windows"] == {}
+
+
+def test_windows_of_a_weekly_interval_are_whole_utc_days() -> None:
+    windows = plan("2026-11-16T03:00:00+00:00", "2026-11-23T03:00:00+00:00", training_days=56)
+    assert windows.interval.start == pd.Timestamp("2026-11-16T03:00", tz="UTC")  # the run's, as recorded
+    assert windows.evaluation == Window(
+        pd.Timestamp("2026-11-16", tz="UTC"), pd.Timestamp("2026-11-23", tz="UTC")
+    )
+    assert windows.training.end == windows.evaluation.start
+    hourly = plan("2026-11-16T03:00:00+00:00", "2026-11-16T04:00:00+00:00", training_days=1)
+    assert hourly.evaluation == hourly.interval
