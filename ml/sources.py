@@ -69,9 +69,7 @@ def read_source(uri: str, *, time_column: str | None = None, window: Window | No
         partitions = _hive_partitions(uri)
         if partitions:
             return _read_partitions(uri, partitions, time_column, window)
-    with _local_copy(uri) as path:
-        fmt = "parquet" if path.is_dir() else table_format(uri)
-        return Read(_read(path, fmt, time_column, window), [uri])
+    return _read_each([uri], time_column, window)
 
 
 def _read_days(uri: str, time_column: str | None, window: Window) -> Read:
@@ -79,14 +77,9 @@ def _read_days(uri: str, time_column: str | None, window: Window) -> Read:
     missing = [u for u in uris if not _exists(u)]
     if missing:
         raise StageError(
-            f"{len(missing)} of the {len(uris)} daily tables of the window {window} are missing: "
-            + ", ".join(missing[:_SHOWN]) + (f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else "")
-        )  # fmt: skip
-    frames = []
-    for one in uris:
-        with _local_copy(one) as path:
-            frames.append(_read(path, "parquet" if path.is_dir() else table_format(one), time_column, window))
-    return Read(pd.concat(frames, ignore_index=True), uris)
+            f"{len(missing)} of the {len(uris)} daily tables of the window {window} are missing: {_listed(missing)}"
+        )
+    return _read_each(uris, time_column, window)
 
 
 def _on_day(uri: str, day: date) -> str:
@@ -110,16 +103,24 @@ def _read_partitions(uri: str, partitions: dict[date, str], time_column: str | N
     if missing:
         raise StageError(
             f"'{uri}' has no partition for {len(missing)} of the {len(wanted)} days of the window {window}: "
-            + ", ".join(missing[:_SHOWN]) + (f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else "")
-            + f" (it has {min(partitions)} to {max(partitions)}, {len(partitions)} days)"
-        )  # fmt: skip
+            f"{_listed(missing)} (it has {min(partitions)} to {max(partitions)}, {len(partitions)} days)"
+        )
+    return _read_each([partitions[day] for day in wanted], time_column, window)
+
+
+def _listed(items: list[str]) -> str:
+    """The first few items, and how many more."""
+    more = len(items) - _SHOWN
+    return ", ".join(items[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
+def _read_each(uris: list[str], time_column: str | None, window: Window | None) -> Read:
+    """Read each table (a file or a Parquet folder, local or S3) and put their rows together."""
     frames = []
-    for day in wanted:
-        with _local_copy(partitions[day]) as path:
-            frames.append(
-                _read(path, "parquet" if path.is_dir() else table_format(str(path)), time_column, window)
-            )
-    return Read(pd.concat(frames, ignore_index=True), [partitions[day] for day in wanted])
+    for uri in uris:
+        with _local_copy(uri) as path:
+            frames.append(_read(path, "parquet" if path.is_dir() else table_format(uri), time_column, window))
+    return Read(frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True), uris)
 
 
 def _read(path: Path, fmt: str, time_column: str | None, window: Window | None) -> pd.DataFrame:

@@ -57,9 +57,10 @@ def run_interval(dag_run: Any, schedule: str, timezone: str) -> Interval:
     """The interval a run covers: its data interval; for a run on a partitioned asset, the period its partition
     key starts; for a run without either, the latest complete interval of the schedule before it was triggered.
     """
-    start, end = dag_run.data_interval_start, dag_run.data_interval_end
-    if start is not None and end is not None and start < end:  # an asset schedule gives start == end
-        return Interval(pendulum.instance(start), pendulum.instance(end))
+    if _has_interval(dag_run):
+        return Interval(
+            pendulum.instance(dag_run.data_interval_start), pendulum.instance(dag_run.data_interval_end)
+        )
     if _partitioned(dag_run):
         partition = getattr(dag_run, "partition_date", None)
         if partition is None:  # Airflow could not map the key to a date: never guess another week
@@ -73,10 +74,13 @@ def run_interval(dag_run: Any, schedule: str, timezone: str) -> Interval:
 
 def _partitioned(dag_run: Any) -> bool:
     """Whether the run's interval comes from its partition key (an asset-triggered run of the asset schedule)."""
+    return bool(getattr(dag_run, "partition_key", None)) and not _has_interval(dag_run)
+
+
+def _has_interval(dag_run: Any) -> bool:
+    """Whether the run has a data interval of its own (an asset schedule gives start == end: none)."""
     start, end = dag_run.data_interval_start, dag_run.data_interval_end
-    return bool(getattr(dag_run, "partition_key", None)) and not (
-        start is not None and end is not None and start < end
-    )
+    return start is not None and end is not None and bool(start < end)
 
 
 def release_plan(
