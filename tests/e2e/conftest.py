@@ -53,7 +53,13 @@ class Airflow:
         return list(self.api(f"/dags/{DAG_ID}/dagRuns")["dag_runs"])
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True)
+        """Run an ``airflow`` command. On SQLite a write can meet the scheduler's and fail "database is locked"
+        (the command's transaction is rolled back): it is tried again, as an operator would, up to three times."""
+        for _ in range(3):
+            done = subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True)
+            if done.returncode == 0 or "database is locked" not in done.stderr:
+                break
+            time.sleep(2)
         assert done.returncode == 0, f"airflow {' '.join(args)}: {done.stderr[-2000:]}"
         return done.stdout
 
