@@ -95,6 +95,9 @@ MODEL_ID_TAG = "mlops.model_id"
 TEST_METRIC_TAG_PREFIX = "mlops.test_"
 #: The champion version the candidate was compared with ("none" without one): promotion's compare-and-set.
 CHAMPION_AT_EVALUATION_TAG = "mlops.champion_version_at_evaluation"
+#: The gate passed a version although the champion could not score its test rows, because the run said so:
+#: why the champion could not (the run's parameter ``accept_incomparable_champion``).
+INCOMPARABLE_CHAMPION_ACCEPTED_TAG = "mlops.incomparable_champion_accepted"
 #: The canary's verdict on a version, its message, its release revision and its figures.
 CANARY_VERDICT_TAG = "mlops.canary_verdict"
 CANARY_MESSAGE_TAG = "mlops.canary_message"
@@ -122,6 +125,10 @@ PROGRESSING = "Progressing"
 PAUSED = "Paused"
 SUPERSEDED = "Superseded"
 SLOW = "Slow"
+#: The watch's verdicts beyond Argo's phases: the release was refused before it started (``champion`` moved
+#: since evaluation), and a rollout paused by an inconclusive analysis (too little traffic): a person decides.
+REFUSED = "Refused"
+INCONCLUSIVE = "Inconclusive"
 #: Pod template annotation (set by the chart) naming the model the template serves.
 MODEL_ANNOTATION = "mlops.airflow-mlops.io/model-uri"
 

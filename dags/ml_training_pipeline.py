@@ -88,6 +88,13 @@ FORM = {
         "with a {date} placeholder (one table per day), or synthetic://card-transactions?rows_per_day=N&seed=S",
     ),
     "target_column": Param("is_fraud", type="string", minLength=1, title="Target column (binary)"),
+    "positive_label": Param(
+        None,
+        type=["null", "string"],
+        title="Positive label",
+        description="The target's value that is the positive class when the target is not 0/1 or true/false "
+        "(for example >50K); empty otherwise",
+    ),
     "time_column": Param(
         "timestamp",
         type=["null", "string"],
@@ -112,11 +119,13 @@ FORM = {
         "complete interval of the schedule",
     ),
     "drop_columns": Param(
-        ["transaction_id"],
+        [],
         type="array",
         items={"type": "string"},
         title="Columns to drop",
-        description="Identifiers and leaky columns to leave out of the features",
+        description="Columns to leave out of the features. Row identifiers, counters of time, columns that copy "
+        "the target and constant columns are left out without being named here (the leakage guard; the "
+        "manifest and the model card say which and why)",
     ),
     "model_type": Param(TRAINING.model_type, enum=list(MODEL_TYPES), title="Model"),
     "n_estimators": Param(
@@ -152,6 +161,13 @@ FORM = {
         maximum=1,
         title="Minimum improvement over champion",
         description="Required gain in average precision over the current champion (when there is one)",
+    ),
+    "accept_incomparable_champion": Param(
+        False,
+        type="boolean",
+        title="Accept an incomparable champion",
+        description="For a deliberate change of inputs: a champion that cannot score this run's test rows (it was "
+        "trained on other columns) does not fail the gate. Recorded on the version and in the model card",
     ),
     "registered_model_name": Param(
         REGISTRY.model_name, type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Registered model"
@@ -194,6 +210,7 @@ def prepare_stage() -> MLStageOperator:
             "--target", "{{ params.target_column }}",
             "--time-column", "{{ params.time_column or '' }}",
             "--drop-columns", "{{ params.drop_columns | join(',') }}",
+            "--positive-label", "{{ params.positive_label or '' }}",
             "--output", OUTPUT_URI,
             "--interval-start", "{{ mlops_interval(dag_run).start.isoformat() }}",
             "--interval-end", "{{ mlops_interval(dag_run).end.isoformat() }}",
@@ -224,7 +241,9 @@ def evaluate_stage() -> MLStageOperator:
             "--prepared-uri", PREPARED_URI,
             "--model-uri", "{{ ti.xcom_pull(task_ids='train')['model_uri'] }}",
             "--run-id", "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
-            *param_arguments("registered_model_name", "min_average_precision", "min_improvement"),
+            *param_arguments(
+                "registered_model_name", "min_average_precision", "min_improvement", "accept_incomparable_champion"
+            ),
             "--champion-alias", REGISTRY.production_alias,
             "--psi-warning", str(RETRAINING.psi_warning),
             "--history-intervals", str(RETRAINING.history_intervals),

@@ -2,6 +2,11 @@
 
 The decision threshold is the one that maximises F1 on the validation split (never chosen on test). The same
 metrics are computed for the registered model's ``champion`` alias on the same test rows when one exists.
+
+The gate fails closed. A champion that exists but cannot score the test rows (it was trained on other columns)
+is a ``fail``, unless the run accepts an incomparable champion (``--accept-incomparable-champion``, for a
+deliberate change of inputs), which is then recorded. A registry or artifact store that fails while the champion
+is looked up or loaded is no decision at all: the stage errors (exit 1), and the orchestrator retries it.
 Plots (precision-recall curve, confusion matrix, feature importance, and the performance over the last
 intervals), the drift of each feature between the training and evaluation windows (``ml.monitoring``), a
 markdown model card and the decision are logged to the training's MLflow run; the decision is also the stage's
@@ -49,6 +54,11 @@ class Metrics:
     threshold: float
 
 
+class ChampionUnavailable(RuntimeError):
+    """The registry or the artifact store failed while the champion was looked up or loaded: no decision can be
+    made, and none is (not a ``StageError``: the stage exits 1 and the orchestrator retries it)."""
+
+
 @dataclass
 class ChampionComparison:
     version: str | None
@@ -78,6 +88,8 @@ class Evaluation:
     drifted: list[str]
     #: Whether the pipeline will release this model (``ml.plan``); register records it on the version.
     release_plan: dict[str, Any]
+    #: The run accepted a champion that could not score the test rows: why it could not (empty otherwise).
+    incomparable_champion_accepted: str = ""
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -117,11 +129,13 @@ def decide(
     min_average_precision: float,
     min_improvement: float,
     record_only: str = "",
+    accept_incomparable: bool = False,
 ) -> tuple[str, list[str]]:
-    """Pass only if the absolute floor is met and, when a comparable champion exists, it is beaten enough.
+    """Pass only if the absolute floor is met and, when a champion exists, it is beaten enough.
 
-    A model that will not be released (``record_only`` says why) is registered for the record if it meets the
-    floor: it replaces nothing, so beating the champion is reported, not required.
+    A champion that cannot be compared fails the gate unless ``accept_incomparable``. A model that will not be
+    released (``record_only`` says why) is registered for the record if it meets the floor: it replaces
+    nothing, so beating the champion is reported, not required.
     """
     reasons = []
     ok = metrics.average_precision >= min_average_precision
@@ -131,7 +145,18 @@ def decide(
     if champion.version is None:
         reasons.append("no champion to compare with")
     elif not champion.comparable or champion.metrics is None:
-        reasons.append(f"champion v{champion.version} not comparable: {champion.reason}")
+        if accept_incomparable:
+            reasons.append(
+                f"champion v{champion.version} cannot score the test rows ({champion.reason}); accepted, as the "
+                "run asks: no comparison was made"
+            )
+        else:
+            ok = False
+            reasons.append(
+                f"champion v{champion.version} cannot score the test rows ({champion.reason}): without a comparison "
+                "there is no pass (accept an incomparable champion in the run's parameters for a deliberate "
+                "change of inputs)"
+            )
     else:
         gain = metrics.average_precision - champion.metrics.average_precision
         beats = gain >= min_improvement
@@ -152,6 +177,10 @@ def compare_with_champion(
     The rows go through the champion's pyfunc, typed as a client sends them, so its own signature decides
     whether it can score them; a champion that cannot is reported as not comparable. Returns the comparison
     and the champion's test scores (None when there are none).
+
+    Raises:
+        ChampionUnavailable: the registry or the artifact store failed while the champion was looked up or
+            loaded.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -167,9 +196,19 @@ def compare_with_champion(
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             log.info("no '%s' alias on '%s' yet: nothing to compare with", alias, name)
             return ChampionComparison(version=None, comparable=False, reason="no champion"), None
-        raise
+        raise ChampionUnavailable(f"the registry failed while looking up {name}@{alias}: {err}") from err
+    number = str(version.version)
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{number}")
+    except (
+        Exception
+    ) as err:  # the artifact store, the network, a corrupt artifact: not a property of the data
+        log.error("champion %s v%s could not be loaded: %s", name, number, err)
+        raise ChampionUnavailable(
+            f"champion {name} v{number} could not be loaded ({type(err).__name__}: {_first_line(err)}): no "
+            "decision without it; the stage fails so that it is tried again"
+        ) from err
+    try:
         threshold_tag = version.tags.get(THRESHOLD_TAG)
         if threshold_tag is None:
             val_input = to_model_input(validation[features], categorical)
@@ -181,12 +220,17 @@ def compare_with_champion(
         scores = tracking.positive_scores(model, to_model_input(test[features], categorical))
     except (
         Exception
-    ) as err:  # a champion trained on other columns cannot score this data: say so, don't crash
-        reason = str(err).split(". Error: ")[-1].splitlines()[0][:300]
-        log.warning("champion v%s cannot score this test set: %s", version.version, reason)
-        return ChampionComparison(version=str(version.version), comparable=False, reason=reason), None
+    ) as err:  # a champion trained on other columns cannot score this data: a finding, not a crash
+        reason = _first_line(err)
+        log.warning("champion v%s cannot score this test set: %s", number, reason)
+        return ChampionComparison(version=number, comparable=False, reason=reason), None
     metrics = score_metrics(test[target].to_numpy(), scores, threshold)
-    return ChampionComparison(version=str(version.version), comparable=True, metrics=metrics), scores
+    return ChampionComparison(version=number, comparable=True, metrics=metrics), scores
+
+
+def _first_line(err: BaseException) -> str:
+    """The telling part of an error: MLflow's schema errors put it after ". Error: "."""
+    return str(err).split(". Error: ")[-1].strip().splitlines()[0][:300] if str(err).strip() else repr(err)
 
 
 def _feature_importance(pipeline: Any) -> pd.Series:
@@ -254,7 +298,8 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
         *(f"- {reason}" for reason in evaluation.reasons),
         "",
         "## Data",
-        f"- Source: `{manifest['source']}`; target `{manifest['target']}`; split {split}",
+        f"- Source: `{manifest['source']}`; target `{manifest['target']}` (positive: "
+        f"`{manifest.get('positive_label', '1')}`); split {split}",
         f"- Rows: {manifest['rows']}; positives: {manifest['positives']}",
         f"- Features ({len(manifest['features'])}): {', '.join(manifest['features'])}",
         f"- Categorical: {', '.join(manifest['categorical']) or 'none'}",
@@ -265,6 +310,15 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
         f"Decision threshold {m.threshold:.4f}, chosen to maximise F1 on the validation split.",
         f"Champion: {('v' + champion.version) if champion.version else 'none'}"
         + (f" ({champion.reason})" if champion.reason and not champion.comparable else ""),
+        *(
+            [
+                f"**The run accepted a champion that could not be compared** ({evaluation.incomparable_champion_accepted})."
+            ]
+            if evaluation.incomparable_champion_accepted
+            else []
+        ),
+        "",
+        *_column_lines(manifest),
         "",
         *_drift_lines(evaluation, manifest),
         "",
@@ -272,6 +326,18 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
         f"- MLflow run `{evaluation.run_id}`, model `{evaluation.model_uri}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _column_lines(manifest: dict[str, Any]) -> list[str]:
+    """What was left out of the features and why (the leakage guard's findings among them)."""
+    lines = ["## Columns left out"]
+    dropped, flagged = manifest.get("dropped_columns", {}), manifest.get("flagged_columns", {})
+    lines += [f"- `{column}`: {reason}" for column, reason in dropped.items()] or ["- none"]
+    lines += [
+        f"- kept, named as a feature, although flagged: `{column}`: {reason}"
+        for column, reason in flagged.items()
+    ]
+    return lines
 
 
 def _drift_lines(evaluation: Evaluation, manifest: dict[str, Any]) -> list[str]:
@@ -314,9 +380,11 @@ def evaluate(
     psi_warning: float = float("inf"),
     history_intervals: int = 0,
     plan: dict[str, Any] = release_plan.UNPLANNED,
+    accept_incomparable_champion: bool = False,
 ) -> Evaluation:
     """Score the candidate and the champion on the test split, log the evidence and return the decision
     (drift warned of above ``psi_warning``, by default never; ``history_intervals`` windows plotted, default none)."""
+    # Long on purpose: the stage's steps in order; the result's fields are spelt out once, here.
     import mlflow.sklearn
 
     if not 0 <= min_average_precision <= 1:
@@ -330,15 +398,15 @@ def evaluate(
     threshold = choose_threshold(
         validation[target].to_numpy(), pipeline.predict_proba(validation[features])[:, 1]
     )
-    labels = test[target].to_numpy()
-    scores = pipeline.predict_proba(test[features])[:, 1]
+    labels, scores = test[target].to_numpy(), pipeline.predict_proba(test[features])[:, 1]
     metrics = score_metrics(labels, scores, threshold)
     champion, champion_scores = compare_with_champion(
         registered_model_name, champion_alias, validation, test, manifest
     )
+    accepted = accept_incomparable_champion and bool(champion.version) and not champion.comparable
     decision, reasons = decide(
         metrics, champion, min_average_precision=min_average_precision, min_improvement=min_improvement,
-        record_only="" if plan["release"] else plan["reason"],
+        record_only="" if plan["release"] else plan["reason"], accept_incomparable=accept_incomparable_champion,
     )  # fmt: skip
     evaluation = Evaluation(
         decision=decision,
@@ -356,6 +424,7 @@ def evaluate(
         drift=drift,
         drifted=drifted,
         release_plan=plan,
+        incomparable_champion_accepted=champion.reason if accepted else "",
     )
 
     _log_evidence(evaluation, manifest, labels, scores, pipeline, champion_scores)
@@ -438,6 +507,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=release_plan.UNPLANNED,
         help="JSON {release, reason, interval}: a model not to be released need not beat the champion",
     )
+    parser.add_argument(
+        "--accept-incomparable-champion",
+        type=_truth,
+        default=False,
+        help="true: a champion that cannot score the test rows (other inputs) does not fail the gate; recorded",
+    )
     args = parser.parse_args(argv)
     evaluation = evaluate(
         args.prepared_uri,
@@ -450,8 +525,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         psi_warning=args.psi_warning,
         history_intervals=args.history_intervals,
         plan=args.release_plan,
+        accept_incomparable_champion=args.accept_incomparable_champion,
     )
     return asdict(evaluation)
+
+
+def _truth(value: str) -> bool:
+    """``true``/``false`` (any case, as a form's boolean is rendered), or the argparse error."""
+    if value.strip().lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.strip().lower() == "true"
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ml import leakage
 from ml import windows as data_windows
 from ml.errors import DataValidationError, StageError
 from ml.sources import Read, read_source
@@ -54,7 +55,12 @@ class PreparedData:
     categorical: list[str]
     rows: dict[str, int]
     positives: dict[str, int]
+    #: Columns left out of the features, each with the reason (asked, an identifier, a leak, ...).
     dropped_columns: dict[str, str] = field(default_factory=dict)
+    #: Columns named as features that the leakage guard flags: kept, as asked, with the warning.
+    flagged_columns: dict[str, str] = field(default_factory=dict)
+    #: The target's value that is the positive class (1), as it is written in the source.
+    positive_label: str = "1"
     time_ranges: dict[str, list[str]] = field(default_factory=dict)
     #: The data interval and the training and evaluation windows cut from it (empty without a time column).
     windows: dict[str, list[str]] = field(default_factory=dict)
@@ -88,14 +94,19 @@ def validate(
     time_column: str | None = None,
     feature_columns: Sequence[str] | None = None,
     drop_columns: Sequence[str] = (),
+    positive_label: str | None = None,
 ) -> tuple[pd.DataFrame, PreparedData]:
     """Check a raw table and return it cleaned, with the metadata of what will be learnt from it.
 
+    The target becomes 0/1: as it is when it is 0/1 or true/false, otherwise 1 where it equals
+    ``positive_label`` (text compared without surrounding whitespace).
+
     Raises:
         DataValidationError: naming the column and the problem, for an empty table, a missing column, a target
-            that is not binary, a column that is entirely null, a column of unparseable values, or a time
-            column that is not a time.
+            that is not two-valued (or whose positive label is not given or does not occur), a column that is
+            entirely null, a column of unparseable values, or a time column that is not a time.
     """
+    # Long on purpose: the checks read top to bottom in the order a table fails them.
     if frame.empty or len(frame.columns) == 0:
         raise DataValidationError(
             None, f"the table is empty ({len(frame)} rows, {len(frame.columns)} columns)"
@@ -103,7 +114,7 @@ def validate(
     frame = frame.copy(deep=False)
     frame.columns = [str(c) for c in frame.columns]
     _check_columns_exist(list(frame.columns), target, time_column, feature_columns or (), drop_columns)
-    frame[target] = _binary_target(frame[target], target)
+    frame[target], positive = _binary_target(frame[target], target, positive_label)
     if time_column:
         frame[time_column] = _time_values(frame[time_column], time_column)
 
@@ -118,7 +129,7 @@ def validate(
             dropped[column] = (
                 "timestamp column that is not the time column"
                 if pd.api.types.is_datetime64_any_dtype(frame[column])
-                else f"identifier-like text column ({frame[column].nunique()} distinct values)"
+                else f"row identifier: text with {frame[column].nunique()} distinct values in {len(frame)} rows"
             )
             log.warning("dropping column '%s': %s", column, dropped[column])
             continue
@@ -139,27 +150,59 @@ def validate(
         rows={},
         positives={},
         dropped_columns=dropped,
+        positive_label=positive,
     )
     return frame[keep], meta
 
 
-def _binary_target(values: pd.Series, name: str) -> pd.Series:
+def _binary_target(values: pd.Series, name: str, positive_label: str | None) -> tuple[pd.Series, str]:
+    """The target as 0/1 and the value that became 1, as the source writes it."""
     missing = int(values.isna().sum())
     if missing == len(values):
         raise DataValidationError(name, "target column is entirely null")
     if missing:
         raise DataValidationError(name, f"target has {missing} missing value(s); every row needs a label")
-    if pd.api.types.is_bool_dtype(values):
-        return values.astype(np.int8)
+    if pd.api.types.is_object_dtype(values) or isinstance(
+        values.dtype, (pd.CategoricalDtype, pd.StringDtype)
+    ):
+        values = values.astype(str).str.strip()
     distinct = pd.unique(values)
-    if len(distinct) > 2 or not pd.api.types.is_numeric_dtype(values) or not set(distinct) <= {0, 1}:
-        shown = sorted(map(str, distinct[:5])) + (["..."] if len(distinct) > 5 else [])
+    shown = sorted(map(str, distinct[:5])) + (["..."] if len(distinct) > 5 else [])
+    if len(distinct) > 2:
         raise DataValidationError(
-            name, f"target must be binary (0/1 or true/false); found {len(distinct)} distinct values {shown}"
+            name, f"target must have two values; found {len(distinct)} distinct values {shown}"
         )
     if len(distinct) < 2:
-        raise DataValidationError(name, f"target has a single class ({distinct[0]}); both 0 and 1 are needed")
-    return values.astype(np.int8)
+        raise DataValidationError(name, f"target has a single class ({distinct[0]}); both classes are needed")
+    if positive_label is None or not positive_label.strip():
+        if pd.api.types.is_bool_dtype(values):
+            return values.astype(np.int8), "True"
+        if pd.api.types.is_numeric_dtype(values) and set(distinct) <= {0, 1}:
+            return values.astype(np.int8), "1"
+        raise DataValidationError(
+            name,
+            f"target has the values {shown}: say which one is the positive class with --positive-label (the "
+            "form's 'Positive label'); without it only 0/1 and true/false targets are understood",
+        )
+    wanted = positive_label.strip()
+    matches = [v for v in distinct if str(v).strip() == wanted or _same_number(v, wanted)]
+    if not matches:
+        raise DataValidationError(
+            name, f"the positive label {wanted!r} does not occur in the target, whose values are {shown}"
+        )
+    return (values == matches[0]).astype(np.int8), str(matches[0])
+
+
+def _same_number(value: object, text: str) -> bool:
+    """Whether a numeric (or boolean) target value is the number (or truth value) written in ``text``."""
+    if isinstance(value, (bool, np.bool_)):
+        return text.lower() == str(bool(value)).lower()
+    if isinstance(value, (int, float, np.number)):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    return False
 
 
 def _time_values(values: pd.Series, name: str) -> pd.Series:
@@ -347,6 +390,7 @@ def prepare(
     seed: int = 42,
     windows: Windows | None = None,
     minimums: Minimums = ANY_SIZE,
+    positive_label: str | None = None,
 ) -> PreparedData:
     """Read, validate, split and publish a table; return the manifest that was written.
 
@@ -362,16 +406,21 @@ def prepare(
         seed: Seed of the random split.
         windows: With a time column, read only these; test on the evaluation window, train on the training one.
         minimums: What each window must hold.
+        positive_label: The target's positive value, when the target is not 0/1 or true/false.
     """
+    # Long on purpose: the stage's steps in order, each one line or a call.
     if windows is not None and not time_column:
         log.warning("no time column: the data interval selects no rows, and every run sees the whole table")
         windows = None
     read = _read(source, time_column, windows)
     raw = read.frame
     frame, meta = validate(
-        raw, target, time_column=time_column, feature_columns=feature_columns, drop_columns=drop_columns
-    )
+        raw, target, time_column=time_column, feature_columns=feature_columns, drop_columns=drop_columns,
+        positive_label=positive_label,
+    )  # fmt: skip
     del raw
+    _guard_leaks(frame, meta, windows, explicit=bool(feature_columns), seed=seed)
+    frame = frame[[*meta.features, target, *([time_column] if time_column else [])]]
     if windows is not None:
         parts = split_windows(frame, meta, windows, val_fraction=val_fraction, minimums=minimums)
         meta.windows = windows.as_dict()
@@ -394,6 +443,42 @@ def prepare(
         f", dropped {meta.dropped_columns}" if meta.dropped_columns else "",
     )  # fmt: skip
     return meta
+
+
+def _guard_leaks(
+    frame: pd.DataFrame, meta: PreparedData, windows: Windows | None, *, explicit: bool, seed: int
+) -> None:
+    """Leave out the features the leakage guard flags on the training rows (``ml.leakage``), each with its
+    reason; columns the caller named as features stay, with the warning recorded."""
+    training = frame
+    if windows is not None and meta.time_column:
+        times = frame[meta.time_column]
+        training = frame[(times >= windows.training.start) & (times < windows.training.end)]
+    findings = leakage.screen(
+        training,
+        meta.target,
+        meta.features,
+        categorical=meta.categorical,
+        time_column=meta.time_column,
+        seed=seed,
+    )
+    for finding in findings:
+        if explicit:
+            meta.flagged_columns[finding.column] = finding.reason
+            log.warning("keeping '%s', named as a feature, although it looks like a leak: %s",
+                        finding.column, finding.reason)  # fmt: skip
+        else:
+            meta.dropped_columns[finding.column] = finding.reason
+            log.warning("dropping column '%s': %s", finding.column, finding.reason)
+    if not explicit and findings:
+        left_out = {f.column for f in findings}
+        meta.features = [c for c in meta.features if c not in left_out]
+        meta.categorical = [c for c in meta.categorical if c not in left_out]
+        if not meta.features:
+            raise DataValidationError(
+                None,
+                f"no feature columns are left to learn from: the leakage guard left out {sorted(left_out)}",
+            )
 
 
 def _read(source: str, time_column: str | None, windows: Windows | None) -> Read:
@@ -423,18 +508,7 @@ def _columns(value: str) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m ml.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--source", required=True, help="table URI: path, s3://, or synthetic://")
-    parser.add_argument("--target", required=True, help="binary target column")
-    parser.add_argument("--output", required=True, help="output folder (path or s3:// prefix)")
-    parser.add_argument("--time-column", default="", help="split by time on this column (empty: random)")
-    parser.add_argument("--features", type=_columns, default=[], help="comma-separated feature columns")
-    parser.add_argument("--drop-columns", type=_columns, default=[], help="comma-separated columns to drop")
-    parser.add_argument("--val-fraction", type=float, default=0.15)
-    parser.add_argument("--test-fraction", type=float, default=0.15)
-    parser.add_argument("--seed", type=int, default=42)
-    window = parser.add_argument_group("data windows (with a time column)")
+def _window_arguments(window: Any) -> None:
     window.add_argument("--interval-start", default="", help="the run's data interval start (ISO-8601)")
     window.add_argument("--interval-end", default="", help="the run's data interval end (ISO-8601)")
     window.add_argument(
@@ -449,6 +523,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     window.add_argument("--min-training-rows", type=int, default=1)
     window.add_argument("--min-evaluation-rows", type=int, default=1)
     window.add_argument("--min-evaluation-positives", type=int, default=1)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m ml.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", required=True, help="table URI: path, s3://, or synthetic://")
+    parser.add_argument("--target", required=True, help="binary target column")
+    parser.add_argument("--output", required=True, help="output folder (path or s3:// prefix)")
+    parser.add_argument("--time-column", default="", help="split by time on this column (empty: random)")
+    parser.add_argument("--features", type=_columns, default=[], help="comma-separated feature columns")
+    parser.add_argument("--drop-columns", type=_columns, default=[], help="comma-separated columns to drop")
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--test-fraction", type=float, default=0.15)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--positive-label",
+        default="",
+        help="the target's positive value when it is not 0/1 or true/false (e.g. '>50K')",
+    )
+    _window_arguments(parser.add_argument_group("data windows (with a time column)"))
     args = parser.parse_args(argv)
     if bool(args.interval_start) != bool(args.interval_end):
         raise StageError("give both --interval-start and --interval-end, or neither")
@@ -476,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
         windows=windows,
         minimums=Minimums(args.min_training_rows, args.min_evaluation_rows, args.min_evaluation_positives),
+        positive_label=args.positive_label or None,
     )
     return {"prepared_uri": args.output, **asdict(meta)}
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from contract import (
     CHAMPION_AT_EVALUATION_TAG,
+    INCOMPARABLE_CHAMPION_ACCEPTED_TAG,
     INTERVAL_TAG,
     MODEL_ID_TAG,
     PASS,
@@ -137,6 +138,11 @@ def _create_version(name: str, evaluation: dict[str, Any], run_key: str) -> Any:
         MODEL_ID_TAG: evaluation["model_id"],
         THRESHOLD_TAG: f"{metrics['threshold']:.6f}",
         CHAMPION_AT_EVALUATION_TAG: evaluation["champion"].get("version") or "none",
+        **(
+            {INCOMPARABLE_CHAMPION_ACCEPTED_TAG: evaluation["incomparable_champion_accepted"][:5000]}
+            if evaluation.get("incomparable_champion_accepted")
+            else {}
+        ),
         **{
             f"{TEST_METRIC_TAG_PREFIX}{key}": f"{value:.6f}"
             for key, value in metrics.items()

@@ -39,8 +39,8 @@ def test_metrics_at_a_threshold() -> None:
         (
             0.6,
             ChampionComparison("3", False, reason="missing column x"),
-            PASS,
-            "not comparable: missing column x",
+            FAIL,
+            "champion v3 cannot score the test rows (missing column x): without a comparison there is no pass",
         ),
     ],
 )
@@ -48,6 +48,17 @@ def test_decision(ap: float, champion: ChampionComparison, expected: str, reason
     decision, reasons = decide(metrics(ap), champion, min_average_precision=0.3, min_improvement=0.01)
     assert decision == expected
     assert any(reason in r for r in reasons), reasons
+
+
+def test_an_incomparable_champion_passes_only_when_the_run_accepts_it_and_the_floor_still_holds() -> None:
+    incomparable = ChampionComparison("3", False, reason="missing column x")
+    decision, reasons = decide(metrics(0.6), incomparable, min_average_precision=0.3, min_improvement=0.01,
+                               accept_incomparable=True)  # fmt: skip
+    assert decision == PASS
+    assert any("(missing column x); accepted, as the run asks" in r for r in reasons), reasons
+    decision, _ = decide(metrics(0.2), incomparable, min_average_precision=0.3, min_improvement=0.01,
+                         accept_incomparable=True)  # fmt: skip
+    assert decision == FAIL
 
 
 def test_a_model_registered_for_the_record_need_not_beat_the_champion_but_must_meet_the_floor() -> None:

@@ -38,8 +38,11 @@ def small_table(rows: int = 400) -> pd.DataFrame:
         (lambda f: f.iloc[0:0], {}, None, "the table is empty"),
         (lambda f: f.drop(columns="label"), {}, "label", "target column not found"),
         (lambda f: f, {"feature_columns": ["amount", "nope"]}, "nope", "feature column not found"),
-        (lambda f: f.assign(label=np.arange(len(f)) % 3), {}, "label", "target must be binary"),
-        (lambda f: f.assign(label=np.where(f.index % 2, "yes", "no")), {}, "label", "target must be binary"),
+        (lambda f: f.assign(label=np.arange(len(f)) % 3), {}, "label", "target must have two values; found 3"),
+        (lambda f: f.assign(label=np.where(f.index % 2, "yes", "no")), {}, "label",
+         "say which one is the positive class with --positive-label"),
+        (lambda f: f.assign(label=np.where(f.index % 2, "yes", "no")), {"positive_label": "oui"}, "label",
+         "the positive label 'oui' does not occur in the target, whose values are ['no', 'yes']"),
         (lambda f: f.assign(label=0), {}, "label", "single class"),
         (lambda f: f.assign(label=f["label"].where(f.index > 0)), {}, "label", "1 missing value"),
         (lambda f: f.assign(empty=np.nan), {}, "empty", "entirely null"),
@@ -70,10 +73,7 @@ def test_cli_rejects_bad_input_with_exit_code_2_and_the_message(tmp_path: Path) 
         cwd=ROOT, capture_output=True, text=True, env={XCOM_DIR_ENV: str(tmp_path / "x"), "PATH": ""},
     )  # fmt: skip
     assert result.returncode == 2
-    assert (
-        "ERROR: column 'label': target must be binary (0/1 or true/false); found 1 distinct values ['7']"
-        in result.stderr
-    )
+    assert "ERROR: column 'label': target has a single class (7); both classes are needed" in result.stderr
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "x" / XCOM_RESULT_FILE).exists()
 
@@ -87,7 +87,7 @@ def test_booleans_and_text_categories_are_accepted_and_identifiers_dropped() -> 
     assert cleaned["label"].dtype == np.int8
     assert meta.categorical == ["merchant"]
     assert "order_id" not in meta.features
-    assert "identifier-like" in meta.dropped_columns["order_id"]
+    assert "row identifier: text" in meta.dropped_columns["order_id"]
 
 
 def test_time_split_trains_on_the_past_and_tests_on_the_future() -> None:

@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from contract import INTERVAL_TAG, RELEASE_REASON_TAG, RELEASE_SKIPPED, RELEASE_TAG, RUN_KEY_TAG
+from contract import (
+    INCOMPARABLE_CHAMPION_ACCEPTED_TAG,
+    INTERVAL_TAG,
+    RELEASE_REASON_TAG,
+    RELEASE_SKIPPED,
+    RELEASE_TAG,
+    RUN_KEY_TAG,
+)
 from ml.errors import StageError
-from ml.evaluate import evaluate
+from ml.evaluate import ChampionUnavailable, evaluate
 from ml.prepare import prepare
 from ml.register import register
 from ml.train import train
@@ -120,3 +127,71 @@ def test_the_random_forest_baseline_is_logged_and_scored_through_mlflow(mlflow_s
     result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="rf-model",
                       min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
     assert result.metrics.average_precision > 0.05
+
+
+def test_the_gate_fails_closed_on_a_champion_that_cannot_score_the_test_rows(
+    mlflow_server, prepared, tmp_path: Path
+) -> None:
+    """A champion trained with `amount`; the candidate's data has none: no comparison, so no pass, unless the
+    run accepts it, which the version and the model card then say."""
+    champion = train(prepared, train_config(n_estimators=20), experiment="stages", run_key="dag/schema-1")
+    first = evaluate(prepared, champion.model_uri, champion.run_id, registered_model_name="schema-model",
+                     min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+    MlflowClient().set_registered_model_alias(
+        "schema-model", CHAMPION, register(asdict(first), run_key="dag/schema-1", alias=CHALLENGER).version
+    )
+    without_amount = str(tmp_path / "without-amount")
+    prepare("synthetic://card-transactions?rows=30000&seed=5", "is_fraud", without_amount, time_column="timestamp",
+            drop_columns=["transaction_id", "amount"])  # fmt: skip
+    candidate = train(
+        without_amount, train_config(n_estimators=20), experiment="stages", run_key="dag/schema-2"
+    )
+    arguments = dict(registered_model_name="schema-model", min_average_precision=0.0, min_improvement=-1.0,
+                     champion_alias=CHAMPION)  # fmt: skip
+
+    refused = evaluate(without_amount, candidate.model_uri, candidate.run_id, **arguments)
+    assert refused.decision == "fail" and not refused.champion.comparable
+    assert any("cannot score the test rows" in r and "amount" in r for r in refused.reasons), refused.reasons
+
+    accepted = evaluate(without_amount, candidate.model_uri, candidate.run_id, **arguments,
+                        accept_incomparable_champion=True)  # fmt: skip
+    assert accepted.decision == "pass" and "amount" in accepted.incomparable_champion_accepted
+    version = register(asdict(accepted), run_key="dag/schema-2", alias=CHALLENGER).version
+    tags = MlflowClient().get_model_version("schema-model", version).tags
+    assert "amount" in tags[INCOMPARABLE_CHAMPION_ACCEPTED_TAG]
+    card = Path(
+        MlflowClient().download_artifacts(candidate.run_id, "model_card.md", str(tmp_path))
+    ).read_text()
+    assert "**The run accepted a champion that could not be compared**" in card
+
+
+def test_a_champion_whose_artifacts_cannot_be_read_is_an_error_not_a_decision(
+    mlflow_server, prepared, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The artifact store loses the champion's files: evaluate raises (the stage exits 1 and is retried)."""
+    import mlflow
+
+    trained = train(prepared, train_config(n_estimators=20), experiment="stages", run_key="dag/lost-1")
+    first = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="lost-model",
+                     min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+    version = register(asdict(first), run_key="dag/lost-1", alias=CHALLENGER).version
+    MlflowClient().set_registered_model_alias("lost-model", CHAMPION, version)
+    stored = artifact_folder(
+        mlflow.get_logged_model(trained.model_id).artifact_location, tmp_path_factory.getbasetemp()
+    )
+    hidden = stored.with_name(stored.name + ".hidden")
+    stored.rename(hidden)
+    candidate = train(prepared, train_config(n_estimators=21), experiment="stages", run_key="dag/lost-2")
+    try:
+        with pytest.raises(ChampionUnavailable, match=f"champion lost-model v{version} could not be loaded"):
+            evaluate(prepared, candidate.model_uri, candidate.run_id, registered_model_name="lost-model",
+                     min_average_precision=0.0, min_improvement=-1.0, champion_alias=CHAMPION)  # fmt: skip
+    finally:
+        hidden.rename(stored)
+    assert not issubclass(ChampionUnavailable, StageError)  # exit 1, retried; not "rejected input"
+    assert len(MlflowClient().search_model_versions("name = 'lost-model'")) == 1
+
+
+def artifact_folder(location: str, basetemp: Path) -> Path:
+    """Where the session's MLflow server (``tests/conftest.py``) keeps an artifact location on disk."""
+    return basetemp / "mlflow" / "artifacts" / location.split(":/", 1)[1].lstrip("/")
