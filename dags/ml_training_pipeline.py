@@ -14,13 +14,13 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 | `gate` | worker | continues only on a `pass` decision; a missing or malformed evaluation fails the run |
 | `register` | pod, CPU | one model version per DAG run, tagged with its interval and release plan; alias `challenger` if it will be released (a run not to be released registers for the record without having to beat `champion`) |
 | `release_gate` | worker | continues to the release only for the newest interval (never for a backfill); the log says why not |
-| `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's) |
-| `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), or slow (alert) |
-| `promote` | pod, CPU | tags the version with the verdict and figures; on Healthy, moves `champion` by compare-and-set |
+| `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's); refuses to start if `champion` moved since evaluation |
+| `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), slow (alert), or paused by an inconclusive analysis (needs a person: alert, nothing promoted or rolled back) |
+| `promote` | pod, CPU | tags the version with the verdict (promoted, aborted, refused) and figures; on Healthy, moves `champion` by compare-and-set |
 | `announce_champion` | worker | when `champion` moved: an event on the `<model>@champion` asset (model, version, metrics) |
-| `canary_failed` | worker | continues only if the canary was aborted |
-| `rollback` | pod, Helm | Helm rollback to the revision that served the previous model |
-| `alert` | worker | fails the run with the failed metric, and the notifier sends it (connection `mlops_alerts`) |
+| `needs_rollback` | worker | continues when something was released and not promoted (aborted, refused, or `promote` failed) |
+| `rollback` | pod, Helm | Helm rollback to the revision that serves `champion` (else the one before this release) |
+| `alert` | worker | fails the run with what failed (the metric, the refusal), and the notifier sends it (connection `mlops_alerts`) |
 
 **Each interval trains on its own data.** A scheduled run for a week is evaluated on that week and trains on
 the weeks before it; a run triggered without a logical date covers the latest complete week.
@@ -47,8 +47,9 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.task.trigger_rule import TriggerRule
 
-from contract import DEGRADED, DEVICES, FAIL, MODEL_TYPES, PASS
+from contract import DEVICES, FAIL, MODEL_TYPES, PASS
 from mlops.assets import champion_asset, prepared_asset, source_asset, weekly_partitions_of
 from mlops.intervals import RELEASE_CHOICES, macros
 from mlops.keys import MACROS
@@ -273,6 +274,7 @@ def deploy_stage() -> MLStageOperator:
             "deploy", *RELEASE_ARGUMENTS,
             "--model-name", REGISTERED_NAME,
             "--model-version", REGISTERED_VERSION,
+            "--champion-alias", REGISTRY.production_alias,
         ],
     )  # fmt: skip
 
@@ -311,18 +313,19 @@ def promote_stage() -> MLStageOperator:
 
 
 def rollback_stage() -> MLStageOperator:
-    """`helm rollback` to the revision that served the previous model."""
+    """`helm rollback` to the revision that serves the champion (promote says which version that is; when
+    promote failed, the revision before this release)."""
     return MLStageOperator(
         stage="release",
         task_id="rollback",
         pool=RELEASE.pool,
         arguments=[
-            "rollback",
-            *RELEASE_ARGUMENTS,
-            "--revision",
-            "{{ ti.xcom_pull(task_ids='deploy')['revision'] }}",
+            "rollback", *RELEASE_ARGUMENTS,
+            "--revision", "{{ ti.xcom_pull(task_ids='deploy')['revision'] }}",
+            "--model-name", REGISTERED_NAME,
+            "--to-model-version", "{{ (ti.xcom_pull(task_ids='promote') or {}).get('champion') or '' }}",
         ],
-    )
+    )  # fmt: skip
 
 
 @task.short_circuit
@@ -365,30 +368,47 @@ def announce_champion(promotion: Any, evaluation: Any, *, outlet_events: Any = N
     }
 
 
-@task.short_circuit
-def canary_failed(verdict: Any) -> bool:
-    """Continue to the rollback only if the canary was aborted."""
-    return bool(verdict["phase"] == DEGRADED)
+@task.short_circuit(trigger_rule=TriggerRule.ALL_DONE, ignore_downstream_trigger_rules=False)
+def needs_rollback(deployment: Any, verdict: Any, promotion: Any) -> bool:
+    """Roll back when this run released something that did not become champion: the canary aborted, the
+    promotion was refused, or promote failed. Not when the watch failed (slow, or paused for a person)."""
+    if not deployment or deployment.get("refused") or not verdict:
+        return False
+    return promotion is None or promotion["verdict"] != "promoted"
 
 
 @task(
+    trigger_rule=TriggerRule.ALL_DONE,
     on_failure_callback=AlertNotifier(
-        title="Canary of {{ params.registered_model_name }} aborted and rolled back",
+        title="Release of {{ params.registered_model_name }} did not make it champion",
         message="{{ exception }}",
     ),
 )
-def alert(verdict: Any, rolled_back: Any) -> None:
-    """Fail the run with what failed, so that it shows red and the notifier sends the failed metric."""
+def alert(deployment: Any, verdict: Any, promotion: Any, rolled_back: Any) -> None:
+    """Fail the run with what went wrong, so that it shows red and the notifier sends it; skip when the release
+    was promoted (or never got a verdict: the watch has alerted then)."""
+    if not deployment or not verdict or (promotion and promotion["verdict"] == "promoted"):
+        raise AirflowSkipException("nothing to alert about")
     failed = [m for m in verdict.get("measurements", []) if m.get("phase") == "Failed"]
     figures = "; ".join(
         f"{m['metric']} = {m['value']} at step {m['step']} ({m['condition']})" for m in failed
     )
-    raise AirflowFailException(
-        f"canary of {verdict['model_uri']} aborted: {verdict['message']}"
-        + (f" [{figures}]" if figures else "")
-        + f". Rolled back to revision {rolled_back['restored_revision']} ({rolled_back['restored_model_uri']}); "
-        f"{REGISTRY.production_alias} unchanged."
+    if promotion is None:
+        what = f"promote failed after a {verdict['phase']} rollout"
+    else:
+        what = f"{promotion['verdict']}: {promotion['reason'] or verdict['message']}"
+    where = (
+        f"Rolled back to revision {rolled_back['restored_revision']} ({rolled_back['restored_model_uri']})"
+        if rolled_back
+        else f"Nothing was released (revision {deployment['revision']} still serves production)"
+        if deployment.get("refused")
+        else "The rollback did not run: look at the release"
     )
+    raise AirflowFailException(
+        f"release of {verdict['model_uri']} {what}" + (f" [{figures}]" if figures else "")
+        + f". {where}; {REGISTRY.production_alias} is "
+        + (f"v{promotion['champion']}." if promotion and promotion.get("champion") else "unchanged.")
+    )  # fmt: skip
 
 
 # -- The wiring ----------------------------------------------------------------------------------------------
@@ -421,11 +441,11 @@ def ml_training_pipeline() -> None:
 
     prepare >> train >> evaluate
     gate(evaluate.output) >> register >> release_gate(register.output) >> deploy >> watch_rollout >> promote
-    # Argo has already sent all traffic back to stable when it aborts, so the rollback can wait for promote to
-    # record the verdict on the version.
     announce_champion(promote.output, evaluate.output)
-    promote >> canary_failed(verdict) >> rollback
-    alert(verdict, rollback.output)
+    # An aborted canary has already sent all traffic back to stable, so the rollback can wait for promote to
+    # record the verdict; a refused promotion is rolled back to the champion's revision.
+    needs_rollback(deploy.output, verdict, promote.output) >> rollback
+    alert(deploy.output, verdict, promote.output, rollback.output)
 
 
 ml_training_pipeline()

@@ -1,9 +1,11 @@
-"""Record a canary's verdict on the model version and, if the canary succeeded, make it the champion.
+"""Record a release's verdict on the model version and, if the canary succeeded, make it the champion.
 
 The production alias moves by compare-and-set: only if it still points where it pointed when evaluation compared
-the candidate against it (the version tag ``mlops.champion_version_at_evaluation``). If another release moved it
-since, the comparison that justified this model is stale, so the stage refuses and says why. Run again, it finds
-the alias already on this version and changes nothing.
+the candidate against it (the version tag ``mlops.champion_version_at_evaluation``). If another release or a
+person moved it since, the comparison that justified this model is stale: the verdict is ``refused`` (whatever the
+canary said), the version says so, and the pipeline rolls the release back to the champion's revision. The same
+check runs before the release starts (``ml.release deploy``) and, in the canary, before the last step (the chart's
+champion analysis). Run again, the stage finds the alias already on this version and changes nothing.
 
     python -m ml.promote --name card-fraud-detector --version 7 --alias champion --verdict "$(cat verdict.json)"
 
@@ -28,6 +30,7 @@ from contract import (
     CHAMPION_AT_EVALUATION_TAG,
     DEGRADED,
     HEALTHY,
+    REFUSED,
 )
 from ml import tracking
 from ml.errors import StageError
@@ -35,7 +38,7 @@ from ml.runtime import json_object
 
 log = logging.getLogger(__name__)
 
-VERDICTS = {HEALTHY: "promoted", DEGRADED: "aborted"}
+VERDICTS = {HEALTHY: "promoted", DEGRADED: "aborted", REFUSED: "refused"}
 
 
 @dataclass
@@ -45,9 +48,13 @@ class Promotion:
     name: str
     version: str
     alias: str
-    verdict: str
+    verdict: str  # promoted, aborted or refused
     promoted: bool
     previous_champion: str | None
+    #: Where the alias points after the stage: the revision a rollback must restore serves this version.
+    champion: str | None = None
+    #: Why the version was not promoted (empty when it was).
+    reason: str = ""
 
 
 def _check_verdict(verdict: dict[str, Any], name: str, version: str) -> None:
@@ -62,16 +69,17 @@ def _check_verdict(verdict: dict[str, Any], name: str, version: str) -> None:
         )
 
 
-def verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
-    """The verdict and its analysis figures as version tags (``mlops.canary.<metric>.step<n>``)."""
+def verdict_tags(verdict: dict[str, Any], outcome: str, reason: str = "") -> dict[str, str]:
+    """The outcome, its reason and the analysis figures as version tags (``mlops.canary.<metric>.step<n>``)."""
+    message = "; ".join(part for part in (reason, str(verdict.get("message", ""))) if part)
     tags = {
-        CANARY_VERDICT_TAG: VERDICTS[verdict["phase"]],
-        CANARY_MESSAGE_TAG: str(verdict.get("message", ""))[:5000],
+        CANARY_VERDICT_TAG: outcome,
+        CANARY_MESSAGE_TAG: message[:5000],
         CANARY_REVISION_TAG: str(verdict.get("revision", "")),
     }
     for measurement in verdict.get("measurements", []):
         value = measurement.get("value")
-        shown = "nan" if value is None else f"{value:.6g}"
+        shown = "nan" if value is None else f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
         tags[f"{CANARY_MEASUREMENT_TAG_PREFIX}{measurement['metric']}.step{measurement['step']}"] = (
             f"{shown} ({measurement['phase']}, {measurement['condition']}, {measurement.get('requests', '?')} requests)"
         )
@@ -83,42 +91,66 @@ def current_alias(name: str, alias: str) -> str | None:
     return str(aliases[alias]) if alias in aliases else None
 
 
+def champion_moved(expected: str | None, current: str | None, version: str) -> str:
+    """Why the compare-and-set fails (empty when it holds): ``current`` is neither what evaluation compared with
+    (``expected``, "none" for no champion) nor this version."""
+    if expected is None or current == version or (current or "none") == expected:
+        return ""
+    compared = "no champion" if expected == "none" else f"v{expected}"
+    return (
+        f"the champion moved since evaluation: this version was compared with {compared}, but the alias now points "
+        f"at {f'v{current}' if current else 'nothing'}; refusing to promote on a stale comparison"
+    )
+
+
 def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> Promotion:
-    """Tag ``version`` with the canary's verdict; on success, move ``alias`` to it by compare-and-set."""
+    """Tag ``version`` with the release's outcome; on a Healthy canary, move ``alias`` to it by compare-and-set.
+
+    The outcome is ``promoted``, ``aborted`` (the canary failed) or ``refused`` (the compare-and-set failed, now
+    or before the release started): the two last leave the alias where it is.
+    """
     _check_verdict(verdict, name, version)
     client = tracking.client()
     model_version = client.get_model_version(name, version)
+    expected = model_version.tags.get(CHAMPION_AT_EVALUATION_TAG)
     current = current_alias(name, alias)
-    promoted = False
-    if verdict["phase"] == HEALTHY and current != version:
-        expected = model_version.tags.get(CHAMPION_AT_EVALUATION_TAG)
+    moved = champion_moved(expected, current, version)
+    outcome, reason = VERDICTS[verdict["phase"]], ""
+    if moved:
+        outcome, reason = VERDICTS[REFUSED], moved
+    elif verdict["phase"] == HEALTHY and current != version:
         if expected is None:
             raise StageError(
                 f"{name} v{version} has no {CHAMPION_AT_EVALUATION_TAG} tag: was it registered by the pipeline?"
             )
-        if (current or "none") != expected:
-            raise StageError(
-                f"{alias} moved since evaluation: {name} v{version} was compared against "
-                f"{'no champion' if expected == 'none' else f'v{expected}'}, but {alias} now points at "
-                f"{f'v{current}' if current else 'nothing'}; refusing to promote on a stale comparison "
-                "(evaluate again against the current champion)"
-            )
         client.set_registered_model_alias(name, alias, version)
-        promoted = True
         log.info("%s@%s: v%s -> v%s", name, alias, current, version)
     elif verdict["phase"] == HEALTHY:
         log.info("%s@%s already points at v%s: nothing to move", name, alias, version)
     else:
-        log.info("canary of %s v%s aborted: %s stays on v%s", name, version, alias, current)
-    for key, value in verdict_tags(verdict).items():
+        reason = f"the release of v{version} was {outcome}"
+    promoted = outcome == VERDICTS[HEALTHY] and current != version
+    if outcome != VERDICTS[HEALTHY]:
+        log.warning(
+            "%s v%s %s: %s stays on v%s (%s)",
+            name,
+            version,
+            outcome,
+            alias,
+            current,
+            reason or verdict.get("message"),
+        )
+    for key, value in verdict_tags(verdict, outcome, reason).items():
         client.set_model_version_tag(name, version, key, value)
     return Promotion(
         name=name,
         version=version,
         alias=alias,
-        verdict=VERDICTS[verdict["phase"]],
+        verdict=outcome,
         promoted=promoted,
         previous_champion=current if promoted else None,
+        champion=version if outcome == VERDICTS[HEALTHY] else current,
+        reason=reason,
     )
 
 

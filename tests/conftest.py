@@ -43,7 +43,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server on loopback (SQLite backend, local artifact root)."""
     from standins.mlflow_server import start
 
-    root = tmp_path_factory.mktemp("mlflow", numbered=False)  # tests that break its artifact store find it there
+    root = tmp_path_factory.mktemp(
+        "mlflow", numbered=False
+    )  # tests that break its artifact store find it there
     port = free_port()
     process = start(root, port)
     url = f"http://127.0.0.1:{port}"

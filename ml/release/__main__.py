@@ -36,8 +36,16 @@ def _parser() -> argparse.ArgumentParser:
         "--image-tag",
         help="inference API image tag; by default the deployed one (the chart's on a first install)",
     )
-    commands.choices["rollback"].add_argument(
-        "--revision", type=int, required=True, help="the revision whose canary failed"
+    deploy.add_argument(
+        "--champion-alias",
+        help="the production alias: refuse to start if it moved since the version was evaluated, and have the "
+        "canary check it again before its last step (reads the version's tags in MLflow)",
+    )
+    rollback = commands.choices["rollback"]
+    rollback.add_argument("--revision", type=int, required=True, help="the revision whose release failed")
+    rollback.add_argument("--model-name", help="registered model (with --to-model-version)")
+    rollback.add_argument(
+        "--to-model-version", default="", help="restore the revision that served this version (the champion)"
     )
     return parser
 
@@ -58,8 +66,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if not args.model_version.isdigit():
             raise StageError(f"--model-version must be a version number, got {args.model_version!r}")
         model_uri = f"models:/{args.model_name}/{args.model_version}"
-        return asdict(helm.deploy(_helm(args), model_uri=model_uri, image_tag=args.image_tag))
-    return asdict(helm.rollback(_helm(args), revision=args.revision))
+        champion = _champion_check(args.model_name, args.model_version, args.champion_alias)
+        return asdict(
+            helm.deploy(_helm(args), model_uri=model_uri, image_tag=args.image_tag, champion=champion)
+        )
+    if args.to_model_version and not (args.model_name and args.to_model_version.isdigit()):
+        raise StageError("--to-model-version needs a version number and --model-name")
+    to_model_uri = f"models:/{args.model_name}/{args.to_model_version}" if args.to_model_version else None
+    return asdict(helm.rollback(_helm(args), revision=args.revision, to_model_uri=to_model_uri))
+
+
+def _champion_check(name: str, version: str, alias: str | None) -> helm.ChampionCheck | None:
+    """What the version was compared with at evaluation and where ``alias`` points now (None: no check)."""
+    if not alias:
+        return None
+    from contract import CHAMPION_AT_EVALUATION_TAG
+    from ml import tracking
+    from ml.promote import current_alias
+
+    expected = tracking.client().get_model_version(name, version).tags.get(CHAMPION_AT_EVALUATION_TAG)
+    if expected is None:
+        raise StageError(
+            f"{name} v{version} has no {CHAMPION_AT_EVALUATION_TAG} tag (not registered by the pipeline): deploy "
+            "it without --champion-alias to skip the champion check"
+        )
+    return helm.ChampionCheck(alias=alias, expected=expected, current=current_alias(name, alias))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@
 operations the logic needs (history with each revision's values, upgrade, rollback, a revision's objects).
 ``deploy`` and ``rollback`` are idempotent: deploying what is already deployed, or rolling back what is already
 rolled back, changes nothing and reports the revision in place.
+
+``deploy`` takes the compare-and-set of the production alias with it (``ChampionCheck``): it refuses to start a
+release whose champion moved since evaluation, and it sets the chart's ``championCheck`` values so that the canary
+checks again before its last step.
 """
 
 from __future__ import annotations
@@ -59,6 +63,24 @@ def registered_name(model_uri: str | None) -> str | None:
     return model_uri.removeprefix("models:/").split("@")[0].rsplit("/", 1)[0] or None
 
 
+@dataclass(frozen=True)
+class ChampionCheck:
+    """The production alias and the version the deployed model was compared with at evaluation ("none")."""
+
+    alias: str
+    expected: str
+    current: str | None  # where the alias points now
+
+    @property
+    def moved(self) -> bool:
+        return (self.current or "none") != self.expected
+
+    def values(self) -> dict[str, Any]:
+        """The chart's ``championCheck`` values: empty (no check in the canary) when there was no champion."""
+        expected = "" if self.expected == "none" else self.expected
+        return {"championCheck": {"alias": self.alias if expected else "", "expectedVersion": expected}}
+
+
 @dataclass
 class Deployment:
     """The deploy step's result: which revision now carries the model, and what it replaced."""
@@ -72,20 +94,26 @@ class Deployment:
     changed: bool
     workload_kind: str
     workload_name: str
+    #: Why the release was refused before it started (the champion moved since evaluation); empty otherwise.
+    refused: str = ""
 
 
-def deploy(target: Helm, *, model_uri: str, image_tag: str | None = None) -> Deployment:
-    """Upgrade the release to serve ``model_uri``, unless it already does.
+def deploy(
+    target: Helm, *, model_uri: str, image_tag: str | None = None, champion: ChampionCheck | None = None
+) -> Deployment:
+    """Upgrade the release to serve ``model_uri``, unless it already does or ``champion`` moved since evaluation.
 
     The pipeline ships models and CI/CD ships images: an upgrade keeps the values of the deployed revision
     (Helm's ``--reset-then-reuse-values``) and changes the model URI, and the image tag only when one is given.
     A first install gets the chart's default image.
     """
-    values: dict[str, Any] = {"model": {"uri": model_uri}}
+    values: dict[str, Any] = {"model": {"uri": model_uri}, **(champion.values() if champion else {})}
     if image_tag:
         values["image"] = {"tag": image_tag}
     history = target.history()
     current = deployed(history)
+    if champion is not None and champion.moved and (current is None or model_of(current)[0] != model_uri):
+        return _refused(target, history, model_uri, champion)
     serving = registered_name(model_of(current)[0]) if current is not None else None
     if current is not None and serving is not None and serving != registered_name(model_uri):
         raise StageError(
@@ -117,6 +145,34 @@ def deploy(target: Helm, *, model_uri: str, image_tag: str | None = None) -> Dep
     )
 
 
+def _refused(target: Helm, history: list[Revision], model_uri: str, champion: ChampionCheck) -> Deployment:
+    """The result of a release that does not start: the live revision stays, the reason is reported."""
+    current = deployed(history)
+    reason = (
+        f"the champion moved since evaluation: {model_uri} was compared with "
+        f"{'no champion' if champion.expected == 'none' else 'v' + champion.expected}, but {champion.alias} now "
+        f"points at {'v' + champion.current if champion.current else 'nothing'}; the release is not started"
+    )
+    log.warning("%s", reason)
+    workload: dict[str, Any] = (
+        chart.workload(target.objects(current.revision))
+        if current
+        else {"kind": "", "metadata": {"name": ""}}
+    )
+    return Deployment(
+        release=target.release,
+        namespace=target.namespace,
+        revision=current.revision if current else 0,
+        previous_revision=None,
+        model_uri=model_uri,
+        image_tag=model_of(current)[1] if current else None,
+        changed=False,
+        workload_kind=workload["kind"],
+        workload_name=workload["metadata"]["name"],
+        refused=reason,
+    )
+
+
 def rollback_target(history: list[Revision], revision: int) -> Revision | None:
     """The newest revision before ``revision`` that ran another model: what a rollback restores."""
     by_number = {r.revision: r for r in history}
@@ -139,10 +195,20 @@ class Rollback:
     changed: bool
 
 
-def rollback(target: Helm, *, revision: int) -> Rollback:
-    """Restore the model that ``revision`` replaced; a no-op when it is already back."""
+def serving(history: list[Revision], model_uri: str) -> Revision | None:
+    """The newest revision of the history that served ``model_uri`` (and did not fail)."""
+    return next((r for r in reversed(history) if model_of(r)[0] == model_uri and r.status != "failed"), None)
+
+
+def rollback(target: Helm, *, revision: int, to_model_uri: str | None = None) -> Rollback:
+    """Restore the champion's revision (the newest that served ``to_model_uri``), or else the model that
+    ``revision`` replaced; a no-op when it is already back."""
     history = target.history()
-    restore = rollback_target(history, revision)
+    restore = serving(history, to_model_uri) if to_model_uri else None
+    if to_model_uri and restore is None:
+        log.warning("no revision of %s ever served %s: restoring the model before revision %s instead",
+                    target.release, to_model_uri, revision)  # fmt: skip
+    restore = restore or rollback_target(history, revision)
     if restore is None:
         raise StageError(
             f"revision {revision} of {target.release} has no earlier revision with another model to roll back "

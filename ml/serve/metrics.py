@@ -29,6 +29,12 @@ PREDICTION_SCORE = Histogram(
     "prediction_score", "Scores (positive-class probabilities) returned by /predict.",
     buckets=tuple(i / 20 for i in range(1, 21)), registry=REGISTRY,
 )  # fmt: skip
+PREDICTIONS = Counter(
+    "predictions", "Decisions returned by /predict, by decision (positive or negative, at the model's threshold).",
+    ["decision"], registry=REGISTRY,
+)  # fmt: skip
+for _decision in ("positive", "negative"):  # exported from the start, so increase() sees the first decisions
+    PREDICTIONS.labels(decision=_decision)
 MODEL_INFO = Gauge(
     "model_info",
     "The model version being served (value 1).",

@@ -115,6 +115,11 @@ class Service:
         for score in scores:
             metrics.PREDICTION_SCORE.observe(float(score))
         threshold = self.card.threshold
+        positives = int((scores >= threshold).sum())
+        if positives:
+            metrics.PREDICTIONS.labels(decision="positive").inc(positives)
+        if positives < len(scores):
+            metrics.PREDICTIONS.labels(decision="negative").inc(len(scores) - positives)
         return {
             "model_name": self.card.name,
             "model_version": self.card.version,

@@ -5,6 +5,9 @@ the workload itself. The verdict is one of:
 
 - ``Healthy``: the new pod template is the stable one and serves all traffic;
 - ``Degraded``: the rollout aborted (an analysis metric failed, or the progress deadline passed): act now;
+- ``Refused``: the deploy step did not start the release (the champion moved since evaluation);
+- ``Inconclusive``: an analysis could not judge (too little traffic) and Argo Rollouts paused the rollout: it
+  needs a person, so the task fails and alerts, and nothing is promoted or rolled back;
 - the deadline passed while the rollout was still progressing: slow, not broken. The task fails with that
   message (and its notifier alerts), nothing is rolled back;
 - the workload no longer runs the deployed model (someone rolled back or deployed again meanwhile): the task
@@ -33,10 +36,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from contract import (
     DEGRADED,
     HEALTHY,
+    INCONCLUSIVE,
     LOCAL_PID_FILE,
     LOCAL_STATUS_FILE,
     MODEL_ANNOTATION,
     PROGRESSING,
+    REFUSED,
     SLOW,
     SUPERSEDED,
     local_result_path,
@@ -45,6 +50,9 @@ from mlops.operators import local_releases_dir, pod_runtime
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+#: The pause condition Argo Rollouts sets when an AnalysisRun ends Inconclusive.
+INCONCLUSIVE_PAUSE = "InconclusiveAnalysisRun"
 
 
 def interpret(kind: str, workload: dict[str, Any], model_uri: str) -> tuple[str, str]:
@@ -61,6 +69,8 @@ def interpret(kind: str, workload: dict[str, Any], model_uri: str) -> tuple[str,
     if kind == "Rollout":
         if status.get("abort") or status.get("phase") == DEGRADED:
             return DEGRADED, str(status.get("message") or "the rollout was aborted")
+        if inconclusive(status):
+            return INCONCLUSIVE, str(status.get("message") or "an analysis run was inconclusive")
         observed = str(status.get("observedGeneration", ""))
         if (
             status.get("phase") == HEALTHY
@@ -87,6 +97,11 @@ def interpret(kind: str, workload: dict[str, Any], model_uri: str) -> tuple[str,
     return PROGRESSING, f"{status.get('updatedReplicas', 0)}/{wanted} replicas updated"
 
 
+def inconclusive(status: dict[str, Any]) -> bool:
+    """Whether Argo Rollouts paused the rollout because an analysis run was inconclusive."""
+    return any(c.get("reason") == INCONCLUSIVE_PAUSE for c in status.get("pauseConditions") or [])
+
+
 def analysis_measurements(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flatten AnalysisRuns' measurements into the verdict's list (``step`` numbers the measurements)."""
     measurements = []
@@ -98,9 +113,9 @@ def analysis_measurements(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for index, measurement in enumerate(result.get("measurements", [])):
                 raw = str(measurement.get("value", "")).strip("[]")
                 try:
-                    value: float | None = float(raw.split(",")[0])
+                    value: float | str | None = float(raw.split(",")[0])
                 except ValueError:
-                    value = None
+                    value = raw.strip('"') or None  # a web metric's answer (a version number), or nothing
                 measurements.append(
                     {
                         "step": index,
@@ -209,6 +224,8 @@ class RolloutWatchOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         deployment = self._deployment()
+        if deployment.get("refused"):  # nothing was released: the refusal is the verdict
+            return self._verdict({"phase": REFUSED, "message": deployment["refused"], "measurements": []})
         deadline = time.time() + self.watch_timeout.total_seconds()
         if pod_runtime() == "local":
             return self._verdict(self._watch_locally(deployment, deadline))
@@ -257,6 +274,9 @@ class RolloutWatchOperator(BaseOperator):
                 )
             status_file = release_dir / LOCAL_STATUS_FILE
             status = json.loads(status_file.read_text()) if status_file.exists() else {}
+            if inconclusive(status) and status.get("observedRevision") == int(deployment["revision"]):
+                return {"phase": INCONCLUSIVE, "message": status.get("message", ""),
+                        "measurements": status.get("measurements", [])}  # fmt: skip
             if status.get("message") and status["message"] != last_message:
                 last_message = status["message"]
                 self.log.info("rollout: %s (%s)", last_message, status.get("phase"))
@@ -288,6 +308,12 @@ class RolloutWatchOperator(BaseOperator):
             )
         if phase == SUPERSEDED:
             raise AirflowFailException(f"no verdict for {deployment['model_uri']}: {message}")
+        if phase == INCONCLUSIVE:
+            raise AirflowFailException(
+                f"needs a person: the rollout of revision {deployment['revision']} of {deployment['release']} is "
+                f"paused because its analysis could not judge the model ({message}). Nothing was promoted or rolled "
+                "back: promote the rollout or abort it (kubectl argo rollouts promote|abort), then clear this task."
+            )
         self.log.info("verdict: %s: %s", phase, message)
         return {
             "phase": phase,

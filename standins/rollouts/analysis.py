@@ -1,9 +1,13 @@
-"""The canary analysis of the chart's AnalysisTemplate, evaluated on the API's own metrics.
+"""The canary analysis of the chart's AnalysisTemplates, evaluated on the APIs' own metrics.
 
-In the cluster, Argo Rollouts runs the template's PromQL against Prometheus. The local canary scrapes the new
-model's ``/metrics`` at the start and end of each window and computes the same quantities the queries compute
-(``rate()`` ratios are ratios of increases; ``histogram_quantile`` interpolates in the same buckets). The
-thresholds are read from the rendered template's ``successCondition``s: one source for both.
+In the cluster, Argo Rollouts runs the templates' PromQL against Prometheus and their web metrics against the
+MLflow registry. The local canary scrapes ``/metrics`` of the new model and of the stable one at the start and end
+of each window and computes the same quantities the queries compute (``increase()`` ratios are ratios of counter
+differences; ``histogram_quantile`` interpolates in the same buckets), and asks the registry the same question as
+the web metric. The conditions, the minimum traffic and the URLs are read from the rendered templates: one source
+for both. A measurement is Successful when its success condition holds, Failed when its failure condition holds,
+and Inconclusive when neither does (as Argo decides; a window with too little traffic is NaN, which satisfies
+neither).
 """
 
 from __future__ import annotations
@@ -12,40 +16,80 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 SCORED_PATH = "/predict"
+SUCCESSFUL, FAILED, INCONCLUSIVE = "Successful", "Failed", "Inconclusive"
+#: The template argument that sets the fewest requests a measurement needs.
+MIN_REQUESTS_ARG = "min-requests"
 
 
 class AnalysisError(ValueError):
     """The template asks for something this analysis cannot judge."""
 
 
-_CONDITION = re.compile(r"^\s*result\[0\]\s*(>=|<=|>|<)\s*([0-9.eE+-]+)\s*$")
-_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+_NUMERIC = re.compile(r"^\s*result\[0\]\s*(>=|<=|>|<)\s*([0-9.eE+-]+)\s*$")
+_TEXT = re.compile(r'^\s*result\s*(==|!=)\s*"([^"]*)"\s*$')
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge,
     "<=": operator.le,
     ">": operator.gt,
     "<": operator.lt,
+    "==": operator.eq,
+    "!=": operator.ne,
 }
 
 
 @dataclass(frozen=True)
+class Condition:
+    """``result[0] <op> <number>`` (a Prometheus metric) or ``result <op> "<text>"`` (a web metric)."""
+
+    text: str
+    op: str
+    operand: float | str
+
+    def holds(self, value: Any) -> bool:
+        if isinstance(self.operand, float):
+            # As in Argo Rollouts, NaN (no data, or too little traffic) satisfies no comparison.
+            return (
+                isinstance(value, float)
+                and not math.isnan(value)
+                and _OPERATORS[self.op](value, self.operand)
+            )
+        return _OPERATORS[self.op](str(value), self.operand)
+
+
+@dataclass(frozen=True)
 class Metric:
-    """One metric of the template: its name, its condition, and how many failures it tolerates."""
+    """One metric of a template: its conditions, how many failures it tolerates, and where it reads from."""
 
     name: str
-    condition: str
-    op: str
-    threshold: float
+    success: Condition
+    failure: Condition | None
     failure_limit: int
+    min_requests: int = 0
+    web: dict[str, Any] = field(
+        default_factory=dict
+    )  # the web provider's url and jsonPath; empty: Prometheus
 
-    def passes(self, value: float) -> bool:
-        # As in Argo Rollouts, NaN (no data) satisfies no comparison.
-        return not math.isnan(value) and _OPERATORS[self.op](value, self.threshold)
+    @property
+    def condition(self) -> str:
+        return self.success.text
+
+    @property
+    def threshold(self) -> float | str:
+        return self.success.operand
+
+    def phase(self, value: Any) -> str:
+        """Successful, Failed or Inconclusive, as Argo evaluates a measurement."""
+        if self.success.holds(value):
+            return SUCCESSFUL
+        if self.failure is None or self.failure.holds(value):
+            return FAILED
+        return INCONCLUSIVE
 
 
 @dataclass(frozen=True)
@@ -53,67 +97,138 @@ class Scrape:
     """The counters of one ``/metrics`` exposition that the analysis needs."""
 
     requests: float
-    errors: float
+    errors: float  # 5xx
+    client_errors: float  # 4xx
     buckets: tuple[tuple[float, float], ...]  # (upper bound, cumulative count), sorted by bound
+    positives: float = 0.0
+    decisions: float = 0.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """The new and the stable model's counters at the start and the end of one analysis window."""
+
+    before: Scrape
+    after: Scrape
+    stable_before: Scrape | None = None
+    stable_after: Scrape | None = None
+
+
+def _condition(metric: str, text: Any, *, web: bool) -> Condition:
+    match = (_TEXT if web else _NUMERIC).match(str(text))
+    if match is None:
+        form = "'result == \"<text>\"'" if web else "'result[0] <op> <number>'"
+        raise AnalysisError(f"metric {metric!r}: condition {text!r} is not of the form {form}")
+    operand: float | str = match.group(2) if web else float(match.group(2))
+    left = "result" if web else "result[0]"
+    shown = f'"{operand}"' if web else match.group(2)
+    return Condition(text=f"{left} {match.group(1)} {shown}", op=match.group(1), operand=operand)
 
 
 def metrics_of(template: dict[str, Any]) -> list[Metric]:
-    """Read the metrics and thresholds of a rendered AnalysisTemplate; refuse what this analysis cannot judge."""
+    """Read the metrics, conditions and minimum traffic of a rendered AnalysisTemplate; refuse what this analysis
+    cannot judge."""
+    args = {a["name"]: a.get("value") for a in template.get("spec", {}).get("args", [])}
+    min_requests = int(float(args.get(MIN_REQUESTS_ARG) or 0))
     metrics = []
     for spec in template.get("spec", {}).get("metrics", []):
         name = spec["name"]
-        if name not in MEASURES:
+        web = spec.get("provider", {}).get("web") or {}
+        if not web and name not in MEASURES:
             raise AnalysisError(
-                f"the local canary cannot evaluate metric {name!r}; it knows {sorted(MEASURES)}"
-            )
-        match = _CONDITION.match(str(spec.get("successCondition", "")))
-        if match is None:
-            raise AnalysisError(
-                f"metric {name!r}: successCondition {spec.get('successCondition')!r} is not of the form "
-                "'result[0] <op> <number>'"
+                f"the local canary cannot evaluate metric {name!r}; it knows {sorted(MEASURES)} and web metrics"
             )
         metrics.append(
             Metric(
                 name=name,
-                condition=f"result[0] {match.group(1)} {match.group(2)}",
-                op=match.group(1),
-                threshold=float(match.group(2)),
+                success=_condition(name, spec.get("successCondition", ""), web=bool(web)),
+                failure=_condition(name, spec["failureCondition"], web=bool(web))
+                if spec.get("failureCondition")
+                else None,
                 failure_limit=int(spec.get("failureLimit", 0)),
+                min_requests=0 if web else min_requests,
+                web=web,
             )
         )
     return metrics
 
 
 def parse(exposition: str) -> Scrape:
-    """Extract the scoring endpoint's request, error and latency-bucket counters from an exposition."""
-    requests = errors = 0.0
+    """Extract the scoring endpoint's request, error and latency-bucket counters, and the decisions."""
+    requests = errors = client_errors = positives = decisions = 0.0
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
+            if sample.name == "predictions_total":
+                decisions += sample.value
+                positives += sample.value if sample.labels.get("decision") == "positive" else 0.0
+                continue
             if sample.labels.get("path") != SCORED_PATH:
                 continue
             if sample.name == "http_requests_total":
                 requests += sample.value
-                if sample.labels.get("status", "").startswith("5"):
-                    errors += sample.value
+                status = sample.labels.get("status", "")
+                errors += sample.value if status.startswith("5") else 0.0
+                client_errors += sample.value if status.startswith("4") else 0.0
             elif sample.name == "http_request_duration_seconds_bucket":
                 bound = float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    return Scrape(requests=requests, errors=errors, buckets=tuple(sorted(buckets.items())))
+    return Scrape(requests, errors, client_errors, tuple(sorted(buckets.items())), positives, decisions)
 
 
-def success_rate(before: Scrape, after: Scrape) -> float:
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else math.nan
+
+
+def success_rate(window: Window) -> float:
     """Share of requests in the window that did not end in a 5xx (NaN without requests)."""
+    before, after = window.before, window.after
     total = after.requests - before.requests
-    return (total - (after.errors - before.errors)) / total if total > 0 else math.nan
+    return _share(total - (after.errors - before.errors), total)
 
 
-def latency_p99(before: Scrape, after: Scrape) -> float:
-    return histogram_quantile(0.99, _increase(before.buckets, after.buckets))
+def latency_p99(window: Window) -> float:
+    return histogram_quantile(0.99, _increase(window.before.buckets, window.after.buckets))
 
 
-def requests_in(before: Scrape, after: Scrape) -> int:
-    return int(after.requests - before.requests)
+def client_errors(window: Window) -> float:
+    """The new model's share of 4xx answers minus the stable's, over the same window (NaN without both)."""
+    if window.stable_before is None or window.stable_after is None:
+        return math.nan
+    new = _share(
+        window.after.client_errors - window.before.client_errors,
+        window.after.requests - window.before.requests,
+    )
+    old = _share(
+        window.stable_after.client_errors - window.stable_before.client_errors,
+        window.stable_after.requests - window.stable_before.requests,
+    )
+    return new - old
+
+
+def positive_share_shift(window: Window) -> float:
+    """How far the new model's share of positive decisions is from the stable's (NaN without both)."""
+    if window.stable_before is None or window.stable_after is None:
+        return math.nan
+    new = _share(
+        window.after.positives - window.before.positives, window.after.decisions - window.before.decisions
+    )
+    old = _share(
+        window.stable_after.positives - window.stable_before.positives,
+        window.stable_after.decisions - window.stable_before.decisions,
+    )
+    return abs(new - old)
+
+
+def requests_in(window: Window) -> int:
+    return int(window.after.requests - window.before.requests)
+
+
+def measure(metric: Metric, window: Window) -> float:
+    """The metric's value over the window; NaN when the new model got fewer requests than the template asks."""
+    if requests_in(window) < metric.min_requests:
+        return math.nan
+    return MEASURES[metric.name](window)
 
 
 def _increase(
@@ -144,7 +259,19 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     return math.nan
 
 
-MEASURES: dict[str, Callable[[Scrape, Scrape], float]] = {
+def json_path(document: Any, path: str) -> Any:
+    """The value at a web metric's ``{$.a.b}`` path (the dotted subset of JSONPath the chart uses)."""
+    value = document
+    for key in path.strip("{}").removeprefix("$").strip(".").split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise AnalysisError(f"no {path} in the answer")
+        value = value[key]
+    return value
+
+
+MEASURES: dict[str, Callable[[Window], float]] = {
     "success-rate": success_rate,
     "latency-p99": latency_p99,
+    "client-errors": client_errors,
+    "positive-share-shift": positive_share_shift,
 }

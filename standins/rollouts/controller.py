@@ -1,7 +1,7 @@
 """The controller's reconcile loop: each newly deployed revision of the release is rolled out once.
 
-A first release, a rollback to the stable pod template and a plain Deployment switch at once; a Rollout's canary
-or blue-green strategy runs in ``strategies``. The outcome of each revision is final once written to
+A first release, a rollback to the stable pod template or to one of the last ``rollbackWindow`` stable ones, and
+a plain Deployment switch at once; a Rollout's canary or blue-green strategy runs in ``strategies``. The outcome of each revision is final once written to
 ``results/<revision>.json``: Healthy (the new model is stable and serving), Degraded (aborted, traffic back on
 stable) or Superseded (a newer revision was deployed first).
 """
@@ -64,6 +64,7 @@ class Controller:
         self.stop_requested = threading.Event()
         self.stable: Server | None = None
         self.stable_template: str | None = None
+        self.recent_stable: list[str] = []  # templates that were stable, newest last (Argo's rollbackWindow)
         self.router = Router(port_or_free(pace.port))
         self.status = Status(release=release, endpoint=self.router.url)
 
@@ -107,7 +108,7 @@ class Controller:
             self.finish(revision, HEALTHY, f"revision {revision.revision} is stable and serving")
         except Aborted as err:
             self.router.send_all_to_stable()
-            self.status.abort = True
+            self.status.abort, self.status.canaryWeight = True, 0
             message = f"RolloutAborted: Rollout aborted update to revision {revision.revision}: {err}"
             self.finish(revision, DEGRADED, message)
         except Superseded:
@@ -125,6 +126,9 @@ class Controller:
             return self.start(revision, workload)  # a first release skips the steps, as Argo does
         if template_of(workload) == self.stable_template:
             return None
+        window = int(workload["spec"].get("rollbackWindow", {}).get("revisions", 0))
+        if window and template_of(workload) in self.recent_stable[-window:]:
+            return self.start(revision, workload)  # a rollback within the window: no steps, as Argo does
         if workload["kind"] == "Rollout" and self.status.strategy == "canary":
             return strategies.canary(self, revision, workload)
         if workload["kind"] == "Rollout" and self.status.strategy == "blueGreen":
@@ -181,6 +185,7 @@ class Controller:
         if server is not None:
             self.stable, self.stable_template = server, template
             self.router.stable = server.url
+        self.recent_stable = [t for t in self.recent_stable if t != template] + [template]
         self.router.send_all_to_stable()
         if previous is not None and previous is not self.stable:
             previous.stop()
@@ -200,6 +205,17 @@ class Controller:
         self.status.updated = datetime.now(UTC).isoformat(timespec="seconds")
         write_json(self.path / LOCAL_STATUS_FILE, asdict(self.status))
         log.info("%s", message)
+
+    def local_url(self, url: str, revision: Revision) -> str:
+        """A URL of the cluster's MLflow (the chart's ConfigMap names it) as this machine's MLflow serves it."""
+        config_map = chart.find(revision.objects, "ConfigMap") or {}
+        cluster, local = (
+            config_map.get("data", {}).get("MLFLOW_TRACKING_URI"),
+            os.environ.get("MLFLOW_TRACKING_URI"),
+        )
+        if cluster and local and url.startswith(cluster):
+            return local.rstrip("/") + url[len(cluster) :]
+        return url
 
     def _pod_env(self, revision: Revision) -> dict[str, str]:
         """The pod's environment: the rendered ConfigMap over this process's, except what must stay this

@@ -34,6 +34,7 @@ class Status:
     canaryWeight: int = 0
     steps: list[dict[str, Any]] = field(default_factory=list)
     measurements: list[dict[str, Any]] = field(default_factory=list)
+    pauseConditions: list[dict[str, Any]] = field(default_factory=list)
     endpoint: str = ""
     updated: str = ""
 

@@ -1,7 +1,9 @@
 """The Rollout strategies the local controller runs: canary steps and blue-green, with the analysis of each.
 
-Each returns the new revision's server, ready to become stable, or raises ``Aborted`` (the analysis failed, or
+Each returns the new revision's server, ready to become stable, or raises ``Aborted`` (an analysis failed, or
 the new API never got ready) or ``Superseded``; the server of a revision that does not become stable is stopped.
+An inconclusive analysis pauses the rollout as Argo Rollouts does: the new model keeps its share of traffic and
+the status says why, until a newer revision (a rollback, another deploy) supersedes it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import math
 import threading
 from typing import Any, Protocol
+
+import httpx
 
 from contract import PAUSED, PROGRESSING
 from ml.release.helm import Revision
@@ -26,6 +30,7 @@ class Controller(Protocol):
     router: Router
     status: Status
     stop_requested: threading.Event
+    stable: Server | None
 
     def start(self, revision: Revision, workload: dict[str, Any]) -> Server: ...
 
@@ -35,10 +40,22 @@ class Controller(Protocol):
 
     def write_status(self, message: str) -> None: ...
 
+    def local_url(self, url: str, revision: Revision) -> str: ...
+
+
+#: The pause condition Argo Rollouts sets when an analysis run is inconclusive.
+INCONCLUSIVE_PAUSE = "InconclusiveAnalysisRun"
+#: The replay sends the new model this much more than the template's minimum, so a measurement is not
+#: inconclusive by a few requests lost to the router's random split.
+TRAFFIC_MARGIN = 1.3
+#: ...up to this many times the pace's rate: a minimum beyond leaves the measurement inconclusive.
+MAX_TRAFFIC_FACTOR = 10
+
 
 def canary(controller: Controller, revision: Revision, workload: dict[str, Any]) -> Server:
     """Follow the Rollout's steps: ``setWeight`` moves the router's share, each ``pause`` replays traffic and,
-    from ``startingStep`` on, is one measurement of the AnalysisTemplate's metrics."""
+    from ``startingStep`` on, is one measurement of the AnalysisTemplate's metrics; an ``analysis`` step runs its
+    templates once."""
     spec = workload["spec"]["strategy"]["canary"]
     metrics, starting_step = analysis_of(revision, spec.get("analysis"))
     traffic = controller.traffic(revision)
@@ -62,9 +79,14 @@ def canary(controller: Controller, revision: Revision, workload: dict[str, Any])
                     f"step {index}: pause (chart: {step['pause'].get('duration', 'until promoted')}; "
                     f"local: {controller.pace.pause_seconds:.0f}s of replayed traffic)"
                 )
-                before, after = window(controller, new, router.url, traffic)
-                if metrics and index >= starting_step:
-                    measure(controller, index, metrics, before, after, failures)
+                analysed = bool(metrics) and index >= starting_step
+                measured = window(controller, new, router.url, traffic, metrics if analysed else [])
+                if analysed:
+                    measure(controller, revision, index, metrics, measured, failures)
+            elif "analysis" in step:
+                inline, _ = analysis_of(revision, step["analysis"])
+                once = window(controller, new, router.url, traffic, inline) if _prometheus(inline) else None
+                measure(controller, revision, index, inline, once, {})
             else:
                 raise Aborted(f"step {index} {step} is not supported by the local canary")
         return new
@@ -74,7 +96,8 @@ def canary(controller: Controller, revision: Revision, workload: dict[str, Any])
 
 
 def blue_green(controller: Controller, revision: Revision, workload: dict[str, Any]) -> Server:
-    """Analyse the preview (traffic sent to it directly) before switching to it."""
+    """Analyse the preview before switching to it; the replayed traffic goes to the preview and the stable
+    model alike, so that the comparisons between them are on the same requests."""
     spec = workload["spec"]["strategy"]["blueGreen"]
     metrics, _ = analysis_of(revision, spec.get("prePromotionAnalysis"))
     traffic = controller.traffic(revision)
@@ -83,8 +106,9 @@ def blue_green(controller: Controller, revision: Revision, workload: dict[str, A
         if metrics:
             controller.status.phase = PAUSED
             controller.write_status(f"pre-promotion analysis of revision {revision.revision} on the preview")
-            before, after = window(controller, preview, preview.url, traffic)
-            measure(controller, 0, metrics, before, after, {})
+            urls = [preview.url, *([controller.stable.url] if controller.stable else [])]
+            measured = window(controller, preview, urls, traffic, metrics) if _prometheus(metrics) else None
+            measure(controller, revision, 0, metrics, measured, {})
         controller.check_superseded(revision)
         return preview
     except BaseException:
@@ -111,49 +135,80 @@ def analysis_of(revision: Revision, spec: dict[str, Any] | None) -> tuple[list[a
     return metrics, int(spec.get("startingStep", 0))
 
 
+def _prometheus(metrics: list[analysis.Metric]) -> bool:
+    return any(not m.web for m in metrics)
+
+
 def window(
-    controller: Controller, new: Server, url: str, traffic: Traffic | None
-) -> tuple[analysis.Scrape, analysis.Scrape]:
-    """One analysis window: the new server's counters before and after a pause of replayed traffic to ``url``
-    (the router, or the preview itself)."""
-    before = new.scrape()
+    controller: Controller,
+    new: Server,
+    url: str | list[str],
+    traffic: Traffic | None,
+    metrics: list[analysis.Metric],
+) -> analysis.Window:
+    """One analysis window: the new and the stable server's counters before and after a pause of replayed traffic
+    to ``url`` (the router; for blue-green, the preview and the stable server), with enough requests for the
+    new model to meet the metrics' minimum at the router's current weight."""
+    stable = controller.stable
+    before, stable_before = new.scrape(), stable.scrape() if stable else None
+    pause = controller.pace.pause_seconds
     if traffic is not None:
-        traffic.replay(url, controller.pace.pause_seconds, controller.stop_requested)
+        minimum = max((m.min_requests for m in metrics), default=0)
+        weight = controller.router.weight if isinstance(url, str) else 100
+        needed = math.ceil(minimum * TRAFFIC_MARGIN * 100 / weight) if minimum and weight else 0
+        # No more than a busy machine sends: beyond, the window is as quiet as it is, and judged so.
+        needed = min(needed, int(MAX_TRAFFIC_FACTOR * controller.pace.requests_per_second * pause))
+        traffic.replay(url, pause, controller.stop_requested, requests=needed)
     else:
-        controller.stop_requested.wait(controller.pace.pause_seconds)
-    return before, new.scrape()
+        controller.stop_requested.wait(pause)
+    return analysis.Window(before, new.scrape(), stable_before, stable.scrape() if stable else None)
 
 
 def measure(
     controller: Controller,
+    revision: Revision,
     step: int,
     metrics: list[analysis.Metric],
-    before: analysis.Scrape,
-    after: analysis.Scrape,
+    measured: analysis.Window | None,
     failures: dict[str, int],
 ) -> None:
-    """Record one measurement of each metric; abort once a metric failed more often than its failureLimit."""
-    requests = analysis.requests_in(before, after)
-    failed = []
+    """Record one measurement of each metric. Abort once a metric failed more often than its failureLimit;
+    pause (until superseded) when one is inconclusive."""
+    requests = analysis.requests_in(measured) if measured else None
+    failed, inconclusive = [], []
     for metric in metrics:
-        value = analysis.MEASURES[metric.name](before, after)
-        ok = metric.passes(value)
+        if metric.web:
+            value: Any = _web_value(controller, metric, revision)
+        else:
+            assert measured is not None, "a Prometheus metric is measured over a window"
+            value = analysis.measure(metric, measured)
+        phase = metric.phase(value)
+        shown_value = None if isinstance(value, float) and math.isnan(value) else value
         controller.status.measurements.append(
             {
                 "step": step,
                 "weight": controller.router.weight,
                 "metric": metric.name,
-                "value": None if math.isnan(value) else round(value, 6),
+                "value": round(shown_value, 6) if isinstance(shown_value, float) else shown_value,
                 "condition": metric.condition,
-                "phase": "Successful" if ok else "Failed",
+                "phase": phase,
                 "requests": requests,
             }
         )
-        if ok:
+        if phase == analysis.INCONCLUSIVE:
+            inconclusive.append(f'Metric "{metric.name}" assessed Inconclusive ({requests} requests to the new '
+                                f"model, {metric.min_requests} needed)")  # fmt: skip
+        if phase != analysis.FAILED:
             continue
         failures[metric.name] = failures.get(metric.name, 0) + 1
         if failures[metric.name] > metric.failure_limit:
-            shown = "no data (no requests reached the new model)" if math.isnan(value) else f"{value:.4g}"
+            shown = (
+                "no data (no requests reached the new model)"
+                if shown_value is None
+                else f"{value:.4g}"
+                if isinstance(value, float)
+                else repr(value)
+            )
             failed.append(
                 f'Metric "{metric.name}" assessed Failed due to failed ({failures[metric.name]}) > '
                 f"failureLimit ({metric.failure_limit}): {shown}, condition {metric.condition}"
@@ -161,3 +216,28 @@ def measure(
     controller.write_status(f"step {step}: measured {requests} requests to the new model")
     if failed:
         raise Aborted("; ".join(failed))
+    if inconclusive:
+        pause_for_a_person(controller, revision, "; ".join(inconclusive))
+
+
+def _web_value(controller: Controller, metric: analysis.Metric, revision: Revision) -> Any:
+    """What the web metric's URL answers at its JSON path (an error, as in Argo, is a failed measurement)."""
+    url = controller.local_url(metric.web["url"], revision)
+    try:
+        answer = httpx.get(url, timeout=float(metric.web.get("timeoutSeconds", 10)))
+        answer.raise_for_status()
+        return analysis.json_path(answer.json(), metric.web["jsonPath"])
+    except (httpx.HTTPError, ValueError) as err:
+        return f"error: {err}"
+
+
+def pause_for_a_person(controller: Controller, revision: Revision, reason: str) -> None:
+    """Pause as Argo Rollouts does on an inconclusive analysis: the traffic split stays, the status says why, and
+    only a newer revision (a rollback, another deploy) or a stop ends the pause."""
+    status = controller.status
+    status.phase = PAUSED
+    status.pauseConditions = [{"reason": INCONCLUSIVE_PAUSE}]
+    controller.write_status(f"paused: the analysis was inconclusive: {reason}")
+    while True:
+        controller.check_superseded(revision)
+        controller.stop_requested.wait(0.5)

@@ -37,7 +37,7 @@ def prepared_uri_of(model_uri: str) -> str | None:
 class Traffic:
     """Replays records as single-record /predict calls at a steady rate."""
 
-    def __init__(self, records: list[dict[str, Any]], requests_per_second: float, clients: int = 4) -> None:
+    def __init__(self, records: list[dict[str, Any]], requests_per_second: float, clients: int = 8) -> None:
         self.records = records
         self.rate = requests_per_second
         self.clients = clients
@@ -66,10 +66,14 @@ class Traffic:
             return None
         return cls.from_prepared(prepared_uri, requests_per_second)
 
-    def replay(self, url: str, seconds: float, should_stop: threading.Event) -> int:
-        """Send ``rate * seconds`` requests to ``url`` over ``seconds``; returns how many were answered."""
-        total = max(1, int(self.rate * seconds))
-        interval = self.clients / self.rate
+    def replay(
+        self, url: str | list[str], seconds: float, should_stop: threading.Event, requests: int = 0
+    ) -> int:
+        """Send ``rate * seconds`` requests (at least ``requests``) over ``seconds``, each record to every one of
+        ``url``; returns how many were answered."""
+        urls = [url] if isinstance(url, str) else url
+        total = max(1, int(self.rate * seconds), requests)
+        interval = self.clients * seconds / total
         answered = [0] * self.clients
 
         def client(index: int) -> None:
@@ -79,11 +83,12 @@ class Traffic:
                     if should_stop.is_set():
                         return
                     record = self.records[(self._cursor + n) % len(self.records)]
-                    try:
-                        http.post(f"{url}/predict", json=record)
-                        answered[index] += 1
-                    except httpx.HTTPError:
-                        pass
+                    for target in urls:
+                        try:
+                            http.post(f"{target}/predict", json=record)
+                            answered[index] += 1
+                        except httpx.HTTPError:
+                            pass
                     pause = started + (n // self.clients + 1) * interval - time.monotonic()
                     if pause > 0:
                         time.sleep(pause)

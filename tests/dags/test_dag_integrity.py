@@ -81,15 +81,17 @@ def test_training_pipeline_shape(dagbag) -> None:
     assert dag.get_task("gate").downstream_task_ids == {"register"}
     assert dag.get_task("register").downstream_task_ids == {"release_gate"}
     assert dag.get_task("release_gate").downstream_task_ids == {"deploy"}
-    assert dag.get_task("deploy").downstream_task_ids == {"watch_rollout"}
-    assert dag.get_task("watch_rollout").downstream_task_ids == {"promote", "canary_failed", "alert"}
-    assert dag.get_task("promote").downstream_task_ids == {"canary_failed", "announce_champion"}
+    assert dag.get_task("deploy").downstream_task_ids == {"watch_rollout", "needs_rollback", "alert"}
+    assert dag.get_task("watch_rollout").downstream_task_ids == {"promote", "needs_rollback", "alert"}
+    assert dag.get_task("promote").downstream_task_ids == {"needs_rollback", "announce_champion", "alert"}
     platform = load_platform()
     champion = f"{platform.registry.model_name}@{platform.registry.production_alias}"
     assert [a.name for a in dag.get_task("announce_champion").outlets] == [champion]
     assert [a.name for a in dag.get_task("prepare").inlets] == [platform.retraining.source_asset]
-    assert dag.get_task("rollback").upstream_task_ids == {"canary_failed"}
-    assert dag.get_task("alert").upstream_task_ids == {"watch_rollout", "rollback"}
+    assert dag.get_task("rollback").upstream_task_ids == {"needs_rollback"}
+    assert dag.get_task("alert").upstream_task_ids == {"deploy", "watch_rollout", "promote", "rollback"}
+    # Whatever promote did (refused, failed), the rollback decision and the alert still run.
+    assert {dag.get_task(t).trigger_rule for t in ("needs_rollback", "alert")} == {"all_done"}
     for task_id in ("prepare", "train", "evaluate", "register", "deploy", "promote", "rollback"):
         task = dag.get_task(task_id)
         assert task.retry_exponential_backoff, f"{task_id} retries without backoff"

@@ -114,6 +114,9 @@ def test_the_default_release_is_an_analysed_canary_in_the_charts_steps() -> None
     assert canary["trafficRouting"] == {"nginx": {"stableIngress": by_kind["Ingress"][0]["metadata"]["name"]}}
     services = {s["metadata"]["name"] for s in by_kind["Service"]}
     assert {canary["stableService"], canary["canaryService"]} <= services
+    assert by_kind["Rollout"][0]["spec"]["rollbackWindow"] == {
+        "revisions": VALUES["workload"]["rollbackWindow"]
+    }
     template = canary["analysis"]["templates"][0]["templateName"]
     assert template == by_kind["AnalysisTemplate"][0]["metadata"]["name"]
     assert canary["analysis"]["startingStep"] == VALUES["analysis"]["startingStep"]
@@ -131,13 +134,50 @@ def test_a_value_switches_to_blue_green_and_one_to_a_plain_deployment() -> None:
 
 def test_the_local_canary_reads_the_analysis_thresholds_from_the_rendered_template() -> None:
     template = kinds(render())["AnalysisTemplate"][0]
-    thresholds = {m.name: (m.op, m.threshold) for m in analysis.metrics_of(template)}
-    assert thresholds == {
-        "success-rate": (">=", VALUES["analysis"]["minSuccessRate"]),
-        "latency-p99": ("<=", VALUES["analysis"]["maxLatencyP99Seconds"]),
+    given = VALUES["analysis"]
+    thresholds = {
+        m.name: (m.success.op, m.threshold, m.failure.op, m.min_requests)
+        for m in analysis.metrics_of(template)
     }
-    stricter = kinds(render({"analysis": {"minSuccessRate": 0.999}}))["AnalysisTemplate"][0]
+    minimum = given["minRequests"]
+    assert thresholds == {
+        "success-rate": (">=", given["minSuccessRate"], "<", minimum),
+        "latency-p99": ("<=", given["maxLatencyP99Seconds"], ">", minimum),
+        "client-errors": ("<=", given["maxClientErrorShareIncrease"], ">", minimum),
+        "positive-share-shift": ("<=", given["maxPositiveShareShift"], ">", minimum),
+    }
+    stricter = kinds(render({"analysis": {"minSuccessRate": 0.999, "minRequests": 7}}))["AnalysisTemplate"][0]
     assert analysis.metrics_of(stricter)[0].threshold == 0.999
+    assert analysis.metrics_of(stricter)[0].min_requests == 7
+
+
+def test_the_champion_check_runs_before_the_last_canary_step_and_before_a_blue_green_switch() -> None:
+    checked = {
+        "model": {"uri": "models:/fraud/7"},
+        "championCheck": {"alias": "champion", "expectedVersion": "5"},
+    }
+    by_kind = kinds(render(checked))
+    steps = by_kind["Rollout"][0]["spec"]["strategy"]["canary"]["steps"]
+    champion_template = f"{by_kind['Rollout'][0]['metadata']['name']}-champion"
+    assert steps[:-1] == [
+        *VALUES["canary"]["steps"][:-1],
+        {"analysis": {"templates": [{"templateName": champion_template}]}},
+    ]
+    assert steps[-1] == VALUES["canary"]["steps"][-1]
+    (template,) = [t for t in by_kind["AnalysisTemplate"] if t["metadata"]["name"] == champion_template]
+    (check,) = analysis.metrics_of(template)
+    assert (
+        check.web["url"]
+        == f"{VALUES['mlflow']['trackingUri']}/api/2.0/mlflow/registered-models/alias?name=fraud&alias=champion"
+    )
+    assert check.phase("5") == "Successful" and check.phase("6") == "Failed"
+    blue_green = kinds(render({**checked, **VALUE_SETS["blue-green"]}))["Rollout"][0]["spec"]["strategy"][
+        "blueGreen"
+    ]
+    assert [t["templateName"] for t in blue_green["prePromotionAnalysis"]["templates"]][
+        -1
+    ] == champion_template
+    assert len(kinds(render())["AnalysisTemplate"]) == 1  # no expected version, no check
 
 
 def test_promql_names_only_metrics_and_labels_the_api_exports() -> None:
@@ -148,6 +188,7 @@ def test_promql_names_only_metrics_and_labels_the_api_exports() -> None:
         metrics.HTTP_REQUESTS,
         metrics.HTTP_DURATION,
         metrics.PREDICTION_SCORE,
+        metrics.PREDICTIONS,
         metrics.MODEL_INFO,
     ):
         name, kind = collector._name, collector._type
@@ -269,6 +310,14 @@ def test_a_model_or_setting_change_changes_the_pod_template_and_starts_a_rollout
         ({"workload": {"strategy": "linear"}}, "value must be one of 'canary', 'blueGreen'"),
         ({"canary": {"steps": [{"setWeight": 150}]}}, "maximum: got 150"),
         ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+        (
+            {"championCheck": {"alias": "champion", "expectedVersion": "5"}},
+            "needs model.uri to pin a version",
+        ),
+        (
+            {"model": {"uri": "models:/m/7"}, "championCheck": {"expectedVersion": "5"}},
+            "needs championCheck.alias",
+        ),
     ],
 )
 def test_bad_values_fail_at_render_time_with_a_message(values: dict[str, Any], message: str) -> None:

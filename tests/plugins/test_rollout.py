@@ -76,6 +76,8 @@ def test_a_settled_rollout_of_the_model_is_healthy() -> None:
         ({"phase": "Healthy", "observedGeneration": "3"}, "Progressing"),  # status of the previous spec
         ({"phase": "Degraded", "abort": True, "message": 'Metric "latency-p99" assessed Failed'}, "Degraded"),
         ({"phase": "Paused", "abort": True}, "Degraded"),
+        # Too little traffic: Argo pauses on the inconclusive analysis run; a person decides.
+        ({"phase": "Paused", "pauseConditions": [{"reason": "InconclusiveAnalysisRun"}]}, "Inconclusive"),
     ],
 )
 def test_rollout_states(status: dict[str, Any], phase: str) -> None:
@@ -267,3 +269,24 @@ def test_a_deploy_result_missing_fields_fails_the_watch() -> None:
     operator.deployment = {"release": "inference-api"}
     with pytest.raises(AirflowFailException, match="lacks"):
         operator._deployment()
+
+
+def test_an_inconclusive_analysis_needs_a_person_and_a_refused_deploy_is_a_verdict_without_a_watch(
+    tmp_path, monkeypatch
+) -> None:
+    with pytest.raises(AirflowFailException, match=r"needs a person: the rollout of revision 2 .* is paused"):
+        watcher()._verdict({"phase": "Inconclusive", "message": "too few requests"})
+    monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_ROOT", str(tmp_path))
+    release_dir = tmp_path / load_platform().release.local.state_dir / "inference-api"
+    release_dir.mkdir(parents=True)
+    (release_dir / LOCAL_PID_FILE).write_text("1")
+    paused = {"phase": "Paused", "observedRevision": 2, "message": "inconclusive",
+              "pauseConditions": [{"reason": "InconclusiveAnalysisRun"}]}  # fmt: skip
+    (release_dir / LOCAL_STATUS_FILE).write_text(json.dumps(paused))
+    operator = watcher()
+    assert operator._watch_locally(operator._deployment(), deadline=time.time() + 5)["phase"] == "Inconclusive"
+
+    refused = watcher()
+    refused.deployment = {**DEPLOYMENT, "refused": "the champion moved since evaluation"}
+    verdict = refused.execute(context={})  # type: ignore[arg-type]
+    assert (verdict["phase"], verdict["message"]) == ("Refused", "the champion moved since evaluation")

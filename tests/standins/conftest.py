@@ -38,11 +38,19 @@ def _version_of(source: str, run_id: str, model_id: str, champion_at_evaluation:
 
 
 def _faulty(fault: str, encoder: Any, experiment: str, prepared: str) -> tuple[str, str, str]:
+    """A model that fails as ``fault`` says; ``contract``: a new required input the clients do not send (every
+    request is a 422)."""
+    import copy
+
     import mlflow
     import mlflow.sklearn
     from sklearn.pipeline import Pipeline
 
-    pipeline = Pipeline([("encode", encoder), ("model", FaultyClassifier(fault=fault).fit(None, None))])
+    if fault == "contract":
+        encoder = copy.deepcopy(encoder)
+        encoder.features = [*encoder.features, "merchant_risk_score"]
+    classifier = FaultyClassifier(fault="low" if fault == "contract" else fault).fit(None, None)
+    pipeline = Pipeline([("encode", encoder), ("model", classifier)])
     # Not mlflow.set_experiment: it would leave this experiment active for the other tests' runs.
     with mlflow.start_run(
         experiment_id=tracking.experiment_id(experiment), run_name=f"faulty-{fault}"
@@ -55,7 +63,8 @@ def _faulty(fault: str, encoder: Any, experiment: str, prepared: str) -> tuple[s
 
 @pytest.fixture(scope="package")
 def versions(trained_model: dict[str, Any]) -> dict[str, Any]:
-    """v1 (the champion), v2 (a good challenger), and challengers that error or are slow, all compared to v1."""
+    """v1 (the champion), v2 (a good challenger), and challengers that error, are slow, changed their input
+    contract or flag everything, all compared to v1."""
     import mlflow.sklearn
 
     prepared, trained = trained_model["prepared"], trained_model["trained"]
@@ -65,7 +74,7 @@ def versions(trained_model: dict[str, Any]) -> dict[str, Any]:
     encoder = mlflow.sklearn.load_model(trained.model_uri).named_steps["encode"]
     faulty = {
         fault: _version_of(*_faulty(fault, encoder, "release", prepared), first, "0.5")
-        for fault in ("error", "slow")
+        for fault in ("error", "slow", "contract", "high")
     }
     return {"prepared": prepared, "first": first, "good": good, **faulty}
 

@@ -15,7 +15,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 
 class FaultyClassifier(ClassifierMixin, BaseEstimator):
-    """Fails every prediction (``fault="error"``: a 500) or answers after ``delay_s`` (``fault="slow"``)."""
+    """A classifier that misbehaves as ``fault`` says: ``error`` fails every prediction (a 500), ``slow`` answers
+    after ``delay_s``, ``high`` scores everything 0.95 (it flags every transaction), ``low`` scores everything 0.01."""
 
     def __init__(self, fault: str = "error", delay_s: float = 0.4) -> None:
         self.fault = fault
@@ -28,8 +29,9 @@ class FaultyClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, features: Any) -> np.ndarray:
         if self.fault == "error":
             raise RuntimeError("injected fault: this model cannot score")
-        time.sleep(self.delay_s)
-        scores = np.full(len(features), 0.01)
+        if self.fault == "slow":
+            time.sleep(self.delay_s)
+        scores = np.full(len(features), 0.95 if self.fault == "high" else 0.01)
         return np.column_stack([1 - scores, scores])
 
 

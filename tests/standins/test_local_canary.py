@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from contract import CANARY_VERDICT_TAG
 from ml import tracking
@@ -19,9 +20,11 @@ from ml.release import helm
 from standins import rollouts
 from standins.rollouts.traffic import Traffic
 from tests.helpers import CHAMPION
-from tests.standins.conftest import MODEL
+from tests.standins.conftest import CHART, MODEL
 
 IMAGE_TAG = "0.1.0"
+METRICS = ("success-rate", "latency-p99", "client-errors", "positive-share-shift")
+MIN_REQUESTS = yaml.safe_load((CHART / "values.yaml").read_text())["analysis"]["minRequests"]
 
 
 def uri(version: str) -> str:
@@ -73,9 +76,9 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
     assert [s.get("setWeight") for s in steps if "setWeight" in s] == [10, 30, 60, 100]
     measured = {(m["step"], m["metric"]) for m in result["measurements"]}
     pauses = [i for i, s in enumerate(steps) if "pause" in s]
-    assert measured == {(i, metric) for i in pauses for metric in ("success-rate", "latency-p99")}
-    assert all(m["phase"] == "Successful" and m["requests"] > 0 for m in result["measurements"])
-    assert {m["condition"] for m in result["measurements"]} == {"result[0] >= 0.99", "result[0] <= 0.25"}
+    assert measured == {(i, metric) for i in pauses for metric in METRICS}
+    # Every measurement saw the template's minimum of requests to the new model, even at 10 % of the traffic.
+    assert all(m["phase"] == "Successful" and m["requests"] >= MIN_REQUESTS for m in result["measurements"])
     assert served_version(local_helm, first_release["record"]) == versions["good"]
 
     promotion = promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=result)
@@ -94,7 +97,18 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
     assert (redeploy.revision, redeploy.changed) == (2, False)
 
 
-@pytest.mark.parametrize(("fault", "failed_metric"), [("error", "success-rate"), ("slow", "latency-p99")])
+@pytest.mark.parametrize(
+    ("fault", "failed_metric"),
+    [
+        ("error", "success-rate"),  # every request a 500
+        ("slow", "latency-p99"),
+        ("contract", "client-errors"),  # a new required input: every request a 422, no 5xx at all
+        (
+            "high",
+            "positive-share-shift",
+        ),  # scores shifted high: every transaction flagged, every answer a 200
+    ],
+)
 def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
     target, local_helm, versions, first_release, fault, failed_metric
 ) -> None:
@@ -103,6 +117,7 @@ def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
 
     assert result["phase"] == "Degraded" and result["abort"] is True
     assert f'Metric "{failed_metric}" assessed Failed' in result["message"]
+    assert {m["metric"] for m in result["measurements"] if m["phase"] == "Failed"} == {failed_metric}
     assert result["currentStepIndex"] == 1  # aborted at the first analysed pause, at 10 % of the traffic
     assert served_version(local_helm, first_release["record"]) == versions["first"]
 
@@ -119,18 +134,82 @@ def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
     assert tracking.client().get_model_version(MODEL, versions[fault]).tags[CANARY_VERDICT_TAG] == "aborted"
 
 
-def test_promotion_refuses_when_champion_moved_since_evaluation(target, versions) -> None:
-    # Someone moved the alias by hand after the good model was evaluated against the first.
+def test_a_champion_moved_during_the_canary_stops_it_before_full_traffic_and_the_release_ends_on_it(
+    target, local_helm, versions, first_release
+) -> None:
+    """The deploy step arms the chart's champion check; a person moves `champion` while the canary runs: the
+    analysis before the last step aborts it, promote says "refused", the rollback restores the champion's revision."""
+    deployment = helm.deploy(
+        target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG, champion=check(versions["first"])
+    )
+    wait_for_step(local_helm, 1)
+    tracking.client().set_registered_model_alias(MODEL, CHAMPION, versions["slow"])  # by hand, mid-canary
+    result = outcome(local_helm, deployment.revision)
+
+    assert (
+        result["phase"] == "Degraded" and 'Metric "champion-unchanged" assessed Failed' in result["message"]
+    )
+    assert result["canaryWeight"] == 0 and max(s.get("setWeight", 0) for s in result["steps"]) == 100
+    assert result["currentStepIndex"] == len(result["steps"]) - 2  # the check before the last setWeight
+    promotion = promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=result)
+    assert (promotion.verdict, promotion.promoted, promotion.champion) == ("refused", False, versions["slow"])
+    assert "the champion moved since evaluation" in promotion.reason
+    tags = tracking.client().get_model_version(MODEL, versions["good"]).tags
+    assert tags[CANARY_VERDICT_TAG] == "refused"
+    rollback = helm.rollback(target, revision=deployment.revision, to_model_uri=uri(versions["slow"]))
+    # The champion (moved by hand to a version never deployed) has no revision: the model before this release.
+    assert rollback.restored_model_uri == uri(versions["first"])
+    assert served_version(local_helm, first_release["record"]) == versions["first"]
+
+
+def test_a_release_whose_champion_moved_before_it_started_is_refused_without_a_change(
+    target, local_helm, versions, first_release
+) -> None:
     tracking.client().set_registered_model_alias(MODEL, CHAMPION, versions["slow"])
-    tags_before = tracking.client().get_model_version(MODEL, versions["good"]).tags
-    verdict = {"phase": "Healthy", "model_uri": uri(versions["good"]), "measurements": []}
-    with pytest.raises(
-        StageError,
-        match=rf"compared against v{versions['first']}, but {CHAMPION} now points at v{versions['slow']}",
-    ):
-        promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=verdict)
-    assert champion() == versions["slow"]
-    assert tracking.client().get_model_version(MODEL, versions["good"]).tags == tags_before
+    moved = check(versions["first"])
+    refused = helm.deploy(target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG, champion=moved)
+    assert refused.refused.startswith("the champion moved since evaluation") and not refused.changed
+    assert refused.revision == 1 and [r.revision for r in target.history()] == [1]
+
+
+def test_a_measurement_with_too_little_traffic_pauses_the_rollout_for_a_person(
+    target, local_helm, versions, first_release, tmp_path
+) -> None:
+    """More requests per measurement than the local traffic can give: Inconclusive, so the rollout pauses with the
+    canary at its weight, and writes no verdict; a rollback (what a person may decide) ends the pause."""
+    quiet = tmp_path / "quiet.yaml"
+    quiet.write_text("analysis:\n  minRequests: 1000000\n")
+    local = helm.Helm(target.chart_dir, target.release, target.namespace, (quiet,))
+    deployment = helm.deploy(local, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
+    status = wait_for(local_helm, lambda s: s.get("pauseConditions"))
+    assert status["phase"] == "Paused" and status["pauseConditions"] == [
+        {"reason": "InconclusiveAnalysisRun"}
+    ]
+    assert status["canaryWeight"] == 10 and "Inconclusive" in status["message"]
+    assert {m["phase"] for m in status["measurements"]} == {"Inconclusive"}
+    assert rollouts.read_result(local_helm, deployment.revision) is None  # no verdict: a person decides
+    rollback = helm.rollback(local, revision=deployment.revision)
+    assert outcome(local_helm, deployment.revision)["phase"] == "Superseded"
+    assert outcome(local_helm, rollback.revision)["phase"] == "Healthy"
+
+
+def check(expected: str) -> helm.ChampionCheck:
+    """The deploy step's champion check, read from the registry as the release stage reads it."""
+    from ml.promote import current_alias
+
+    return helm.ChampionCheck(alias=CHAMPION, expected=expected, current=current_alias(MODEL, CHAMPION))
+
+
+def wait_for(release_dir: Path, condition: Any, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while not condition(status := rollouts.read_status(release_dir) or {}):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    return status
+
+
+def wait_for_step(release_dir: Path, step: int) -> None:
+    wait_for(release_dir, lambda s: (s.get("currentStepIndex") or 0) >= step)
 
 
 def test_a_verdict_about_another_model_is_refused(versions) -> None:

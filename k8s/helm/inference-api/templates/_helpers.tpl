@@ -85,8 +85,19 @@ namespace="{{ .Release.Namespace }}",service="{{ include "inference-api.fullname
 {{ include "inference-api.targetSelector" . }},path="/predict"
 {{- end }}
 
+{{/* The registered model of a pinned model URI (models:/<name>/<version>). */}}
+{{- define "inference-api.registeredModel" -}}
+{{- regexReplaceAll "^models:/([^/@]+)/[0-9]+$" .Values.model.uri "${1}" }}
+{{- end }}
+
 {{/* Cross-field rules, checked at render time with a message rather than at deploy time. */}}
 {{- define "inference-api.validate" -}}
+{{- if and .Values.championCheck.expectedVersion (not (regexMatch "^models:/[^/@]+/[0-9]+$" .Values.model.uri)) }}
+{{- fail "championCheck.expectedVersion needs model.uri to pin a version (models:/<name>/<version>)" }}
+{{- end }}
+{{- if and .Values.championCheck.expectedVersion (not .Values.championCheck.alias) }}
+{{- fail "championCheck.expectedVersion needs championCheck.alias: the alias to check" }}
+{{- end }}
 {{- if and (include "inference-api.isCanary" .) (not .Values.ingress.enabled) }}
 {{- fail "workload.strategy=canary splits traffic at the nginx ingress: set ingress.enabled=true (or use blueGreen)" }}
 {{- end }}
