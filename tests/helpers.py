@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ml.evaluate import Evaluation, evaluate
@@ -26,3 +27,13 @@ def register_evaluated(
     evaluation = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name=name,
                           min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
     return evaluation, register(asdict(evaluation), run_key=run_key, alias=CHALLENGER).version
+
+
+def artifact_folder(model_id: str, basetemp: Path) -> Path:
+    """Where the session's MLflow server (``tests/conftest.py``) keeps a logged model's files on disk."""
+    import mlflow
+
+    location = mlflow.get_logged_model(
+        model_id
+    ).artifact_location  # mlflow-artifacts:/<experiment>/models/...
+    return basetemp / "mlflow" / "artifacts" / location.split(":/", 1)[1].lstrip("/")

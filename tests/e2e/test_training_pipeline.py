@@ -7,6 +7,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,14 @@ import pendulum
 import pytest
 from mlflow import MlflowClient
 
-from contract import CANARY_VERDICT_TAG, DECISION_TAG, THRESHOLD_TAG
+from contract import CANARY_MESSAGE_TAG, CANARY_VERDICT_TAG, DECISION_TAG, MODEL_ID_TAG, THRESHOLD_TAG
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
+from tests.helpers import artifact_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "ml_training_pipeline"
 RELEASE = load_platform().release.name
-RELEASE_TASKS = ("deploy", "watch_rollout", "promote", "canary_failed", "rollback", "alert")
+RELEASE_TASKS = ("deploy", "watch_rollout", "promote", "needs_rollback", "rollback", "alert")
 MODEL = "e2e-fraud-model"
 CONF = {
     "dataset_uri": "synthetic://card-transactions?rows_per_day=1000&seed=3",
@@ -189,8 +191,11 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     assert xcom(dag_run, "deploy")["revision"] == 2 and xcom(dag_run, "deploy")["previous_revision"] == 1
     verdict = xcom(dag_run, "watch_rollout")
     assert verdict["phase"] == "Healthy", verdict["message"]
-    assert {m["metric"] for m in verdict["measurements"]} == {"success-rate", "latency-p99"}
-    assert {m["step"] for m in verdict["measurements"]} == {1, 3, 5}  # every pause of the chart's canary
+    analysed = {"success-rate", "latency-p99", "client-errors", "positive-share-shift"}
+    assert {m["metric"] for m in verdict["measurements"]} == {*analysed, "champion-unchanged"}
+    # Every pause of the chart's canary, then the champion check before the last step.
+    assert {m["step"] for m in verdict["measurements"] if m["metric"] in analysed} == {1, 3, 5}
+    assert {m["step"] for m in verdict["measurements"] if m["metric"] == "champion-unchanged"} == {6}
     assert all(m["phase"] == "Successful" for m in verdict["measurements"])
     promotion = xcom(dag_run, "promote")
     assert (promotion["promoted"], promotion["previous_champion"]) == (True, previous_champion)
@@ -227,7 +232,7 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(dag, first_r
     assert dag_run.state == "failed"
     result = states(dag_run)
     assert {t: result[t] for t in RELEASE_TASKS} == {
-        "deploy": "success", "watch_rollout": "success", "promote": "success", "canary_failed": "success",
+        "deploy": "success", "watch_rollout": "success", "promote": "success", "needs_rollback": "success",
         "rollback": "success", "alert": "failed",
     }  # fmt: skip
     verdict = xcom(dag_run, "watch_rollout")
@@ -244,6 +249,77 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(dag, first_r
     assert alerts, "the notifier sent no alert"
     assert "latency-p99" in alerts[-1]
     assert f"Rolled back to revision {rolled_back['restored_revision']}" in alerts[-1]
+
+
+def test_a_champion_moved_by_hand_before_promotion_is_refused_and_the_release_ends_on_the_champion(
+    dag, first_run, capfd
+) -> None:
+    """A healthy canary, then a person points `champion` back at the first version just before promote: the
+    comparison is stale, so the version is "refused", the release is rolled back to the revision serving the
+    champion, and the alert says why."""
+    first = versions(f"{DAG_ID}/{first_run.run_id}")[0].version
+
+    def move_champion_by_hand(context: Any) -> None:
+        MlflowClient().set_registered_model_alias(MODEL, "champion", first)
+
+    promote = dag.get_task("promote")
+    promote.on_execute_callback = [move_champion_by_hand]
+    try:
+        dag_run = run(dag, 13, min_improvement=-1)
+    finally:
+        promote.on_execute_callback = []
+    assert dag_run.state == "failed"
+    assert {t: states(dag_run)[t] for t in RELEASE_TASKS} == {
+        "deploy": "success", "watch_rollout": "success", "promote": "success", "needs_rollback": "success",
+        "rollback": "success", "alert": "failed",
+    }  # fmt: skip
+    assert xcom(dag_run, "watch_rollout")["phase"] == "Healthy"
+    promotion = xcom(dag_run, "promote")
+    assert (promotion["verdict"], promotion["promoted"], promotion["champion"]) == ("refused", False, first)
+    rolled_back = xcom(dag_run, "rollback")
+    assert (rolled_back["restored_revision"], rolled_back["restored_model_uri"]) == (
+        1,
+        f"models:/{MODEL}/{first}",
+    )
+    assert champion() == first
+    (version,) = versions(f"{DAG_ID}/{dag_run.run_id}")
+    tags = MlflowClient().get_model_version(MODEL, version.version).tags
+    assert (
+        tags[CANARY_VERDICT_TAG] == "refused"
+        and "the champion moved since evaluation" in tags[CANARY_MESSAGE_TAG]
+    )
+    alerts = [
+        line for line in capfd.readouterr().out.splitlines() if "[mlops.notifiers.AlertNotifier]" in line
+    ]
+    (alert,) = [line for line in alerts if f"release of models:/{MODEL}/{version.version} refused" in line]
+    assert "the champion moved since evaluation" in alert
+    assert f"Rolled back to revision 1 (models:/{MODEL}/{first})" in alert
+
+
+def test_a_champion_that_cannot_be_loaded_fails_evaluate_after_its_retries_and_registers_nothing(
+    dag, first_run, tmp_path_factory
+) -> None:
+    """The artifact store loses the champion's files: no decision is made. evaluate fails, is retried, fails
+    again; nothing is registered and no alias moves."""
+    client = MlflowClient()
+    current = client.get_model_version_by_alias(MODEL, "champion")
+    aliases = dict(client.get_registered_model(MODEL).aliases)
+    stored = artifact_folder(current.tags[MODEL_ID_TAG], tmp_path_factory.getbasetemp())
+    hidden = stored.with_name(stored.name + ".hidden")
+    evaluate = dag.get_task("evaluate")
+    evaluate.retries, evaluate.retry_delay = 1, timedelta(0)
+    before = versions()
+    stored.rename(hidden)
+    try:
+        dag_run = run(dag, 20)
+    finally:
+        hidden.rename(stored)
+        evaluate.retries = 0
+    assert dag_run.state == "failed"
+    (evaluated,) = [ti for ti in dag_run.get_task_instances() if ti.task_id == "evaluate"]
+    assert (evaluated.state, evaluated.try_number) == ("failed", 2)
+    assert {states(dag_run)[t] for t in ("gate", "register", "deploy")} == {"upstream_failed"}
+    assert len(versions()) == len(before) and dict(client.get_registered_model(MODEL).aliases) == aliases
 
 
 def test_a_model_below_the_gate_registers_nothing(dag, first_run, airflow_db) -> None:
@@ -273,5 +349,5 @@ def test_a_dataset_that_fails_validation_fails_prepare_with_the_message(
     result = states(dag_run)
     assert result["prepare"] == "failed"
     assert {result[t] for t in ("train", "evaluate", "gate", "register")} == {"upstream_failed"}
-    assert "column 'label': target must be binary" in capfd.readouterr().out
+    assert "column 'label': target must have two values; found 3" in capfd.readouterr().out
     assert len(versions()) == len(before)

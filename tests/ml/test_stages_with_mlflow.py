@@ -21,7 +21,7 @@ from ml.evaluate import ChampionUnavailable, evaluate
 from ml.prepare import prepare
 from ml.register import register
 from ml.train import train
-from tests.helpers import CHALLENGER, CHAMPION, train_config
+from tests.helpers import CHALLENGER, CHAMPION, artifact_folder, train_config
 
 
 @pytest.fixture(scope="module")
@@ -169,16 +169,12 @@ def test_a_champion_whose_artifacts_cannot_be_read_is_an_error_not_a_decision(
     mlflow_server, prepared, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The artifact store loses the champion's files: evaluate raises (the stage exits 1 and is retried)."""
-    import mlflow
-
     trained = train(prepared, train_config(n_estimators=20), experiment="stages", run_key="dag/lost-1")
     first = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="lost-model",
                      min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
     version = register(asdict(first), run_key="dag/lost-1", alias=CHALLENGER).version
     MlflowClient().set_registered_model_alias("lost-model", CHAMPION, version)
-    stored = artifact_folder(
-        mlflow.get_logged_model(trained.model_id).artifact_location, tmp_path_factory.getbasetemp()
-    )
+    stored = artifact_folder(trained.model_id, tmp_path_factory.getbasetemp())
     hidden = stored.with_name(stored.name + ".hidden")
     stored.rename(hidden)
     candidate = train(prepared, train_config(n_estimators=21), experiment="stages", run_key="dag/lost-2")
@@ -190,8 +186,3 @@ def test_a_champion_whose_artifacts_cannot_be_read_is_an_error_not_a_decision(
         hidden.rename(stored)
     assert not issubclass(ChampionUnavailable, StageError)  # exit 1, retried; not "rejected input"
     assert len(MlflowClient().search_model_versions("name = 'lost-model'")) == 1
-
-
-def artifact_folder(location: str, basetemp: Path) -> Path:
-    """Where the session's MLflow server (``tests/conftest.py``) keeps an artifact location on disk."""
-    return basetemp / "mlflow" / "artifacts" / location.split(":/", 1)[1].lstrip("/")

@@ -284,7 +284,9 @@ def test_an_inconclusive_analysis_needs_a_person_and_a_refused_deploy_is_a_verdi
               "pauseConditions": [{"reason": "InconclusiveAnalysisRun"}]}  # fmt: skip
     (release_dir / LOCAL_STATUS_FILE).write_text(json.dumps(paused))
     operator = watcher()
-    assert operator._watch_locally(operator._deployment(), deadline=time.time() + 5)["phase"] == "Inconclusive"
+    assert (
+        operator._watch_locally(operator._deployment(), deadline=time.time() + 5)["phase"] == "Inconclusive"
+    )
 
     refused = watcher()
     refused.deployment = {**DEPLOYMENT, "refused": "the champion moved since evaluation"}
