@@ -47,7 +47,8 @@ TARGET_LEAK_AUC = 0.99
 #: Rows the correlations and areas are computed on (a uniform sample beyond): the estimates are stable to the
 #: third decimal well before, and the guard stays a small part of ``prepare`` on ten million rows.
 SAMPLE_ROWS = 200_000
-#: Fewer rows than this say nothing about uniqueness or correlation: only constant columns are flagged.
+#: Fewer training rows than this say nothing about uniqueness, correlation or constancy: nothing is flagged (the
+#: window's minimums, checked next, say what is missing).
 MIN_ROWS = 100
 
 
@@ -79,10 +80,11 @@ def screen(
         time_column: The time column, if any: counters of time are looked for against it.
         seed: Seed of the sample taken from large tables.
     """
-    findings = [f for column in columns if (f := _constant(frame[column], column)) is not None]
-    if len(frame) < MIN_ROWS:
-        return findings
     sample = frame.sample(SAMPLE_ROWS, random_state=seed).sort_index() if len(frame) > SAMPLE_ROWS else frame
+    if len(sample) < MIN_ROWS:
+        return []
+    # Constant on a uniform sample of this size: any other value is rarer than one row in SAMPLE_ROWS.
+    findings = [f for column in columns if (f := _constant(sample[column], column)) is not None]
     position = pd.Series(np.arange(len(sample), dtype=np.float64), index=sample.index)
     labels = sample[target].to_numpy()
     times = sample[time_column] if time_column else None

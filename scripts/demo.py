@@ -34,7 +34,7 @@ RELEASE_TASKS = (
     "watch_rollout",
     "promote",
     "announce_champion",
-    "canary_failed",
+    "needs_rollback",
     "rollback",
     "alert",
 )
@@ -140,23 +140,29 @@ def summarise_release(dag_run: Any) -> None:
     status = read_status(state_dir / deployment["release"]) or {}
     if verdict["measurements"] and status.get("steps"):
         steps = [f"{s['setWeight']}%" if "setWeight" in s else f"pause {s['pause'].get('duration', '')}".strip()
-                 for s in status["steps"]]  # fmt: skip
+                 if "pause" in s else "champion check" for s in status["steps"]]  # fmt: skip
         print(f"  canary steps (the chart's): {' -> '.join(steps)}; analysis at each pause")
     if not verdict["measurements"]:
         print("  no canary: a first release has no stable model to compare against (as in Argo Rollouts)")
     else:
-        print(f"  {'step':>4}  {'traffic':>7}  {'metric':<13} {'value':>9}  {'condition':<18} result")
+        print(f"  {'step':>4}  {'traffic':>7}  {'metric':<20} {'value':>8}  {'condition':<18} result")
         for m in verdict["measurements"]:
-            value = "no data" if m["value"] is None else f"{m['value']:.4f}"
+            value = m["value"]
+            shown = "no data" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+            requests = f" ({m['requests']} requests)" if m.get("requests") is not None else ""
             print(
-                f"  {m['step']:>4}  {m.get('weight', '?'):>6}%  {m['metric']:<13} {value:>9}  "
-                f"{m['condition']:<18} {m['phase']} ({m.get('requests', '?')} requests)"
+                f"  {m['step']:>4}  {m.get('weight', '?'):>6}%  {m['metric']:<20} {shown:>8}  "
+                f"{m['condition']:<18} {m['phase']}{requests}"
             )
     print(f"  verdict: {verdict['phase']}: {verdict['message']}")
     promotion = results.get("promote")
     if promotion and promotion["promoted"]:
         was = f"v{promotion['previous_champion']}" if promotion["previous_champion"] else "nothing"
         print(f"  {promotion['alias']}: {was} -> v{promotion['version']}")
+    elif promotion and promotion["verdict"] != "promoted":
+        print(
+            f"  {promotion['verdict']}: {promotion['reason']}; {promotion['alias']} stays on v{promotion['champion']}"
+        )
     rollback = results.get("rollback")
     if rollback:
         print(f"  rolled back to revision {rollback['restored_revision']} ({rollback['restored_model_uri']})")

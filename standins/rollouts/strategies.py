@@ -152,15 +152,24 @@ def window(
     stable = controller.stable
     before, stable_before = new.scrape(), stable.scrape() if stable else None
     pause = controller.pace.pause_seconds
-    if traffic is not None:
+    if traffic is None:
+        controller.stop_requested.wait(pause)
+    else:
         minimum = max((m.min_requests for m in metrics), default=0)
         weight = controller.router.weight if isinstance(url, str) else 100
-        needed = math.ceil(minimum * TRAFFIC_MARGIN * 100 / weight) if minimum and weight else 0
         # No more than a busy machine sends: beyond, the window is as quiet as it is, and judged so.
-        needed = min(needed, int(MAX_TRAFFIC_FACTOR * controller.pace.requests_per_second * pause))
-        traffic.replay(url, pause, controller.stop_requested, requests=needed)
-    else:
-        controller.stop_requested.wait(pause)
+        budget = int(MAX_TRAFFIC_FACTOR * controller.pace.requests_per_second * pause)
+        shortfall, seconds = minimum, pause
+        while budget > 0 and not controller.stop_requested.is_set():
+            # The router splits at random: top up until the new model has had its minimum.
+            needed = min(
+                math.ceil(shortfall * TRAFFIC_MARGIN * 100 / weight) if shortfall and weight else 0, budget
+            )
+            budget -= max(needed, int(controller.pace.requests_per_second * seconds))
+            traffic.replay(url, seconds, controller.stop_requested, requests=needed)
+            shortfall, seconds = minimum - analysis.requests_in(analysis.Window(before, new.scrape())), 0.0
+            if shortfall <= 0:
+                break
     return analysis.Window(before, new.scrape(), stable_before, stable.scrape() if stable else None)
 
 

@@ -35,7 +35,7 @@ RELEASE_TASKS = (
     "deploy",
     "watch_rollout",
     "promote",
-    "canary_failed",
+    "needs_rollback",
     "rollback",
     "alert",
     "announce_champion",

@@ -14,6 +14,7 @@ import pytest
 from contract import CHAMPION_AT_EVALUATION_TAG, LOCAL_RELEASES_ENV, PREPARED_URI_TAG, THRESHOLD_TAG
 from ml import tracking
 from ml.release import helm
+from ml.train import pip_requirements
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 from standins import rollouts
 from tests.helpers import CHAMPION, register_evaluated
@@ -57,7 +58,8 @@ def _faulty(fault: str, encoder: Any, experiment: str, prepared: str) -> tuple[s
     ) as run:
         # As the train stage does: the data the model learnt from, which the local canary replays.
         mlflow.set_tag(PREPARED_URI_TAG, prepared)
-        info = mlflow.sklearn.log_model(pipeline, name="model", skops_trusted_types=TRUSTED_TYPES)
+        info = mlflow.sklearn.log_model(pipeline, name="model", skops_trusted_types=TRUSTED_TYPES,
+                                        pip_requirements=pip_requirements("random_forest"))  # fmt: skip
     return info.model_uri, run.info.run_id, info.model_id
 
 

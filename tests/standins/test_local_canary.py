@@ -110,9 +110,14 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
     ],
 )
 def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
-    target, local_helm, versions, first_release, fault, failed_metric
+    target, local_helm, versions, first_release, fault, failed_metric, tmp_path
 ) -> None:
-    deployment = helm.deploy(target, model_uri=uri(versions[fault]), image_tag=IMAGE_TAG)
+    release = target
+    if fault == "slow":  # it answers one request at a time: a smaller minimum keeps the window short
+        values = tmp_path / "few.yaml"
+        values.write_text("analysis:\n  minRequests: 10\n")
+        release = helm.Helm(target.chart_dir, target.release, target.namespace, (values,))
+    deployment = helm.deploy(release, model_uri=uri(versions[fault]), image_tag=IMAGE_TAG)
     result = outcome(local_helm, deployment.revision)
 
     assert result["phase"] == "Degraded" and result["abort"] is True
