@@ -83,7 +83,7 @@ def quick_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mlops.platform_config import PLATFORM_FILE
 
     raw = yaml.safe_load(PLATFORM_FILE.read_text())
-    raw["release"]["local"].update(pause_seconds=2, port=0)
+    raw["release"]["local"].update(pause_seconds=1, port=0)
     path = tmp_path_factory.mktemp("platform") / "platform.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

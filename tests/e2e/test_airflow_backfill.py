@@ -1,4 +1,4 @@
-"""Retraining over time with a real scheduler: an operator backfills four past weeks, then re-runs one.
+"""Retraining over time with a real scheduler: an operator backfills three past weeks, then re-runs one.
 
 Runs on the session's ``airflow standalone`` (scheduler, LocalExecutor, SQLite; stage pods in the local pod
 runtime against the session's real MLflow). The newest week's run that releases is the one a data scientist
@@ -29,8 +29,8 @@ CONF = {
     "min_average_precision": 0.05,
 }
 NEWEST = latest_complete(PLATFORM.retraining.schedule, PLATFORM.retraining.timezone, pendulum.now("UTC"))
-#: The four weeks before the newest, oldest first (their logical dates are their starts).
-WEEKS = [NEWEST.start.subtract(weeks=k) for k in (4, 3, 2, 1)]
+#: The three weeks before the newest, oldest first (their logical dates are their starts).
+WEEKS = [NEWEST.start.subtract(weeks=k) for k in (3, 2, 1)]
 RELEASE_TASKS = (
     "deploy",
     "watch_rollout",
@@ -52,14 +52,14 @@ def finished(runs: list[dict[str, Any]]) -> bool:
 
 @pytest.fixture(scope="module")
 def backfilled(standalone) -> dict[str, Any]:
-    """``airflow backfill create`` over four past weeks, as an operator runs it, until every run ends."""
+    """``airflow backfill create`` over three past weeks, as an operator runs it, until every run ends."""
     before = {r["run_id"] for r in standalone.runs()}
     standalone.cli(
         "backfill", "create", "--dag-id", DAG_ID, "--dag-run-conf", json.dumps(CONF),
         "--from-date", WEEKS[0].isoformat(), "--to-date", WEEKS[-1].isoformat(),
     )  # fmt: skip
     mine = lambda: [r for r in standalone.runs() if r["run_id"] not in before]  # noqa: E731
-    standalone.wait(lambda: len(mine()) == 4 and finished(mine()), "the backfill")
+    standalone.wait(lambda: len(mine()) == len(WEEKS) and finished(mine()), "the backfill")
     return {"runs": mine(), "versions": versions()}
 
 
@@ -73,12 +73,12 @@ def test_each_backfilled_week_trains_on_its_own_window_and_registers_without_rel
     standalone, backfilled
 ) -> None:
     runs = backfilled["runs"]
-    assert [r["run_type"] for r in runs] == ["backfill"] * 4
+    assert [r["run_type"] for r in runs] == ["backfill"] * len(WEEKS)
     assert [pendulum.parse(r["data_interval_start"]) for r in runs] == WEEKS
     assert {r["state"] for r in runs} == {"success"}, runs
     manifests = [manifest(standalone, r) for r in runs]
-    assert len({m["windows"]["evaluation"][0] for m in manifests}) == 4
-    assert len({m["digest"] for m in manifests}) == 4
+    assert len({m["windows"]["evaluation"][0] for m in manifests}) == len(WEEKS)
+    assert len({m["digest"] for m in manifests}) == len(WEEKS)
     for run, m in zip(runs, manifests, strict=True):
         # Windows are whole UTC days: the week that starts on Monday 03:00 is judged from Monday 00:00.
         day = pendulum.parse(run["data_interval_start"]).start_of("day")
@@ -88,7 +88,7 @@ def test_each_backfilled_week_trains_on_its_own_window_and_registers_without_rel
         assert states["register"] == "success" and states["release_gate"] == "success"
         assert {states[t] for t in RELEASE_TASKS} == {"skipped"}, states
     registered = backfilled["versions"]
-    assert len(registered) == 4
+    assert len(registered) == len(WEEKS)
     assert {v.tags[RELEASE_TAG] for v in registered} == {RELEASE_SKIPPED}
     tagged = sorted(v.tags[INTERVAL_TAG].split("/")[0] for v in registered)
     assert tagged == [m["windows"]["interval"][0] for m in manifests]

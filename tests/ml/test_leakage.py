@@ -14,6 +14,7 @@ from ml.prepare import prepare, validate
 from ml.storage import read_manifest, read_published_table
 
 ROWS = 4000
+CENSUS_POSITIVES = 734  # rows labelled >50K in the fixture
 
 
 def leaky_table(rows: int = ROWS) -> pd.DataFrame:
@@ -87,12 +88,13 @@ def test_a_table_sorted_by_a_feature_keeps_it() -> None:
 
 
 def test_the_real_census_table_loses_no_column() -> None:
-    """UCI Adult (census income): its sampling weight `fnlwgt` has many values but is not an identifier."""
+    """UCI Adult (census income): its sampling weight `fnlwgt` has many values but is not an identifier (nor is
+    any column of the whole table, 32,561 rows)."""
     frame = census()
     cleaned, meta = validate(frame, "income", positive_label=">50K")
     findings = leakage.screen(cleaned, "income", meta.features, categorical=meta.categorical)
     assert findings == []
-    assert meta.positive_label == ">50K" and cleaned["income"].sum() == 7841
+    assert meta.positive_label == ">50K" and cleaned["income"].sum() == CENSUS_POSITIVES
 
 
 @pytest.mark.parametrize(
@@ -118,14 +120,18 @@ def test_a_string_labelled_table_trains_end_to_end_through_prepare(tmp_path: Pat
     meta = prepare(str(source), "income", str(out), positive_label=">50K").__dict__
     manifest = read_manifest(str(out))
     assert manifest["positive_label"] == ">50K" == meta["positive_label"]
-    assert sum(manifest["positives"].values()) == 7841
+    assert sum(manifest["positives"].values()) == CENSUS_POSITIVES
     assert json.dumps(manifest)  # the manifest is plain JSON
 
 
 def census() -> pd.DataFrame:
-    """The shared census table as a user would load it after naming its columns (it has no header)."""
-    names = ["age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation", "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country", "income"]  # fmt: skip
-    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "adult.csv"
+    """3,000 rows of the real census table (``tests/fixtures/README.md``), loaded as a user would, naming its
+    columns (it has no header)."""
+    names = [
+        "age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation",
+        "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country", "income",
+    ]  # fmt: skip
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "census_income_3000.csv"
     return pd.read_csv(path, header=None, names=names, skipinitialspace=True, na_values="?")
 
 
