@@ -114,3 +114,10 @@ def xcom_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the stages' XCom result at a temporary folder."""
     monkeypatch.setenv(XCOM_DIR_ENV, str(tmp_path / "xcom"))
     return tmp_path / "xcom"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on a real ``airflow standalone`` run last, in their order: it starts in the background with the
+    first end-to-end test (``tests/e2e/conftest.py``), so its start-up overlaps the rest of the suite."""
+    on_airflow = [item for item in items if "standalone" in getattr(item, "fixturenames", ())]
+    items[:] = [item for item in items if item not in on_airflow] + on_airflow

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,10 +102,43 @@ def _wait_until_dag_is_listed(airflow: Airflow, process: subprocess.Popen[bytes]
     raise TimeoutError(f"{DAG_ID} not served after {STARTUP_TIMEOUT_S}s; see {log}")
 
 
+class Launch:
+    """``airflow standalone`` being started in the background: the database migrated, the pools created, the
+    process spawned, while the other tests run."""
+
+    def __init__(self, home: Path, password: str, url: str, env: dict[str, str]) -> None:
+        self.home, self.password, self.url, self.env = home, password, url, env
+        self.log = home / "standalone.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._start, name="airflow-standalone", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            subprocess.run(
+                [str(BIN / "airflow"), "db", "migrate"], env=self.env, check=True, capture_output=True
+            )
+            subprocess.run(
+                [sys.executable, "-m", "mlops.pools"], env=self.env, check=True, capture_output=True
+            )
+            with open(self.log, "ab") as output:
+                self.process = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=self.env, stdout=output,
+                                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        except BaseException as err:  # reported to the test that waits for it
+            self.error = err
+
+    def started(self) -> subprocess.Popen[bytes]:
+        self.thread.join()
+        if self.error is not None or self.process is None:
+            raise RuntimeError(f"airflow standalone could not start: {self.error}") from self.error
+        return self.process
+
+
 @pytest.fixture(scope="session")
-def standalone(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
-    """``airflow standalone`` on a free port, with its own AIRFLOW_HOME, a known password for the user, and
-    the pools ``make airflow-ui`` creates."""
+def standalone_launch(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
+    """Start ``airflow standalone`` (in the background) on a free port, with its own AIRFLOW_HOME, a known
+    password for the user, and the pools ``make airflow-ui`` creates; stop it at the end of the session."""
     home = tmp_path_factory.mktemp("airflow-standalone")
     password = os.urandom(12).hex()
     (home / "passwords.json").write_text(json.dumps({USER: password}))
@@ -131,25 +165,35 @@ def standalone(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
     }
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "mlops.pools"], env=env, check=True, capture_output=True)
-    log = home / "standalone.log"
-    with open(log, "ab") as output:
-        process = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    running = Airflow(url, password, home, env)
-    try:
-        _wait_until_dag_is_listed(running, process, log)
-        yield running
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+    launch = Launch(home, password, url, env)
+    yield launch
+    launch.thread.join()
+    if launch.process is not None:
+        os.killpg(launch.process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=30)
+            launch.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        from mlops.platform_config import load_platform
-        from standins.rollouts import stop
+            os.killpg(launch.process.pid, signal.SIGKILL)
+            launch.process.wait(timeout=30)
+    from mlops.platform_config import load_platform
+    from standins.rollouts import stop
 
-        release = load_platform().release
-        stop(running.data_root / release.local.state_dir / release.name)
+    release = load_platform().release
+    stop(home / "data" / release.local.state_dir / release.name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _boot_airflow_early(request: pytest.FixtureRequest) -> None:
+    """With the first end-to-end test, start the Airflow that the last ones need (``pytest_collection_modifyitems``
+    in ``tests/conftest.py`` puts them last): its start overlaps the other tests instead of adding to them."""
+    if any("standalone" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("standalone_launch")
+
+
+@pytest.fixture(scope="session")
+def standalone(standalone_launch: Launch) -> Airflow:
+    """The running ``airflow standalone``, once it serves the training DAG."""
+    launch = standalone_launch
+    running = Airflow(launch.url, launch.password, launch.home, launch.env)
+    _wait_until_dag_is_listed(running, launch.started(), launch.log)
+    return running
