@@ -1,7 +1,8 @@
 # airflow-mlops: every target builds what it needs from nothing (Python 3.11 and make are all it assumes).
 #
 #   make demo        run the training DAG end to end on the embedded defaults
-#   make test        the test suite (what CI runs)
+#   make test        the test suite (what CI runs), but for the runs on a real Airflow scheduler
+#   make test-scheduler  the end-to-end runs on a real `airflow standalone` (CI runs them after `make test`)
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
 #   make bench-serve inference API against `mlflow models serve` (needs wrk: installed with apt-get)
@@ -72,7 +73,7 @@ HELM := $(TOOLS)/bin/helm
 # Values from plugins/mlops/platform.yaml, read where they are defined rather than copied here.
 PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
 
-.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-fast test-tools terraform-bin lint terraform-check \
+.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check \
 	drift-check browser actionlint bench bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
@@ -124,7 +125,12 @@ terraform-bin:
 test-tools: install terraform-bin $(CHECKOV) $(FIXTURE_PROVIDER)
 
 test: test-tools lint terraform-check browser actionlint
-	$(RUN) -m pytest
+	$(RUN) -m pytest -m "not scheduler"
+
+# Backfills and the UI's form on a real `airflow standalone` (3 to 4 minutes): kept out of `make test`'s time
+# budget, run by CI right after it (.ci/run).
+test-scheduler: test-tools browser
+	$(RUN) -m pytest -m scheduler
 
 # Static checks of the infrastructure code; `terraform validate` needs the providers, so it is left to CI
 # runs with network access.

@@ -48,8 +48,9 @@ INCONCLUSIVE_PAUSE = "InconclusiveAnalysisRun"
 #: The replay sends the new model this much more than the template's minimum, so a measurement is not
 #: inconclusive by a few requests lost to the router's random split.
 TRAFFIC_MARGIN = 1.3
-#: ...up to this many times the pace's rate: a minimum beyond leaves the measurement inconclusive.
-MAX_TRAFFIC_FACTOR = 10
+#: ...topping up to twice what that takes, and never beyond this many requests in one window (a busy minute of a
+#: small service): a minimum the replay cannot reach leaves the measurement inconclusive, as quiet traffic would.
+MAX_WINDOW_REQUESTS = 2000
 
 
 def canary(controller: Controller, revision: Revision, workload: dict[str, Any]) -> Server:
@@ -157,15 +158,16 @@ def window(
     else:
         minimum = max((m.min_requests for m in metrics), default=0)
         weight = controller.router.weight if isinstance(url, str) else 100
-        # No more than a busy machine sends: beyond, the window is as quiet as it is, and judged so.
-        budget = int(MAX_TRAFFIC_FACTOR * controller.pace.requests_per_second * pause)
+        paced = int(controller.pace.requests_per_second * pause)
+        expected = math.ceil(minimum * TRAFFIC_MARGIN * 100 / weight) if minimum and weight else 0
+        budget = max(paced, min(2 * expected, MAX_WINDOW_REQUESTS))
         shortfall, seconds = minimum, pause
         while budget > 0 and not controller.stop_requested.is_set():
             # The router splits at random: top up until the new model has had its minimum.
             needed = min(
                 math.ceil(shortfall * TRAFFIC_MARGIN * 100 / weight) if shortfall and weight else 0, budget
             )
-            budget -= max(needed, int(controller.pace.requests_per_second * seconds))
+            budget -= max(needed, int(controller.pace.requests_per_second * seconds), 1)
             traffic.replay(url, seconds, controller.stop_requested, requests=needed)
             shortfall, seconds = minimum - analysis.requests_in(analysis.Window(before, new.scrape())), 0.0
             if shortfall <= 0:

@@ -19,7 +19,7 @@ from mlops.intervals import latest_complete
 from mlops.platform_config import load_platform
 from tests.e2e.conftest import DAG_ID
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 PLATFORM = load_platform()
 MODEL = PLATFORM.registry.model_name
 CONF = {

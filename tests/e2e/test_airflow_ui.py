@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / ".local" / "test-artifacts" / "browser"
 DATASET = "synthetic://card-transactions?rows_per_day=400&seed=7&fraud_rate=0.02"
 RUN_TIMEOUT_S = 600
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.scheduler]
 
 
 @pytest.fixture()
