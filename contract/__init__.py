@@ -129,6 +129,8 @@ SLOW = "Slow"
 #: since evaluation), and a rollout paused by an inconclusive analysis (too little traffic): a person decides.
 REFUSED = "Refused"
 INCONCLUSIVE = "Inconclusive"
+#: The pause condition Argo Rollouts sets on a rollout whose analysis run ended Inconclusive.
+INCONCLUSIVE_PAUSE = "InconclusiveAnalysisRun"
 #: Pod template annotation (set by the chart) naming the model the template serves.
 MODEL_ANNOTATION = "mlops.airflow-mlops.io/model-uri"
 

@@ -37,6 +37,7 @@ from contract import (
     DEGRADED,
     HEALTHY,
     INCONCLUSIVE,
+    INCONCLUSIVE_PAUSE,
     LOCAL_PID_FILE,
     LOCAL_STATUS_FILE,
     MODEL_ANNOTATION,
@@ -50,9 +51,6 @@ from mlops.operators import local_releases_dir, pod_runtime
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-#: The pause condition Argo Rollouts sets when an AnalysisRun ends Inconclusive.
-INCONCLUSIVE_PAUSE = "InconclusiveAnalysisRun"
 
 
 def interpret(kind: str, workload: dict[str, Any], model_uri: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from contract import PAUSED, PROGRESSING
+from contract import INCONCLUSIVE_PAUSE, PAUSED, PROGRESSING
 from ml.release.helm import Revision
 from standins.rollouts import analysis
 from standins.rollouts.router import Router
@@ -43,8 +43,6 @@ class Controller(Protocol):
     def local_url(self, url: str, revision: Revision) -> str: ...
 
 
-#: The pause condition Argo Rollouts sets when an analysis run is inconclusive.
-INCONCLUSIVE_PAUSE = "InconclusiveAnalysisRun"
 #: The replay sends the new model this much more than the template's minimum, so a measurement is not
 #: inconclusive by a few requests lost to the router's random split.
 TRAFFIC_MARGIN = 1.3

@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from contract import LOCAL_PID_FILE, LOCAL_RESULTS_DIR, LOCAL_STATUS_FILE, local_result_path
+from contract import (
+    INCONCLUSIVE_PAUSE,
+    LOCAL_PID_FILE,
+    LOCAL_RESULTS_DIR,
+    LOCAL_STATUS_FILE,
+    local_result_path,
+)
 from mlops.platform_config import load_platform
 from mlops.rollout import (
     MODEL_ANNOTATION,
@@ -77,7 +83,7 @@ def test_a_settled_rollout_of_the_model_is_healthy() -> None:
         ({"phase": "Degraded", "abort": True, "message": 'Metric "latency-p99" assessed Failed'}, "Degraded"),
         ({"phase": "Paused", "abort": True}, "Degraded"),
         # Too little traffic: Argo pauses on the inconclusive analysis run; a person decides.
-        ({"phase": "Paused", "pauseConditions": [{"reason": "InconclusiveAnalysisRun"}]}, "Inconclusive"),
+        ({"phase": "Paused", "pauseConditions": [{"reason": INCONCLUSIVE_PAUSE}]}, "Inconclusive"),
     ],
 )
 def test_rollout_states(status: dict[str, Any], phase: str) -> None:
@@ -281,7 +287,7 @@ def test_an_inconclusive_analysis_needs_a_person_and_a_refused_deploy_is_a_verdi
     release_dir.mkdir(parents=True)
     (release_dir / LOCAL_PID_FILE).write_text("1")
     paused = {"phase": "Paused", "observedRevision": 2, "message": "inconclusive",
-              "pauseConditions": [{"reason": "InconclusiveAnalysisRun"}]}  # fmt: skip
+              "pauseConditions": [{"reason": INCONCLUSIVE_PAUSE}]}  # fmt: skip
     (release_dir / LOCAL_STATUS_FILE).write_text(json.dumps(paused))
     operator = watcher()
     assert (

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from contract import CANARY_VERDICT_TAG
+from contract import CANARY_VERDICT_TAG, INCONCLUSIVE_PAUSE
 from ml import tracking
 from ml.errors import StageError
 from ml.promote import promote
@@ -187,9 +187,7 @@ def test_a_measurement_with_too_little_traffic_pauses_the_rollout_for_a_person(
     local = helm.Helm(target.chart_dir, target.release, target.namespace, (quiet,))
     deployment = helm.deploy(local, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
     status = wait_for(local_helm, lambda s: s.get("pauseConditions"))
-    assert status["phase"] == "Paused" and status["pauseConditions"] == [
-        {"reason": "InconclusiveAnalysisRun"}
-    ]
+    assert status["phase"] == "Paused" and status["pauseConditions"] == [{"reason": INCONCLUSIVE_PAUSE}]
     assert status["canaryWeight"] == 10 and "Inconclusive" in status["message"]
     assert {m["phase"] for m in status["measurements"]} == {"Inconclusive"}
     assert rollouts.read_result(local_helm, deployment.revision) is None  # no verdict: a person decides
