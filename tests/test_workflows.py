@@ -66,8 +66,17 @@ def test_ci_runs_the_test_suite_lint_chart_and_terraform(workflow) -> None:
     runs = "\n".join(step.get("run", "") for job in jobs.values() for step in steps(job))
     assert ".ci/run" in runs and "make lint" in runs
     assert "helm lint" in runs and "helm template" in runs
-    assert "terraform fmt -check" in runs
-    assert any("trivy-action" in step.get("uses", "") for step in steps(jobs["terraform"]))
+    assert "make terraform-check" in [step.get("run") for step in steps(jobs["terraform"])]
+
+
+def test_the_scans_run_from_the_makefile_only(workflow) -> None:
+    """checkov and trivy run with the Makefile's pinned versions and flags, in `make test` and CI alike."""
+    makefile = (ROOT / "Makefile").read_text()
+    prerequisites = re.search(r"^test: (.*)$", makefile, re.M).group(1).split()  # type: ignore[union-attr]
+    assert {"terraform-check", "k8s-check"} <= set(prerequisites)
+    for job in workflow["jobs"].values():
+        for step in steps(job):
+            assert not re.search(r"checkov|trivy", step.get("run", "") + step.get("uses", "")), step
 
 
 def test_images_are_built_from_the_repositorys_dockerfiles_with_sha_and_semver_tags(workflow) -> None:

@@ -6,6 +6,8 @@ or call ``AlertNotifier(...).notify(context)`` from a task. What happens depends
 - type ``http``/``https`` (or ``slackwebhook``): POST ``{"text": "<title>\\n<message>"}`` as JSON to the URL
   of the connection (a host with ``://`` is used as the whole URL; otherwise scheme, host, port and schema
   as a path). This is the format of Slack incoming webhooks, also accepted by Mattermost and Rocket.Chat.
+  Only ``http`` and ``https`` URLs are posted to, redirects included: a ``file://`` or ``ftp://`` URL in a
+  connection is refused with the reason, never opened.
 - type ``smtp`` or ``email``: an e-mail through that server; ``to`` (a list or a comma-separated string) and
   ``from`` in the extras, ``ssl`` or ``starttls`` in the extras for encrypted connections.
 - no such connection (the embedded default): the alert is logged at WARNING in the task log, so it is
@@ -16,8 +18,10 @@ A failure to deliver raises with the reason, after logging the alert itself so i
 
 from __future__ import annotations
 
+import copy
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
 
 DEFAULT_CONN_ID = "mlops_alerts"
 WEBHOOK_TYPES = frozenset({"http", "https", "slackwebhook"})
+#: The only URL schemes an alert is posted to (urllib would also open file:// and ftp:// URLs).
+WEBHOOK_SCHEMES = frozenset({"http", "https"})
 EMAIL_TYPES = frozenset({"smtp", "email"})
 #: Seconds to wait for the webhook or the mail server; an alert must not hold a worker slot for long.
 DELIVERY_TIMEOUT = 30
@@ -40,19 +46,38 @@ class AlertDeliveryError(AirflowException):
 
 
 def webhook_url(conn: Connection) -> str:
-    """The URL a webhook connection posts to."""
+    """The URL a webhook connection posts to; an http(s) URL, or AlertDeliveryError says why not."""
     host = (conn.host or "").strip()
     if not host:
         raise AlertDeliveryError(
             f"connection {conn.conn_id!r} ({conn.conn_type}) has no host: no URL to post to"
         )
     if "://" in host:
-        return host
-    scheme = str(conn.extra_dejson.get("scheme", "https"))
-    url = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-    if conn.schema:
-        url += "/" + conn.schema.lstrip("/")
+        url = host
+    else:
+        scheme = str(conn.extra_dejson.get("scheme", "https"))
+        url = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
+        if conn.schema:
+            url += "/" + conn.schema.lstrip("/")
+    _check_web_url(url, f"webhook URL of connection {conn.conn_id!r}")
     return url
+
+
+def _check_web_url(url: str, what: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in WEBHOOK_SCHEMES or not parts.hostname:
+        # The URL itself is left out of the message: a webhook URL carries its secret token.
+        raise AlertDeliveryError(
+            f"{what} must be an http:// or https:// URL with a host, not scheme {parts.scheme!r}"
+        )
+
+
+class _WebRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows a webhook's redirect only to another http(s) URL."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        _check_web_url(newurl, f"redirect of the webhook (HTTP {code})")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _recipients(value: Any) -> list[str]:
@@ -78,6 +103,13 @@ class AlertNotifier(BaseNotifier):
         self.title = title
         self.message = message
         self.conn_id = conn_id
+
+    def __call__(self, *args: Any) -> None:
+        # BaseNotifier renders the template fields in place, which cannot be undone: a notifier that lives on
+        # (a DAG's callback, called once per failure) would send its first alert's text every time after.
+        # Each alert renders a fresh copy of the templates instead.
+        fresh = copy.copy(self)
+        BaseNotifier.__call__(fresh, *args)
 
     def notify(self, context: Context) -> None:
         try:
@@ -114,8 +146,9 @@ class AlertNotifier(BaseNotifier):
         request = urllib.request.Request(
             url, data=body, method="POST", headers={"Content-Type": "application/json"}
         )
+        opener = urllib.request.build_opener(_WebRedirectsOnly)
         try:
-            with urllib.request.urlopen(request, timeout=DELIVERY_TIMEOUT) as response:
+            with opener.open(request, timeout=DELIVERY_TIMEOUT) as response:
                 status = response.status
         except urllib.error.HTTPError as err:
             raise AlertDeliveryError(

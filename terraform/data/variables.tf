@@ -30,6 +30,11 @@ variable "state_bucket_name" {
   description = "Bucket of the Terraform state (output state_bucket of the bootstrap stack), read by the drift check."
 }
 
+variable "state_kms_key_arn" {
+  type        = string
+  description = "ARN of the key that encrypts the Terraform state (output state_kms_key_arn of the bootstrap stack), used by the drift check."
+}
+
 variable "noncurrent_version_days" {
   type        = number
   description = "Days an overwritten or deleted object version is kept before it expires."

@@ -33,6 +33,7 @@ def set_connection(
 class Webhook:
     def __init__(self, status: int) -> None:
         self.status = status
+        self.location = ""  # sent as Location (with a 3xx status)
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
 
 
@@ -45,6 +46,8 @@ def webhook() -> Iterator[tuple[Webhook, int]]:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             state.requests.append((self.path, dict(self.headers), body))
             self.send_response(state.status)
+            if state.location:
+                self.send_header("Location", state.location)
             self.end_headers()
             self.wfile.write(b"ok" if state.status == 200 else b"no_service")
 
@@ -179,3 +182,52 @@ def test_as_a_callback_the_title_and_message_are_rendered_from_the_context(monke
     callback({"dag_id": "terraform_drift_check", "run_id": "scheduled__2026"})
     text = json.loads(state.requests[0][2])["text"]
     assert "terraform_drift_check failed" in text and "run scheduled__2026" in text
+
+
+def test_one_notifier_sends_each_alert_with_its_own_text(monkeypatch, webhook) -> None:
+    """A DAG's callback lives as long as the process: the second failure must not repeat the first's text."""
+    state, port = webhook
+    set_connection(monkeypatch, {"conn_type": "http", "host": f"http://127.0.0.1:{port}/cb"})
+    callback = AlertNotifier(title="{{ dag_id }} failed", message="run {{ run_id }}")
+    callback({"dag_id": "ml_training_pipeline", "run_id": "manual__1"})
+    callback({"dag_id": "terraform_drift_check", "run_id": "scheduled__2"})
+    first, second = (json.loads(body)["text"] for _, _, body in state.requests)
+    assert "ml_training_pipeline failed" in first and "run manual__1" in first
+    assert "terraform_drift_check failed" in second and "run scheduled__2" in second
+    assert callback.title == "{{ dag_id }} failed"  # the callback keeps its templates
+
+
+@pytest.mark.parametrize(
+    "conn",
+    [
+        {"conn_type": "http", "host": "file://{path}"},
+        {"conn_type": "slackwebhook", "host": "FILE://{path}"},
+        {"conn_type": "http", "host": "localhost", "schema": "{path}", "extra": {"scheme": "file"}},
+        {"conn_type": "https", "host": "ftp://127.0.0.1/alerts"},
+    ],
+    ids=["file-url", "file-url-upper-case", "file-scheme-in-extras", "ftp-url"],
+)
+def test_a_webhook_url_that_is_not_http_is_refused_with_the_reason(
+    monkeypatch, tmp_path, caplog, conn
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("not for the webhook")
+    conn = {
+        key: value.format(path=secret) if isinstance(value, str) else value for key, value in conn.items()
+    }
+    set_connection(monkeypatch, conn)
+    with (
+        caplog.at_level(logging.ERROR, logger=TEST_LOGGER.name),
+        pytest.raises(AlertDeliveryError, match=r"must be an http:// or https:// URL"),
+    ):
+        notifier().notify({})
+    assert "ALERT NOT DELIVERED" in caplog.text and "not for the webhook" not in caplog.text
+
+
+def test_a_webhook_redirect_to_another_scheme_is_not_followed(monkeypatch, webhook) -> None:
+    state, port = webhook
+    state.status, state.location = 302, "ftp://127.0.0.1/alerts"
+    set_connection(monkeypatch, {"conn_type": "http", "host": f"http://127.0.0.1:{port}/moved"})
+    with pytest.raises(AlertDeliveryError, match=r"redirect of the webhook \(HTTP 302\) must be an http"):
+        notifier().notify({})
+    assert [path for path, _, _ in state.requests] == ["/moved"]

@@ -127,3 +127,27 @@ def test_the_data_bucket_is_encrypted_versioned_and_private() -> None:
         "restrict_public_buckets",
     ):
         assert re.search(rf"{setting}\s+= true", data), setting
+
+
+def resource(text: str, kind: str, name: str) -> str:
+    """The body of ``resource "<kind>" "<name>"``, or "" when the stack has none."""
+    found = re.search(rf'^resource "{kind}" "{name}" \{{\n(.*?)^\}}', text, re.M | re.S)
+    return found.group(1) if found else ""
+
+
+@pytest.mark.parametrize(("stack", "bucket"), [("bootstrap", "state"), ("data", "data")])
+def test_each_bucket_is_encrypted_with_its_own_rotated_customer_managed_key(stack: str, bucket: str) -> None:
+    main = (TERRAFORM / stack / "main.tf").read_text()
+    assert re.search(r"enable_key_rotation\s+= true", resource(main, "aws_kms_key", bucket)), stack
+    encryption = resource(main, "aws_s3_bucket_server_side_encryption_configuration", bucket)
+    assert re.search(rf"kms_master_key_id\s+= aws_kms_key\.{bucket}\.arn", encryption), stack
+
+
+def test_the_backends_encrypt_the_state_with_its_key_and_the_drift_check_may_decrypt_it() -> None:
+    """The S3 backend writes with S3-managed keys unless kms_key_id is set, whatever the bucket's default."""
+    outputs = (TERRAFORM / "bootstrap" / "outputs.tf").read_text()
+    backend_config = blocks(outputs, "output")["backend_config"]
+    assert re.search(r"kms_key_id\s+= aws_kms_key\.state\.arn", backend_config)
+    state_read_only = (TERRAFORM / "data" / "main.tf").read_text().split('"state_read_only" {', 1)[1]
+    state_read_only = state_read_only.split("\n}\n", 1)[0]
+    assert 'actions   = ["kms:Decrypt"]' in state_read_only and "var.state_kms_key_arn" in state_read_only
