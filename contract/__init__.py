@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +21,13 @@ XCOM_DIR_ENV = "ML_XCOM_DIR"
 #: Where the KubernetesPodOperator's XCom sidecar reads a pod's result (the provider's mount path).
 DEFAULT_XCOM_DIR = "/airflow/xcom"
 XCOM_RESULT_FILE = "return.json"
-#: Exit code of a stage that rejected its input (as opposed to crashing): retrying cannot help.
+#: A stage's exit code says whether trying again can help: 0 is success; EXIT_INVALID_INPUT is a deterministic
+#: rejection of its input (validation, not found, access denied, malformed arguments): the task fails at once;
+#: anything else is retryable: a crash (1), a kill, or EXIT_TRANSIENT, a service the stage needs (storage, the
+#: model registry, the Kubernetes API) that stayed unavailable through the stage's own retries (throttling,
+#: 5xx, timeouts, connection resets). The value is sysexits.h's EX_TEMPFAIL.
 EXIT_INVALID_INPUT = 2
+EXIT_TRANSIENT = 75
 #: Prefix of the one line a stage prints to stderr when it rejects its input; the local runtime surfaces it.
 ERROR_PREFIX = "ERROR: "
 
@@ -31,7 +37,8 @@ def replacing(target: Path) -> Iterator[Path]:
     """A temporary path beside ``target`` to write to: it becomes ``target`` in one rename if the block succeeds,
     and is removed if it fails. A reader never sees half a file (results, reports, tables, release records)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
+    # A name of this writer's own: two writers of one file each rename a whole file of theirs.
+    partial = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         yield partial
         partial.replace(target)
@@ -80,6 +87,8 @@ FAIL = "fail"
 RUN_KEY_TAG = "mlops.run_key"
 #: Set on a run taken out of its key by a new attempt with other inputs.
 SUPERSEDED_TAG = "mlops.superseded_by_retry"
+#: Why a run ended KILLED or FAILED (a stopped task, the stage's error, an attempt that died and was found so).
+END_REASON_TAG = "mlops.end_reason"
 #: The train stage's inputs (config and data digest) and its result, so a retry reuses the model.
 TRAIN_FINGERPRINT_TAG = "mlops.train_fingerprint"
 TRAIN_RESULT_TAG = "mlops.train_result"
@@ -95,6 +104,9 @@ MODEL_ID_TAG = "mlops.model_id"
 TEST_METRIC_TAG_PREFIX = "mlops.test_"
 #: The champion version the candidate was compared with ("none" without one): promotion's compare-and-set.
 CHAMPION_AT_EVALUATION_TAG = "mlops.champion_version_at_evaluation"
+#: Where the production alias pointed ("none" for nowhere) when promote moved it to this version: written just
+#: before the move, so that a promote retried after a crash tells its own move from a person's.
+PREVIOUS_CHAMPION_TAG = "mlops.previous_champion"
 #: The gate passed a version although the champion could not score its test rows, because the run said so:
 #: why the champion could not (the run's parameter ``accept_incomparable_champion``).
 INCOMPARABLE_CHAMPION_ACCEPTED_TAG = "mlops.incomparable_champion_accepted"
@@ -103,6 +115,9 @@ CANARY_VERDICT_TAG = "mlops.canary_verdict"
 CANARY_MESSAGE_TAG = "mlops.canary_message"
 CANARY_REVISION_TAG = "mlops.canary_revision"
 CANARY_MEASUREMENT_TAG_PREFIX = "mlops.canary."
+#: The verdict on a version whose canary succeeded (it became the champion): the inference API serves the
+#: production alias only with this verdict (ml.promote writes it, ml.serve.model checks it).
+CANARY_PROMOTED = "promoted"
 #: The data interval a run or version covers (``<start>/<end>``, ISO-8601) and the evaluation window it was
 #: judged on: what the performance-over-time plot lines up.
 INTERVAL_TAG = "mlops.interval"
@@ -150,3 +165,22 @@ LOCAL_PID_FILE = "controller.pid"
 def local_result_path(release_dir: Path, revision: int) -> Path:
     """Where the local controller writes the final outcome of a revision's rollout."""
     return Path(release_dir) / LOCAL_RESULTS_DIR / f"{revision}.json"
+
+
+#: The local controller's log beside its pid file: its last words are what the watch reports when it died.
+LOCAL_CONTROLLER_LOG = "controller.log"
+#: What the command line of a local controller (``python -m standins.rollouts run``) holds: tells a live
+#: controller from a pid the system reused.
+LOCAL_CONTROLLER_MODULE = "standins.rollouts"
+
+
+def local_controller_pid(release_dir: Path) -> int | None:
+    """The pid of the release's local controller if it is alive (and really is the controller), else None.
+
+    A process that has exited (a zombie too) has an empty command line, so it does not count as alive."""
+    try:
+        pid = int((Path(release_dir) / LOCAL_PID_FILE).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if LOCAL_CONTROLLER_MODULE.encode() in cmdline else None

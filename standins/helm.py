@@ -28,11 +28,11 @@ from typing import Any, NoReturn
 
 import yaml
 
-from contract import LOCAL_RELEASES_ENV, PLUGINS_FOLDER_ENV
+from contract import LOCAL_CONTROLLER_LOG, LOCAL_CONTROLLER_MODULE, LOCAL_RELEASES_ENV, PLUGINS_FOLDER_ENV
 from ml.release.chart import merge
 from ml.release.helm import Revision
 from standins import rollouts
-from standins.release_store import ReleaseStore
+from standins.release_store import ReleaseStore, UnreadableRelease
 from standins.render import RenderError, render
 
 #: Where ``standins`` and ``ml`` are imported from.
@@ -79,10 +79,10 @@ def ensure_controller(store: ReleaseStore) -> None:
     if rollouts.running_pid(store.path) is not None:
         return
     store.path.mkdir(parents=True, exist_ok=True)
-    log_path = store.path / "controller.log"
+    log_path = store.path / LOCAL_CONTROLLER_LOG
     with log_path.open("a") as log_file:
         subprocess.Popen(
-            [sys.executable, "-m", "standins.rollouts", "run", "--state-dir", str(store.path.parent),
+            [sys.executable, "-m", LOCAL_CONTROLLER_MODULE, "run", "--state-dir", str(store.path.parent),
              "--release", store.release],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": controller_pythonpath()},
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         output = args.run(args)
-    except HelmError as err:
+    except (HelmError, UnreadableRelease) as err:
         print(f"Error: {err}", file=sys.stderr)  # noqa: T201 - the command's output, as Helm's
         return 1
     print(output)  # noqa: T201 - the command's output, as Helm's

@@ -2,7 +2,9 @@
 
 Like Helm's own storage: every upgrade or rollback is a new numbered revision holding the user-supplied values
 and the rendered objects; exactly one revision is ``deployed``, older ones are ``superseded``. A rollback copies
-an older revision's values and objects into a new revision. Writes are atomic and serialised by a file lock.
+an older revision's values and objects into a new revision. Writes are atomic (``contract.write_json``) and
+serialised by a file lock, so a reader never sees half a record; a record that cannot be read all the same (edited
+by hand, a full disk) is an ``UnreadableRelease`` naming the file, never a record taken for empty.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from contract import write_json
 from ml.release.helm import DEPLOYED, SUPERSEDED, Revision, deployed
 
 
+class UnreadableRelease(ValueError):
+    """A release record exists but is not one (empty, cut short, not JSON, or missing fields)."""
+
+
 class ReleaseStore:
     """The revisions of one release under ``root/<release>/revisions``."""
 
@@ -29,14 +35,18 @@ class ReleaseStore:
         self.revisions_dir = self.path / "revisions"
 
     def history(self) -> list[Revision]:
+        """The revisions, oldest first, as one write left them (a shared lock: never halfway through a record)."""
         if not self.revisions_dir.exists():
             return []
+        with self._locked(fcntl.LOCK_SH):
+            return self._history()
+
+    def _history(self) -> list[Revision]:
         revisions = [self._read(path) for path in self.revisions_dir.glob("*.json")]
-        return sorted(revisions, key=lambda r: r.revision)
+        return sorted((r for r in revisions if r is not None), key=lambda r: r.revision)
 
     def get(self, number: int) -> Revision | None:
-        path = self.revisions_dir / f"{number}.json"
-        return self._read(path) if path.exists() else None
+        return self._read(self.revisions_dir / f"{number}.json")
 
     def deployed(self) -> Revision | None:
         return deployed(self.history())
@@ -44,12 +54,8 @@ class ReleaseStore:
     def record(self, values: dict[str, Any], objects: list[dict[str, Any]], description: str) -> Revision:
         """Add a new deployed revision and supersede the one deployed before it."""
         with self._locked():
-            history = self.history()
+            history = self._history()
             number = history[-1].revision + 1 if history else 1
-            for previous in history:
-                if previous.status == DEPLOYED:
-                    previous.status = SUPERSEDED
-                    self._write(previous)
             revision = Revision(
                 revision=number,
                 status=DEPLOYED,
@@ -58,7 +64,12 @@ class ReleaseStore:
                 objects=objects,
                 updated=datetime.now(UTC).isoformat(timespec="seconds"),
             )
+            # The new revision first: a reader meanwhile sees two deployed (the newest counts), never none.
             self._write(revision)
+            for previous in history:
+                if previous.status == DEPLOYED:
+                    previous.status = SUPERSEDED
+                    self._write(previous)
             return revision
 
     def prune(self, keep: int) -> None:
@@ -66,23 +77,29 @@ class ReleaseStore:
         if keep <= 0:
             return
         with self._locked():
-            history = self.history()
+            history = self._history()
             for old in history[: max(0, len(history) - keep)]:
                 if old.status != DEPLOYED:
                     (self.revisions_dir / f"{old.revision}.json").unlink(missing_ok=True)
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, operation: int = fcntl.LOCK_EX) -> Iterator[None]:
         self.revisions_dir.mkdir(parents=True, exist_ok=True)
-        with (self.path / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with (self.path / ".lock").open("a") as lock:
+            fcntl.flock(lock, operation)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _read(self, path: Path) -> Revision:
-        return Revision(**json.loads(path.read_text()))
+    def _read(self, path: Path) -> Revision | None:
+        """The revision in ``path``; None when it is gone (pruned since the folder was listed)."""
+        try:
+            return Revision(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as err:
+            raise UnreadableRelease(f"the release record {path} is unreadable: {err}") from err
 
     def _write(self, revision: Revision) -> None:
         write_json(self.revisions_dir / f"{revision.revision}.json", asdict(revision))

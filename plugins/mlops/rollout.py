@@ -16,7 +16,8 @@ the workload itself. The verdict is one of:
 With the ``kubernetes`` pod runtime the wait is deferred to the triggerer, which polls the Rollout (or
 Deployment) through the Kubernetes connection and collects the AnalysisRuns' measurements. With the ``local``
 runtime the local rollouts controller's result file for the revision is polled (``standins/rollouts``; the file
-names are the contract's).
+names are the contract's); a controller that died before the verdict fails the watch at once, with its last
+words (the end of its log), instead of at the deadline.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from contract import (
     HEALTHY,
     INCONCLUSIVE,
     INCONCLUSIVE_PAUSE,
+    LOCAL_CONTROLLER_LOG,
     LOCAL_PID_FILE,
     LOCAL_STATUS_FILE,
     MODEL_ANNOTATION,
@@ -45,12 +47,16 @@ from contract import (
     REFUSED,
     SLOW,
     SUPERSEDED,
+    local_controller_pid,
     local_result_path,
 )
 from mlops.operators import local_releases_dir, pod_runtime
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+#: How much of a dead local controller's log the watch's failure quotes.
+LAST_WORDS_LINES = 15
 
 
 def interpret(kind: str, workload: dict[str, Any], model_uri: str) -> tuple[str, str]:
@@ -265,13 +271,9 @@ class RolloutWatchOperator(BaseOperator):
         result_file = local_result_path(release_dir, int(deployment["revision"]))
         last_message = ""
         while not result_file.exists():
-            if not (release_dir / LOCAL_PID_FILE).exists():
-                raise AirflowException(
-                    f"no local rollouts controller is running for {deployment['release']} (stopped with `make "
-                    "release-down`?): clear the deploy task to start one, then this task"
-                )
-            status_file = release_dir / LOCAL_STATUS_FILE
-            status = json.loads(status_file.read_text()) if status_file.exists() else {}
+            if local_controller_pid(release_dir) is None and not result_file.exists():
+                raise AirflowException(self._no_controller(release_dir, deployment))
+            status = self._local_status(release_dir)
             if inconclusive(status) and status.get("observedRevision") == int(deployment["revision"]):
                 return {"phase": INCONCLUSIVE, "message": status.get("message", ""),
                         "measurements": status.get("measurements", [])}  # fmt: skip
@@ -288,6 +290,41 @@ class RolloutWatchOperator(BaseOperator):
                 "message": f"revision {deployment['revision']} runs {result.get('model_uri')}",
             }
         return result
+
+    def _local_status(self, release_dir: Path) -> dict[str, Any]:
+        """The local Rollout's status; empty (with a warning) while it cannot be read."""
+        status_file = release_dir / LOCAL_STATUS_FILE
+        try:
+            status = json.loads(status_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as err:
+            self.log.warning(
+                "the local rollout status %s is unreadable (%s): reading it again", status_file, err
+            )
+            return {}
+        return status if isinstance(status, dict) else {}
+
+    @staticmethod
+    def _no_controller(release_dir: Path, deployment: dict[str, Any]) -> str:
+        """Why no verdict can come: the controller was stopped, or it died, with its last words."""
+        release, revision = deployment["release"], deployment["revision"]
+        log_file = release_dir / LOCAL_CONTROLLER_LOG
+        try:
+            lines = log_file.read_text(errors="replace").strip().splitlines()[-LAST_WORDS_LINES:]
+        except FileNotFoundError:
+            lines = []
+        last_words = "\n".join(lines) or "(its log is empty)"
+        if not (release_dir / LOCAL_PID_FILE).exists():
+            return (
+                f"no local rollouts controller is running for {release} (stopped with `make release-down`?): "
+                f"clear the deploy task to start one, then this task. The end of {log_file}:\n{last_words}"
+            )
+        return (
+            f"the local rollouts controller of {release} died before revision {revision} had a verdict (its "
+            f"process is gone); its last words, from {log_file}:\n{last_words}\nThe stable API keeps serving. "
+            "Clear the deploy task to start a new controller (it takes over the serving API), then this task."
+        )
 
     def _verdict(self, event: dict[str, Any]) -> dict[str, Any]:
         deployment = self._deployment()

@@ -8,7 +8,8 @@ Rollout's steps, replays the test split during each pause (``traffic``) and eval
 new model's own ``/metrics`` (``analysis``); blue-green analyses the preview before switching.
 
 The Rollout's status goes to ``rollout.json`` and each revision's outcome to ``results/<revision>.json`` (names
-in ``contract``), which the pipeline's watch reads. The stable API keeps serving until
+in ``contract``), which the pipeline's watch reads. The router and the inference APIs are processes of their own:
+they keep serving when the controller fails or is killed (a restarted controller takes them over), and stop only on
 ``python -m standins.rollouts stop``.
 
 This module stays light (no HTTP client): the ``helm`` stand-in imports it to find a running controller.
@@ -16,27 +17,29 @@ This module stays light (no HTTP client): the ``helm`` stand-in imports it to fi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from contract import LOCAL_PID_FILE, LOCAL_STATUS_FILE, local_result_path
+from contract import LOCAL_STATUS_FILE, local_controller_pid, local_result_path
 
-#: What a controller process's command line holds: tells a live controller from a reused pid.
-MODULE = "standins.rollouts"
+log = logging.getLogger(__name__)
+#: The router and inference API processes a controller runs (pids, ports), so that a controller started after it
+#: died takes them over, and ``stop`` ends them even without it.
+PROCESSES_FILE = "processes.json"
+#: What the command lines of those processes hold: tells them from pids the system reused.
+ROUTER_COMMAND = "standins.rollouts.router"
+SERVER_COMMAND = "ml.serve.app:create_app"
 
 
 def running_pid(release_dir: Path) -> int | None:
     """The pid of the release's controller if it is alive (and really is the controller), else None."""
-    try:
-        pid = int((Path(release_dir) / LOCAL_PID_FILE).read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return None
-    return pid if MODULE.encode() in cmdline else None
+    return local_controller_pid(release_dir)
 
 
 def read_result(release_dir: Path, revision: int) -> dict[str, Any] | None:
@@ -51,15 +54,65 @@ def read_status(release_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def read_processes(release_dir: Path) -> dict[str, Any]:
+    """The router and servers the release's controller last recorded; empty when none are, or the record is
+    unreadable (a warning says so)."""
+    path = Path(release_dir) / PROCESSES_FILE
+    try:
+        processes = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as err:
+        log.warning("%s is not a record of processes (%s): taking over none", path, err)
+        return {}
+    return processes if isinstance(processes, dict) else {}
+
+
+def alive(pid: int, command: str) -> bool:
+    """Whether ``pid`` runs and its command line holds ``command``."""
+    try:
+        return command.encode() in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
+def terminate(pid: int, command: str, timeout_s: float = 15) -> bool:
+    """Stop the process ``pid`` if it still runs ``command``: SIGTERM, then SIGKILL; False if it did not run."""
+    if not alive(pid, command):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive(pid, command) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(pid, command):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def stop_leftovers(release_dir: Path, keep_router: bool = False) -> bool:
+    """Stop the router (unless ``keep_router``) and servers a controller that is no longer running left serving;
+    False if there were none."""
+    processes = read_processes(release_dir)
+    stopped = [terminate(int(server["pid"]), SERVER_COMMAND) for server in processes.get("servers", [])]
+    router = processes.get("router")
+    if router and not keep_router:
+        stopped.append(terminate(int(router["pid"]), ROUTER_COMMAND))
+        (Path(release_dir) / PROCESSES_FILE).unlink(missing_ok=True)
+    return any(stopped)
+
+
 def stop(release_dir: Path, timeout_s: float = 30) -> bool:
-    """Stop the release's controller and the servers it runs; False if none was running."""
+    """Stop the release's controller and the servers it runs (or that a dead one left); False if none ran."""
     pid = running_pid(release_dir)
     if pid is None:
-        return False
+        return stop_leftovers(release_dir)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while running_pid(release_dir) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     if running_pid(release_dir) is not None:
         os.killpg(pid, signal.SIGKILL)
+    stop_leftovers(release_dir)
     return True

@@ -23,7 +23,7 @@ from standins.rollouts import read_status, running_pid, stop
 
 def run(state_dir: Path, release: str) -> None:
     from mlops.platform_config import load_platform
-    from standins.rollouts.controller import Controller
+    from standins.rollouts.controller import AlreadyRunning, Controller
     from standins.rollouts.state import Pace
 
     if running_pid(state_dir / release) is not None:
@@ -36,13 +36,27 @@ def run(state_dir: Path, release: str) -> None:
     controller = Controller(state_dir, release, pace)
     signal.signal(signal.SIGTERM, lambda *_: controller.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: controller.stop_requested.set())
-    controller.run()
+    try:
+        controller.run()
+    except AlreadyRunning as err:
+        logging.info("%s", err)
+
+
+def local_folder(value: str) -> Path:
+    """A folder on this machine's disk: checked on the text, before ``Path`` folds ``s3://b`` into ``s3:/b``."""
+    if "://" in value:
+        raise argparse.ArgumentTypeError(
+            f"the local release keeps its state on this machine's disk, not at {value}"
+        )
+    return Path(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m standins.rollouts", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "status", "stop"))
-    parser.add_argument("--state-dir", type=Path, required=True, help="folder of the local release histories")
+    parser.add_argument(
+        "--state-dir", type=local_folder, required=True, help="folder of the local release histories"
+    )
     parser.add_argument("--release", required=True)
     args = parser.parse_args(argv)
     if args.command == "run":

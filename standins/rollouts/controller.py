@@ -4,10 +4,17 @@ A first release, a rollback to the stable pod template or to one of the last ``r
 a plain Deployment switch at once; a Rollout's canary or blue-green strategy runs in ``strategies``. The outcome of each revision is final once written to
 ``results/<revision>.json``: Healthy (the new model is stable and serving), Degraded (aborted, traffic back on
 stable) or Superseded (a newer revision was deployed first).
+
+A fault of the controller itself never takes the stable API down: an unreadable release record leaves the last
+good state in place until the next tick; an unexpected error during a rollout sends all traffic back to stable
+and retries the revision on the next tick (it is aborted after ``ATTEMPTS`` tries); an error that ends the
+controller leaves the router and the servers running, for the next controller to take over. Only an explicit
+stop (``python -m standins.rollouts stop``: SIGTERM) stops them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -24,12 +31,22 @@ from contract import (
     LOCAL_STATUS_FILE,
     SUPERSEDED,
     local_result_path,
+    replacing,
     write_json,
 )
 from ml.release import chart
 from ml.release.helm import Revision, model_of
-from standins.release_store import ReleaseStore
-from standins.rollouts import read_result, strategies
+from standins.release_store import ReleaseStore, UnreadableRelease
+from standins.rollouts import (
+    PROCESSES_FILE,
+    ROUTER_COMMAND,
+    SERVER_COMMAND,
+    alive,
+    read_processes,
+    read_result,
+    strategies,
+    terminate,
+)
 from standins.rollouts.router import Router
 from standins.rollouts.server import NotReady, Server, port_or_free
 from standins.rollouts.state import Aborted, Pace, Status, Superseded
@@ -38,6 +55,12 @@ from standins.rollouts.traffic import Traffic
 log = logging.getLogger(__name__)
 #: Variables of the chart's ConfigMap that name cluster services: the local pods keep this machine's.
 LOCAL_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "HOME")
+#: How many times an unexpected error of the controller may interrupt one revision's rollout before it is aborted.
+ATTEMPTS = 3
+
+
+class AlreadyRunning(Exception):
+    """Another controller holds the release."""
 
 
 def model_uri_of(revision: Revision) -> str:
@@ -65,33 +88,117 @@ class Controller:
         self.stable: Server | None = None
         self.stable_template: str | None = None
         self.recent_stable: list[str] = []  # templates that were stable, newest last (Argo's rollbackWindow)
-        self.router = Router(port_or_free(pace.port))
-        self.status = Status(release=release, endpoint=self.router.url)
+        self.servers: list[Server] = []  # every server this controller started (the live ones are recorded)
+        self.leftover_servers: list[dict[str, Any]] = []  # a previous controller's, until stable is restored
+        self.router = Router(self.path, 0)
+        self.status = Status(release=release)
+        self.restored = False
+        self.last_deployed: Revision | None = None  # the last release history read whole
+        self.unreadable = ""  # the last problem reading it, logged once
+        self.attempts: dict[int, int] = {}  # revision -> rollouts an error of the controller interrupted
+        self._recorded: dict[str, Any] = {}
 
     def run(self) -> None:
-        """The reconcile loop, until ``stop_requested``: then the router and the stable API stop too."""
-        (self.path / LOCAL_PID_FILE).write_text(str(os.getpid()))
-        self.router.start()
-        log.info("local rollouts controller for %s; router on %s", self.store.release, self.router.url)
+        """The reconcile loop, until ``stop_requested``: then the router and the servers stop too. Any other end
+        (an error, a kill) leaves them serving: a controller started later takes them over."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / ".controller.lock").open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until this process ends, however
+            except BlockingIOError:
+                raise AlreadyRunning(f"another controller runs the release {self.store.release}") from None
+            with replacing(self.path / LOCAL_PID_FILE) as partial:
+                partial.write_text(str(os.getpid()))
+            try:
+                self.start_router()
+                while not self.stop_requested.is_set():
+                    self.tick()
+                    self.stop_requested.wait(0.5)
+            except BaseException:
+                log.exception("the controller failed: the router and the servers keep serving")
+                raise
+            self.shut_down()
+
+    def start_router(self) -> None:
+        """Take over the router a previous controller left serving, or start one."""
+        leftovers = read_processes(self.path)
+        self.leftover_servers = [
+            server for server in leftovers.get("servers", []) if alive(int(server["pid"]), SERVER_COMMAND)
+        ]
+        leftover = leftovers.get("router") or {}
+        if leftover and alive(int(leftover["pid"]), ROUTER_COMMAND):
+            self.router = Router(self.path, int(leftover["port"]))
+            self.router.adopt(int(leftover["pid"]))
+            log.info("took over the router (pid %s) on %s", self.router.pid, self.router.url)
+        else:
+            self.router = Router(self.path, port_or_free(self.pace.port))
+            self.router.start()
+            log.info("local rollouts controller for %s; router on %s", self.store.release, self.router.url)
+        self.status.endpoint = self.router.url
+        self.record_processes()
+
+    def tick(self) -> None:
+        """One pass of the loop; an error is logged and the next tick tries again, with everything serving."""
         try:
-            self.restore_stable()
-            while not self.stop_requested.is_set():
-                self.reconcile()
-                self.stop_requested.wait(0.5)
+            if not self.restored:
+                self.restore_stable()
+                self.restored = True
+                for server in self.leftover_servers:  # the last controller's, replaced now
+                    terminate(int(server["pid"]), SERVER_COMMAND)
+                self.leftover_servers = []
+            self.reconcile()
+        except Exception:
+            log.exception("controller error: the last good state stays and serves; retrying on the next tick")
         finally:
-            self.router.stop()
-            if self.stable is not None:
-                self.stable.stop()
-            (self.path / LOCAL_PID_FILE).unlink(missing_ok=True)
-            log.info("stopped")
+            self.record_processes()
+
+    def shut_down(self) -> None:
+        """The explicit stop: the router and every server stop, and the release has no controller."""
+        self.router.stop()
+        for server in self.servers:
+            server.stop()
+        for leftover in self.leftover_servers:
+            terminate(int(leftover["pid"]), SERVER_COMMAND)
+        (self.path / PROCESSES_FILE).unlink(missing_ok=True)
+        (self.path / LOCAL_PID_FILE).unlink(missing_ok=True)
+        log.info("stopped")
+
+    def record_processes(self) -> None:
+        """Record the router and the live servers, so that ``stop`` and a later controller find them."""
+        self.servers = [server for server in self.servers if server.process.poll() is None]
+        processes = {
+            "router": {"pid": self.router.pid, "port": self.router.port} if self.router.pid else None,
+            "servers": [{"pid": s.process.pid, "revision": s.revision, "url": s.url} for s in self.servers]
+            + self.leftover_servers,
+        }
+        if processes != self._recorded:
+            write_json(self.path / PROCESSES_FILE, processes)
+            self._recorded = processes
+
+    def deployed(self) -> Revision | None:
+        """The deployed revision; the last one read whole while the history cannot be read (logged once)."""
+        try:
+            self.last_deployed, self.unreadable = self.store.deployed(), ""
+        except UnreadableRelease as err:
+            if str(err) != self.unreadable:
+                log.warning("%s: keeping the last good state, reading it again on the next tick", err)
+            self.unreadable = str(err)
+        return self.last_deployed
 
     def reconcile(self) -> None:
         """One pass: roll out the deployed revision if it is not the one observed last."""
-        revision = self.store.deployed()
+        revision = self.deployed()
         if revision is not None and revision.revision != self.status.observedRevision:
             self.roll_out(revision)
 
     def roll_out(self, revision: Revision) -> None:
+        observed = self.status.observedRevision
+        try:
+            self._roll_out(revision)
+        except Exception as err:  # a fault of the controller or of the record, not a verdict on the model
+            self.interrupted(revision, err, observed)
+
+    def _roll_out(self, revision: Revision) -> None:
         workload = chart.workload(revision.objects)
         self.status = Status(
             release=self.store.release,
@@ -120,6 +227,23 @@ class Controller:
                 revision, SUPERSEDED, f"revision {revision.revision} was replaced before it completed"
             )
 
+    def interrupted(self, revision: Revision, err: Exception, observed: int) -> None:
+        """All traffic back to stable; the revision is tried again on the next tick, or aborted after
+        ``ATTEMPTS`` interrupted tries."""
+        self.router.send_all_to_stable()
+        self.status.canaryWeight = 0
+        attempts = self.attempts[revision.revision] = self.attempts.get(revision.revision, 0) + 1
+        log.error("the rollout of revision %s failed (%s of %s tries)", revision.revision, attempts, ATTEMPTS,
+                  exc_info=err)  # fmt: skip
+        if attempts >= ATTEMPTS:
+            self.status.observedRevision, self.status.abort = revision.revision, True
+            message = (f"RolloutAborted: the local controller failed {attempts} times rolling out revision "
+                       f"{revision.revision}: {type(err).__name__}: {err}")  # fmt: skip
+            self.finish(revision, DEGRADED, message)
+            return
+        self.status.observedRevision = observed  # not observed: the next tick rolls it out again
+        self.write_status(f"controller error during revision {revision.revision} ({err}): trying again")
+
     def _next_stable(self, revision: Revision, workload: dict[str, Any]) -> Server | None:
         """The server that becomes stable: None when the stable template is already live (a rollback)."""
         if self.stable is None:
@@ -142,7 +266,12 @@ class Controller:
         skip its analysis.
         """
         for revision in reversed(self.store.history()):
-            result = read_result(self.path, revision.revision)
+            try:
+                result = read_result(self.path, revision.revision)
+            except ValueError as err:
+                log.warning("the outcome of revision %s is unreadable (%s): not restoring it", revision.revision,
+                            err)  # fmt: skip
+                continue
             if result is None or result["phase"] != HEALTHY:
                 continue
             workload = chart.workload(revision.objects)
@@ -152,7 +281,7 @@ class Controller:
                 log.warning("could not restore stable revision %s: %s", revision.revision, err)
                 return
             self.promote(revision, template_of(workload), server)
-            if revision.revision == (self.store.deployed() or revision).revision:
+            if revision.revision == (self.deployed() or revision).revision:
                 self.status.observedRevision = revision.revision
             self.status.phase = HEALTHY
             self.write_status(f"restored stable revision {revision.revision} after a restart")
@@ -165,6 +294,8 @@ class Controller:
         server = Server(
             revision.revision, model_uri_of(revision), self._pod_env(revision), self.path / "servers"
         )
+        self.servers.append(server)
+        self.record_processes()
         try:
             server.wait_ready(float(workload["spec"].get("progressDeadlineSeconds", 600)))
         except NotReady as err:
@@ -176,7 +307,7 @@ class Controller:
         return Traffic.for_model(model_uri_of(revision), self.pace.requests_per_second)
 
     def check_superseded(self, revision: Revision) -> None:
-        current = self.store.deployed()
+        current = self.deployed()
         if self.stop_requested.is_set() or (current is not None and current.revision != revision.revision):
             raise Superseded()
 

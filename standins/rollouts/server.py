@@ -50,7 +50,7 @@ class Server:
         self.log_path = log_dir / f"revision-{revision}-{self.port}.log"
         with self.log_path.open("w") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "ml.serve.app:create_app", "--factory",
+                [sys.executable, "-m", "ml.serve",  # uvicorn with the limits of ml/serve/settings.py
                  "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
                 env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -11,8 +11,14 @@ import asyncio
 import contextlib
 import copy
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +26,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from contract import (
     INCONCLUSIVE_PAUSE,
+    LOCAL_CONTROLLER_LOG,
+    LOCAL_CONTROLLER_MODULE,
     LOCAL_PID_FILE,
     LOCAL_RESULTS_DIR,
     LOCAL_STATUS_FILE,
@@ -231,6 +239,22 @@ def watcher(minutes: float = 1) -> RolloutWatchOperator:
     )
 
 
+@pytest.fixture()
+def controller_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A real process whose command line is a local controller's (it only sleeps): what the watch sees of one."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", LOCAL_CONTROLLER_MODULE]
+    )
+    # Right after the fork the kernel may show an empty command line for an instant: wait for the exec.
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while LOCAL_CONTROLLER_MODULE.encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield process
+    process.kill()
+    process.wait()
+
+
 def test_slow_is_a_failure_that_rolls_nothing_back_and_superseded_is_final() -> None:
     operator = watcher()
     with pytest.raises(
@@ -249,7 +273,9 @@ def test_slow_is_a_failure_that_rolls_nothing_back_and_superseded_is_final() -> 
     }
 
 
-def test_the_local_watch_reads_the_revisions_result_and_times_out_as_slow(tmp_path, monkeypatch) -> None:
+def test_the_local_watch_reads_the_revisions_result_and_times_out_as_slow(
+    tmp_path, monkeypatch, controller_process
+) -> None:
     """The files are the local controller's (``standins.rollouts``), at the contract's paths."""
     monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_ROOT", str(tmp_path))
     release_dir = tmp_path / load_platform().release.local.state_dir / "inference-api"
@@ -257,7 +283,7 @@ def test_the_local_watch_reads_the_revisions_result_and_times_out_as_slow(tmp_pa
     operator = watcher(minutes=0.001)
     with pytest.raises(AirflowException, match="no local rollouts controller is running"):
         operator._watch_locally(operator._deployment(), deadline=time.time() + 5)
-    (release_dir / LOCAL_PID_FILE).write_text("1")
+    (release_dir / LOCAL_PID_FILE).write_text(str(controller_process.pid))
     (release_dir / LOCAL_STATUS_FILE).write_text(json.dumps({"phase": "Paused", "message": "step 1: pause"}))
     operator = watcher(minutes=0.001)
     deployment = operator._deployment()
@@ -278,14 +304,14 @@ def test_a_deploy_result_missing_fields_fails_the_watch() -> None:
 
 
 def test_an_inconclusive_analysis_needs_a_person_and_a_refused_deploy_is_a_verdict_without_a_watch(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, controller_process
 ) -> None:
     with pytest.raises(AirflowFailException, match=r"needs a person: the rollout of revision 2 .* is paused"):
         watcher()._verdict({"phase": "Inconclusive", "message": "too few requests"})
     monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_ROOT", str(tmp_path))
     release_dir = tmp_path / load_platform().release.local.state_dir / "inference-api"
     release_dir.mkdir(parents=True)
-    (release_dir / LOCAL_PID_FILE).write_text("1")
+    (release_dir / LOCAL_PID_FILE).write_text(str(controller_process.pid))
     paused = {"phase": "Paused", "observedRevision": 2, "message": "inconclusive",
               "pauseConditions": [{"reason": INCONCLUSIVE_PAUSE}]}  # fmt: skip
     (release_dir / LOCAL_STATUS_FILE).write_text(json.dumps(paused))
@@ -298,3 +324,27 @@ def test_an_inconclusive_analysis_needs_a_person_and_a_refused_deploy_is_a_verdi
     refused.deployment = {**DEPLOYMENT, "refused": "the champion moved since evaluation"}
     verdict = refused.execute(context={})  # type: ignore[arg-type]
     assert (verdict["phase"], verdict["message"]) == ("Refused", "the champion moved since evaluation")
+
+
+def test_the_local_watch_fails_at_once_with_the_last_words_of_a_controller_that_died_mid_rollout(
+    tmp_path, monkeypatch, controller_process
+) -> None:
+    """The controller is killed (SIGKILL) while the rollout progresses: the watch fails within a poll, quoting the
+    end of the controller's log, not at the rollout's deadline (an hour here)."""
+    monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_ROOT", str(tmp_path))
+    release_dir = tmp_path / load_platform().release.local.state_dir / "inference-api"
+    release_dir.mkdir(parents=True)
+    (release_dir / LOCAL_PID_FILE).write_text(str(controller_process.pid))
+    (release_dir / LOCAL_STATUS_FILE).write_text(json.dumps({"phase": "Paused", "message": "step 1: pause"}))
+    (release_dir / LOCAL_CONTROLLER_LOG).write_text(
+        "".join(f"line {n}\n" for n in range(40)) + "ERROR the controller failed: OSError: disk full\n"
+    )
+    os.kill(controller_process.pid, signal.SIGKILL)
+    controller_process.wait()
+    operator = watcher(minutes=60)
+    started = time.monotonic()
+    with pytest.raises(AirflowException, match="died before revision 2 had a verdict") as failure:
+        operator._watch_locally(operator._deployment(), deadline=time.time() + 3600)
+    assert time.monotonic() - started < 5
+    assert "ERROR the controller failed: OSError: disk full" in str(failure.value)
+    assert "line 39" in str(failure.value) and "line 10\n" not in str(failure.value)  # its last lines only

@@ -24,6 +24,20 @@ def test_without_a_local_folder_for_releases_it_refuses_like_helm(capsys, monkey
     assert code == 1 and "on this machine's disk, not at s3://bucket/releases" in err
 
 
+def test_the_controller_refuses_a_remote_state_dir_before_creating_a_folder(
+    capsys, tmp_path, monkeypatch
+) -> None:
+    """``Path("s3://b/x")`` is ``s3:/b/x``: the check reads the text, so no ``./s3:`` folder appears."""
+    from standins.rollouts.__main__ import main as rollouts
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        rollouts(["status", "--state-dir", "s3://b/x", "--release", "inference-api"])
+    assert exited.value.code == 2
+    assert "on this machine's disk, not at s3://b/x" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_release_is_not_found_as_helm_says_it(capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv(LOCAL_RELEASES_ENV, str(tmp_path))
     code, out, err = run(
