@@ -31,6 +31,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
 # Workers: WEB_CONCURRENCY. Model: SERVE_MODEL_URI (e.g. models:/card-fraud-detector@champion) and
-# MLFLOW_TRACKING_URI. Tracing: SERVE_TRACING=true and OTEL_EXPORTER_OTLP_ENDPOINT.
-CMD ["uvicorn", "ml.serve.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", \
-     "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+# MLFLOW_TRACKING_URI. Tracing: SERVE_TRACING=true and OTEL_EXPORTER_OTLP_ENDPOINT. Limits (body size and
+# deadline, header deadline, requests at once): the other SERVE_* variables, read by `python -m ml.serve`,
+# which runs uvicorn (uvloop, httptools) with them; see ml/serve/settings.py.
+CMD ["python", "-m", "ml.serve", "--host", "0.0.0.0", "--port", "8000"]

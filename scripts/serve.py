@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-import uvicorn
-
+from ml.serve.server import serve
 from mlops.platform_config import load_platform
 
 
@@ -21,9 +20,11 @@ def check(model_uri: str, model_name: str) -> None:
     from mlflow import MlflowClient
 
     from ml.serve.model import resolve
+    from ml.serve.settings import Settings
 
+    settings = Settings(model_uri=model_uri)
     try:
-        resolve(model_uri)
+        resolve(model_uri, None if settings.allow_unreleased else settings.champion_alias)
     except Exception as err:  # any failure to resolve is reported the same way
         try:
             aliases = dict(MlflowClient().get_registered_model(model_name).aliases)
@@ -49,16 +50,7 @@ def main() -> None:
     model_uri = args.model_uri or f"models:/{registry.model_name}@{args.alias}"
     check(model_uri, registry.model_name)
     os.environ["SERVE_MODEL_URI"] = model_uri
-    uvicorn.run(
-        "ml.serve.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-    )
+    serve(host=args.host, port=args.port, workers=args.workers)  # the limits: SERVE_* (ml/serve/settings.py)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """FastAPI app serving a registered model: ``/predict``, ``/health``, ``/ready`` and ``/metrics``.
 
-    SERVE_MODEL_URI=models:/card-fraud-detector@champion uvicorn ml.serve.app:create_app --factory
+    SERVE_MODEL_URI=models:/card-fraud-detector@champion python -m ml.serve --port 8000
 
 The model loads once, in the background at start-up: ``/health`` answers at once (liveness), ``/ready`` and
 ``/predict`` answer 503 until the model is in memory. Requests are validated against the model's own features:
-a missing, extra or mistyped field, NaN or infinity, an empty or oversized batch, malformed JSON or an oversized
-body each get a 4xx naming the problem, never a 500.
+a missing, extra or mistyped field, NaN or infinity, an empty or oversized batch, malformed JSON, a body not sent
+as JSON, too large or too slow each get a 4xx naming the problem, never a 500; a client that leaves before its
+request was read is counted as 499 ("client closed request"), not as a server error.
 
-Layout: ``settings`` (the environment), ``service`` (validation, scoring and the model holder), ``routes``.
+Layout: ``settings`` (the environment), ``service`` (validation, scoring and the model holder), ``routes``,
+``limits`` (body size and deadline, requests at once) and ``server`` (``python -m ml.serve``: uvicorn with the
+settings' limits, and a deadline for the request headers).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
 from ml.serve import metrics, tracing
+from ml.serve.limits import Limits
 from ml.serve.routes import json_response, router
 from ml.serve.service import ModelHolder, Problem
 from ml.serve.settings import Settings
@@ -45,7 +49,8 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
 
     app = FastAPI(title="Inference API", lifespan=lifespan)
     app.state.settings, app.state.holder = settings, holder
-    app.add_middleware(metrics.RequestMetrics)
+    app.add_middleware(Limits, settings=settings)
+    app.add_middleware(metrics.RequestMetrics)  # added last, so outermost: it counts what Limits refuses
     app.include_router(router)
 
     @app.exception_handler(Problem)

@@ -8,7 +8,6 @@ evaluation chose travels with the model. Serve it with ``SERVE_MODEL_URI=/models
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -17,16 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from ml.errors import StageError
+from ml.runtime import ArgumentParser
 from ml.serve.model import EXPORT_FILE, resolve
+from ml.serve.settings import Settings
+from ml.tracking import model_uri
+
+#: The production alias, whose version is exported only with a "promoted" verdict (the API's own setting).
+CHAMPION_ALIAS = str(Settings.model_fields["champion_alias"].default)
 
 
-def export(model_uri: str, output: Path) -> dict[str, Any]:
-    """Download the model behind ``model_uri`` into ``output`` (replaced whole) with its serving metadata."""
+def export(model_uri: str, output: Path, *, released_alias: str | None = None) -> dict[str, Any]:
+    """Download the model behind ``model_uri`` into ``output`` (replaced whole) with its serving metadata; the
+    version behind ``released_alias`` must carry the canary verdict ``promoted``, as the API checks."""
     import mlflow.artifacts
 
     if not model_uri.startswith(("models:/", "runs:/")):
         raise StageError(f"export takes a models:/ or runs:/ URI, not {model_uri!r}")
-    name, version, threshold, pinned = resolve(model_uri)
+    name, version, threshold, pinned = resolve(model_uri, released_alias)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.partial-") as staging:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=staging))
@@ -39,13 +45,23 @@ def export(model_uri: str, output: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m ml.serve.export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.serve.export", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model-uri", required=True, help="models:/<name>@<alias>, models:/<name>/<n> or runs:/"
+        "--model-uri",
+        type=model_uri,
+        required=True,
+        help="models:/<name>@<alias>, models:/<name>/<n> or runs:/",
     )
     parser.add_argument("--output", type=Path, required=True, help="folder to write (replaced whole)")
+    parser.add_argument(
+        "--allow-unreleased",
+        action="store_true",
+        help=f"export @{CHAMPION_ALIAS} even if its version has no 'promoted' canary verdict",
+    )
     args = parser.parse_args(argv)
-    return export(args.model_uri, args.output)
+    return export(
+        args.model_uri, args.output, released_alias=None if args.allow_unreleased else CHAMPION_ALIAS
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.requests import ClientDisconnect
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry()
 
@@ -41,8 +45,19 @@ MODEL_INFO = Gauge(
     ["model_name", "model_version"],
     registry=REGISTRY,
 )
+CONNECTIONS_CLOSED = Counter(
+    "http_connections_closed",
+    "Connections the server closed before a request reached the app, by reason (header_timeout, header_too_large).",
+    ["reason"], registry=REGISTRY,
+)  # fmt: skip
 #: Paths are labelled as routed; anything else is one label, so scanners cannot explode the series count.
 KNOWN_PATHS = frozenset({"/predict", "/health", "/ready", "/metrics"})
+#: The status label of a request whose client went away before the answer (nginx's "client closed request"):
+#: not a server error, so neither the error-rate alert nor the canary's success rate counts it as one.
+CLIENT_CLOSED = 499
+#: Answers whose duration is the client's, not the server's (its body timed out, or it left): not observed in
+#: the latency histogram, which the latency alert and the canary's p99 read.
+CLIENT_PACED = frozenset({408, CLIENT_CLOSED})
 
 
 def exposition() -> tuple[bytes, str]:
@@ -50,7 +65,11 @@ def exposition() -> tuple[bytes, str]:
 
 
 class RequestMetrics:
-    """ASGI middleware counting requests and timing them (cheaper than a Starlette BaseHTTPMiddleware)."""
+    """ASGI middleware counting requests and timing them (cheaper than a Starlette BaseHTTPMiddleware).
+
+    A request whose client disconnects before its body has arrived is counted with status 499 and logged; it is
+    not an error of the server (no traceback, no 500).
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -67,10 +86,14 @@ class RequestMetrics:
                 status["code"] = message["status"]
             await send(message)
 
+        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        method = scope["method"]
         try:
             await self.app(scope, receive, capture)
+        except ClientDisconnect:
+            status["code"] = CLIENT_CLOSED
+            log.info("%s %s: the client closed the connection before its request was read", method, path)
         finally:
-            path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
-            method = scope["method"]
             HTTP_REQUESTS.labels(method=method, path=path, status=str(status["code"])).inc()
-            HTTP_DURATION.labels(method=method, path=path).observe(time.perf_counter() - started)
+            if status["code"] not in CLIENT_PACED:
+                HTTP_DURATION.labels(method=method, path=path).observe(time.perf_counter() - started)

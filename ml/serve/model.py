@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from contract import THRESHOLD_TAG
+from contract import CANARY_PROMOTED, CANARY_VERDICT_TAG, THRESHOLD_TAG
 from ml import tracking
 from ml.errors import StageError
 
@@ -90,11 +90,29 @@ class Scorer:
 EXPORT_FILE = "mlops.json"
 
 
-def resolve(model_uri: str) -> tuple[str, str, float, str]:
+class Unreleased(StageError):
+    """The production alias points at a version whose canary did not promote it (the alias was moved by hand)."""
+
+
+def check_released(name: str, alias: str, version: Any) -> None:
+    """Refuse the version ``name@alias`` points at unless its canary verdict is ``promoted``."""
+    verdict = version.tags.get(CANARY_VERDICT_TAG)
+    if verdict == CANARY_PROMOTED:
+        return
+    recorded = f"canary verdict is {verdict!r}" if verdict else "canary has no verdict"
+    raise Unreleased(
+        f"refusing to serve {name}@{alias}: it points at v{version.version}, whose {recorded} "
+        f"({CANARY_VERDICT_TAG}), not {CANARY_PROMOTED!r}; was the alias moved by hand? Serve it anyway with "
+        "SERVE_ALLOW_UNRELEASED=true"
+    )
+
+
+def resolve(model_uri: str, released_alias: str | None = None) -> tuple[str, str, float, str]:
     """Return (name, version, decision threshold, URI to load) for a model reference.
 
     Accepts ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>`` (the threshold
-    of the run's evaluation) and a local folder written by ``python -m ml.serve.export``.
+    of the run's evaluation) and a local folder written by ``python -m ml.serve.export``. When the alias is
+    ``released_alias`` (the production alias), the version must carry the canary verdict ``promoted``.
     """
     if model_uri.startswith("models:/"):
         reference = model_uri.removeprefix("models:/")
@@ -102,6 +120,8 @@ def resolve(model_uri: str) -> tuple[str, str, float, str]:
         if "@" in reference:
             name, alias = reference.split("@", 1)
             version = client.get_model_version_by_alias(name, alias)
+            if alias == released_alias:
+                check_released(name, alias, version)
         elif "/" in reference:
             name, number = reference.split("/", 1)
             version = client.get_model_version(name, number)
@@ -134,11 +154,11 @@ def resolve(model_uri: str) -> tuple[str, str, float, str]:
     return name, number, float(threshold), pinned
 
 
-def load(model_uri: str) -> tuple[ModelCard, Scorer]:
-    """Load a model with the decision threshold its evaluation chose."""
+def load(model_uri: str, released_alias: str | None = None) -> tuple[ModelCard, Scorer]:
+    """Load a model with the decision threshold its evaluation chose (``released_alias``: see ``resolve``)."""
     import mlflow.sklearn
 
-    name, version, threshold, pinned = resolve(model_uri)
+    name, version, threshold, pinned = resolve(model_uri, released_alias)
     scorer = Scorer(mlflow.sklearn.load_model(pinned))
     card = ModelCard(
         name=name,

@@ -70,22 +70,31 @@ async def prometheus() -> Response:
     return Response(body, media_type=content_type)
 
 
+def check_json(request: Request) -> None:
+    """415 unless the body is declared ``application/json`` (a charset parameter, if any, must be UTF-8)."""
+    declared = request.headers.get("content-type", "")
+    media, *parameters = (part.strip().lower() for part in declared.split(";"))
+    charsets = {
+        value.strip('"') for name, _, value in (p.partition("=") for p in parameters) if name == "charset"
+    }
+    if media != "application/json" or not charsets <= {"utf-8", "utf8"}:
+        got = f"Content-Type: {declared}" if declared else "no Content-Type"
+        raise Problem(415, f"the body must be JSON, sent with Content-Type: application/json ({got})")
+
+
 # The 200 body is documented, not validated by FastAPI: ``Service.predict`` builds it and orjson writes it (a
 # response_model would re-validate every prediction on the hot path). A test holds real answers to the schema.
+# The body's size and deadline are enforced while it streams in (``ml.serve.limits``): 413 and 408 come from there.
 @router.post(
     "/predict",
-    responses={200: {"model": PredictResponse}, 400: {}, 413: {}, 422: {}, 503: {}},
+    responses={200: {"model": PredictResponse}, 400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}},
 )
 async def predict(request: Request) -> Response:
-    holder, settings = _holder(request), _settings(request)
+    check_json(request)
+    holder = _holder(request)
     service = holder.service
     if service is None:
         return json_response({"detail": holder.error or "model is loading"}, status_code=503)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise Problem(413, f"body of {declared} bytes is over the limit of {settings.max_body_bytes}")
     body = await request.body()
-    if len(body) > settings.max_body_bytes:
-        raise Problem(413, f"body of {len(body)} bytes is over the limit of {settings.max_body_bytes}")
     records, batch = service.parse(body)
     return json_response(service.predict(records, batch))

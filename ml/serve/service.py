@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic import create_model as create_pydantic_model
 
+from ml.errors import StageError
 from ml.serve import metrics
 from ml.serve.model import ModelCard, Scorer, load
 from ml.serve.settings import Settings
@@ -168,10 +169,18 @@ class ModelHolder:
             self.loading.cancel()
 
     async def _load(self) -> None:
+        settings = self.settings
+        # The production alias is served only on a "promoted" canary verdict, unless the settings allow otherwise.
+        released = None if settings.allow_unreleased else settings.champion_alias
         try:
-            card, scorer = await asyncio.to_thread(load, self.settings.model_uri)
+            card, scorer = await asyncio.to_thread(load, settings.model_uri, released)
         except Exception as err:  # kept for /ready to report; the process stays up for its probes
-            log.exception("loading %s failed", self.settings.model_uri)
+            if isinstance(err, StageError):  # a refusal that says why: no traceback
+                log.error("loading %s failed: %s", settings.model_uri, err)
+            else:
+                log.exception("loading %s failed", settings.model_uri)
+            if self.service is not None:
+                log.error("still serving %s v%s", self.service.card.name, self.service.card.version)
             self.error = f"{type(err).__name__}: {err}"
             return
         finally:

@@ -1,8 +1,12 @@
-"""The inference API's configuration: the one place it reads its environment."""
+"""The inference API's configuration: the one place it reads its environment.
+
+The server's limits live here too (``python -m ml.serve`` builds uvicorn's configuration from them), so the
+image, ``make serve``, the local release and the benchmark run with the same limits.
+"""
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,7 +17,31 @@ class Settings(BaseSettings):
 
     model_uri: str
     max_batch_size: int = 1000
-    max_body_bytes: int = 2_000_000
+    # Largest request body, counted as it arrives (chunked bodies too): beyond it, 413 and the connection closes.
+    max_body_bytes: PositiveInt = 2_000_000
     tracing: bool = False
     # Bearer token for POST /reload; unset (the default) turns reloading over HTTP off.
     admin_token: SecretStr | None = None
+
+    # -- Limits of the server (see ml/serve/limits.py) --------------------------------------------------------
+    # Seconds from a connection's opening (or the end of its previous answer) to the end of the request's
+    # headers: a client that trickles its headers is disconnected.
+    header_timeout_s: PositiveFloat = 10.0
+    # Largest request line and headers in bytes: beyond it, 431 and the connection closes.
+    max_header_bytes: PositiveInt = 64 * 1024
+    # Seconds from the end of the headers to the end of the body: a slower body gets 408 and the connection closes.
+    body_timeout_s: PositiveFloat = 15.0
+    # Seconds an idle keep-alive connection stays open (uvicorn's --timeout-keep-alive).
+    keep_alive_timeout_s: PositiveInt = 5
+    # Requests handled at once; beyond it, 503 with Retry-After (the probes and /metrics are never refused).
+    max_concurrent_requests: PositiveInt = 64
+    # Open connections at most (uvicorn's --limit-concurrency, a backstop: uvicorn answers 503 beyond it, to the
+    # probes too, and its 503s are not in /metrics).
+    max_connections: PositiveInt = 1000
+
+    # -- Which versions may be served -------------------------------------------------------------------------
+    # The production alias (plugins/mlops/platform.yaml's registry.production_alias): the version it points at is
+    # served only if its canary verdict (the version tag mlops.canary_verdict) is "promoted".
+    champion_alias: str = "champion"
+    # Serve the champion alias whatever its version's verdict (a person moved the alias by hand on purpose).
+    allow_unreleased: bool = False

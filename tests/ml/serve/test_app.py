@@ -13,14 +13,16 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from contract import CANARY_PROMOTED, CANARY_VERDICT_TAG, CHAMPION_AT_EVALUATION_TAG
 from ml import tracking
+from ml.errors import StageError
 from ml.schema import to_model_input
 from ml.serve import service as service_module
 from ml.serve.app import create_app
 from ml.serve.service import PredictResponse
 from ml.serve.settings import Settings
 from ml.storage import read_manifest, read_published_table
-from tests.helpers import CHAMPION, register_evaluated
+from tests.helpers import CHALLENGER, CHAMPION, register_evaluated
 
 MODEL = "serve-test-model"
 
@@ -29,6 +31,8 @@ MODEL = "serve-test-model"
 def registered(trained_model: dict[str, Any]) -> dict[str, Any]:
     out, trained = trained_model["prepared"], trained_model["trained"]
     result, version = register_evaluated(out, trained, MODEL, run_key="serve/1")
+    # As ml.promote leaves a version its canary promoted: the verdict, then the production alias.
+    tracking.client().set_model_version_tag(MODEL, version, CANARY_VERDICT_TAG, CANARY_PROMOTED)
     tracking.client().set_registered_model_alias(MODEL, CHAMPION, version)
     manifest = read_manifest(out)
     test = read_published_table(out, "test.parquet")
@@ -143,9 +147,9 @@ def test_ready_is_false_until_the_model_is_loaded(registered, monkeypatch) -> No
     release = threading.Event()
     real_load = service_module.load
 
-    def slow_load(uri: str) -> Any:
+    def slow_load(*args: Any) -> Any:
         release.wait(30)
-        return real_load(uri)
+        return real_load(*args)
 
     monkeypatch.setattr(service_module, "load", slow_load)
     with TestClient(create_app(Settings(model_uri=f"models:/{MODEL}@{CHAMPION}"))) as client:
@@ -235,7 +239,7 @@ def test_reload_follows_a_moved_alias_and_is_not_ready_meanwhile(registered, mon
         client_.set_registered_model_alias(MODEL, "reload-test", other.version)
         release = threading.Event()
         real_load = service_module.load
-        monkeypatch.setattr(service_module, "load", lambda uri: (release.wait(30), real_load(uri))[1])
+        monkeypatch.setattr(service_module, "load", lambda *args: (release.wait(30), real_load(*args))[1])
         assert api.post("/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert api.post("/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 202
         assert api.get("/ready").status_code == 503
@@ -252,3 +256,128 @@ def test_reload_is_off_without_an_admin_token(client) -> None:
     response = client.post("/reload")
     assert response.status_code == 404
     assert "set SERVE_ADMIN_TOKEN" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json", 200),
+        ("application/json; charset=utf-8", 200),
+        ("Application/JSON; Charset=UTF-8", 200),
+        ("text/plain", 415),
+        ("application/x-www-form-urlencoded", 415),
+        ("application/json; charset=latin-1", 415),
+        (None, 415),
+    ],
+)
+def test_predict_takes_json_only(client, registered, content_type: str | None, status: int) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    body = orjson.dumps(registered["records"][0])
+    response = client.post("/predict", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 415:
+        assert "Content-Type: application/json" in response.json()["detail"]
+
+
+UNRELEASED = "serve-unreleased-model"
+
+
+def wait_loaded(api: TestClient) -> dict[str, Any]:
+    """The /ready answer once loading has ended, in success or failure."""
+    deadline = time.monotonic() + 60
+    while (answer := api.get("/ready").json()).get("detail") == "model is loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return answer  # type: ignore[no-any-return]
+
+
+def new_version(registered: dict[str, Any], **tags: str) -> str:
+    """Another version of ``UNRELEASED``: the served model, with the pipeline's tags but no verdict, plus ``tags``."""
+    client_ = tracking.client()
+    if not client_.search_registered_models(f"name='{UNRELEASED}'"):
+        client_.create_registered_model(UNRELEASED)
+    pipeline = client_.get_model_version(MODEL, registered["version"]).tags
+    kept = {k: v for k, v in pipeline.items() if k != CANARY_VERDICT_TAG}
+    model_uri = registered["model_uri"]
+    return str(client_.create_model_version(UNRELEASED, model_uri, model_id=model_uri.removeprefix("models:/"),
+                                            tags={**kept, **tags}).version)  # fmt: skip
+
+
+def test_the_champion_is_served_only_with_a_promoted_verdict(registered, monkeypatch, tmp_path) -> None:
+    aborted, unjudged = new_version(registered, **{CANARY_VERDICT_TAG: "aborted"}), new_version(registered)
+    client_ = tracking.client()
+    champion = f"models:/{UNRELEASED}@{CHAMPION}"
+    for version, said in ((aborted, "canary verdict is 'aborted'"), (unjudged, "canary has no verdict")):
+        client_.set_registered_model_alias(UNRELEASED, CHAMPION, version)
+        with TestClient(create_app(Settings(model_uri=champion))) as api:
+            answer = wait_loaded(api)
+            assert answer["ready"] is False
+            assert (
+                f"refusing to serve {UNRELEASED}@{CHAMPION}: it points at v{version}, whose {said}"
+                in (answer["detail"])
+            )
+            assert "SERVE_ALLOW_UNRELEASED=true" in answer["detail"]
+            assert api.post("/predict", json=registered["records"][0]).status_code == 503
+    # Other aliases (the canary serves the challenger before any verdict) and pinned versions are served.
+    client_.set_registered_model_alias(UNRELEASED, CHALLENGER, unjudged)
+    for uri in (f"models:/{UNRELEASED}@{CHALLENGER}", f"models:/{UNRELEASED}/{aborted}"):
+        with TestClient(create_app(Settings(model_uri=uri))) as api:
+            assert wait_loaded(api)["ready"] is True, uri
+    # Exporting the champion to a folder checks the same, so a folder cannot carry an unreleased model past it.
+    from ml.serve.export import main as export
+
+    with pytest.raises(StageError, match=f"refusing to serve {UNRELEASED}@{CHAMPION}"):
+        export(["--model-uri", champion, "--output", str(tmp_path / "exported")])
+    assert not (tmp_path / "exported").exists()
+    assert export(["--model-uri", champion, "--output", str(tmp_path / "exported"), "--allow-unreleased"])
+    # A person who moved the alias on purpose says so.
+    monkeypatch.setenv("SERVE_ALLOW_UNRELEASED", "true")
+    with TestClient(create_app(Settings(model_uri=champion))) as api:
+        assert wait_loaded(api)["model_version"] == unjudged
+
+
+def test_promotion_tags_the_verdict_before_it_moves_the_alias(registered, monkeypatch) -> None:
+    from mlflow import MlflowClient
+
+    from ml.promote import promote
+
+    client_ = tracking.client()
+    first = new_version(registered, **{CANARY_VERDICT_TAG: CANARY_PROMOTED})
+    client_.set_registered_model_alias(UNRELEASED, CHAMPION, first)
+    second = new_version(registered, **{CHAMPION_AT_EVALUATION_TAG: first})
+    seen: list[str | None] = []
+    real_move = MlflowClient.set_registered_model_alias
+
+    def move(self: Any, name: str, alias: str, version: str) -> None:
+        seen.append(self.get_model_version(name, version).tags.get(CANARY_VERDICT_TAG))
+        real_move(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", move)
+    verdict = {"phase": "Healthy", "model_uri": f"models:/{UNRELEASED}/{second}", "measurements": []}
+    assert promote(name=UNRELEASED, version=second, alias=CHAMPION, verdict=verdict).promoted
+    assert seen == [CANARY_PROMOTED]  # an API (re)loading the champion at any moment finds the verdict
+    monkeypatch.undo()
+    with TestClient(create_app(Settings(model_uri=f"models:/{UNRELEASED}@{CHAMPION}"))) as api:
+        assert wait_loaded(api)["model_version"] == second
+
+
+def test_the_served_champion_alias_is_the_platforms_production_alias() -> None:
+    from mlops.platform_config import load_platform
+
+    assert Settings(model_uri="models:/m@a").champion_alias == load_platform().registry.production_alias
+
+
+def test_the_openapi_document_declares_the_limits_answers(client) -> None:
+    responses = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
+    assert {"408", "413", "415", "503"} <= set(responses)
+
+
+def test_make_serve_refuses_an_unreleased_champion_before_starting(registered, monkeypatch) -> None:
+    from scripts.serve import check
+
+    aborted = new_version(registered, **{CANARY_VERDICT_TAG: "aborted"})
+    tracking.client().set_registered_model_alias(UNRELEASED, CHAMPION, aborted)
+    with pytest.raises(SystemExit, match=rf"it points at v{aborted}, whose canary verdict is 'aborted'"):
+        check(f"models:/{UNRELEASED}@{CHAMPION}", UNRELEASED)
+    monkeypatch.setenv("SERVE_ALLOW_UNRELEASED", "true")
+    check(f"models:/{UNRELEASED}@{CHAMPION}", UNRELEASED)

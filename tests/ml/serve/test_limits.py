@@ -1,0 +1,281 @@
+"""The API's limits against abusive clients, on a real server (``python -m ml.serve``) over real sockets.
+
+The server runs with short deadlines and a low concurrency limit (set through its ``SERVE_*`` environment, as a
+pod's would be), so that each abuse is cut within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, free_port
+from tests.helpers import CHAMPION
+from tests.ml.serve.test_app import MODEL, registered  # noqa: F401 - the fixture shared with the API tests
+
+HEADER_TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 2.0
+MAX_CONCURRENT = 3
+MAX_BODY = 2_000_000
+#: How late after its deadline a connection may still be closed (a loaded test machine).
+MARGIN_S = 2.0
+JSON_HEAD = "POST /predict HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+
+
+class Api:
+    """The server process, its address and its log."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process, self.port, self.log = process, port, log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def statuses(self, path: str = "/predict") -> dict[str, float]:
+        """``http_requests_total`` of ``path`` by status."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return {
+            sample.labels["status"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "http_requests_total" and sample.labels["path"] == path
+        }
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.process.pid).memory_info().rss)
+
+
+@pytest.fixture(scope="module")
+def api(registered: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:  # noqa: F811
+    port, log = free_port(), tmp_path_factory.mktemp("api") / "api.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SERVE_MODEL_URI": f"models:/{MODEL}@{CHAMPION}",
+        "SERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "SERVE_MAX_CONCURRENT_REQUESTS": str(MAX_CONCURRENT),
+        "SERVE_MAX_BODY_BYTES": str(MAX_BODY),
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ml.serve", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    server = Api(process, port, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def connect(api: Api) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", api.port), timeout=10)
+
+
+def read_until_closed(sock: socket.socket, timeout_s: float = 10) -> bytes:
+    """What the server sends until it closes the connection (a reset ends it too)."""
+    sock.setblocking(True)
+    sock.settimeout(timeout_s)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def trickle(sock: socket.socket, byte: bytes, limit_s: float) -> tuple[float, bytes]:
+    """Send ``byte`` every 0.2 s until the server answers or closes; return the time that took and the answer."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        readable, _, _ = select.select([sock], [], [], 0.2)
+        if readable:
+            return time.monotonic() - started, read_until_closed(sock)
+        try:
+            sock.send(byte)
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started, b""
+    raise AssertionError(f"the server still reads a trickling client after {limit_s} s")
+
+
+def upload_chunked(api: Api, total: int, chunk: int = 65536) -> tuple[bytes, int]:
+    """Stream ``total`` bytes as a chunked body as fast as the server takes them, stopping when it answers or
+    closes; return its answer and the bytes sent."""
+    sock = connect(api)
+    sock.sendall(f"{JSON_HEAD}Transfer-Encoding: chunked\r\n\r\n".encode())
+    frame = memoryview(f"{chunk:x}\r\n".encode() + b"x" * chunk + b"\r\n")
+    sock.setblocking(False)
+    offset = sent = 0
+    with sock:
+        while sent < total:
+            readable, writable, _ = select.select([sock], [sock], [], 10)
+            if readable or not writable:
+                break
+            try:
+                written = sock.send(frame[offset:])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            offset, sent = (offset + written) % len(frame), sent + written
+        return read_until_closed(sock), sent
+
+
+def test_a_chunked_body_over_the_limit_gets_413_at_once_and_memory_stays_bounded(api: Api) -> None:
+    before, peak, done = api.rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], api.rss())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        answers = [upload_chunked(api, 300_000_000) for _ in range(3)]
+    finally:
+        done.set()
+        sampler.join()
+    for answer, sent in answers:
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"over the limit of 2000000" in answer
+        assert sent < 40_000_000, f"the server read {sent:,} bytes of a body over the limit"
+    assert peak[0] - before < 50_000_000, f"RSS grew by {(peak[0] - before) / 1e6:.0f} MB"
+
+
+def test_a_declared_body_over_the_limit_gets_413_before_it_is_sent(api: Api) -> None:
+    with connect(api) as sock:
+        sock.sendall(f"{JSON_HEAD}Content-Length: 300000000\r\n\r\n".encode())
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 413") and b"body of 300000000 bytes is over the limit" in answer
+
+
+def test_trickling_headers_are_cut_at_the_header_deadline(api: Api) -> None:
+    with connect(api) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: api\r\nX-Slow: ")
+        took, answer = trickle(sock, b"a", HEADER_TIMEOUT_S + MARGIN_S + 5)
+    assert HEADER_TIMEOUT_S - 0.5 < took < HEADER_TIMEOUT_S + MARGIN_S
+    assert answer.startswith(b"HTTP/1.1 408")
+
+
+def test_trickling_headers_on_a_kept_alive_connection_are_cut_too(api: Api, registered) -> None:  # noqa: F811
+    body = orjson.dumps(registered["records"][0])
+    with connect(api) as sock, sock.makefile("rb") as answers:
+        sock.sendall(f"{JSON_HEAD}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert answers.readline().startswith(b"HTTP/1.1 200")
+        headers = dict(line.decode().lower().split(": ", 1) for line in iter(answers.readline, b"\r\n"))
+        answers.read(int(headers["content-length"]))
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: api\r\nX-Slow: ")
+        took, answer = trickle(sock, b"a", HEADER_TIMEOUT_S + MARGIN_S + 5)
+    assert HEADER_TIMEOUT_S - 0.5 < took < HEADER_TIMEOUT_S + MARGIN_S
+    assert answer.startswith(b"HTTP/1.1 408")
+
+
+def test_headers_over_the_size_limit_get_431(api: Api) -> None:
+    with connect(api) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: api\r\nX-Big: " + b"a" * (64 * 1024 + 1))
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431")
+    families = text_string_to_metric_families(httpx.get(f"{api.url}/metrics", timeout=10).text)
+    closed = {
+        s.labels["reason"]: s.value
+        for f in families
+        for s in f.samples
+        if s.name == "http_connections_closed_total"
+    }
+    assert closed["header_too_large"] >= 1
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_header_deadline(api: Api) -> None:
+    with connect(api) as sock:
+        started = time.monotonic()
+        assert read_until_closed(sock, timeout_s=HEADER_TIMEOUT_S + MARGIN_S + 5) == b""
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + MARGIN_S
+
+
+def test_a_trickling_body_gets_408_at_the_body_deadline(api: Api) -> None:
+    with connect(api) as sock:
+        sock.sendall(f"{JSON_HEAD}Content-Length: 1000\r\n\r\n{{".encode())
+        took, answer = trickle(sock, b" ", BODY_TIMEOUT_S + MARGIN_S + 5)
+    assert BODY_TIMEOUT_S - 0.5 < took < BODY_TIMEOUT_S + MARGIN_S
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within" in answer
+
+
+def test_keep_alive_still_serves_one_request_after_another(api: Api, registered) -> None:  # noqa: F811
+    body = orjson.dumps(registered["records"][0])
+    with connect(api) as sock, sock.makefile("rb") as answers:
+        for _ in range(2):
+            sock.sendall(f"{JSON_HEAD}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            status = answers.readline()
+            headers = dict(line.decode().lower().split(": ", 1) for line in iter(answers.readline, b"\r\n"))
+            assert status.startswith(b"HTTP/1.1 200") and "connection" not in headers
+            assert orjson.loads(answers.read(int(headers["content-length"])))["predictions"]
+
+
+def test_requests_beyond_the_concurrency_limit_get_503_but_the_probes_answer(api: Api, registered) -> None:  # noqa: F811
+    held = [connect(api) for _ in range(MAX_CONCURRENT)]  # each sends its headers, then holds its body back
+    try:
+        for sock in held:
+            sock.sendall(f"{JSON_HEAD}Content-Length: 100\r\n\r\n".encode())
+        time.sleep(0.3)
+        refused = httpx.post(f"{api.url}/predict", json=registered["records"][0], timeout=10)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1" and "at its limit" in refused.json()["detail"]
+        assert httpx.get(f"{api.url}/ready", timeout=10).status_code == 200
+        assert httpx.get(f"{api.url}/metrics", timeout=10).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while (
+        answer := httpx.post(f"{api.url}/predict", json=registered["records"][0], timeout=10)
+    ).status_code != 200:
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.1)
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_not_a_server_error(api: Api) -> None:
+    before = api.statuses()
+    with connect(api) as sock:
+        sock.sendall(f"{JSON_HEAD}Content-Length: 10000\r\n\r\n".encode() + b'{"amount": 1' + b" " * 100)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while (after := api.statuses()).get("499", 0) == before.get("499", 0):
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
+    assert after["499"] == before.get("499", 0) + 1
+    errors = {status: count for status, count in after.items() if status.startswith("5")}
+    assert errors == {status: count for status, count in before.items() if status.startswith("5")}
+    log = api.log.read_text()
+    assert "the client closed the connection before its request was read" in log
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
+
+
+def test_a_body_not_sent_as_json_gets_415(api: Api, registered) -> None:  # noqa: F811
+    body = orjson.dumps(registered["records"][0])
+    answer = httpx.post(
+        f"{api.url}/predict", content=body, headers={"content-type": "text/plain"}, timeout=10
+    )
+    assert answer.status_code == 415 and "Content-Type: application/json" in answer.json()["detail"]
