@@ -2,11 +2,14 @@
 
 No Docker engine runs in the test environment: the file is checked against the Compose specification's JSON
 schema (check-jsonschema's vendored copy, offline) and its rules are checked on the parsed file. The
-entrypoint's choice of pod runtime runs for real, with `env` standing in for the Airflow image's entrypoint.
+entrypoint's choice of pod runtime runs for real, with `env` standing in for the Airflow image's entrypoint, and
+so does the secrets check (compose/check-secrets.sh) on .env.example's values and on real ones. MLflow's
+basic-auth setup runs against a real server in tests/ml/test_mlflow_auth.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,6 +30,25 @@ AIRFLOW_SERVICES = {"api-server", "scheduler", "dag-processor", "triggerer"}
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY|_KEY_ID)$")
 REQUIRED_VARIABLE = re.compile(r"^\$\{[A-Z0-9_]+:\?[^}]+\}$")
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
+EXAMPLE = ROOT / ".env.example"
+CHECK_SECRETS = ROOT / "compose" / "check-secrets.sh"
+
+
+def example_settings() -> dict[str, str]:
+    return dict(
+        line.split("=", 1) for line in EXAMPLE.read_text().splitlines() if line and not line.startswith("#")
+    )
+
+
+def secret_settings() -> set[str]:
+    """The settings from .env that are secrets (by name)."""
+    return {name for name in VARIABLE.findall(COMPOSE_FILE.read_text()) if SECRET_NAME.search(name)}
+
+
+def check_secrets(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(CHECK_SECRETS)], env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +118,7 @@ def test_every_long_running_service_has_a_healthcheck(services) -> None:
 
 def test_one_shot_jobs_are_awaited_until_they_complete(services) -> None:
     jobs = {name for name, service in services.items() if one_shot(service)}
-    assert jobs == {"airflow-init", "minio-init"}
+    assert jobs == {"airflow-init", "minio-init", "mlflow-auth-init", "secrets-check"}
     awaited = {
         dependency
         for service in services.values()
@@ -142,6 +164,12 @@ def test_no_secret_is_written_in_the_file(services) -> None:
     # Credentials inside URLs or arguments are variables too.
     for url in re.findall(r"[a-z+]+://[^/\s:]+:[^@\s]+@", COMPOSE_FILE.read_text()):
         assert VARIABLE.search(url), url
+    # And inside connections given as JSON.
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if key.startswith("AIRFLOW_CONN_") and value.lstrip().startswith("{"):
+                connection = json.loads(value)
+                assert REQUIRED_VARIABLE.match(connection.get("password", "${X:?}")), f"{name}: {key}"
 
 
 def test_every_setting_from_env_is_documented_in_the_example_and_the_real_file_is_ignored() -> None:
@@ -230,3 +258,90 @@ def test_the_kind_overlay_mounts_the_kubeconfig_where_the_entrypoint_looks(servi
     for name in AIRFLOW_SERVICES:
         assert f"{default}:ro" in [v.split(":", 1)[1] for v in overlay["services"][name]["volumes"]]
         assert "kind" in overlay["services"][name]["networks"]
+
+
+def test_the_secrets_check_refuses_the_placeholders_of_the_example_and_names_each(services) -> None:
+    example = example_settings()
+    passed = {
+        key: interpolate_example(value) for key, value in environment(services["secrets-check"]).items()
+    }
+    result = check_secrets(passed)
+    assert result.returncode != 0
+    placeholders = {name for name, value in example.items() if value.startswith("change-me")}
+    assert placeholders, "the example's secrets are placeholders"
+    for name in placeholders:
+        assert f"{name} still holds the placeholder" in result.stderr, name
+
+
+def test_the_secrets_check_passes_real_values(services) -> None:
+    real = {key: os.urandom(12).hex() for key in environment(services["secrets-check"])}
+    result = check_secrets(real)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_secrets_check_is_given_every_secret_and_every_service_taking_one_waits_for_it(services) -> None:
+    check = services["secrets-check"]
+    assert one_shot(check)
+    assert CHECK_SECRETS.name in " ".join(check["entrypoint"])
+    checked = set(VARIABLE.findall(" ".join(environment(check).values())))
+    assert checked == secret_settings()
+    for name, service in services.items():
+        if name == "secrets-check":
+            continue
+        taken = set(VARIABLE.findall(yaml.safe_dump(service))) & secret_settings()
+        if taken:
+            assert service["depends_on"].get("secrets-check") == {
+                "condition": "service_completed_successfully"
+            }, f"{name} takes {sorted(taken)} but does not wait for the secrets check"
+
+
+def interpolate_example(value: str) -> str:
+    """``${VAR:?message}`` with .env.example's value, as docker compose reads it from a copied .env."""
+    return VARIABLE.sub(lambda m: example_settings()[m.group(1)], value)
+
+
+def test_mlflow_runs_its_basic_auth_app_with_the_config_and_users_the_init_job_creates(services) -> None:
+    import configparser
+
+    mlflow = services["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["entrypoint"]
+    env = environment(mlflow)
+    mount = next(v for v in mlflow["volumes"] if v.split(":")[1] == env["MLFLOW_AUTH_CONFIG_PATH"])
+    config = configparser.ConfigParser()
+    config.read(ROOT / mount.split(":")[0])
+    auth = config["mlflow"]
+    assert auth["default_permission"] == "READ"
+    assert "@" in auth["database_uri"] and ":" not in auth["database_uri"].split("://", 1)[1].split("@")[0], (
+        "the auth database URI carries no password (PGPASSWORD)"
+    )
+    for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PGPASSWORD"):
+        assert REQUIRED_VARIABLE.match(env[key]), key
+    init = services["mlflow-auth-init"]
+    init_env = environment(init)
+    assert init_env["MLFLOW_TRACKING_USERNAME"] == auth["admin_username"]
+    assert init_env["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert init["depends_on"]["mlflow"] == {"condition": "service_healthy"}
+    args = init["command"]
+    registry = load_platform().registry
+    from tests.e2e.conftest import DAG_ID
+
+    assert args[args.index("--registered-model") + 1] == registry.model_name
+    assert args[args.index("--experiment") + 1] == DAG_ID  # the training DAG logs to the experiment of its id
+
+
+def test_the_pipeline_writes_as_its_user_and_the_inference_api_reads_as_the_read_only_one(
+    compose, services
+) -> None:
+    init = environment(services["mlflow-auth-init"])
+    connection = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+    assert (connection["login"], connection["password"]) == (
+        init["MLFLOW_PIPELINE_USERNAME"], init["MLFLOW_PIPELINE_PASSWORD"],
+    )  # fmt: skip
+    api = environment(services["inference-api"])
+    assert (api["MLFLOW_TRACKING_USERNAME"], api["MLFLOW_TRACKING_PASSWORD"]) == (
+        init["MLFLOW_READER_USERNAME"], init["MLFLOW_READER_PASSWORD"],
+    )  # fmt: skip
+    for name in (*AIRFLOW_SERVICES, "inference-api"):
+        assert services[name]["depends_on"]["mlflow-auth-init"] == {
+            "condition": "service_completed_successfully"
+        }

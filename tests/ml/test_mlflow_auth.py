@@ -1,0 +1,211 @@
+"""MLflow behind its basic-auth app, as docker-compose.yaml runs it: a real ``mlflow server --app-name
+basic-auth`` with compose's auth config (its database moved to SQLite in a temporary folder), set up by the same
+one-shot with the same arguments and environment as compose's ``mlflow-auth-init`` (``ml/mlflow_auth.py``).
+
+Only the pipeline's user can write to the pipeline's experiment and model, the ``champion`` alias included; the
+inference API's user reads; an anonymous request is refused.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from mlops.platform_config import load_platform
+from tests.conftest import free_port
+
+#: A real server and two runs of the one-shot: kept out of ``make test-fast`` with the other end-to-end tests.
+# Two server starts with the auth app (a minute on 2 cores): run by `make test-scheduler`, as CI does.
+pytestmark = [pytest.mark.e2e, pytest.mark.drill]
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+INIT = COMPOSE["services"]["mlflow-auth-init"]
+SERVER = COMPOSE["services"]["mlflow"]
+CHAMPION = load_platform().registry.production_alias
+ADMIN_PASSWORD = os.urandom(9).hex()
+#: Values for the ``${VAR:?...}`` settings that compose reads from .env.
+DOTENV = {
+    "MLFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD,
+    "MLFLOW_PIPELINE_USERNAME": "mlops-pipeline",
+    "MLFLOW_PIPELINE_PASSWORD": os.urandom(9).hex(),
+    "MLFLOW_READER_USERNAME": "inference-api",
+    "MLFLOW_READER_PASSWORD": os.urandom(9).hex(),
+    "MLFLOW_SECRET_KEY": os.urandom(9).hex(),
+}
+
+
+def interpolate(value: str) -> str:
+    return re.sub(r"\$\{([A-Z0-9_]+)(?::\?[^}]*)?\}", lambda m: DOTENV.get(m.group(1), "unused-here"), value)
+
+
+def compose_environment(service: dict[str, Any]) -> dict[str, str]:
+    return {key: interpolate(str(value)) for key, value in service["environment"].items()}
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow server --app-name basic-auth`` on loopback with compose's auth config, on SQLite."""
+    root = tmp_path_factory.mktemp("mlflow-auth")
+    mount = next(v for v in SERVER["volumes"] if "basic-auth" in v)
+    config = configparser.ConfigParser()
+    config.read(ROOT / mount.split(":")[0])
+    config["mlflow"]["database_uri"] = f"sqlite:///{root / 'auth.db'}"
+    with open(root / "basic-auth.ini", "w") as ini:
+        config.write(ini)
+    server_env = compose_environment(SERVER)
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic-auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": server_env["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": server_env["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+    }
+    assert "--app-name=basic-auth" in SERVER["entrypoint"]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(root / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (root / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def configured(auth_server: str) -> dict[str, str]:
+    """compose's ``mlflow-auth-init``, run twice (it is idempotent), against the server."""
+    env = {
+        **os.environ,
+        **compose_environment(INIT),
+        "MLFLOW_TRACKING_URI": auth_server,
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", *INIT["entrypoint"][2:], *INIT["command"]]
+    assert INIT["entrypoint"][:2] == ["python", "-m"]
+    for _ in range(2):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-3000:]
+    args = INIT["command"]
+    return {
+        "experiment": args[args.index("--experiment") + 1],
+        "model": args[args.index("--registered-model") + 1],
+    }
+
+
+def rest(url: str, method: str, path: str, user: str | None = None, **kwargs: Any) -> httpx.Response:
+    auth = None if user is None else (DOTENV[f"MLFLOW_{user}_USERNAME"], DOTENV[f"MLFLOW_{user}_PASSWORD"])
+    return httpx.request(method, f"{url}/api/2.0/mlflow/{path}", auth=auth, timeout=30, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pipeline_version(auth_server: str, configured: dict[str, str]) -> str:
+    """What the pipeline does, as its user: a run with an artifact in its experiment, a version registered from it,
+    and the champion alias moved to it."""
+    url, model = auth_server, configured["model"]
+    experiment = rest(
+        url,
+        "GET",
+        "experiments/get-by-name",
+        "PIPELINE",
+        params={"experiment_name": configured["experiment"]},
+    )
+    assert experiment.status_code == 200, experiment.text
+    run = rest(
+        url,
+        "POST",
+        "runs/create",
+        "PIPELINE",
+        json={"experiment_id": experiment.json()["experiment"]["experiment_id"]},
+    )
+    assert run.status_code == 200, run.text
+    run_id = run.json()["run"]["info"]["run_id"]
+    artifact_uri = run.json()["run"]["info"]["artifact_uri"]
+    uploaded = httpx.put(
+        f"{url}/api/2.0/mlflow-artifacts/artifacts/{artifact_uri.split('mlflow-artifacts:/', 1)[1]}/model/MLmodel",
+        content=b"flavors: {}\n", auth=(DOTENV["MLFLOW_PIPELINE_USERNAME"], DOTENV["MLFLOW_PIPELINE_PASSWORD"]),
+        timeout=30,
+    )  # fmt: skip
+    assert uploaded.status_code == 200, uploaded.text
+    version = rest(url, "POST", "model-versions/create", "PIPELINE",
+                   json={"name": model, "source": f"{artifact_uri}/model", "run_id": run_id})  # fmt: skip
+    assert version.status_code == 200, version.text
+    number = str(version.json()["model_version"]["version"])
+    moved = rest(url, "POST", "registered-models/alias", "PIPELINE",
+                 json={"name": model, "alias": CHAMPION, "version": number})  # fmt: skip
+    assert moved.status_code == 200, moved.text
+    return number
+
+
+def test_the_pipeline_user_logs_a_run_registers_a_version_and_moves_the_champion(
+    auth_server: str, configured: dict[str, str], pipeline_version: str
+) -> None:
+    champion = rest(auth_server, "GET", "registered-models/alias", "READER",
+                    params={"name": configured["model"], "alias": CHAMPION})  # fmt: skip
+    assert champion.status_code == 200, champion.text
+    assert champion.json()["model_version"]["version"] == pipeline_version
+
+
+def test_an_anonymous_request_to_move_the_champion_is_refused(
+    auth_server: str, configured: dict[str, str], pipeline_version: str
+) -> None:
+    moved = rest(auth_server, "POST", "registered-models/alias",
+                 json={"name": configured["model"], "alias": CHAMPION, "version": pipeline_version})  # fmt: skip
+    assert moved.status_code == 401
+    assert (
+        rest(auth_server, "GET", "registered-models/get", params={"name": configured["model"]}).status_code
+        == 401
+    )
+
+
+def test_the_read_only_user_reads_but_cannot_move_the_champion_or_write_runs(
+    auth_server: str, configured: dict[str, str], pipeline_version: str
+) -> None:
+    model = configured["model"]
+    assert (
+        rest(auth_server, "GET", "registered-models/get", "READER", params={"name": model}).status_code == 200
+    )
+    moved = rest(auth_server, "POST", "registered-models/alias", "READER",
+                 json={"name": model, "alias": CHAMPION, "version": pipeline_version})  # fmt: skip
+    assert moved.status_code == 403, moved.text
+    assert rest(auth_server, "DELETE", "registered-models/alias", "READER",
+                params={"name": model, "alias": CHAMPION}).status_code == 403  # fmt: skip
+    experiment = rest(auth_server, "GET", "experiments/get-by-name", "READER",
+                      params={"experiment_name": configured["experiment"]})  # fmt: skip
+    assert experiment.status_code == 200
+    run = rest(auth_server, "POST", "runs/create", "READER",
+               json={"experiment_id": experiment.json()["experiment"]["experiment_id"]})  # fmt: skip
+    assert run.status_code == 403, run.text
+
+
+def test_a_wrong_password_is_refused(auth_server: str, configured: dict[str, str]) -> None:
+    response = httpx.get(
+        f"{auth_server}/api/2.0/mlflow/registered-models/get", params={"name": configured["model"]},
+        auth=(DOTENV["MLFLOW_PIPELINE_USERNAME"], "not-the-password"), timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 401
