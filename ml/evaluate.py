@@ -38,6 +38,7 @@ from contract import (
 from ml import monitoring, tracking
 from ml import plan as release_plan
 from ml.errors import StageError
+from ml.runtime import ArgumentParser
 from ml.schema import to_model_input
 from ml.storage import read_manifest, read_published_table
 
@@ -448,7 +449,7 @@ def _log_evidence(
     figures = _figures(labels, scores, threshold, pipeline, champion_scores)  # selects the Agg backend first
     import matplotlib.pyplot as plt
 
-    with mlflow.start_run(run_id=evaluation.run_id):
+    with tracking.active_run(evaluation.run_id):
         test_metrics = {f"test_{k}": v for k, v in asdict(evaluation.metrics).items() if k != "threshold"}
         mlflow.log_metrics({**test_metrics, "decision_threshold": threshold}, model_id=evaluation.model_id)
         if evaluation.champion.metrics:
@@ -482,16 +483,16 @@ def _log_history(evaluation: Evaluation, intervals: int) -> None:
         run.info.experiment_id, evaluation.registered_model_name, intervals, until=window.split("/")[-1]
     )
     figure = monitoring.history_figure(past, evaluation.registered_model_name)
-    with mlflow.start_run(run_id=evaluation.run_id):
+    with tracking.active_run(evaluation.run_id):
         mlflow.log_figure(figure, "plots/performance_over_time.png")
         mlflow.log_table(past.assign(window_end=past["window_end"].astype(str)), "performance_over_time.json")
     plt.close(figure)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--prepared-uri", required=True)
-    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--model-uri", type=tracking.model_uri, required=True)
     parser.add_argument("--run-id", required=True, help="MLflow run of the training")
     parser.add_argument("--registered-model-name", required=True)
     parser.add_argument("--min-average-precision", type=float, required=True)

@@ -15,7 +15,6 @@ and a digest of the split files.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -30,6 +29,7 @@ import pandas as pd
 from ml import leakage
 from ml import windows as data_windows
 from ml.errors import DataValidationError, StageError
+from ml.runtime import ArgumentParser, non_negative_int
 from ml.sources import Read, read_source
 from ml.storage import MANIFEST, publish_folder
 from ml.windows import ANY_SIZE, Minimums, Windows
@@ -409,6 +409,8 @@ def prepare(
         positive_label: The target's positive value, when the target is not 0/1 or true/false.
     """
     # Long on purpose: the stage's steps in order, each one line or a call.
+    if seed < 0:
+        raise StageError(f"seed must be 0 or more, got {seed}")
     if windows is not None and not time_column:
         log.warning("no time column: the data interval selects no rows, and every run sees the whole table")
         windows = None
@@ -520,13 +522,13 @@ def _window_arguments(window: Any) -> None:
         default=0,
         help="days evaluated on before the end (0: the interval)",
     )
-    window.add_argument("--min-training-rows", type=int, default=1)
-    window.add_argument("--min-evaluation-rows", type=int, default=1)
-    window.add_argument("--min-evaluation-positives", type=int, default=1)
+    window.add_argument("--min-training-rows", type=non_negative_int, default=1)
+    window.add_argument("--min-evaluation-rows", type=non_negative_int, default=1)
+    window.add_argument("--min-evaluation-positives", type=non_negative_int, default=1)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m ml.prepare", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True, help="table URI: path, s3://, or synthetic://")
     parser.add_argument("--target", required=True, help="binary target column")
     parser.add_argument("--output", required=True, help="output folder (path or s3:// prefix)")
@@ -535,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--drop-columns", type=_columns, default=[], help="comma-separated columns to drop")
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=non_negative_int, default=42)
     parser.add_argument(
         "--positive-label",
         default="",

@@ -16,7 +16,6 @@ that window could slip past the check.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,20 +24,22 @@ from typing import Any
 from contract import (
     CANARY_MEASUREMENT_TAG_PREFIX,
     CANARY_MESSAGE_TAG,
+    CANARY_PROMOTED,
     CANARY_REVISION_TAG,
     CANARY_VERDICT_TAG,
     CHAMPION_AT_EVALUATION_TAG,
     DEGRADED,
     HEALTHY,
+    PREVIOUS_CHAMPION_TAG,
     REFUSED,
 )
 from ml import tracking
 from ml.errors import StageError
-from ml.runtime import json_object
+from ml.runtime import ArgumentParser, json_object
 
 log = logging.getLogger(__name__)
 
-VERDICTS = {HEALTHY: "promoted", DEGRADED: "aborted", REFUSED: "refused"}
+VERDICTS = {HEALTHY: CANARY_PROMOTED, DEGRADED: "aborted", REFUSED: "refused"}
 
 
 @dataclass
@@ -115,7 +116,9 @@ def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> 
     expected = model_version.tags.get(CHAMPION_AT_EVALUATION_TAG)
     current = current_alias(name, alias)
     moved = champion_moved(expected, current, version)
-    outcome, reason = VERDICTS[verdict["phase"]], ""
+    outcome, reason, move = VERDICTS[verdict["phase"]], "", False
+    # Set by the attempt of this stage that moved the alias (maybe one that crashed right after the move).
+    moved_from = model_version.tags.get(PREVIOUS_CHAMPION_TAG)
     if moved:
         outcome, reason = VERDICTS[REFUSED], moved
     elif verdict["phase"] == HEALTHY and current != version:
@@ -123,13 +126,14 @@ def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> 
             raise StageError(
                 f"{name} v{version} has no {CHAMPION_AT_EVALUATION_TAG} tag: was it registered by the pipeline?"
             )
-        client.set_registered_model_alias(name, alias, version)
-        log.info("%s@%s: v%s -> v%s", name, alias, current, version)
+        move, moved_from = True, current or "none"
+    elif verdict["phase"] == HEALTHY and moved_from is not None:
+        log.info("%s@%s was moved to v%s by an earlier attempt, from %s", name, alias, version, moved_from)
     elif verdict["phase"] == HEALTHY:
         log.info("%s@%s already points at v%s: nothing to move", name, alias, version)
     else:
         reason = f"the release of v{version} was {outcome}"
-    promoted = outcome == VERDICTS[HEALTHY] and current != version
+    promoted = outcome == VERDICTS[HEALTHY] and moved_from is not None
     if outcome != VERDICTS[HEALTHY]:
         log.warning(
             "%s v%s %s: %s stays on v%s (%s)",
@@ -140,22 +144,30 @@ def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> 
             current,
             reason or verdict.get("message"),
         )
-    for key, value in verdict_tags(verdict, outcome, reason).items():
+    # The verdict first, the alias after: the inference API serves the alias only on a "promoted" verdict, so an
+    # API (re)loading the alias between the two calls must find the verdict already there.
+    tags = verdict_tags(verdict, outcome, reason)
+    if move:  # where the alias was, recorded before it moves: a retry after a crash reads it back
+        tags[PREVIOUS_CHAMPION_TAG] = moved_from or "none"
+    for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    if move:
+        client.set_registered_model_alias(name, alias, version)
+        log.info("%s@%s: v%s -> v%s", name, alias, current, version)
     return Promotion(
         name=name,
         version=version,
         alias=alias,
         verdict=outcome,
         promoted=promoted,
-        previous_champion=current if promoted else None,
+        previous_champion=(None if moved_from == "none" else moved_from) if promoted else None,
         champion=version if outcome == VERDICTS[HEALTHY] else current,
         reason=reason,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m ml.promote", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.promote", description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="registered model")
     parser.add_argument("--version", required=True, help="the version the canary released")
     parser.add_argument("--alias", required=True, help="the production alias to move")

@@ -12,7 +12,6 @@ never create a second version. It refuses (non-zero exit, nothing written) anyth
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from contract import (
 from ml import tracking
 from ml.errors import StageError
 from ml.plan import UNPLANNED, checked
-from ml.runtime import json_object
+from ml.runtime import ArgumentParser, json_object
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +181,7 @@ def _record_plan(name: str, version: str, alias: str, plan: dict[str, Any]) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m ml.register", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.register", description=__doc__.splitlines()[0])
     parser.add_argument("--evaluation", required=True, help="the evaluate stage's JSON result")
     parser.add_argument(
         "--run-key", required=True, help="key of the orchestrator run, e.g. <dag_id>/<run_id>"

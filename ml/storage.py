@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,14 +27,29 @@ from ml.errors import StageError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: A staging folder of another output left this long is taken to be a killed attempt's, and removed.
+STALE_STAGING_SECONDS = 24 * 3600
 SYNTHETIC_SCHEME = "synthetic"
+
+
+#: botocore's retries of throttling (503 SlowDown), 5xx, timeouts and connection errors, unless the environment
+#: sets its own (``AWS_RETRY_MODE``, ``AWS_MAX_ATTEMPTS``): "standard" backs off exponentially with jitter.
+S3_RETRY_MODE = "standard"
+S3_MAX_ATTEMPTS = 8
 
 
 def s3_client() -> Any:
     """A boto3 S3 client; boto3 reads AWS_ENDPOINT_URL itself, so MinIO works without code changes."""
-    import boto3  # imported lazily: local runs never need it
+    import os
 
-    return boto3.client("s3")
+    import boto3  # imported lazily: local runs never need it
+    from botocore.config import Config
+
+    retries = {
+        "mode": os.environ.get("AWS_RETRY_MODE", S3_RETRY_MODE),
+        "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", S3_MAX_ATTEMPTS)),
+    }
+    return boto3.client("s3", config=Config(retries=retries))  # type: ignore[arg-type]
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -73,6 +89,7 @@ def publish_folder(uri: str) -> Iterator[Path]:
 
     target = Path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target)
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
@@ -86,6 +103,29 @@ def publish_folder(uri: str) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(target: Path, *, now: float | None = None) -> list[Path]:
+    """Remove what killed publishers left beside ``target``: its own staging and retired folders (one attempt of
+    a task publishes a given output at a time, so any found now belong to an attempt that died), and any other
+    output's that are older than ``STALE_STAGING_SECONDS``. Returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for leftover in target.parent.glob(".*.partial-*"):
+        own = leftover.name.startswith(f".{target.name}.partial-")
+        if own or now - leftover.stat().st_mtime > STALE_STAGING_SECONDS:
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    for leftover in target.parent.glob(f".{target.name}.old-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    if removed:
+        log.info(
+            "removed %d staging folder(s) left by killed attempts: %s",
+            len(removed),
+            [p.name for p in removed],
+        )
+    return removed
 
 
 def _publish_s3(staging: Path, uri: str) -> None:
@@ -115,6 +155,8 @@ def read_manifest(uri: str) -> dict[str, Any]:
         return dict(json.loads((Path(uri) / MANIFEST).read_text()))
     except FileNotFoundError as err:
         raise StageError(f"'{uri}' is not a complete output: it has no {MANIFEST}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as err:
+        raise StageError(f"the {MANIFEST} of '{uri}' is not a JSON object: {err}") from err
     except Exception as err:
         if type(err).__name__ == "NoSuchKey":
             raise StageError(f"'{uri}' is not a complete output: it has no {MANIFEST}") from err
@@ -122,9 +164,18 @@ def read_manifest(uri: str) -> dict[str, Any]:
 
 
 def read_published_table(uri: str, name: str) -> pd.DataFrame:
-    """Read one Parquet file of a published folder."""
-    if is_remote(uri):
-        bucket, prefix = split_s3(uri.rstrip("/") + "/")
-        body = s3_client().get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
-        return pd.read_parquet(io.BytesIO(body))
-    return pd.read_parquet(Path(uri) / name)
+    """Read one Parquet file of a published folder; a missing or unreadable file is the folder's fault."""
+    import pyarrow as pa
+
+    try:
+        if is_remote(uri):
+            bucket, prefix = split_s3(uri.rstrip("/") + "/")
+            body = s3_client().get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
+            return pd.read_parquet(io.BytesIO(body))
+        return pd.read_parquet(Path(uri) / name)
+    except FileNotFoundError as err:
+        raise StageError(
+            f"'{uri}' has a {MANIFEST} but no {name}: the folder was changed after publishing"
+        ) from err
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise StageError(f"{name} in '{uri}' is not a readable Parquet file: {err}") from err

@@ -16,7 +16,6 @@ both. Everything is vectorised NumPy, so millions of rows take seconds.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import pandas as pd
 
 from contract import replacing
 from ml.errors import StageError
+from ml.runtime import ArgumentParser, non_negative_int
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ DEFAULT_START = DRIFT_EPOCH.isoformat()
 DEFAULT_ROWS_PER_DAY = 2000
 # Days of a table read without a window, and of a fixed-size table (``rows=N``) unless ``days`` says otherwise.
 DEFAULT_DAYS = 90
+#: The largest table the generator makes, and the longest period: it builds the table in memory
+#: (``BYTES_PER_ROW``, measured), so a mistyped size fails at once instead of exhausting the machine.
+MAX_ROWS = 200_000_000
+MAX_DAYS = 36_600
+BYTES_PER_ROW = 52
 # Row ids are the day number (since 1970) times this, plus the row's place in its day.
 _IDS_PER_DAY = 10_000_000
 
@@ -98,6 +103,7 @@ def generate(
         raise StageError(f"rows must be at least 1, got {rows}")
     if days < 1:
         raise StageError(f"days must be at least 1, got {days}")
+    _check_size(rows, days)
     first = _day(start)
     base, extra = divmod(rows, days)
     counts = {first + timedelta(days=i): base + (i < extra) for i in range(days)}
@@ -119,10 +125,22 @@ def generate_range(
     lower = lower.tz_localize("UTC") if lower.tzinfo is None else lower.tz_convert("UTC")
     upper = upper.tz_localize("UTC") if upper.tzinfo is None else upper.tz_convert("UTC")
     first, last = lower.date(), (upper - pd.Timedelta(1, "ns")).date()
+    _check_size(rows_per_day * ((last - first).days + 1), (last - first).days + 1)
     counts = {first + timedelta(days=i): rows_per_day for i in range((last - first).days + 1)}
     frame = _generate_days(counts, seed=seed, fraud_rate=fraud_rate)
     times = frame[TIME_COLUMN]
     return frame[(times >= lower) & (times < upper)].reset_index(drop=True)
+
+
+def _check_size(rows: int, days: int) -> None:
+    """Refuse a table larger than ``MAX_ROWS`` or longer than ``MAX_DAYS`` before allocating anything."""
+    if rows > MAX_ROWS:
+        raise StageError(
+            f"{rows:,} rows asked for; the generator makes at most {MAX_ROWS:,} (about "
+            f"{MAX_ROWS * BYTES_PER_ROW / 2**30:.0f} GiB in memory)"
+        )
+    if days > MAX_DAYS:
+        raise StageError(f"{days:,} days asked for; the generator covers at most {MAX_DAYS:,}")
 
 
 def _day(value: str) -> date:
@@ -133,6 +151,8 @@ def _day(value: str) -> date:
 
 
 def _generate_days(counts: dict[date, int], *, seed: int, fraud_rate: float) -> pd.DataFrame:
+    if seed < 0:
+        raise StageError(f"seed must be 0 or more, got {seed}")
     if not 0.0001 <= fraud_rate <= 0.2:
         raise StageError(f"fraud_rate must be between 0.0001 and 0.2, got {fraud_rate}")
     days = [_one_day(day, n, seed=seed, fraud_rate=fraud_rate) for day, n in counts.items() if n > 0]
@@ -308,9 +328,9 @@ def write(frame: pd.DataFrame, output: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m ml.synthetic", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, required=True, help="number of transactions")
-    parser.add_argument("--seed", type=int, default=42, help="random seed")
+    parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed")
     parser.add_argument("--fraud-rate", type=float, default=0.005, help="expected share of frauds")
     parser.add_argument("--output", type=Path, required=True, help="a .parquet or .csv path")
     args = parser.parse_args(argv)

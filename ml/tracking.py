@@ -7,12 +7,16 @@ so a retried or cleared task reuses its run instead of scattering attempts acros
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from contract import RUN_KEY_TAG, SUPERSEDED_TAG
+from contract import END_REASON_TAG, RUN_KEY_TAG, SUPERSEDED_TAG
 from ml.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -22,6 +26,20 @@ def client() -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient()
+
+
+#: What a stage accepts as a model: ``models:/<name or model id>[/<version> | @<alias>]`` or ``runs:/<run>/<path>``.
+MODEL_URI = re.compile(r"models:/[^/@\s][^/@]*(/\d+|@[A-Za-z0-9_-]+)?|runs:/[0-9a-f]{32}/[\w./-]+")
+
+
+def model_uri(value: str) -> str:
+    """An argparse ``type=`` for a model URI, refused before any call to the registry when it is malformed."""
+    if not MODEL_URI.fullmatch(value):
+        raise StageError(
+            f"{value!r} is not a model URI: use models:/<name>/<version>, models:/<name>@<alias>, "
+            "models:/<model id> or runs:/<run id>/<path>"
+        )
+    return value
 
 
 def quoted(value: str) -> str:
@@ -78,12 +96,85 @@ def create_keyed_run(experiment: str, run_key: str, run_name: str) -> Any:
 
 
 def supersede(run: Any, reason: str) -> None:
-    """Take a run out of its key so that a new run can carry it; the old run stays for the record."""
+    """Take a run out of its key so that a new run can carry it; the old run stays for the record, ended."""
     mlflow_client = client()
     old_key = run.data.tags.get(RUN_KEY_TAG, "")
     mlflow_client.set_tag(run.info.run_id, RUN_KEY_TAG, f"{old_key}#superseded-{int(time.time())}")
     mlflow_client.set_tag(run.info.run_id, SUPERSEDED_TAG, reason)
+    end_abandoned(run, f"superseded: {reason}")
     log.info("superseded MLflow run %s: %s", run.info.run_id, reason)
+
+
+def end_abandoned(run: Any, reason: str) -> None:
+    """End a run that an attempt left RUNNING when it died (SIGKILL, out of memory, a lost node) as KILLED,
+    with the reason, and mark the logged models it left PENDING as FAILED. Only one stage of a DAG run works on
+    its keyed run at a time, so a RUNNING run found by the next stage or attempt has no live owner."""
+    fail_pending_models(run.info.run_id, run.info.experiment_id)
+    if run.info.status == "RUNNING":
+        mlflow_client = client()
+        mlflow_client.set_tag(run.info.run_id, END_REASON_TAG, reason[:5000])
+        mlflow_client.set_terminated(run.info.run_id, "KILLED")
+        log.warning("ended MLflow run %s as KILLED: %s", run.info.run_id, reason)
+
+
+def fail_pending_models(run_id: str, experiment: str) -> list[str]:
+    """Mark the logged models of ``run_id`` still PENDING (their upload never finished) as FAILED."""
+    models = client().search_logged_models(
+        experiment_ids=[experiment], filter_string=f"source_run_id = {quoted(run_id)}"
+    )
+    pending = [model for model in models if str(model.status) == "PENDING"]
+    for model in pending:
+        client().finalize_logged_model(model.model_id, "FAILED")
+        log.warning(
+            "logged model %s of run %s never finished uploading: marked FAILED", model.model_id, run_id
+        )
+    return [model.model_id for model in pending]
+
+
+@contextmanager
+def active_run(run_id: str) -> Iterator[Any]:
+    """``mlflow.start_run(run_id=...)`` that ends the run by what ended the block: FINISHED, or FAILED with the
+    error as ``END_REASON_TAG`` and the logged models the block left PENDING marked FAILED, so nothing looks in
+    progress after the stage is gone. (A stopped stage ends its run as KILLED: ``runtime.run_stage``.)"""
+    import mlflow
+
+    run = mlflow.start_run(run_id=run_id)
+    try:
+        yield run
+    except BaseException as err:
+        end_active_run(
+            "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", f"{type(err).__name__}: {err}"
+        )
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def end_active_run(status: str, reason: str) -> None:
+    """End the active run (if any) as ``status`` with the reason, its PENDING logged models FAILED, trying the
+    server once with a short timeout: a stopped pod has seconds to go, and the server may be why it failed."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        try:
+            fail_pending_models(run.info.run_id, run.info.experiment_id)
+            client().set_tag(run.info.run_id, END_REASON_TAG, reason[:5000])
+        finally:
+            mlflow.end_run(status)  # leaves the fluent API's stack first, then tells the server
+        log.warning("ended MLflow run %s as %s: %s", run.info.run_id, status, reason)
+    except Exception as err:  # the server is away: the next attempt ends the run (end_abandoned)
+        log.warning("could not end MLflow run %s as %s: %s", run.info.run_id, status, err)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def log_metric_series(run_id: str, key: str, values: list[float]) -> None:

@@ -13,7 +13,6 @@ with its signature, an input example and the lineage of the data it learnt from.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import hashlib
 import json
@@ -38,6 +37,7 @@ from contract import (
 from ml import tracking
 from ml.errors import StageError
 from ml.features import TabularEncoder
+from ml.runtime import ArgumentParser, non_negative_int
 from ml.schema import to_model_input
 from ml.storage import read_manifest, read_published_table
 
@@ -64,6 +64,12 @@ def pip_requirements(model_type: str) -> list[str]:
     from importlib.metadata import version
 
     return [f"{package}=={version(package)}" for package in REQUIREMENTS[model_type]]
+
+
+#: Upper bounds of what a run may ask for: more rounds or deeper trees than this is a typo, and a tree of depth
+#: d has up to 2**d leaves (memory grows with it).
+MAX_ROUNDS = 100_000
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -95,10 +101,11 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise StageError(f"device must be one of {DEVICES}, got {self.device!r}")
         checks = {
-            "n_estimators": self.n_estimators >= 1,
-            "max_depth": self.max_depth >= 1,
+            "n_estimators": 1 <= self.n_estimators <= MAX_ROUNDS,
+            "max_depth": 1 <= self.max_depth <= MAX_DEPTH,
             "learning_rate": 0 < self.learning_rate <= 1,
             "early_stopping_rounds": self.early_stopping_rounds >= 1,
+            "seed": self.seed >= 0,
             "subsample": 0 < self.subsample <= 1,
             "colsample_bytree": 0 < self.colsample_bytree <= 1,
         }
@@ -259,7 +266,9 @@ def _keyed_run(experiment: str, run_key: str, inputs_fingerprint: str) -> tuple[
     """
     run = tracking.find_keyed_run(experiment, run_key)
     tags = run.data.tags if run is not None else {}
-    if tags.get(TRAIN_FINGERPRINT_TAG) == inputs_fingerprint and TRAIN_RESULT_TAG in tags:
+    if run is not None and tags.get(TRAIN_FINGERPRINT_TAG) == inputs_fingerprint and TRAIN_RESULT_TAG in tags:
+        if run.info.status == "RUNNING":  # the attempt that trained it died before ending the run
+            tracking.client().set_terminated(run.info.run_id, "FINISHED")
         return run, TrainResult(**{**json.loads(tags[TRAIN_RESULT_TAG]), "reused": True})
     if run is not None and (run.data.params or run.data.metrics):
         tracking.supersede(run, "a new training attempt with different inputs, or after an incomplete one")
@@ -319,16 +328,17 @@ def train(
     manifest = read_manifest(prepared_uri)
     device = resolve_device(config.device, config.model_type)
     inputs_fingerprint = fingerprint(config, manifest)
+    # The tables before the run: a folder that cannot be read opens no MLflow run.
+    splits = {name: read_published_table(prepared_uri, f"{name}.parquet") for name in ("train", "validation")}
     run, reused = _keyed_run(experiment, run_key, inputs_fingerprint)
     if reused is not None:
         log.info("run %s already trained %s for %s: reusing it", run.info.run_id, reused.model_id, run_key)
         return reused
-    splits = {name: read_published_table(prepared_uri, f"{name}.parquet") for name in ("train", "validation")}
     log.info(
         "training %s on %s (%d rows, %d features) with device=%s",
         config.model_type, prepared_uri, len(splits["train"]), len(manifest["features"]), device,
     )  # fmt: skip
-    with mlflow.start_run(run_id=run.info.run_id):
+    with tracking.active_run(run.info.run_id):
         mlflow.log_params({**asdict(config), "device_used": device, "n_features": len(manifest["features"])})
         _log_inputs(prepared_uri, manifest, splits)
         result = _fit_and_log(run.info.run_id, config, splits, manifest, device)
@@ -374,7 +384,7 @@ def _fit_and_log(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m ml.train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.train", description=__doc__.splitlines()[0])
     parser.add_argument("--prepared-uri", required=True, help="folder published by ml.prepare")
     parser.add_argument("--experiment", required=True, help="MLflow experiment name")
     parser.add_argument("--run-key", required=True, help="key of the MLflow run, e.g. <dag_id>/<run_id>")
@@ -385,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--early-stopping-rounds", type=int, required=True)
     parser.add_argument("--scale-pos-weight", required=True, help="sqrt, auto, none, or a number")
     parser.add_argument("--device", choices=DEVICES, required=True)
-    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--seed", type=non_negative_int, required=True)
     args = parser.parse_args(argv)
     config = TrainConfig(
         **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}

@@ -18,10 +18,11 @@ from typing import Any
 
 from ml.errors import StageError
 from ml.release import helm
+from ml.runtime import ArgumentParser
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ml.release", description=__doc__.splitlines()[0])
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m ml.release", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("deploy", "rollback"):
         command = commands.add_parser(name)

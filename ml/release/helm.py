@@ -23,12 +23,16 @@ from typing import Any
 
 import yaml
 
-from ml.errors import StageError
+from ml import faults
+from ml.errors import StageError, TransientError
 from ml.release import chart
 
 log = logging.getLogger(__name__)
 
 HISTORY_MAX = 20
+#: Commands that only read the release: retried (``HELM_READ_ATTEMPTS`` in all) through a busy API server.
+READ_COMMANDS = frozenset({"history", "get", "status"})
+HELM_READ_ATTEMPTS = 4
 #: Helm's status of the one revision of a release that is live, and of the revisions it replaced.
 DEPLOYED = "deployed"
 SUPERSEDED = "superseded"
@@ -250,11 +254,28 @@ class Helm:
         self.helm = helm
 
     def _run(self, *args: str) -> str:
+        """Run ``helm <args>``: a read is retried through a busy or unreachable API server; a change is not (a
+        timed-out upgrade may have been applied: the task's retry decides again from the release's history)."""
+        if args[0] in READ_COMMANDS:
+            return faults.retry(
+                lambda: self._once(*args),
+                what=f"helm {args[0]} {self.release}",
+                transient=lambda err: isinstance(err, TransientError),
+                attempts=HELM_READ_ATTEMPTS,
+            )
+        return self._once(*args)
+
+    def _once(self, *args: str) -> str:
         done = subprocess.run(
             [self.helm, *args, "--namespace", self.namespace], capture_output=True, text=True, check=False
         )
         if done.returncode != 0:
-            raise StageError(f"helm {args[0]} {self.release} failed: {done.stderr.strip()}")
+            message = f"helm {args[0]} {self.release} failed: {done.stderr.strip()}"
+            # A busy or unreachable cluster is worth another try; a refusal (a template error, a forbidden
+            # request, a release not found) is not.
+            raise (
+                TransientError(message) if faults.HELM_TRANSIENT.search(done.stderr) else StageError(message)
+            )
         return done.stdout
 
     def history(self) -> list[Revision]:

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
-from airflow.sdk import Variable
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk import Connection, Variable
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 from kubernetes.client import Configuration
 from kubernetes.client import models as k8s
 
@@ -39,6 +39,7 @@ from contract import (
     BACKEND_CONFIG_ENV,
     ERROR_PREFIX,
     EXIT_INVALID_INPUT,
+    EXIT_TRANSIENT,
     LOCAL_RELEASES_ENV,
     PLUGINS_FOLDER_ENV,
     XCOM_DIR_ENV,
@@ -61,6 +62,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLUGINS_FOLDER = Path(__file__).resolve().parents[1]
 #: The stand-ins' commands (``helm``), relative to the local workdir: first on a local pod's PATH.
 LOCAL_TOOLS = "standins/bin"
+#: MLflow's client reads its credentials from these variables; the keys of the platform's credentials Secret.
+MLFLOW_CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": "username", "MLFLOW_TRACKING_PASSWORD": "password"}
 
 
 def param_arguments(*names: str) -> list[str]:
@@ -128,6 +131,26 @@ def _restricted_security_context() -> k8s.V1SecurityContext:
     )
 
 
+def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
+    """An environment variable read from an optional Secret's key."""
+    return model(
+        k8s.V1EnvVar,
+        name=name,
+        value_from=model(
+            k8s.V1EnvVarSource,
+            secret_key_ref=model(k8s.V1SecretKeySelector, name=secret, key=key, optional=True),
+        ),
+    )
+
+
+def _connection(conn_id: str) -> Connection | None:
+    """The Airflow connection ``conn_id``, or None when there is none."""
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
 class PlatformPodOperator(KubernetesPodOperator):
     """A pod built from the platform settings that runs in the cluster or, unchanged, on the worker.
 
@@ -140,6 +163,8 @@ class PlatformPodOperator(KubernetesPodOperator):
     :param timeout_minutes: Deadline of the pod.
     :param service_account: Service account of the pod; the platform's default when not given.
     :param kubernetes_api: Mount the service account's token: the pod calls the Kubernetes API (Helm does).
+    :param secret_env: Environment from Secrets, ``{name: (secret, key)}``, optional ones: a value the pod gets
+        without it appearing in the pod's spec, a templated field or the task log.
     """
 
     ui_color = "#e8f4ea"
@@ -160,6 +185,7 @@ class PlatformPodOperator(KubernetesPodOperator):
         timeout_minutes: int,
         service_account: str | None = None,
         kubernetes_api: bool = False,
+        secret_env: dict[str, tuple[str, str]] | None = None,
         **kwargs: Any,
     ) -> None:
         # Long on purpose: one KubernetesPodOperator call that spells out the whole pod, field by field.
@@ -177,13 +203,19 @@ class PlatformPodOperator(KubernetesPodOperator):
             image=image,
             cmds=cmds,
             arguments=arguments,
-            env_vars={
-                XCOM_DIR_ENV: PodDefaults.XCOM_MOUNT_PATH,
-                # The root filesystem is read-only: caches go to the writable /tmp volume.
-                "HOME": "/tmp",
-                "PYTHONUNBUFFERED": "1",
-                **env_vars,
-            },
+            env_vars=[
+                *(
+                    model(k8s.V1EnvVar, name=name, value=value)
+                    for name, value in {
+                        XCOM_DIR_ENV: PodDefaults.XCOM_MOUNT_PATH,
+                        # The root filesystem is read-only: caches go to the writable /tmp volume.
+                        "HOME": "/tmp",
+                        "PYTHONUNBUFFERED": "1",
+                        **env_vars,
+                    }.items()
+                ),
+                *(_secret_env(name, secret, key) for name, (secret, key) in (secret_env or {}).items()),
+            ],
             container_resources=model(
                 k8s.V1ResourceRequirements, requests=dict(resources.requests), limits=dict(resources.limits)
             ),
@@ -257,6 +289,12 @@ class PlatformPodOperator(KubernetesPodOperator):
         for var in pod_env:
             if var.value_from is not None:
                 # A pod reads these from a Secret or ConfigMap; locally they must be in the worker's environment.
+                secret_ref = var.value_from.secret_key_ref
+                if secret_ref is not None and secret_ref.optional:
+                    value = self.local_secret(var.name)
+                    if value is not None:
+                        env[var.name] = value
+                    continue
                 if var.name not in os.environ:
                     raise AirflowFailException(
                         f"env var {var.name} comes from a Secret or ConfigMap in the pod; "
@@ -266,6 +304,10 @@ class PlatformPodOperator(KubernetesPodOperator):
             else:
                 env[var.name] = var.value or ""
         return env
+
+    def local_secret(self, name: str) -> str | None:
+        """The local runtime's stand-in for a Secret: the worker's environment (what the pod would get)."""
+        return os.environ.get(name)
 
     def _run(self, command: list[str], env: dict[str, str], timeout: int | None) -> None:
         process = subprocess.Popen(
@@ -305,8 +347,12 @@ class PlatformPodOperator(KubernetesPodOperator):
             self._process = None
         if timed_out.is_set():
             raise AirflowException(f"stage {self.stage} passed its deadline of {timeout}s and was stopped")
-        if returncode == EXIT_INVALID_INPUT and error_lines:
-            raise AirflowFailException(f"stage {self.stage} rejected its input: {error_lines[-1]}")
+        if returncode == EXIT_INVALID_INPUT:  # the contract: retrying cannot help
+            detail = error_lines[-1] if error_lines else "\n".join(tail[-5:])
+            raise AirflowFailException(f"stage {self.stage} rejected its input: {detail}")
+        if returncode == EXIT_TRANSIENT:
+            detail = error_lines[-1] if error_lines else "\n".join(tail[-5:])
+            raise AirflowException(f"stage {self.stage} found a service unavailable (will retry): {detail}")
         if returncode != 0:
             detail = error_lines[-1] if error_lines else "\n".join(tail[-5:])
             raise AirflowException(f"stage {self.stage} failed with exit code {returncode}: {detail}")
@@ -360,11 +406,24 @@ class MLStageOperator(PlatformPodOperator):
             timeout_minutes=spec.timeout_minutes,
             service_account=spec.service_account,
             kubernetes_api=spec.service_account is not None,
+            secret_env={
+                name: (platform.registry.credentials.secret, key) for name, key in MLFLOW_CREDENTIALS.items()
+            },
             **kwargs,
         )
 
     def execute(self, context: Context) -> Any:
         return self._announced(context, super().execute(context))
+
+    def local_secret(self, name: str) -> str | None:
+        """MLflow's credentials from the Airflow connection of the platform settings (whose password Airflow
+        masks in task logs), else the worker's environment."""
+        if name in MLFLOW_CREDENTIALS:
+            connection = _connection(load_platform().registry.credentials.connection_id)
+            if connection is not None:
+                login, password = connection.login, connection.password
+                return (login if MLFLOW_CREDENTIALS[name] == "username" else password) or None
+        return super().local_secret(name)
 
     def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
         # In the cluster a deferred pod's result comes back here, not from execute().

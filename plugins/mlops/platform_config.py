@@ -122,10 +122,18 @@ class QualityGate(_Settings):
     min_improvement: float = Field(ge=-1, le=1)
 
 
+class RegistryCredentials(_Settings):
+    """Where the pipeline's MLflow credentials come from: a Secret in the cluster, a connection locally."""
+
+    secret: str
+    connection_id: str
+
+
 class Registry(_Settings):
     model_name: str
     candidate_alias: str
     production_alias: str
+    credentials: RegistryCredentials
 
 
 class LocalRelease(_Settings):

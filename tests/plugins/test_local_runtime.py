@@ -12,7 +12,9 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
+from contract import EXIT_INVALID_INPUT, EXIT_TRANSIENT
 from mlops.operators import MLStageOperator
+from mlops.platform_config import load_platform
 
 TEST_LOGGER = logging.getLogger("tests.local_runtime")
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +52,23 @@ def test_rejected_input_fails_without_retry_and_carries_the_stage_message(operat
         AirflowFailException, match="stage prepare rejected its input: column 'x': entirely null"
     ):
         operator._run(python(code), {"PYTHONPATH": "."}, timeout=30)
+
+
+def test_exit_2_fails_without_retry_even_without_an_error_line(operator) -> None:
+    """The contract is the exit code: argparse-style exits and foreign commands that print no "ERROR:" line."""
+    with pytest.raises(AirflowFailException, match=r"(?s)rejected its input: .*bad flag"):
+        operator._run(
+            python(f"print('bad flag'); import sys; sys.exit({EXIT_INVALID_INPUT})"), {}, timeout=30
+        )
+
+
+def test_a_transient_exit_fails_retryably_and_says_so(operator) -> None:
+    code = f"import sys; print('ERROR: temporarily unavailable: SlowDown', file=sys.stderr); sys.exit({EXIT_TRANSIENT})"
+    with pytest.raises(
+        AirflowException, match=r"found a service unavailable \(will retry\): .*SlowDown"
+    ) as caught:
+        operator._run(python(code), {}, timeout=30)
+    assert not isinstance(caught.value, AirflowFailException)
 
 
 def test_a_crash_fails_retryably_with_the_end_of_the_output(operator) -> None:
@@ -95,6 +114,35 @@ def test_environment_is_the_pods_plus_credentials_and_nothing_else(operator, mon
         str(ROOT / "standins" / "bin"),
         str(Path(sys.executable).parent),
     ]
+
+
+def test_mlflow_credentials_come_from_the_airflow_connection_and_stay_out_of_the_templated_fields(
+    operator, monkeypatch
+) -> None:
+    credentials = load_platform().registry.credentials
+    monkeypatch.setenv(f"AIRFLOW_CONN_{credentials.connection_id.upper()}",
+                       '{"conn_type": "http", "login": "pipeline", "password": "s3cr3t-from-conn"}')  # fmt: skip
+    pod_env = operator.build_pod_request_obj(dry_run=True).spec.containers[0].env
+    secret_refs = {e.name: e.value_from.secret_key_ref for e in pod_env if e.value_from is not None}
+    assert {name: (ref.name, ref.key, ref.optional) for name, ref in secret_refs.items()} == {
+        "MLFLOW_TRACKING_USERNAME": (credentials.secret, "username", True),
+        "MLFLOW_TRACKING_PASSWORD": (credentials.secret, "password", True),
+    }
+    env = operator._local_environment(pod_env)
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == (
+        "pipeline",
+        "s3cr3t-from-conn",
+    )
+    rendered = repr([getattr(operator, field) for field in operator.template_fields])
+    assert "s3cr3t-from-conn" not in rendered and "s3cr3t-from-conn" not in repr(pod_env)
+
+
+def test_without_a_connection_or_secret_the_stage_runs_without_credentials(operator, monkeypatch) -> None:
+    """An MLflow without authentication (the embedded default) needs none: the Secret's keys are optional."""
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    env = operator._local_environment(operator.build_pod_request_obj(dry_run=True).spec.containers[0].env)
+    assert "MLFLOW_TRACKING_USERNAME" not in env and "MLFLOW_TRACKING_PASSWORD" not in env
 
 
 def test_a_secret_env_var_missing_on_the_worker_is_a_clear_error(operator, monkeypatch) -> None:

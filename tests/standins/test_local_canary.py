@@ -91,8 +91,13 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
     assert tags[CANARY_VERDICT_TAG] == "promoted"
     assert any(key.startswith("mlops.canary.latency-p99.step") for key in tags)
 
+    # A retry (after a crash that lost the first result) tells the same truth: its earlier attempt moved it.
     again = promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=result)
-    assert (again.promoted, champion()) == (False, versions["good"])
+    assert (again.promoted, again.previous_champion, champion()) == (
+        True,
+        versions["first"],
+        versions["good"],
+    )
     redeploy = helm.deploy(target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
     assert (redeploy.revision, redeploy.changed) == (2, False)
 
