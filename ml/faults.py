@@ -43,9 +43,10 @@ S3_INVALID_CODES = frozenset({
 MLFLOW_TRANSIENT_CODES = frozenset({
     "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED", "ABORTED",
 })  # fmt: skip
+#: (Not RESOURCE_ALREADY_EXISTS or INVALID_STATE: two writers racing end so, and a retry settles it.)
 MLFLOW_INVALID_CODES = frozenset({
     "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
-    "CUSTOMER_UNAUTHORIZED", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
+    "CUSTOMER_UNAUTHORIZED",
 })  # fmt: skip
 #: What ``helm`` (and the Kubernetes API behind it) prints when the cluster was busy or unreachable.
 HELM_TRANSIENT = re.compile(
