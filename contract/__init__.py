@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,21 @@ EXIT_TRANSIENT = 75
 ERROR_PREFIX = "ERROR: "
 
 
+#: A temporary file of ``replacing`` left this long belongs to a writer that was killed.
+ABANDONED_PARTIAL_SECONDS = 600
+
+
 @contextmanager
 def replacing(target: Path) -> Iterator[Path]:
     """A temporary path beside ``target`` to write to: it becomes ``target`` in one rename if the block succeeds,
     and is removed if it fails. A reader never sees half a file (results, reports, tables, release records)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    # A name of this writer's own: two writers of one file each rename a whole file of theirs.
+    # A name of this writer's own: two writers of one file each rename a whole file of theirs. What a killed
+    # writer left is removed once it is surely not being written any more.
+    for leftover in target.parent.glob(f".{target.name}.*.partial"):
+        with suppress(FileNotFoundError):
+            if time.time() - leftover.stat().st_mtime > ABANDONED_PARTIAL_SECONDS:
+                leftover.unlink()
     partial = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         yield partial

@@ -48,14 +48,18 @@ MLFLOW_INVALID_CODES = frozenset({
     "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
     "CUSTOMER_UNAUTHORIZED",
 })  # fmt: skip
-#: What ``helm`` (and the Kubernetes API behind it) prints when the cluster was busy or unreachable.
+#: What ``helm`` (and the Kubernetes API or Go HTTP client behind it) prints when the cluster was busy or out of
+#: reach: exact phrases, case-sensitive, so that a template or schema error that happens to say "EOF" or
+#: "timeoutSeconds" stays the user's problem.
 HELM_TRANSIENT = re.compile(
-    r"timeout|timed out|connection refused|connection reset|broken pipe|i/o timeout|EOF|"
-    r"TLS handshake|server is currently unable|too many requests|ServiceUnavailable|InternalError|"
-    r"etcdserver|no route to host|the server was unable to return a response|http2: client connection lost|"
-    r"dial tcp|unexpected error when reading response body",
-    re.IGNORECASE,
-)
+    "|".join([
+        r"Kubernetes cluster unreachable", r"i/o timeout", r"context deadline exceeded", r"Client\.Timeout exceeded",
+        r"TLS handshake timeout", r"connection refused", r"connection reset by peer", r"broken pipe", r"dial tcp",
+        r"no route to host", r"http2: client connection lost", r'"https?://[^"]*": (unexpected )?EOF',
+        r"the server is currently unable to handle the request", r"the server was unable to return a response",
+        r"Too Many Requests", r"etcdserver: (request timed out|leader changed)", r"Internal error occurred",
+    ])
+)  # fmt: skip
 
 
 def classify(err: BaseException) -> str:

@@ -113,7 +113,11 @@ def remove_stale_staging(target: Path, *, now: float | None = None) -> list[Path
     removed = []
     for leftover in target.parent.glob(".*.partial-*"):
         own = leftover.name.startswith(f".{target.name}.partial-")
-        if own or now - leftover.stat().st_mtime > STALE_STAGING_SECONDS:
+        try:
+            stale = own or now - leftover.stat().st_mtime > STALE_STAGING_SECONDS
+        except FileNotFoundError:  # another output's publisher renamed it meanwhile
+            continue
+        if stale:
             shutil.rmtree(leftover, ignore_errors=True)
             removed.append(leftover)
     for leftover in target.parent.glob(f".{target.name}.old-*"):
@@ -177,5 +181,7 @@ def read_published_table(uri: str, name: str) -> pd.DataFrame:
         raise StageError(
             f"'{uri}' has a {MANIFEST} but no {name}: the folder was changed after publishing"
         ) from err
+    except (TimeoutError, ConnectionError):
+        raise  # a network file system that did not answer: transient (ml.faults), not the folder's fault
     except (pa.ArrowException, OSError, ValueError) as err:
         raise StageError(f"{name} in '{uri}' is not a readable Parquet file: {err}") from err

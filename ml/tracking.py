@@ -107,8 +107,9 @@ def supersede(run: Any, reason: str) -> None:
 
 def end_abandoned(run: Any, reason: str) -> None:
     """End a run that an attempt left RUNNING when it died (SIGKILL, out of memory, a lost node) as KILLED,
-    with the reason, and mark the logged models it left PENDING as FAILED. Only one stage of a DAG run works on
-    its keyed run at a time, so a RUNNING run found by the next stage or attempt has no live owner."""
+    with the reason, and mark the logged models it left PENDING as FAILED. Called by ``supersede``: only one
+    attempt of a stage works on its keyed run at a time, so the run a new train attempt replaces has no live
+    owner."""
     fail_pending_models(run.info.run_id, run.info.experiment_id)
     if run.info.status == "RUNNING":
         mlflow_client = client()

@@ -18,11 +18,8 @@ from typing import Any
 from ml.errors import StageError
 from ml.runtime import ArgumentParser
 from ml.serve.model import EXPORT_FILE, resolve
-from ml.serve.settings import Settings
+from ml.serve.settings import ServingRules
 from ml.tracking import model_uri
-
-#: The production alias, whose version is exported only with a "promoted" verdict (the API's own setting).
-CHAMPION_ALIAS = str(Settings.model_fields["champion_alias"].default)
 
 
 def export(model_uri: str, output: Path, *, released_alias: str | None = None) -> dict[str, Any]:
@@ -56,12 +53,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--allow-unreleased",
         action="store_true",
-        help=f"export @{CHAMPION_ALIAS} even if its version has no 'promoted' canary verdict",
+        help="export the production alias even if its version has no 'promoted' canary verdict "
+        "(SERVE_ALLOW_UNRELEASED=true says the same)",
     )
     args = parser.parse_args(argv)
-    return export(
-        args.model_uri, args.output, released_alias=None if args.allow_unreleased else CHAMPION_ALIAS
-    )
+    rules = ServingRules()  # the API's own rules, from the same SERVE_* environment
+    unreleased_ok = args.allow_unreleased or rules.allow_unreleased
+    return export(args.model_uri, args.output, released_alias=None if unreleased_ok else rules.champion_alias)
 
 
 if __name__ == "__main__":

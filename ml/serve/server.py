@@ -57,7 +57,7 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
         self.header_timeout: float = getattr(config, "header_timeout_s", defaults["header_timeout_s"].default)
         self.max_header_bytes: int = getattr(config, "max_header_bytes", defaults["max_header_bytes"].default)
         self._header_timer: asyncio.TimerHandle | None = None
-        self._header_bytes = 0
+        self._header_bytes, self._header_tail = 0, b""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -68,22 +68,27 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        cycle, awaiting = self.cycle, self._header_timer is not None
+        cycle = self.cycle
+        in_body = (cycle is not None and not cycle.response_complete) or self.transport.is_closing()
+        if self._header_timer is None and not in_body:
+            self._await_headers()  # a request begun on a kept-alive connection
+        if self._header_timer is not None:
+            # Count the bytes up to the end of the headers (which may end in this read, or straddle two), before
+            # the parser hands the request to the application: an oversized request never reaches it.
+            window = self._header_tail + data
+            end = window.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._header_tail))
+            self._header_tail = window[-3:]
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(431, "header_too_large", f"request headers over {self.max_header_bytes} bytes")
+                return
         super().data_received(data)
-        if self.cycle is not cycle:  # the parser completed a request's headers (usually all in this one read)
+        if self.cycle is not cycle:  # the parser completed a request's headers
             self._stop_header_timer()
-            return
-        if not awaiting:
-            if (cycle is not None and not cycle.response_complete) or self.transport.is_closing():
-                return  # the body of the request in progress
-            self._await_headers()  # a request begun on a kept-alive connection, its headers not complete yet
-        self._header_bytes += len(data)
-        if self._header_bytes > self.max_header_bytes:
-            self._refuse(431, "header_too_large", f"request headers over {self.max_header_bytes} bytes")
 
     def _await_headers(self) -> None:
         self._stop_header_timer()
-        self._header_bytes = 0
+        self._header_bytes, self._header_tail = 0, b""
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
 
     def _stop_header_timer(self) -> None:

@@ -10,7 +10,19 @@ from pydantic import PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
+class ServingRules(BaseSettings):
+    """Which versions may be served: what the API and ``ml.serve.export`` both check (prefix ``SERVE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVE_", protected_namespaces=())
+
+    # The production alias (plugins/mlops/platform.yaml's registry.production_alias): the version it points at is
+    # served only if its canary verdict (the version tag mlops.canary_verdict) is "promoted".
+    champion_alias: str = "champion"
+    # Serve the champion alias whatever its version's verdict (a person moved the alias by hand on purpose).
+    allow_unreleased: bool = False
+
+
+class Settings(ServingRules):
     """Everything the API reads from its environment (prefix ``SERVE_``)."""
 
     model_config = SettingsConfigDict(env_prefix="SERVE_", protected_namespaces=())
@@ -38,10 +50,3 @@ class Settings(BaseSettings):
     # Open connections at most (uvicorn's --limit-concurrency, a backstop: uvicorn answers 503 beyond it, to the
     # probes too, and its 503s are not in /metrics).
     max_connections: PositiveInt = 1000
-
-    # -- Which versions may be served -------------------------------------------------------------------------
-    # The production alias (plugins/mlops/platform.yaml's registry.production_alias): the version it points at is
-    # served only if its canary verdict (the version tag mlops.canary_verdict) is "promoted".
-    champion_alias: str = "champion"
-    # Serve the champion alias whatever its version's verdict (a person moved the alias by hand on purpose).
-    allow_unreleased: bool = False

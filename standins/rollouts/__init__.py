@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 PROCESSES_FILE = "processes.json"
 #: What the command lines of those processes hold: tells them from pids the system reused.
 ROUTER_COMMAND = "standins.rollouts.router"
-SERVER_COMMAND = "ml.serve.app:create_app"
+SERVER_COMMAND = "ml.serve"
 
 
 def running_pid(release_dir: Path) -> int | None:
@@ -69,9 +69,9 @@ def read_processes(release_dir: Path) -> dict[str, Any]:
 
 
 def alive(pid: int, command: str) -> bool:
-    """Whether ``pid`` runs and its command line holds ``command``."""
+    """Whether ``pid`` runs ``python -m <command>`` (the exact module: ``ml.serve``, not ``ml.serve.export``)."""
     try:
-        return command.encode() in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+        return f"\0-m\0{command}\0".encode() in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):
         return False
 

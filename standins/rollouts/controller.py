@@ -141,7 +141,8 @@ class Controller:
         """One pass of the loop; an error is logged and the next tick tries again, with everything serving."""
         try:
             if not self.restored:
-                self.restore_stable()
+                if not self.restore_stable():
+                    return  # the last controller's servers keep serving; the next tick tries again
                 self.restored = True
                 for server in self.leftover_servers:  # the last controller's, replaced now
                     terminate(int(server["pid"]), SERVER_COMMAND)
@@ -259,11 +260,12 @@ class Controller:
             return strategies.blue_green(self, revision, workload)
         return self.start(revision, workload)
 
-    def restore_stable(self) -> None:
+    def restore_stable(self) -> bool:
         """After a restart, serve the last revision that became stable again, so the next one is a canary.
 
         Without this, a controller started after ``stop`` would take the next revision for a first release and
-        skip its analysis.
+        skip its analysis. False when that revision could not be started (the registry is away, say): the
+        servers a dead controller left must then keep serving.
         """
         for revision in reversed(self.store.history()):
             try:
@@ -279,13 +281,14 @@ class Controller:
                 server = self.start(revision, workload)
             except Aborted as err:
                 log.warning("could not restore stable revision %s: %s", revision.revision, err)
-                return
+                return False
             self.promote(revision, template_of(workload), server)
             if revision.revision == (self.deployed() or revision).revision:
                 self.status.observedRevision = revision.revision
             self.status.phase = HEALTHY
             self.write_status(f"restored stable revision {revision.revision} after a restart")
-            return
+            return True
+        return True  # no revision ever became stable: nothing to restore
 
     # -- what the strategies use ----------------------------------------------------------------------------
 

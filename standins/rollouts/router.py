@@ -172,8 +172,9 @@ def _proxy(routes: Routes) -> Any:
         except httpx.HTTPError as err:
             return Response(f"upstream error: {err}", status_code=502)
         served = {"x-served-by": "canary" if to_canary else "stable"}
-        if "content-type" in answer.headers:
-            served["content-type"] = answer.headers["content-type"]
+        for header in ("content-type", "retry-after"):  # what a client acts on (a 503's Retry-After)
+            if header in answer.headers:
+                served[header] = answer.headers[header]
         return Response(answer.content, status_code=answer.status_code, headers=served)
 
     return proxy

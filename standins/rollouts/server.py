@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from standins.rollouts import analysis
+from standins.rollouts import SERVER_COMMAND, analysis
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def port_or_free(port: int) -> int:
 
 
 class Server:
-    """``uvicorn ml.serve.app:create_app`` for one revision, with the pod's environment."""
+    """``python -m ml.serve`` (the image's command: uvicorn with the API's limits) for one revision, with the pod's
+    environment."""
 
     def __init__(self, revision: int, model_uri: str, env: dict[str, str], log_dir: Path) -> None:
         self.revision = revision
@@ -50,7 +51,7 @@ class Server:
         self.log_path = log_dir / f"revision-{revision}-{self.port}.log"
         with self.log_path.open("w") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ml.serve",  # uvicorn with the limits of ml/serve/settings.py
+                [sys.executable, "-m", SERVER_COMMAND,  # uvicorn with the limits of ml/serve/settings.py
                  "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
                 env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -321,6 +321,27 @@ def test_classification_of_client_library_errors() -> None:
     assert faults.classify(StageError("bad")) == faults.INVALID
 
 
+@pytest.mark.parametrize(
+    ("stderr", "transient"),
+    [
+        (API_TIMEOUT, True),
+        ('Error: Get "https://10.0.0.1/api/v1/namespaces/x/secrets": unexpected EOF', True),
+        ("Error: etcdserver: request timed out", True),
+        ("Error: the server is currently unable to handle the request (get secrets.)", True),
+        # Deterministic errors whose words look like a network's: the user's to fix.
+        ('Error: parse error at (inference-api/templates/rollout.yaml:40): unexpected EOF', False),
+        ("Error: values don't meet the specifications of the schema(s): analysis.timeoutSeconds: Invalid type", False),
+        ("Error: values don't meet the specifications of the schema(s): workload: oneOf failed", False),
+        ('Error: template: inference-api/templates/x.yaml:3:11: nil pointer evaluating .Values.geoffrey', False),
+        ('Error: UPGRADE FAILED: "inference-api" has no deployed releases', False),
+    ],
+)  # fmt: skip
+def test_helm_errors_are_transient_only_when_the_cluster_was_busy_or_out_of_reach(
+    stderr: str, transient: bool
+) -> None:
+    assert bool(faults.HELM_TRANSIENT.search(stderr)) is transient
+
+
 def test_retry_backs_off_then_gives_up_as_transient() -> None:
     calls: list[float] = []
 

@@ -208,6 +208,14 @@ def test_headers_over_the_size_limit_get_431(api: Api) -> None:
     assert closed["header_too_large"] >= 1
 
 
+def test_complete_headers_over_the_size_limit_in_one_read_get_431_too(api: Api) -> None:
+    """The whole request, headers ended and all, in one send: counted before the parser hands it on."""
+    with connect(api) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: api\r\nX-Big: " + b"a" * (64 * 1024 + 100) + b"\r\n\r\n")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431")
+
+
 def test_a_connection_that_sends_nothing_is_closed_at_the_header_deadline(api: Api) -> None:
     with connect(api) as sock:
         started = time.monotonic()
@@ -239,8 +247,12 @@ def test_requests_beyond_the_concurrency_limit_get_503_but_the_probes_answer(api
     try:
         for sock in held:
             sock.sendall(f"{JSON_HEAD}Content-Length: 100\r\n\r\n".encode())
-        time.sleep(0.3)
-        refused = httpx.post(f"{api.url}/predict", json=registered["records"][0], timeout=10)
+        # The held requests count once the server has read their headers: on a loaded machine, not at once.
+        deadline = time.monotonic() + BODY_TIMEOUT_S / 2
+        while (
+            refused := httpx.post(f"{api.url}/predict", json=registered["records"][0], timeout=10)
+        ).status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "1" and "at its limit" in refused.json()["detail"]
         assert httpx.get(f"{api.url}/ready", timeout=10).status_code == 200
