@@ -30,7 +30,8 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def _read_until_closed(sock: socket.socket, timeout_s: float = 10) -> bytes:
+def read_until_closed(sock: socket.socket, timeout_s: float = 10) -> bytes:
+    """What the server sends until it closes the connection (a reset, or a server that never closes, ends it)."""
     sock.setblocking(True)
     sock.settimeout(timeout_s)
     received = b""
@@ -44,7 +45,7 @@ def _read_until_closed(sock: socket.socket, timeout_s: float = 10) -> bytes:
 
 def upload_chunked(port: int, total: int, chunk: int = 256 * 1024) -> dict[str, Any]:
     """Stream ``total`` bytes as one chunked /predict body, as fast as the server reads them; stop when it
-    answers or closes. Returns the bytes sent and the answer's status line."""
+    answers or closes. Returns the bytes sent, the answer and its status line."""
     frame = memoryview(f"{chunk:x}\r\n".encode() + b"x" * chunk + b"\r\n")
     sent = offset = 0
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -62,8 +63,9 @@ def upload_chunked(port: int, total: int, chunk: int = 256 * 1024) -> dict[str, 
         if sent >= total:
             sock.setblocking(True)
             sock.sendall(b"0\r\n\r\n")
-        answer = _read_until_closed(sock, timeout_s=60)
-    return {"sent": sent, "status": answer.split(b"\r\n", 1)[0].decode(errors="replace") or "no answer"}
+        answer = read_until_closed(sock, timeout_s=60)
+    status = answer.split(b"\r\n", 1)[0].decode(errors="replace") or "no answer"
+    return {"sent": sent, "answer": answer, "status": status}
 
 
 def parallel_uploads(port: int, server_pid: int, uploads: int = 3, size: int = 300_000_000) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def _trickle(port: int, part: str, wait_s: float, closed_at: list[float | None],
         while time.monotonic() - started < wait_s:
             readable, _, _ = select.select([sock], [], [], 1.0)
             if readable:
-                _read_until_closed(sock, timeout_s=5)
+                read_until_closed(sock, timeout_s=5)
                 closed_at[index] = time.monotonic() - started
                 return
             try:

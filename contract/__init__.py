@@ -184,13 +184,20 @@ LOCAL_CONTROLLER_LOG = "controller.log"
 LOCAL_CONTROLLER_MODULE = "standins.rollouts"
 
 
-def local_controller_pid(release_dir: Path) -> int | None:
-    """The pid of the release's local controller if it is alive (and really is the controller), else None.
+def runs_module(pid: int, module: str) -> bool:
+    """Whether process ``pid`` runs ``python -m <module>``, that module exactly (not one beneath it): tells a
+    process of ours from a pid the system reused. A process that has exited (a zombie too) has an empty command
+    line, so it does not count."""
+    try:
+        return f"\0-m\0{module}\0".encode() in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
 
-    A process that has exited (a zombie too) has an empty command line, so it does not count as alive."""
+
+def local_controller_pid(release_dir: Path) -> int | None:
+    """The pid of the release's local controller if it is alive (and really is the controller), else None."""
     try:
         pid = int((Path(release_dir) / LOCAL_PID_FILE).read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if LOCAL_CONTROLLER_MODULE.encode() in cmdline else None
+    return pid if runs_module(pid, LOCAL_CONTROLLER_MODULE) else None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from ml.evaluate import Evaluation, evaluate
 from ml.register import register
@@ -37,3 +41,20 @@ def artifact_folder(model_id: str, basetemp: Path) -> Path:
         model_id
     ).artifact_location  # mlflow-artifacts:/<experiment>/models/...
     return basetemp / "mlflow" / "artifacts" / location.split(":/", 1)[1].lstrip("/")
+
+
+def wait_until_answering(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60
+) -> None:
+    """Wait for a server we started to answer 200 on ``url``; fail with the end of its log if it exits first or
+    does not answer in time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contract import LOCAL_STATUS_FILE, local_controller_pid, local_result_path
+from contract import LOCAL_STATUS_FILE, local_controller_pid, local_result_path, runs_module
 
 log = logging.getLogger(__name__)
 #: The router and inference API processes a controller runs (pids, ports), so that a controller started after it
@@ -68,24 +68,16 @@ def read_processes(release_dir: Path) -> dict[str, Any]:
     return processes if isinstance(processes, dict) else {}
 
 
-def alive(pid: int, command: str) -> bool:
-    """Whether ``pid`` runs ``python -m <command>`` (the exact module: ``ml.serve``, not ``ml.serve.export``)."""
-    try:
-        return f"\0-m\0{command}\0".encode() in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
-
-
 def terminate(pid: int, command: str, timeout_s: float = 15) -> bool:
     """Stop the process ``pid`` if it still runs ``command``: SIGTERM, then SIGKILL; False if it did not run."""
-    if not alive(pid, command):
+    if not runs_module(pid, command):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while alive(pid, command) and time.monotonic() < deadline:
+    while runs_module(pid, command) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if alive(pid, command):
+    if runs_module(pid, command):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return True

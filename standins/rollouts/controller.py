@@ -32,6 +32,7 @@ from contract import (
     SUPERSEDED,
     local_result_path,
     replacing,
+    runs_module,
     write_json,
 )
 from ml.release import chart
@@ -41,7 +42,6 @@ from standins.rollouts import (
     PROCESSES_FILE,
     ROUTER_COMMAND,
     SERVER_COMMAND,
-    alive,
     read_processes,
     read_result,
     strategies,
@@ -123,10 +123,12 @@ class Controller:
         """Take over the router a previous controller left serving, or start one."""
         leftovers = read_processes(self.path)
         self.leftover_servers = [
-            server for server in leftovers.get("servers", []) if alive(int(server["pid"]), SERVER_COMMAND)
+            server
+            for server in leftovers.get("servers", [])
+            if runs_module(int(server["pid"]), SERVER_COMMAND)
         ]
         leftover = leftovers.get("router") or {}
-        if leftover and alive(int(leftover["pid"]), ROUTER_COMMAND):
+        if leftover and runs_module(int(leftover["pid"]), ROUTER_COMMAND):
             self.router = Router(self.path, int(leftover["port"]))
             self.router.adopt(int(leftover["pid"]))
             log.info("took over the router (pid %s) on %s", self.router.pid, self.router.url)

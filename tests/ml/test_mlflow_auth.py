@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,10 @@ import yaml
 
 from mlops.platform_config import load_platform
 from tests.conftest import free_port
+from tests.helpers import wait_until_answering
 
-#: A real server and two runs of the one-shot: kept out of ``make test-fast`` with the other end-to-end tests.
-# Two server starts with the auth app (a minute on 2 cores): run by `make test-scheduler`, as CI does.
+# A real server with the auth app and two runs of the one-shot (a minute on 2 cores): with the end-to-end tests
+# out of `make test-fast`, and with the drills in `make test-scheduler` (as CI runs it) rather than `make test`.
 pytestmark = [pytest.mark.e2e, pytest.mark.drill]
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -81,16 +81,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (root / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_until_answering(f"{url}/health", process, root / "server.log")
         yield url
     finally:
         os.killpg(process.pid, 15)

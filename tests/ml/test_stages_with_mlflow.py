@@ -21,7 +21,7 @@ from ml.evaluate import ChampionUnavailable, evaluate
 from ml.prepare import prepare
 from ml.register import register
 from ml.train import train
-from tests.helpers import CHALLENGER, CHAMPION, artifact_folder, train_config
+from tests.helpers import CHALLENGER, CHAMPION, artifact_folder, register_evaluated, train_config
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +85,7 @@ def test_evaluation_compares_with_the_champion_on_the_same_rows(
     mlflow_server, prepared, tmp_path: Path
 ) -> None:
     trained = train(prepared, train_config(n_estimators=60), experiment="stages", run_key="dag/run-d")
-    result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="champ-model",
-                      min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
-    version = register(asdict(result), run_key="dag/run-d", alias=CHALLENGER).version
+    result, version = register_evaluated(prepared, trained, "champ-model", "dag/run-d")
     MlflowClient().set_registered_model_alias("champ-model", CHAMPION, version)
 
     weaker = train(
@@ -170,9 +168,7 @@ def test_a_champion_whose_artifacts_cannot_be_read_is_an_error_not_a_decision(
 ) -> None:
     """The artifact store loses the champion's files: evaluate raises (the stage exits 1 and is retried)."""
     trained = train(prepared, train_config(n_estimators=20), experiment="stages", run_key="dag/lost-1")
-    first = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="lost-model",
-                     min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
-    version = register(asdict(first), run_key="dag/lost-1", alias=CHALLENGER).version
+    _, version = register_evaluated(prepared, trained, "lost-model", "dag/lost-1")
     MlflowClient().set_registered_model_alias("lost-model", CHAMPION, version)
     stored = artifact_folder(trained.model_id, tmp_path_factory.getbasetemp())
     hidden = stored.with_name(stored.name + ".hidden")

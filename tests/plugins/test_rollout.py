@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ from contract import (
     LOCAL_RESULTS_DIR,
     LOCAL_STATUS_FILE,
     local_result_path,
+    runs_module,
 )
 from mlops.platform_config import load_platform
 from mlops.rollout import (
@@ -243,12 +243,11 @@ def watcher(minutes: float = 1) -> RolloutWatchOperator:
 def controller_process() -> Iterator[subprocess.Popen[bytes]]:
     """A real process whose command line is a local controller's (it only sleeps): what the watch sees of one."""
     process = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", LOCAL_CONTROLLER_MODULE]
+        [sys.executable, "-c", "import time; time.sleep(120)", "-m", LOCAL_CONTROLLER_MODULE]
     )
     # Right after the fork the kernel may show an empty command line for an instant: wait for the exec.
-    cmdline = Path(f"/proc/{process.pid}/cmdline")
     deadline = time.monotonic() + 10
-    while LOCAL_CONTROLLER_MODULE.encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
+    while not runs_module(process.pid, LOCAL_CONTROLLER_MODULE) and time.monotonic() < deadline:
         time.sleep(0.01)
     yield process
     process.kill()

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from contract import LOCAL_CONTROLLER_LOG
+from contract import LOCAL_CONTROLLER_LOG, runs_module
 from ml.release import helm
 from standins import rollouts
 from standins.release_store import ReleaseStore
@@ -149,18 +149,18 @@ def test_a_controller_killed_with_sigkill_leaves_stable_serving_and_the_next_one
     endpoint = rollouts.read_status(local_helm)["endpoint"]
     processes = rollouts.read_processes(local_helm)
     old_stable = processes["servers"][0]["pid"]
-    assert rollouts.alive(old_stable, rollouts.SERVER_COMMAND)  # what the checks below look for is there
+    assert runs_module(old_stable, rollouts.SERVER_COMMAND)  # what the checks below look for is there
     os.kill(rollouts.running_pid(local_helm) or 0, signal.SIGKILL)
     time.sleep(0.5)
     assert rollouts.running_pid(local_helm) is None
-    assert rollouts.alive(old_stable, rollouts.SERVER_COMMAND)  # the dead controller's server still serves
+    assert runs_module(old_stable, rollouts.SERVER_COMMAND)  # the dead controller's server still serves
     _keeps_answering(local_helm, record, versions["first"], seconds=2)
 
     # Any helm command starts a new controller, as the cluster would: it takes over the router and the endpoint,
     # restores stable and retires the server the dead one left.
     assert [r.revision for r in target.history()] == [1]
     deadline = time.monotonic() + 120
-    while rollouts.alive(old_stable, rollouts.SERVER_COMMAND):
+    while runs_module(old_stable, rollouts.SERVER_COMMAND):
         assert time.monotonic() < deadline, "the leftover stable server was not retired"
         _keeps_answering(local_helm, record, versions["first"], seconds=0.5)
     assert rollouts.read_status(local_helm)["endpoint"] == endpoint
@@ -170,8 +170,8 @@ def test_a_controller_killed_with_sigkill_leaves_stable_serving_and_the_next_one
     now = rollouts.read_processes(local_helm)
     pids = [(now["router"]["pid"], rollouts.ROUTER_COMMAND)]
     pids += [(s["pid"], rollouts.SERVER_COMMAND) for s in now["servers"]]
-    assert all(rollouts.alive(pid, command) for pid, command in pids)
+    assert all(runs_module(pid, command) for pid, command in pids)
     assert rollouts.stop(local_helm) is True  # the explicit stop ends them all
-    assert not [pid for pid, command in pids if rollouts.alive(pid, command)]
+    assert not [pid for pid, command in pids if runs_module(pid, command)]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{endpoint}/health", timeout=2)

@@ -23,8 +23,10 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks._abuse import HEAD as JSON_HEAD
+from benchmarks._abuse import read_until_closed, upload_chunked
 from tests.conftest import ROOT, free_port
-from tests.helpers import CHAMPION
+from tests.helpers import CHAMPION, wait_until_answering
 from tests.ml.serve.test_app import MODEL, registered  # noqa: F401 - the fixture shared with the API tests
 
 HEADER_TIMEOUT_S = 2.0
@@ -33,7 +35,6 @@ MAX_CONCURRENT = 3
 MAX_BODY = 2_000_000
 #: How late after its deadline a connection may still be closed (a loaded test machine).
 MARGIN_S = 2.0
-JSON_HEAD = "POST /predict HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
 
 
 class Api:
@@ -75,16 +76,7 @@ def api(registered: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
         )
     server = Api(process, port, log)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_until_answering(f"{server.url}/ready", process, log, timeout_s=120)
         yield server
     finally:
         process.terminate()
@@ -93,19 +85,6 @@ def api(registered: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
 
 def connect(api: Api) -> socket.socket:
     return socket.create_connection(("127.0.0.1", api.port), timeout=10)
-
-
-def read_until_closed(sock: socket.socket, timeout_s: float = 10) -> bytes:
-    """What the server sends until it closes the connection (a reset ends it too)."""
-    sock.setblocking(True)
-    sock.settimeout(timeout_s)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return received
 
 
 def trickle(sock: socket.socket, byte: bytes, limit_s: float) -> tuple[float, bytes]:
@@ -122,27 +101,6 @@ def trickle(sock: socket.socket, byte: bytes, limit_s: float) -> tuple[float, by
     raise AssertionError(f"the server still reads a trickling client after {limit_s} s")
 
 
-def upload_chunked(api: Api, total: int, chunk: int = 65536) -> tuple[bytes, int]:
-    """Stream ``total`` bytes as a chunked body as fast as the server takes them, stopping when it answers or
-    closes; return its answer and the bytes sent."""
-    sock = connect(api)
-    sock.sendall(f"{JSON_HEAD}Transfer-Encoding: chunked\r\n\r\n".encode())
-    frame = memoryview(f"{chunk:x}\r\n".encode() + b"x" * chunk + b"\r\n")
-    sock.setblocking(False)
-    offset = sent = 0
-    with sock:
-        while sent < total:
-            readable, writable, _ = select.select([sock], [sock], [], 10)
-            if readable or not writable:
-                break
-            try:
-                written = sock.send(frame[offset:])
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            offset, sent = (offset + written) % len(frame), sent + written
-        return read_until_closed(sock), sent
-
-
 def test_a_chunked_body_over_the_limit_gets_413_at_once_and_memory_stays_bounded(api: Api) -> None:
     before, peak, done = api.rss(), [0], threading.Event()
 
@@ -154,11 +112,12 @@ def test_a_chunked_body_over_the_limit_gets_413_at_once_and_memory_stays_bounded
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        answers = [upload_chunked(api, 300_000_000) for _ in range(3)]
+        uploads = [upload_chunked(api.port, 300_000_000, chunk=65536) for _ in range(3)]
     finally:
         done.set()
         sampler.join()
-    for answer, sent in answers:
+    for upload in uploads:
+        answer, sent = upload["answer"], upload["sent"]
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert b"over the limit of 2000000" in answer
         assert sent < 40_000_000, f"the server read {sent:,} bytes of a body over the limit"
