@@ -68,6 +68,10 @@ def write_xcom_result(result: dict[str, Any]) -> Path:
     return write_json(Path(os.environ.get(XCOM_DIR_ENV, DEFAULT_XCOM_DIR)) / XCOM_RESULT_FILE, result)
 
 
+#: Environment variable of the tune stage: the SQLAlchemy URL of the database its workers share a study in (from a
+#: Secret in the cluster); without it, a journal file under the data root (the embedded defaults).
+TUNING_STORAGE_ENV = "MLOPS_TUNING_STORAGE"
+
 #: The Terraform drift check's backend settings shared by every stack (bucket, region, ...), as a JSON object.
 BACKEND_CONFIG_ENV = "TF_DRIFT_BACKEND_CONFIG"
 

@@ -9,7 +9,10 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 | Task | Runs | Does |
 |---|---|---|
 | `prepare` | pod, CPU | reads the run's windows of the table (training: the weeks before the interval; evaluation: the interval), validates them, writes train / validation / test Parquet |
-| `train` | pod, GPU | XGBoost (`hist`, CUDA when visible) or the RandomForest baseline; logs the run to MLflow |
+| `tuning_plan` | worker | when the form's tuning switch is on: one argument list per tuning worker (none when it is off: the tuning tasks are skipped) |
+| `tune` | pods, GPU, mapped | N workers pull trials of the run's Optuna study (TPE, median pruner) until the budget's trials or minutes are spent; each trial a nested MLflow run |
+| `tune_best` | pod, CPU | the study's best trial: its hyperparameters replace the form's in `train`. Re-running the tuning resumes the study |
+| `train` | pod, GPU | XGBoost (`hist`, CUDA when visible), early-stopped then refit on training + validation rows, or the RandomForest baseline; logs the run to MLflow |
 | `evaluate` | pod, CPU | test-set metrics, threshold chosen on validation, comparison with `champion`, drift, plots, model card; decides whether this run will be released (only the newest interval, never a backfill) |
 | `gate` | worker | continues only on a `pass` decision; a missing or malformed evaluation fails the run |
 | `register` | pod, CPU | one model version per DAG run, tagged with its interval and release plan; alias `challenger` if it will be released (a run not to be released registers for the record without having to beat `champion`) |
@@ -40,6 +43,7 @@ the embedded stand-in (`standins/`), which keeps the history under the data root
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -49,7 +53,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
-from contract import DEVICES, FAIL, MODEL_TYPES, PASS
+from contract import DEVICES, FAIL, MODEL_TYPES, PASS, TUNING_STORAGE_ENV
 from mlops.assets import champion_asset, prepared_asset, source_asset, weekly_partitions_of
 from mlops.intervals import RELEASE_CHOICES, macros
 from mlops.keys import MACROS
@@ -60,8 +64,9 @@ from mlops.rollout import RolloutWatchOperator
 
 log = logging.getLogger(__name__)
 PLATFORM = load_platform()
-TRAINING, RETRAINING, GATE, REGISTRY, RELEASE = (
+TRAINING, TUNING, RETRAINING, GATE, REGISTRY, RELEASE = (
     PLATFORM.training,
+    PLATFORM.tuning,
     PLATFORM.retraining,
     PLATFORM.quality_gate,
     PLATFORM.registry,
@@ -146,7 +151,66 @@ FORM = {
         title="Positive class weight",
         description="sqrt or auto (of the negative/positive ratio), none, or a number",
     ),
+    "min_child_weight": Param(
+        TRAINING.min_child_weight,
+        type="number",
+        minimum=0,
+        title="Min child weight",
+        description="Smallest sum of row weights (hessian) in a leaf; larger is more conservative",
+    ),
+    "subsample": Param(
+        TRAINING.subsample, type="number", exclusiveMinimum=0, maximum=1, title="Row subsample per tree"
+    ),
+    "colsample_bytree": Param(
+        TRAINING.colsample_bytree,
+        type="number",
+        exclusiveMinimum=0,
+        maximum=1,
+        title="Column subsample per tree",
+    ),
+    "reg_alpha": Param(TRAINING.reg_alpha, type="number", minimum=0, title="L1 regularisation"),
+    "reg_lambda": Param(TRAINING.reg_lambda, type="number", minimum=0, title="L2 regularisation"),
+    "refit": Param(
+        TRAINING.refit,
+        type="boolean",
+        title="Refit on training + validation rows",
+        description="After early stopping chose the round count, train the served model again on training and "
+        "validation rows (rounds scaled to the larger set); the threshold stays chosen on the early-stopped "
+        "model's validation scores",
+    ),
     "device": Param(TRAINING.device, enum=list(DEVICES), title="Training device"),
+    "tuning": Param(
+        False,
+        type="boolean",
+        title="Tune hyperparameters",
+        description="Search learning rate, depth, min child weight, subsampling, L1/L2 and the positive weight "
+        "with Optuna before training (XGBoost only); the best trial's values replace the form's. Off: train "
+        "with the form's values",
+    ),
+    "tuning_trials": Param(
+        TUNING.trials,
+        type="integer",
+        minimum=1,
+        maximum=1000,
+        title="Tuning budget: trials",
+        description="Trials in the whole study, across all workers (finished or pruned)",
+    ),
+    "tuning_minutes": Param(
+        TUNING.minutes,
+        type="integer",
+        minimum=1,
+        maximum=PLATFORM.stage("tune").timeout_minutes - 1,
+        title="Tuning budget: minutes",
+        description="Each worker starts no trial after this long",
+    ),
+    "tuning_workers": Param(
+        TUNING.workers,
+        type="integer",
+        minimum=1,
+        maximum=32,
+        title="Tuning workers",
+        description="Parallel tuning pods (each on the GPU preset) sharing the study",
+    ),
     "min_average_precision": Param(
         GATE.min_average_precision,
         type="number",
@@ -188,6 +252,10 @@ FORM = {
 RUN_KEY = "{{ mlops_run_key(dag.dag_id, run_id) }}"
 PREPARED_URI = "{{ ti.xcom_pull(task_ids='prepare')['prepared_uri'] }}"
 OUTPUT_URI = "{{ var.value.mlops_data_root }}/prepared/{{ dag.dag_id }}/{{ mlops_partition_key(dag_run) }}"
+#: Where the embedded defaults keep the tuning studies (without a database: platform.yaml's tuning).
+TUNING_DIR = f"{{{{ var.value.mlops_data_root }}}}/{TUNING.local_dir}/{{{{ dag.dag_id }}}}"
+#: The study's database URL, from the Secret of the platform settings (the worker's environment locally).
+TUNING_SECRET_ENV = {TUNING_STORAGE_ENV: (TUNING.storage_secret, "url")}
 REGISTERED_NAME = "{{ ti.xcom_pull(task_ids='register')['name'] }}"
 REGISTERED_VERSION = "{{ ti.xcom_pull(task_ids='register')['version'] }}"
 #: The release the pipeline upgrades: the same `helm` commands in the cluster and in the local runtime.
@@ -223,14 +291,66 @@ def prepare_stage() -> MLStageOperator:
     )  # fmt: skip
 
 
+@task
+def tuning_plan(
+    prepared: Any, *, experiment: str, run_key: str, storage_dir: str, params: Any = None, ti: Any = None
+) -> list[list[str]]:
+    """The tuning workers' arguments, one list per worker: none when the form's switch is off (the mapped
+    ``tune`` and ``tune_best`` are then skipped, and ``train`` uses the form's values). The training settings
+    the study starts from go to XCom ``form``."""
+    form = {name: params[name] for name in type(TRAINING).model_fields}
+    ti.xcom_push(key="form", value=form)
+    if not params["tuning"]:
+        log.info("tuning is off: train uses the form's hyperparameters")
+        return []
+    if params["model_type"] != "xgboost":
+        raise AirflowFailException(
+            f"tuning searches XGBoost's hyperparameters; the form trains {params['model_type']}"
+        )
+    common = [
+        "--prepared-uri", prepared["prepared_uri"], "--experiment", experiment, "--run-key", run_key,
+        "--storage-dir", storage_dir, "--form", json.dumps(form),
+        "--trials", str(params["tuning_trials"]), "--minutes", str(params["tuning_minutes"]),
+    ]  # fmt: skip
+    workers = params["tuning_workers"]
+    log.info("tuning: %d trials within %d minutes on %d workers", params["tuning_trials"],
+             params["tuning_minutes"], workers)  # fmt: skip
+    return [["worker", *common, "--worker", str(i)] for i in range(workers)]
+
+
+def tune_stage(plan: Any) -> Any:
+    """The tuning workers: one pod per argument list of the plan (on the GPU preset)."""
+    return MLStageOperator.partial(task_id="tune", stage="tune", secret_env=TUNING_SECRET_ENV).expand(
+        arguments=plan
+    )
+
+
+def tune_best_stage() -> MLStageOperator:
+    return MLStageOperator(
+        stage="tune_best",
+        secret_env=TUNING_SECRET_ENV,
+        arguments=[
+            "best",
+            "--prepared-uri", PREPARED_URI,
+            "--experiment", "{{ dag.dag_id }}",
+            "--run-key", RUN_KEY,
+            "--storage-dir", TUNING_DIR,
+            "--form", "{{ ti.xcom_pull(task_ids='tuning_plan', key='form') | tojson }}",
+        ],
+    )  # fmt: skip
+
+
 def train_stage() -> MLStageOperator:
     return MLStageOperator(
         stage="train",
+        # Runs when tuning was skipped (off) too; never after a failed tuning.
+        trigger_rule=TriggerRule.NONE_FAILED,
         arguments=[
             "--prepared-uri", PREPARED_URI,
             "--experiment", "{{ dag.dag_id }}",
             "--run-key", RUN_KEY,
             *param_arguments(*type(TRAINING).model_fields),
+            "--tuned", "{{ ti.xcom_pull(task_ids='tune_best') | tojson }}",
         ],
     )  # fmt: skip
 
@@ -435,6 +555,8 @@ def alert(deployment: Any, verdict: Any, promotion: Any, rolled_back: Any) -> No
 )
 def ml_training_pipeline() -> None:
     prepare, train, evaluate = prepare_stage(), train_stage(), evaluate_stage()
+    plan = tuning_plan(prepare.output, experiment="{{ dag.dag_id }}", run_key=RUN_KEY, storage_dir=TUNING_DIR)
+    tune_stage(plan) >> tune_best_stage() >> train
     register, deploy, promote, rollback = register_stage(), deploy_stage(), promote_stage(), rollback_stage()
     watch_rollout = watch_stage(deploy.output)
     verdict = watch_rollout.output

@@ -18,7 +18,6 @@ XCom result.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from contract import (
 from ml import monitoring, tracking
 from ml import plan as release_plan
 from ml.errors import StageError
-from ml.runtime import ArgumentParser
+from ml.runtime import ArgumentParser, boolean
 from ml.schema import to_model_input
 from ml.storage import read_manifest, read_published_table
 
@@ -91,6 +90,8 @@ class Evaluation:
     release_plan: dict[str, Any]
     #: The run accepted a champion that could not score the test rows: why it could not (empty otherwise).
     incomparable_champion_accepted: str = ""
+    #: Which model the train stage logged (refit on training + validation rows, or early-stopped), in a sentence.
+    served_model: str = ""
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -325,6 +326,7 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
         "",
         "## Model",
         f"- MLflow run `{evaluation.run_id}`, model `{evaluation.model_uri}`",
+        *([f"- Served model: {evaluation.served_model}"] if evaluation.served_model else []),
     ]
     return "\n".join(lines) + "\n"
 
@@ -396,9 +398,12 @@ def evaluate(
     test = read_published_table(prepared_uri, "test.parquet")
     drift, drifted = _drift(prepared_uri, test, manifest, psi_warning)
     pipeline = mlflow.sklearn.load_model(model_uri)
-    threshold = choose_threshold(
-        validation[target].to_numpy(), pipeline.predict_proba(validation[features])[:, 1]
-    )
+    # A model refit on training + validation rows has learnt the validation rows: the threshold is chosen on the
+    # early-stopped model's scores of them, kept by the train stage.
+    validation_scores = tracking.early_stopped_validation_scores(run_id, len(validation))
+    if validation_scores is None:
+        validation_scores = pipeline.predict_proba(validation[features])[:, 1]
+    threshold = choose_threshold(validation[target].to_numpy(), validation_scores)
     labels, scores = test[target].to_numpy(), pipeline.predict_proba(test[features])[:, 1]
     metrics = score_metrics(labels, scores, threshold)
     champion, champion_scores = compare_with_champion(
@@ -426,6 +431,7 @@ def evaluate(
         drifted=drifted,
         release_plan=plan,
         incomparable_champion_accepted=champion.reason if accepted else "",
+        served_model=tracking.client().get_run(run_id).data.tags.get(tracking.SERVED_MODEL_TAG, ""),
     )
 
     _log_evidence(evaluation, manifest, labels, scores, pipeline, champion_scores)
@@ -510,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--accept-incomparable-champion",
-        type=_truth,
+        type=boolean,
         default=False,
         help="true: a champion that cannot score the test rows (other inputs) does not fail the gate; recorded",
     )
@@ -529,13 +535,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         accept_incomparable_champion=args.accept_incomparable_champion,
     )
     return asdict(evaluation)
-
-
-def _truth(value: str) -> bool:
-    """``true``/``false`` (any case, as a form's boolean is rendered), or the argparse error."""
-    if value.strip().lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-    return value.strip().lower() == "true"
 
 
 if __name__ == "__main__":

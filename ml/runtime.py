@@ -59,6 +59,13 @@ def json_object(flag: str, what: str) -> Callable[[str], dict[str, Any]]:
     return parse
 
 
+def boolean(value: str) -> bool:
+    """An argparse ``type=`` for ``true``/``false`` (any case, as a form's boolean is rendered)."""
+    if value.strip().lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.strip().lower() == "true"
+
+
 def non_negative_int(value: str) -> int:
     """An argparse ``type=`` for counts and seeds."""
     try:

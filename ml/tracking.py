@@ -95,6 +95,25 @@ def create_keyed_run(experiment: str, run_key: str, run_name: str) -> Any:
     return client().create_run(experiment_id(experiment), run_name=run_name, tags={RUN_KEY_TAG: run_key})
 
 
+def keyed_run(experiment: str, run_key: str, run_name: str) -> Any:
+    """The run keyed ``run_key``, created if there is none; safe when several pods (tuning workers) ask at once:
+    of runs created concurrently the first created is kept, and a later one is deleted by its creator."""
+    run = find_keyed_run(experiment, run_key)
+    if run is not None:
+        return run
+    mine = create_keyed_run(experiment, run_key, run_name)
+    runs = client().search_runs(
+        [experiment_id(experiment)],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = {quoted(run_key)}",
+        max_results=50,
+        order_by=["attributes.start_time ASC"],
+    )
+    first = min(runs, key=lambda r: (r.info.start_time, r.info.run_id), default=mine)
+    if first.info.run_id != mine.info.run_id:
+        client().delete_run(mine.info.run_id)
+    return first
+
+
 def supersede(run: Any, reason: str) -> None:
     """Take a run out of its key so that a new run can carry it; the old run stays for the record, ended."""
     mlflow_client = client()
@@ -196,3 +215,46 @@ def positive_scores(model: Any, features: Any) -> np.ndarray:
     if scores.ndim == 2:
         scores = scores[:, -1]
     return scores
+
+
+#: Tag of a training run: which model it logged (refit or early-stopped), in a sentence for the model card.
+SERVED_MODEL_TAG = "mlops.served_model"
+#: Artifact of a training run whose model was refit: the early-stopped model's validation scores, in the
+#: validation split's row order (the threshold is chosen on them, not on rows the refit model learnt from).
+VALIDATION_SCORES_ARTIFACT = "validation/early_stopped_scores.parquet"
+
+
+def log_validation_scores(run_id: str, scores: np.ndarray) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder, name = VALIDATION_SCORES_ARTIFACT.rsplit("/", 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        pq.write_table(pa.table({"score": np.asarray(scores, dtype=np.float64)}), path)
+        client().log_artifact(run_id, str(path), artifact_path=folder)
+
+
+def early_stopped_validation_scores(run_id: str, rows: int) -> np.ndarray | None:
+    """The validation scores a refit run kept (``log_validation_scores``), or None for a run that was not refit.
+
+    Raises:
+        StageError: the scores do not match the validation split (another split than the run trained on).
+    """
+    import mlflow
+    import pyarrow.parquet as pq
+
+    folder = VALIDATION_SCORES_ARTIFACT.rsplit("/", 1)[0]
+    if not any(item.path == VALIDATION_SCORES_ARTIFACT for item in client().list_artifacts(run_id, folder)):
+        return None
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_SCORES_ARTIFACT)
+    scores = pq.read_table(path).column("score").to_numpy()
+    if len(scores) != rows:
+        raise StageError(
+            f"run {run_id} kept {len(scores)} validation scores but the validation split has {rows} rows: "
+            "the model was trained on other prepared data than this evaluation reads"
+        )
+    return np.asarray(scores, dtype=np.float64)

@@ -3,12 +3,17 @@
 XGBoost (``hist``) runs with ``device="cuda"`` when a GPU is visible and on the CPU otherwise; the seed's
 RandomForest baseline is selectable. Categorical columns are ordinal-encoded (unknown categories become
 missing) and passed to XGBoost as native categoricals; class imbalance is handled with ``scale_pos_weight``
-(XGBoost) or balanced class weights (RandomForest). XGBoost stops early on the validation average precision.
+(XGBoost) or balanced class weights (RandomForest). XGBoost stops early on the validation average precision;
+then, by default, the model is refit on training + validation rows for the round count early stopping chose,
+scaled to the larger set (the rows held out to stop on are not lost to the model). The early-stopped model's
+validation scores are kept on the run: the evaluate stage chooses the threshold on them, never on rows the served
+model learnt from. Hyperparameters come from the form, or from the tune stage's best trial (``--tuned``).
 
 The model is logged as a scikit-learn pipeline (encoding + estimator) whose pyfunc predicts probabilities,
 with its signature, an input example and the lineage of the data it learnt from.
 
-    python -m ml.train --prepared-uri data/prepared/x --experiment fraud --run-key manual/1 --model-type xgboost
+    python -m ml.train --prepared-uri data/prepared/x --experiment fraud --run-key manual/1 --model-type xgboost \
+        ... --tuned '{"params": {"learning_rate": 0.05, "max_depth": 6}}'
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from contract import (
@@ -37,7 +43,7 @@ from contract import (
 from ml import tracking
 from ml.errors import StageError
 from ml.features import TabularEncoder
-from ml.runtime import ArgumentParser, non_negative_int
+from ml.runtime import ArgumentParser, boolean, json_object, non_negative_int
 from ml.schema import to_model_input
 from ml.storage import read_manifest, read_published_table
 
@@ -77,7 +83,7 @@ class TrainConfig:
     """Hyperparameters and choices of one training run (all logged as MLflow params).
 
     The pipeline passes every field its form exposes; their defaults live with the DAG's, in the platform
-    settings, not here.
+    settings (``training``), not here.
     """
 
     model_type: str
@@ -91,9 +97,13 @@ class TrainConfig:
     scale_pos_weight: str
     device: str
     seed: int
-    min_child_weight: float = 1.0
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
+    min_child_weight: float
+    subsample: float
+    colsample_bytree: float
+    reg_alpha: float
+    reg_lambda: float
+    # Refit on training + validation rows after early stopping chose the round count (XGBoost).
+    refit: bool
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -108,6 +118,9 @@ class TrainConfig:
             "seed": self.seed >= 0,
             "subsample": 0 < self.subsample <= 1,
             "colsample_bytree": 0 < self.colsample_bytree <= 1,
+            "min_child_weight": self.min_child_weight >= 0,
+            "reg_alpha": self.reg_alpha >= 0,
+            "reg_lambda": self.reg_lambda >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         try:
@@ -118,6 +131,32 @@ class TrainConfig:
             raise StageError(
                 f"hyperparameter(s) out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)}"
             )
+
+
+#: What the tune stage searches (its best trial's values replace the form's): the XGBoost hyperparameters that
+#: matter for tabular data. The round count is not among them: early stopping chooses it.
+TUNABLE = (
+    "learning_rate", "max_depth", "min_child_weight", "subsample", "colsample_bytree", "reg_alpha", "reg_lambda",
+    "scale_pos_weight",
+)  # fmt: skip
+
+
+def with_tuned(config: TrainConfig, tuned: dict[str, Any] | None) -> TrainConfig:
+    """``config`` with the tuned hyperparameters (the tune stage's result, ``{"params": {...}}``) in place of the
+    form's; ``config`` itself when there is no tuning result."""
+    if not tuned:
+        return config
+    params = tuned.get("params") if isinstance(tuned, dict) else None
+    if not isinstance(params, dict) or not params:
+        raise StageError(f"the tuning result has no parameters: {str(tuned)[:200]!r}")
+    unknown = sorted(set(params) - set(TUNABLE))
+    if unknown:
+        raise StageError(
+            f"the tuning result sets {unknown}, which are not tunable (tunable: {list(TUNABLE)})"
+        )
+    if config.model_type != "xgboost":
+        raise StageError(f"tuned hyperparameters are XGBoost's; the run trains {config.model_type}")
+    return replace(config, **{name: type(getattr(config, name))(value) for name, value in params.items()})
 
 
 @dataclass
@@ -133,6 +172,24 @@ class TrainResult:
     val_average_precision: float
     train_seconds: float
     reused: bool = False
+    #: Rounds of the served model when it was refit on training + validation rows (None: the early-stopped one).
+    refit_rounds: int | None = None
+    #: Where the hyperparameters came from: ``form`` or ``tuning``.
+    hyperparameters: str = "form"
+
+
+@dataclass
+class Fit:
+    """A fitted pipeline and what its fit showed."""
+
+    pipeline: Any
+    #: Validation average precision after each round of the early-stopped fit (XGBoost).
+    history: list[float]
+    best_iteration: int | None
+    #: Positive-class scores of the validation rows by the early-stopped model: the rows the served model would
+    #: otherwise have learnt from when it is refit.
+    validation_scores: np.ndarray
+    refit_rounds: int | None = None
 
 
 def positive_weight(setting: str, *, negatives: int, positives: int) -> float:
@@ -185,42 +242,48 @@ def resolve_device(requested: str, model_type: str) -> str:
     return requested
 
 
-def _estimator(
-    config: TrainConfig, y_train: Any, features: Sequence[str], categorical: Sequence[str], device: str
-) -> Any:
-    """The unfitted estimator: XGBoost ``hist`` with native categoricals and early stopping, or the baseline."""
-    if config.model_type == "random_forest":
-        from sklearn.ensemble import RandomForestClassifier
+def booster_params(config: TrainConfig, labels: np.ndarray, device: str) -> dict[str, Any]:
+    """XGBoost's learning parameters for ``config`` on these training labels: the same for the train stage's
+    ``XGBClassifier`` and the tune stage's ``xgboost.train``, so that a trial's score is the training's."""
+    positives = int(labels.sum())
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": "aucpr",
+        "tree_method": "hist",
+        "device": device,
+        "max_depth": config.max_depth,
+        "learning_rate": config.learning_rate,
+        "min_child_weight": config.min_child_weight,
+        "subsample": config.subsample,
+        "colsample_bytree": config.colsample_bytree,
+        "reg_alpha": config.reg_alpha,
+        "reg_lambda": config.reg_lambda,
+        "scale_pos_weight": positive_weight(
+            config.scale_pos_weight, negatives=len(labels) - positives, positives=positives
+        ),
+        # Native categoricals, split by partition rather than one-hot.
+        "max_cat_to_onehot": 1,
+    }
 
-        return RandomForestClassifier(
-            n_estimators=100,
-            max_depth=10,
-            class_weight="balanced_subsample",
-            n_jobs=-1,
-            random_state=config.seed,
-        )
+
+def refit_rounds(best_rounds: int, train_rows: int, validation_rows: int) -> int:
+    """Rounds for the refit on training + validation rows: the early-stopped count, scaled to the larger set
+    (more rows take more rounds to reach the same fit at the same learning rate)."""
+    return max(1, round(best_rounds * (train_rows + validation_rows) / max(train_rows, 1)))
+
+
+def _xgboost(
+    config: TrainConfig, labels: np.ndarray, categorical_mask: list[bool], device: str, **fit: Any
+) -> Any:
     from xgboost import XGBClassifier
 
-    positives = int(y_train.sum())
     return XGBClassifier(
-        tree_method="hist",
-        device=device,
-        n_estimators=config.n_estimators,
-        max_depth=config.max_depth,
-        learning_rate=config.learning_rate,
-        min_child_weight=config.min_child_weight,
-        subsample=config.subsample,
-        colsample_bytree=config.colsample_bytree,
-        scale_pos_weight=positive_weight(
-            config.scale_pos_weight, negatives=len(y_train) - positives, positives=positives
-        ),
-        early_stopping_rounds=config.early_stopping_rounds,
-        eval_metric="aucpr",
-        feature_types=["c" if name in categorical else "q" for name in features],
+        **booster_params(config, labels, device),
+        feature_types=["c" if is_categorical else "q" for is_categorical in categorical_mask],
         enable_categorical=True,
-        max_cat_to_onehot=1,
         random_state=config.seed,
         n_jobs=os.cpu_count(),
+        **fit,
     )
 
 
@@ -233,24 +296,49 @@ def fit_model(
     categorical: Sequence[str],
     target: str,
     device: str,
-) -> tuple[Any, list[float], int | None]:
-    """Fit the encoder and estimator; return the pipeline, the per-round validation AP and the best round."""
+) -> Fit:
+    """Fit the encoder and estimator (XGBoost: early-stopped on ``validation``, then refit on both when
+    ``config.refit``)."""
     from sklearn.pipeline import Pipeline
 
-    encoder = TabularEncoder(features=list(features), categorical=list(categorical))
-    x_train = encoder.fit_transform(train)
-    y_train = train[target].to_numpy()
-    estimator = _estimator(config, y_train, features, categorical, device)
-    history: list[float] = []
-    best_iteration: int | None = None
-    if config.model_type == "xgboost":
-        eval_set = [(encoder.transform(validation), validation[target].to_numpy())]
-        estimator.fit(x_train, y_train, eval_set=eval_set, verbose=False)
-        history = [float(v) for v in estimator.evals_result()["validation_0"]["aucpr"]]
-        best_iteration = int(estimator.best_iteration)
-    else:
-        estimator.fit(x_train, y_train)
-    return Pipeline([("encode", encoder), ("model", estimator)]), history, best_iteration
+    def encoder() -> TabularEncoder:
+        return TabularEncoder(features=list(features), categorical=list(categorical))
+
+    encode = encoder()
+    x_train, y_train = encode.fit_transform(train), train[target].to_numpy()
+    if config.model_type == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        forest = RandomForestClassifier(
+            n_estimators=100,
+            max_depth=10,
+            class_weight="balanced_subsample",
+            n_jobs=-1,
+            random_state=config.seed,
+        )
+        forest.fit(x_train, y_train)
+        fitted = Pipeline([("encode", encode), ("model", forest)])
+        return Fit(fitted, [], None, fitted.predict_proba(validation[list(features)])[:, 1])
+    mask = [name in categorical for name in features]
+    stopped = _xgboost(
+        config, y_train, mask, device, n_estimators=config.n_estimators,
+        early_stopping_rounds=config.early_stopping_rounds,
+    )  # fmt: skip
+    x_validation = encode.transform(validation)
+    stopped.fit(x_train, y_train, eval_set=[(x_validation, validation[target].to_numpy())], verbose=False)
+    history = [float(v) for v in stopped.evals_result()["validation_0"]["aucpr"]]
+    best = int(stopped.best_iteration)
+    early = Pipeline([("encode", encode), ("model", stopped)])
+    scores = early.predict_proba(validation[list(features)])[:, 1]
+    if not config.refit:
+        return Fit(early, history, best, scores)
+    rounds = refit_rounds(best + 1, len(train), len(validation))
+    both = pd.concat([train, validation], ignore_index=True)
+    encode_both = encoder()
+    x_both, y_both = encode_both.fit_transform(both), both[target].to_numpy()
+    final = _xgboost(config, y_both, mask, device, n_estimators=rounds)
+    final.fit(x_both, y_both, verbose=False)
+    return Fit(Pipeline([("encode", encode_both), ("model", final)]), history, best, scores, rounds)
 
 
 def fingerprint(config: TrainConfig, manifest: dict[str, Any]) -> str:
@@ -317,14 +405,18 @@ def train(
     *,
     experiment: str,
     run_key: str,
+    tuned: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train on the published splits at ``prepared_uri`` and log everything to the run keyed ``run_key``.
+    """Train on the published splits at ``prepared_uri`` and log everything to the run keyed ``run_key``, with
+    the tune stage's best hyperparameters in place of ``config``'s when ``tuned`` holds them.
 
     A repeat with the same config and data (a retried or cleared task) returns the model already logged to
     the keyed run instead of training again; anything else supersedes that run and starts a fresh one.
     """
     import mlflow
 
+    source = "tuning" if tuned else "form"
+    config = with_tuned(config, tuned)
     manifest = read_manifest(prepared_uri)
     device = resolve_device(config.device, config.model_type)
     inputs_fingerprint = fingerprint(config, manifest)
@@ -339,9 +431,13 @@ def train(
         config.model_type, prepared_uri, len(splits["train"]), len(manifest["features"]), device,
     )  # fmt: skip
     with tracking.active_run(run.info.run_id):
-        mlflow.log_params({**asdict(config), "device_used": device, "n_features": len(manifest["features"])})
+        mlflow.log_params({
+            **asdict(config), "device_used": device, "n_features": len(manifest["features"]),
+            "hyperparameters_from": source,
+        })  # fmt: skip
         _log_inputs(prepared_uri, manifest, splits)
         result = _fit_and_log(run.info.run_id, config, splits, manifest, device)
+        result.hyperparameters = source
         mlflow.set_tags(
             {TRAIN_FINGERPRINT_TAG: inputs_fingerprint, TRAIN_RESULT_TAG: json.dumps(asdict(result))}
         )
@@ -358,28 +454,47 @@ def _fit_and_log(
 
     features, target, validation = manifest["features"], manifest["target"], splits["validation"]
     started = time.perf_counter()
-    pipeline, history, best_iteration = fit_model(
+    fit = fit_model(
         config, splits["train"], validation, features=features, categorical=manifest["categorical"],
         target=target, device=device,
     )  # fmt: skip
     train_seconds = time.perf_counter() - started
-    log.info("trained in %.1fs on %s (best iteration %s)", train_seconds, device, best_iteration)
-    if history:
-        tracking.log_metric_series(run_id, "val_average_precision_by_round", history)
-    val_ap = float(
-        average_precision_score(validation[target], pipeline.predict_proba(validation[features])[:, 1])
-    )
+    log.info("trained in %.1fs on %s (best iteration %s)", train_seconds, device, fit.best_iteration)
+    if fit.history:
+        tracking.log_metric_series(run_id, "val_average_precision_by_round", fit.history)
+    # The early-stopped model's: the refit one has learnt from these rows.
+    val_ap = float(average_precision_score(validation[target], fit.validation_scores))
     mlflow.log_metrics({"val_average_precision": val_ap, "train_seconds": train_seconds})
-    info = _log_model(pipeline, validation, manifest, config, device)
+    if fit.refit_rounds is not None:
+        tracking.log_validation_scores(run_id, fit.validation_scores)
+    mlflow.set_tag(tracking.SERVED_MODEL_TAG, served_model(fit, len(splits["train"]), len(validation)))
+    info = _log_model(fit.pipeline, validation, manifest, config, device)
     return TrainResult(
         run_id=run_id,
         model_uri=info.model_uri,
         model_id=info.model_id,
         model_type=config.model_type,
         device=device,
-        best_iteration=best_iteration,
+        best_iteration=fit.best_iteration,
         val_average_precision=val_ap,
         train_seconds=round(train_seconds, 3),
+        refit_rounds=fit.refit_rounds,
+    )
+
+
+def served_model(fit: Fit, train_rows: int, validation_rows: int) -> str:
+    """Which model is served, in a sentence for the model card."""
+    if fit.best_iteration is None:
+        return f"fitted on the {train_rows:,} training rows"
+    stopped = (
+        f"early stopping chose {fit.best_iteration + 1} rounds on the {validation_rows:,} validation rows"
+    )
+    if fit.refit_rounds is None:
+        return f"the early-stopped model ({stopped}), fitted on the {train_rows:,} training rows"
+    return (
+        f"refit on the {train_rows + validation_rows:,} training + validation rows for {fit.refit_rounds} rounds "
+        f"({stopped}, scaled to the larger set); validation metrics and the threshold are the early-stopped "
+        "model's"
     )
 
 
@@ -396,11 +511,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scale-pos-weight", required=True, help="sqrt, auto, none, or a number")
     parser.add_argument("--device", choices=DEVICES, required=True)
     parser.add_argument("--seed", type=non_negative_int, required=True)
+    parser.add_argument("--min-child-weight", type=float, required=True)
+    parser.add_argument("--subsample", type=float, required=True)
+    parser.add_argument("--colsample-bytree", type=float, required=True)
+    parser.add_argument("--reg-alpha", type=float, required=True, help="L1 regularisation")
+    parser.add_argument("--reg-lambda", type=float, required=True, help="L2 regularisation")
+    parser.add_argument("--refit", type=boolean, required=True, help="refit on training + validation rows")
+    parser.add_argument(
+        "--tuned", type=tuning_result, default=None,
+        help="the tune stage's result (JSON); its parameters replace the form's. Empty or null: none",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    config = TrainConfig(
-        **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    return asdict(
+        train(args.prepared_uri, config, experiment=args.experiment, run_key=args.run_key, tuned=args.tuned)
     )
-    return asdict(train(args.prepared_uri, config, experiment=args.experiment, run_key=args.run_key))
+
+
+def tuning_result(value: str) -> dict[str, Any] | None:
+    """An argparse ``type=`` for ``--tuned``: a JSON object, or nothing (tuning was off)."""
+    if value.strip() in ("", "null", "None"):
+        return None
+    return json_object("--tuned", "the tune stage's result")(value)
 
 
 if __name__ == "__main__":

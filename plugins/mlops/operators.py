@@ -378,6 +378,7 @@ class MLStageOperator(PlatformPodOperator):
         from the Airflow Variable ``mlflow_tracking_uri``.
     :param event_extra: Keys of the stage's result to put in the extra of the asset event of each of the
         task's outlets (what downstream DAGs and the asset view see of the run).
+    :param secret_env: Environment from optional Secrets beyond MLflow's credentials, ``{name: (secret, key)}``.
     """
 
     def __init__(
@@ -387,15 +388,18 @@ class MLStageOperator(PlatformPodOperator):
         arguments: list[str],
         env_vars: dict[str, str] | None = None,
         event_extra: tuple[str, ...] = (),
+        secret_env: dict[str, tuple[str, str]] | None = None,
         **kwargs: Any,
     ) -> None:
         self.event_extra = event_extra
         platform = load_platform()
         spec = platform.stage(stage)
+        #: The module under ``ml/`` the pod runs.
+        self.module = spec.module or stage
         super().__init__(
             stage=stage,
             image=platform.images.ml_stage,
-            cmds=["python", "-m", f"ml.{stage}"],
+            cmds=["python", "-m", f"ml.{self.module}"],
             arguments=arguments,
             env_vars={
                 "MLFLOW_TRACKING_URI": "{{ var.value.mlflow_tracking_uri }}",
@@ -407,7 +411,11 @@ class MLStageOperator(PlatformPodOperator):
             service_account=spec.service_account,
             kubernetes_api=spec.service_account is not None,
             secret_env={
-                name: (platform.registry.credentials.secret, key) for name, key in MLFLOW_CREDENTIALS.items()
+                **{
+                    name: (platform.registry.credentials.secret, key)
+                    for name, key in MLFLOW_CREDENTIALS.items()
+                },
+                **(secret_env or {}),
             },
             **kwargs,
         )

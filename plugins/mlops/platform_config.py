@@ -80,6 +80,8 @@ class Stage(_Settings):
     timeout_minutes: int = Field(gt=0)
     #: A stage that calls the Kubernetes API runs as its own service account; the others as the default one.
     service_account: str | None = None
+    #: The module under ``ml/`` the stage runs, when it is not the stage's name (two stages of one module).
+    module: str | None = None
 
 
 class Training(_Settings):
@@ -93,6 +95,12 @@ class Training(_Settings):
     scale_pos_weight: str
     device: str
     seed: int = Field(ge=0)
+    min_child_weight: float = Field(ge=0)
+    subsample: float = Field(gt=0, le=1)
+    colsample_bytree: float = Field(gt=0, le=1)
+    reg_alpha: float = Field(ge=0)
+    reg_lambda: float = Field(ge=0)
+    refit: bool
 
     @field_validator("model_type", "device")
     @classmethod
@@ -101,6 +109,18 @@ class Training(_Settings):
         if value not in choices:
             raise ValueError(f"must be one of {choices}, got {value!r}")
         return value
+
+
+class Tuning(_Settings):
+    """The tune stage: the form's budget defaults, and where its workers share the study."""
+
+    trials: int = Field(ge=1)
+    minutes: int = Field(ge=1)
+    workers: int = Field(ge=1)
+    #: The Secret (key ``url``) holding the SQLAlchemy URL of the study's database in the cluster.
+    storage_secret: str
+    #: The folder under the data root of the journal file the embedded defaults keep studies in.
+    local_dir: str
 
 
 class Retraining(_Settings):
@@ -179,6 +199,7 @@ class Platform(_Settings):
     resource_presets: dict[str, ResourcePreset]
     stages: dict[str, Stage]
     training: Training
+    tuning: Tuning
     retraining: Retraining
     quality_gate: QualityGate
     registry: Registry
@@ -195,6 +216,12 @@ class Platform(_Settings):
                 )
         users = {f"stages.{name}": stage.preset for name, stage in self.stages.items()}
         users["terraform_drift"] = self.terraform_drift.preset
+        tune = self.stages.get("tune")
+        if tune is not None and self.tuning.minutes >= tune.timeout_minutes:
+            raise ValueError(
+                f"tuning.minutes ({self.tuning.minutes}) must stay under stages.tune.timeout_minutes "
+                f"({tune.timeout_minutes}): the pod's deadline would stop its last trial"
+            )
         for where, preset_name in users.items():
             if preset_name not in self.resource_presets:
                 raise ValueError(

@@ -75,7 +75,12 @@ def test_training_pipeline_shape(dagbag) -> None:
 
     dag = dagbag.dags["ml_training_pipeline"]
     assert dag.max_active_runs == 1
-    assert dag.get_task("prepare").downstream_task_ids == {"train"}
+    assert dag.get_task("prepare").downstream_task_ids == {"tuning_plan", "train"}
+    assert dag.get_task("tuning_plan").downstream_task_ids == {"tune"}
+    assert dag.get_task("tune").downstream_task_ids == {"tune_best"}
+    assert dag.get_task("tune_best").downstream_task_ids == {"train"}
+    # Train runs when tuning is off (skipped), never after a failed tuning.
+    assert dag.get_task("train").trigger_rule == "none_failed"
     assert dag.get_task("train").downstream_task_ids == {"evaluate"}
     assert dag.get_task("evaluate").downstream_task_ids == {"gate", "announce_champion"}
     assert dag.get_task("gate").downstream_task_ids == {"register"}
@@ -92,7 +97,17 @@ def test_training_pipeline_shape(dagbag) -> None:
     assert dag.get_task("alert").upstream_task_ids == {"deploy", "watch_rollout", "promote", "rollback"}
     # Whatever promote did (refused, failed), the rollback decision and the alert still run.
     assert {dag.get_task(t).trigger_rule for t in ("needs_rollback", "alert")} == {"all_done"}
-    for task_id in ("prepare", "train", "evaluate", "register", "deploy", "promote", "rollback"):
+    for task_id in (
+        "prepare",
+        "tune",
+        "tune_best",
+        "train",
+        "evaluate",
+        "register",
+        "deploy",
+        "promote",
+        "rollback",
+    ):
         task = dag.get_task(task_id)
         assert task.retry_exponential_backoff, f"{task_id} retries without backoff"
     release = platform.release.pool
@@ -136,7 +151,7 @@ def test_the_form_defaults_are_valid_and_time_column_may_be_empty(dagbag) -> Non
 
 
 @pytest.mark.parametrize(
-    "task_id", ["prepare", "train", "evaluate", "register", "promote", "deploy", "rollback"]
+    "task_id", ["prepare", "tune_best", "train", "evaluate", "register", "promote", "deploy", "rollback"]
 )
 def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, task_id: str) -> None:
     import subprocess
@@ -144,10 +159,10 @@ def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, task_id: str
 
     task = dagbag.dags["ml_training_pipeline"].get_task(task_id)
     flags = {part for part in task.arguments if part.startswith("--")}
-    # The release stage's first argument is its subcommand (deploy or rollback), which has its own flags.
-    subcommand = [task.arguments[0]] if task.stage == "release" else []
+    # The release and tune stages' first argument is a subcommand, which has its own flags.
+    subcommand = [task.arguments[0]] if task.module in ("release", "tune") else []
     usage = subprocess.run(
-        [sys.executable, "-m", f"ml.{task.stage}", *subcommand, "--help"],
+        [sys.executable, "-m", f"ml.{task.module}", *subcommand, "--help"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert {flag for flag in flags if flag not in usage} == set()

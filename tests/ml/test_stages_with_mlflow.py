@@ -182,3 +182,28 @@ def test_a_champion_whose_artifacts_cannot_be_read_is_an_error_not_a_decision(
         hidden.rename(stored)
     assert not issubclass(ChampionUnavailable, StageError)  # exit 1, retried; not "rejected input"
     assert len(MlflowClient().search_model_versions("name = 'lost-model'")) == 1
+
+
+def test_a_refit_model_is_thresholded_on_the_early_stopped_scores_and_the_card_says_which_model(
+    mlflow_server, prepared
+) -> None:
+    from ml import tracking
+    from ml.evaluate import choose_threshold, model_card
+    from ml.storage import read_manifest, read_published_table
+
+    trained = train(prepared, train_config(n_estimators=60), experiment="stages", run_key="dag/run-refit")
+    assert trained.refit_rounds is not None and trained.refit_rounds > trained.best_iteration + 1
+    validation = read_published_table(prepared, "validation.parquet")
+    kept = tracking.early_stopped_validation_scores(trained.run_id, len(validation))
+    assert kept is not None
+    evaluation = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="refit-model",
+                          min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+    # Chosen on the rows the served model learnt from, the threshold would be another one.
+    assert evaluation.metrics.threshold == choose_threshold(validation["is_fraud"].to_numpy(), kept)
+    card = model_card(evaluation, read_manifest(prepared))
+    assert (
+        f"Served model: refit on the {len(validation) + len(read_published_table(prepared, 'train.parquet')):,}"
+        in card
+    )
+    with pytest.raises(StageError, match="other prepared data"):
+        tracking.early_stopped_validation_scores(trained.run_id, len(validation) + 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from ml import train as train_module
 from ml.errors import StageError
 from ml.prepare import split, validate
 from ml.synthetic import generate
-from ml.train import TrainConfig, fit_model, positive_weight, resolve_device
+from ml.train import TrainConfig, fit_model, positive_weight, resolve_device, with_tuned
 from tests.helpers import train_config
 
 
@@ -25,7 +27,7 @@ def splits() -> tuple[dict[str, pd.DataFrame], object]:
 
 def fit(splits, config: TrainConfig, train_frame: pd.DataFrame | None = None, features=None):
     parts, meta = splits
-    return fit_model(
+    fitted = fit_model(
         config,
         parts["train"] if train_frame is None else train_frame,
         parts["validation"],
@@ -34,6 +36,7 @@ def fit(splits, config: TrainConfig, train_frame: pd.DataFrame | None = None, fe
         target="is_fraud",
         device="cpu",
     )
+    return fitted.pipeline, fitted.history, fitted.best_iteration
 
 
 @pytest.mark.parametrize("model_type", ["xgboost", "random_forest"])
@@ -116,3 +119,34 @@ def test_device_picks_cuda_when_a_gpu_is_visible_mocked(monkeypatch: pytest.Monk
     assert resolve_device("auto", "random_forest") == "cpu"
     with pytest.raises(StageError, match="only supported by xgboost"):
         resolve_device("cuda", "random_forest")
+
+
+def test_the_refit_learns_from_validation_rows_too_with_rounds_scaled_to_them(splits) -> None:
+    parts, meta = splits
+    config = train_config(n_estimators=300, early_stopping_rounds=10)
+    kwargs = dict(features=meta.features, categorical=meta.categorical, target="is_fraud", device="cpu")
+    stopped = fit_model(replace(config, refit=False), parts["train"], parts["validation"], **kwargs)
+    refit = fit_model(config, parts["train"], parts["validation"], **kwargs)
+    assert stopped.refit_rounds is None and stopped.best_iteration == refit.best_iteration
+    rows = len(parts["train"]) + len(parts["validation"])
+    assert refit.refit_rounds == round((refit.best_iteration + 1) * rows / len(parts["train"]))
+    assert refit.pipeline.named_steps["model"].get_booster().num_boosted_rounds() == refit.refit_rounds
+    # The validation scores are the early-stopped model's in both cases (the threshold is chosen on them) ...
+    np.testing.assert_allclose(refit.validation_scores, stopped.validation_scores)
+    # ... and the refit model is another model, which has seen the validation rows.
+    validation = parts["validation"][meta.features]
+    assert not np.allclose(refit.pipeline.predict_proba(validation)[:, 1], refit.validation_scores)
+
+
+def test_tuned_values_replace_the_forms_and_unknown_ones_are_refused() -> None:
+    form = train_config()
+    tuned = with_tuned(form, {"params": {"learning_rate": 0.02, "max_depth": 7, "scale_pos_weight": "auto"}})
+    assert (tuned.learning_rate, tuned.max_depth, tuned.scale_pos_weight) == (0.02, 7, "auto")
+    assert tuned.n_estimators == form.n_estimators
+    assert with_tuned(form, None) is form
+    with pytest.raises(StageError, match="n_estimators"):
+        with_tuned(form, {"params": {"n_estimators": 5}})
+    with pytest.raises(StageError, match="no parameters"):
+        with_tuned(form, {"value": 0.5})
+    with pytest.raises(StageError, match="random_forest"):
+        with_tuned(train_config(model_type="random_forest"), {"params": {"max_depth": 3}})
