@@ -26,7 +26,17 @@ from mlops.intervals import latest_complete
 from mlops.platform_config import load_platform
 
 DAG_ID = "ml_training_pipeline"
-STAGE_TASKS = ("prepare", "train", "evaluate", "gate", "register", "release_gate")
+STAGE_TASKS = (
+    "prepare",
+    "tuning_plan",
+    "tune",
+    "tune_best",
+    "train",
+    "evaluate",
+    "gate",
+    "register",
+    "release_gate",
+)
 #: The second run's gate: how far below the champion the newest week's model may score (see main).
 DEMO_TOLERANCE = -0.05
 RELEASE_TASKS = (

@@ -105,6 +105,8 @@ def champion() -> str:
 def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, mlflow_server) -> None:
     assert first_run.state == "success", states(first_run)
     assert {t: s for t, s in states(first_run).items() if s != "success"} == {
+        "tune": "skipped",  # tuning is off by default: train used the form's values
+        "tune_best": "skipped",
         "rollback": "skipped",
         "alert": "skipped",
     }
@@ -326,6 +328,23 @@ def test_a_champion_that_cannot_be_loaded_fails_evaluate_after_its_retries_and_r
     assert (evaluated.state, evaluated.try_number) == ("failed", 2)
     assert {states(dag_run)[t] for t in ("gate", "register", "deploy")} == {"upstream_failed"}
     assert len(versions()) == len(before) and dict(client.get_registered_model(MODEL).aliases) == aliases
+
+
+def test_tuning_maps_workers_over_one_study_and_train_takes_the_best_trial(dag, first_run) -> None:
+    from ml.tune import TRIAL_STATE_TAG
+
+    dag_run = run(dag, 19, tuning=True, tuning_trials=4, tuning_workers=2, tuning_minutes=5, release="never")
+    assert dag_run.state == "success", states(dag_run)
+    workers = [ti for ti in dag_run.get_task_instances() if ti.task_id == "tune"]
+    assert sorted(ti.map_index for ti in workers) == [0, 1] and {ti.state for ti in workers} == {"success"}
+    best = xcom(dag_run, "tune_best")
+    (mlflow_run,) = keyed_runs(f"{DAG_ID}/{dag_run.run_id}")
+    assert mlflow_run.data.params["hyperparameters_from"] == "tuning"
+    assert float(mlflow_run.data.params["learning_rate"]) == pytest.approx(best["params"]["learning_rate"])
+    trials = MlflowClient().search_runs(
+        [mlflow_run.info.experiment_id], f"tags.mlflow.parentRunId = '{mlflow_run.info.run_id}'"
+    )
+    assert len(trials) >= 4 and {t.data.tags[TRIAL_STATE_TAG] for t in trials} <= {"COMPLETE", "PRUNED"}
 
 
 def test_a_model_below_the_gate_registers_nothing(dag, first_run, airflow_db) -> None:
