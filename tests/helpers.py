@@ -24,6 +24,15 @@ def train_config(**overrides: Any) -> TrainConfig:
     return TrainConfig(**{**load_platform().training.model_dump(), **overrides})
 
 
+def train_arguments(**overrides: Any) -> list[str]:
+    """The train stage's hyperparameter flags for ``train_config(**overrides)``, as the DAG passes them."""
+    return [
+        part
+        for name, value in asdict(train_config(**overrides)).items()
+        for part in (f"--{name.replace('_', '-')}", str(value))
+    ]
+
+
 def register_evaluated(
     prepared: str, trained: TrainResult, name: str, run_key: str
 ) -> tuple[Evaluation, str]:

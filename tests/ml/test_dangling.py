@@ -19,7 +19,7 @@ from ml.prepare import prepare
 from ml.promote import promote
 from ml.storage import STALE_STAGING_SECONDS, remove_stale_staging
 from ml.train import train
-from tests.helpers import train_config
+from tests.helpers import train_arguments, train_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,9 +40,9 @@ def test_a_stage_stopped_by_sigterm_ends_its_run_as_killed_with_the_reason(
 ) -> None:
     command = [
         sys.executable, "-m", "ml.train", "--prepared-uri", prepared, "--experiment", "dangling",
-        "--run-key", "dangling/sigterm", "--model-type", "xgboost", "--n-estimators", "20000", "--max-depth", "8",
-        "--learning-rate", "0.01", "--early-stopping-rounds", "20000", "--scale-pos-weight", "sqrt",
-        "--device", "cpu", "--seed", "1",
+        "--run-key", "dangling/sigterm",
+        *train_arguments(n_estimators=20000, max_depth=8, learning_rate=0.01, early_stopping_rounds=20000,
+                         device="cpu", seed=1),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), XCOM_DIR_ENV: str(tmp_path / "xcom")}
     process = subprocess.Popen(

@@ -29,6 +29,7 @@ from contract import (
 from ml import faults
 from ml.errors import StageError, TransientError
 from tests.conftest import free_port
+from tests.helpers import train_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_DOWN = (
@@ -114,8 +115,7 @@ def test_a_corrupt_parquet_file_in_a_complete_folder_is_bad_input_and_opens_no_r
     (prepared / "train.parquet").write_bytes(b"PAR1 this is not a parquet file PAR1")
     done = run_stage(
         "ml.train", "--prepared-uri", str(prepared), "--experiment", "corrupt-input", "--run-key", "corrupt/1",
-        "--model-type", "xgboost", "--n-estimators", "5", "--max-depth", "3", "--learning-rate", "0.3",
-        "--early-stopping-rounds", "2", "--scale-pos-weight", "sqrt", "--device", "cpu", "--seed", "1",
+        *train_arguments(n_estimators=5, max_depth=3, early_stopping_rounds=2, device="cpu", seed=1),
     )  # fmt: skip
     assert done.returncode == EXIT_INVALID_INPUT, done.stderr[-3000:]
     assert "train.parquet" in error_line(done) and "not a readable Parquet file" in error_line(done)

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from contract import EXIT_INVALID_INPUT, RUN_KEY_TAG, TUNING_STORAGE_ENV
+from contract import EXIT_INVALID_INPUT, RUN_KEY_TAG, TUNING_STORAGE_ENV, XCOM_DIR_ENV, XCOM_RESULT_FILE
 from ml import tune
 from ml.errors import StageError
 from ml.prepare import prepare
@@ -52,14 +52,14 @@ def run_workers(prepared: str, storage: Path, run_key: str, workers: int, trials
         xcom = storage.parent / f"xcom-{run_key.replace('/', '_')}-{index}"
         xcom.mkdir(parents=True, exist_ok=True)
         processes.append((xcom, subprocess.Popen(
-            worker_command(prepared, storage, run_key, index, trials), cwd=ROOT, env={**env, "ML_XCOM_DIR": str(xcom)},
+            worker_command(prepared, storage, run_key, index, trials), cwd=ROOT, env={**env, XCOM_DIR_ENV: str(xcom)},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )))  # fmt: skip
     results = []
     for xcom, process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]
-        results.append(json.loads((xcom / "return.json").read_text()))
+        results.append(json.loads((xcom / XCOM_RESULT_FILE).read_text()))
     return results
 
 
