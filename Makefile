@@ -6,7 +6,7 @@
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
 #   make bench-serve inference API against `mlflow models serve` (needs wrk: installed with apt-get)
-#   make bench-quality the default training against scikit-learn baselines (UCI Adult, the synthetic stream)
+#   make bench-quality the default training against scikit-learn baselines (UCI Adult, the synthetic stream; ARGS="--help")
 #   make bench-parse DAG parse time of each DAG file (target: the training DAG in 50 ms)
 #   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
 #   make drift-check run the Terraform drift check DAG once (local runtime; needs the stacks' backend access)
@@ -211,7 +211,7 @@ bench: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_pipeline
 
 bench-quality: install
-	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_quality
+	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_quality $(ARGS)
 
 bench-serve: install
 	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
