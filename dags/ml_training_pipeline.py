@@ -351,6 +351,7 @@ def train_stage() -> MLStageOperator:
             "--run-key", RUN_KEY,
             *param_arguments(*type(TRAINING).model_fields),
             "--tuned", "{{ ti.xcom_pull(task_ids='tune_best') | tojson }}",
+            "--progress-every", str(PLATFORM.stage("train").progress_every_rounds or 0),
         ],
     )  # fmt: skip
 

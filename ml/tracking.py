@@ -10,13 +10,15 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from contract import END_REASON_TAG, RUN_KEY_TAG, SUPERSEDED_TAG
+from ml import faults
 from ml.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -197,15 +199,68 @@ def end_active_run(status: str, reason: str) -> None:
                 os.environ[key] = value
 
 
-def log_metric_series(run_id: str, key: str, values: list[float]) -> None:
-    """Log one value per step in batches (one HTTP call per 1,000 points instead of one per point)."""
+def log_metric_series(run_id: str, key: str, values: list[float], first_step: int = 0) -> None:
+    """Log one value per step, from ``first_step`` on, in batches (one HTTP call per 1,000 points instead of one
+    per point)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(v), now, step) for step, v in enumerate(values)]
+    metrics = [Metric(key, float(v), now, step) for step, v in enumerate(values, start=first_step)]
     mlflow_client = client()
     for start in range(0, len(metrics), 1000):
         mlflow_client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+class LiveSeries:
+    """A metric series logged while it grows (a learning curve as the model trains), each step once.
+
+    ``send`` hands the values not yet logged to a thread of its own as one batch and returns at once; while a
+    batch is on its way, the values of the next ``send`` wait for the one after. ``finish`` waits for it and logs
+    the rest. A batch that fails for a while (the server restarting, after the client's own retries) goes again
+    with the next one rather than stopping hours of training; any other failure, or one at ``finish``, is raised
+    there, like the stage's other logging.
+    """
+
+    def __init__(self, run_id: str, key: str) -> None:
+        self.run_id, self.key = run_id, key
+        #: How many values, from the first, are on the run.
+        self.logged = 0
+        self._sending: tuple[int, Future[None]] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{key}")
+
+    def send(self, values: Sequence[float]) -> None:
+        if self._sending is not None:
+            if not self._sending[1].done():
+                return
+            self._settle()
+        if len(values) > self.logged:
+            batch = list(values[self.logged :])
+            future = self._thread.submit(log_metric_series, self.run_id, self.key, batch, self.logged)
+            self._sending = (self.logged + len(batch), future)
+
+    def finish(self, values: Sequence[float]) -> None:
+        try:
+            if self._sending is not None:
+                self._settle()
+            if len(values) > self.logged:
+                log_metric_series(self.run_id, self.key, list(values[self.logged :]), self.logged)
+                self.logged = len(values)
+        finally:
+            self._thread.shutdown()
+
+    def _settle(self) -> None:
+        """Wait for the batch on its way; a transient failure leaves its values to the next batch."""
+        assert self._sending is not None
+        (end, future), self._sending = self._sending, None
+        try:
+            future.result()
+        except Exception as err:
+            if faults.classify(err) != faults.TRANSIENT:
+                raise
+            log.warning("%s from step %d not logged yet, sent again with the next batch: %s",
+                        self.key, self.logged, err)  # fmt: skip
+            return
+        self.logged = end
 
 
 def positive_scores(model: Any, features: Any) -> np.ndarray:

@@ -7,7 +7,9 @@ missing) and passed to XGBoost as native categoricals; class imbalance is handle
 then, by default, the model is refit on training + validation rows for the round count early stopping chose,
 scaled to the larger set (the rows held out to stop on are not lost to the model). The early-stopped model's
 validation scores are kept on the run: the evaluate stage chooses the threshold on them, never on rows the served
-model learnt from. Hyperparameters come from the form, or from the tune stage's best trial (``--tuned``).
+model learnt from. Hyperparameters come from the form, or from the tune stage's best trial (``--tuned``). With
+``--progress-every N`` each XGBoost fit logs its round, validation average precision and time every N rounds, and
+the learning curve reaches the MLflow run as it trains.
 
 The model is logged as a scikit-learn pipeline (encoding + estimator) whose pyfunc predicts probabilities,
 with its signature, an input example and the lineage of the data it learnt from.
@@ -287,6 +289,75 @@ def _xgboost(
     )
 
 
+#: The early-stopped fit's learning curve on the run: the validation average precision of each round, at the
+#: round's index from 0 (as XGBoost's ``best_iteration`` counts).
+ROUND_METRIC = "val_average_precision_by_round"
+#: Where XGBoost's scikit-learn API keeps that metric while it trains (its first ``eval_set``, ``booster_params``'
+#: ``eval_metric``).
+VALIDATION_SET, VALIDATION_METRIC = "validation_0", "aucpr"
+
+
+def progress_callback(phase: str, rounds: int, every: int, run_id: str | None = None) -> Any | None:
+    """An XGBoost callback that shows a long fit's life while it runs; None when ``every`` is 0.
+
+    Every ``every`` rounds, and at the last one, it logs a line for the task log: ``phase``, the round of
+    ``rounds``, the validation average precision and the best so far (when the fit has a validation set) and the
+    seconds since the fit began. With ``run_id``, the validation average precision of the rounds since the last
+    line goes to that MLflow run (``ROUND_METRIC``) in one batch, each round once, sent in the background
+    (``tracking.LiveSeries``): the training waits for MLflow only when it ends.
+    """
+    if not every:
+        return None
+    import xgboost
+
+    curve = tracking.LiveSeries(run_id, ROUND_METRIC) if run_id else None
+
+    class Progress(xgboost.callback.TrainingCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.started = time.perf_counter()
+            self.history: list[float] = []  # XGBoost's own list of the validation metric, one value a round
+            self.best, self.best_round, self.shown = float("-inf"), 0, 0
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            self.history = evals_log.get(VALIDATION_SET, {}).get(VALIDATION_METRIC, [])
+            if self.history and self.history[-1] > self.best:  # the first best, as early stopping keeps it
+                self.best, self.best_round = self.history[-1], epoch + 1
+            if (epoch + 1) % every == 0:
+                self.show(epoch + 1)
+                if curve is not None:
+                    curve.send(self.history)
+            return False
+
+        def after_training(self, model: Any) -> Any:
+            if model.num_boosted_rounds() > self.shown:
+                self.show(model.num_boosted_rounds())
+            if curve is not None:
+                curve.finish(self.history)
+            return model
+
+        def show(self, done: int) -> None:
+            elapsed, self.shown = time.perf_counter() - self.started, done
+            if self.history:
+                log.info("%s: round %d/%d, validation average precision %.4f (best %.4f at round %d), %.1f s "
+                         "elapsed", phase, done, rounds, self.history[done - 1], self.best, self.best_round,
+                         elapsed)  # fmt: skip
+            else:
+                log.info("%s: round %d/%d, %.1f s elapsed", phase, done, rounds, elapsed)
+
+    return Progress()
+
+
+def _fit_watched(model: Any, callback: Any | None, *args: Any, **kwargs: Any) -> None:
+    """``model.fit(*args, **kwargs)`` with ``callback`` watching. The callback belongs to this fit, not to the
+    model: it is never saved with it (nor could it be loaded)."""
+    model.set_params(callbacks=None if callback is None else [callback])
+    try:
+        model.fit(*args, **kwargs)
+    finally:
+        model.set_params(callbacks=None)
+
+
 def fit_model(
     config: TrainConfig,
     train: pd.DataFrame,
@@ -296,9 +367,13 @@ def fit_model(
     categorical: Sequence[str],
     target: str,
     device: str,
+    progress_every: int = 0,
+    run_id: str | None = None,
 ) -> Fit:
     """Fit the encoder and estimator (XGBoost: early-stopped on ``validation``, then refit on both when
-    ``config.refit``)."""
+    ``config.refit``). XGBoost's fits show their progress every ``progress_every`` rounds (0: not as they run), the
+    early-stopped one's learning curve going to the MLflow run ``run_id`` (``progress_callback``); neither changes
+    the model, so neither is part of ``config``."""
     from sklearn.pipeline import Pipeline
 
     def encoder() -> TabularEncoder:
@@ -325,8 +400,11 @@ def fit_model(
         early_stopping_rounds=config.early_stopping_rounds,
     )  # fmt: skip
     x_validation = encode.transform(validation)
-    stopped.fit(x_train, y_train, eval_set=[(x_validation, validation[target].to_numpy())], verbose=False)
-    history = [float(v) for v in stopped.evals_result()["validation_0"]["aucpr"]]
+    _fit_watched(
+        stopped, progress_callback("train", config.n_estimators, progress_every, run_id), x_train, y_train,
+        eval_set=[(x_validation, validation[target].to_numpy())], verbose=False,
+    )  # fmt: skip
+    history = [float(v) for v in stopped.evals_result()[VALIDATION_SET][VALIDATION_METRIC]]
     best = int(stopped.best_iteration)
     early = Pipeline([("encode", encode), ("model", stopped)])
     scores = early.predict_proba(validation[list(features)])[:, 1]
@@ -337,7 +415,7 @@ def fit_model(
     encode_both = encoder()
     x_both, y_both = encode_both.fit_transform(both), both[target].to_numpy()
     final = _xgboost(config, y_both, mask, device, n_estimators=rounds)
-    final.fit(x_both, y_both, verbose=False)
+    _fit_watched(final, progress_callback("refit", rounds, progress_every), x_both, y_both, verbose=False)
     return Fit(Pipeline([("encode", encode_both), ("model", final)]), history, best, scores, rounds)
 
 
@@ -406,9 +484,11 @@ def train(
     experiment: str,
     run_key: str,
     tuned: dict[str, Any] | None = None,
+    progress_every: int = 0,
 ) -> TrainResult:
     """Train on the published splits at ``prepared_uri`` and log everything to the run keyed ``run_key``, with
-    the tune stage's best hyperparameters in place of ``config``'s when ``tuned`` holds them.
+    the tune stage's best hyperparameters in place of ``config``'s when ``tuned`` holds them. Every
+    ``progress_every`` rounds (0: never) the training logs where it is, and its learning curve so far to the run.
 
     A repeat with the same config and data (a retried or cleared task) returns the model already logged to
     the keyed run instead of training again; anything else supersedes that run and starts a fresh one.
@@ -436,7 +516,7 @@ def train(
             "hyperparameters_from": source,
         })  # fmt: skip
         _log_inputs(prepared_uri, manifest, splits)
-        result = _fit_and_log(run.info.run_id, config, splits, manifest, device)
+        result = _fit_and_log(run.info.run_id, config, splits, manifest, device, progress_every)
         result.hyperparameters = source
         mlflow.set_tags(
             {TRAIN_FINGERPRINT_TAG: inputs_fingerprint, TRAIN_RESULT_TAG: json.dumps(asdict(result))}
@@ -446,7 +526,12 @@ def train(
 
 
 def _fit_and_log(
-    run_id: str, config: TrainConfig, splits: dict[str, pd.DataFrame], manifest: dict[str, Any], device: str
+    run_id: str,
+    config: TrainConfig,
+    splits: dict[str, pd.DataFrame],
+    manifest: dict[str, Any],
+    device: str,
+    progress_every: int,
 ) -> TrainResult:
     """Fit on the active run: the learning curve, the validation average precision and the model."""
     import mlflow
@@ -456,12 +541,12 @@ def _fit_and_log(
     started = time.perf_counter()
     fit = fit_model(
         config, splits["train"], validation, features=features, categorical=manifest["categorical"],
-        target=target, device=device,
+        target=target, device=device, progress_every=progress_every, run_id=run_id,
     )  # fmt: skip
     train_seconds = time.perf_counter() - started
     log.info("trained in %.1fs on %s (best iteration %s)", train_seconds, device, fit.best_iteration)
-    if fit.history:
-        tracking.log_metric_series(run_id, "val_average_precision_by_round", fit.history)
+    if fit.history and not progress_every:  # with progress, logged as it trained
+        tracking.log_metric_series(run_id, ROUND_METRIC, fit.history)
     # The early-stopped model's: the refit one has learnt from these rows.
     val_ap = float(average_precision_score(validation[target], fit.validation_scores))
     mlflow.log_metrics({"val_average_precision": val_ap, "train_seconds": train_seconds})
@@ -521,11 +606,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--tuned", type=tuning_result, default=None,
         help="the tune stage's result (JSON); its parameters replace the form's. Empty or null: none",
     )  # fmt: skip
+    parser.add_argument(
+        "--progress-every", type=non_negative_int, default=0,
+        help="log the round, validation metric and time every N rounds, and the learning curve to MLflow as it "
+        "trains (0: the curve after the fit). Not part of the training's identity",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    return asdict(
-        train(args.prepared_uri, config, experiment=args.experiment, run_key=args.run_key, tuned=args.tuned)
-    )
+    trained = train(args.prepared_uri, config, experiment=args.experiment, run_key=args.run_key,
+                    tuned=args.tuned, progress_every=args.progress_every)  # fmt: skip
+    return asdict(trained)
 
 
 def tuning_result(value: str) -> dict[str, Any] | None:

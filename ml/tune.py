@@ -40,7 +40,7 @@ from ml.errors import StageError
 from ml.features import TabularEncoder
 from ml.runtime import ArgumentParser, json_object, non_negative_int
 from ml.storage import read_manifest, read_published_table
-from ml.train import TUNABLE, TrainConfig, booster_params, resolve_device
+from ml.train import ROUND_METRIC, TUNABLE, TrainConfig, booster_params, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class Objective:
             log.info("trial %d pruned after %d rounds", trial.number, len(history))
             raise
         finally:
-            tracking.log_metric_series(run_id, "val_average_precision_by_round", history)
+            tracking.log_metric_series(run_id, ROUND_METRIC, history)
             tracking.client().set_tag(run_id, TRIAL_STATE_TAG, state)
             tracking.client().set_terminated(run_id, status)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from dataclasses import asdict
@@ -31,6 +32,25 @@ def train_arguments(**overrides: Any) -> list[str]:
         for name, value in asdict(train_config(**overrides)).items()
         for part in (f"--{name.replace('_', '-')}", str(value))
     ]
+
+
+#: A progress line of the train stage's fits (``ml.train.progress_callback``): the phase, the round of the rounds,
+#: the validation average precision and the best so far (the refit has no validation set), the seconds elapsed.
+PROGRESS_LINE = re.compile(
+    r"(?P<phase>train|refit): round (?P<round>\d+)/(?P<rounds>\d+), (?:validation average precision "
+    r"(?P<value>\d\.\d{4}) \(best (?P<best>\d\.\d{4}) at round (?P<best_round>\d+)\), )?"
+    r"(?P<elapsed>\d+\.\d) s elapsed"
+)
+
+
+def progress_lines(log: str, phase: str) -> list[dict[str, str]]:
+    """The fields of the progress lines of ``phase`` (``train`` or ``refit``) in a stage's log."""
+    return [line.groupdict() for line in PROGRESS_LINE.finditer(log) if line["phase"] == phase]
+
+
+def every_and_last(every: int, rounds: int) -> list[int]:
+    """The rounds a fit of ``rounds`` rounds reports its progress at: every ``every`` rounds, and the last."""
+    return [*range(every, rounds + 1, every), *([rounds] if rounds % every else [])]
 
 
 def register_evaluated(

@@ -31,9 +31,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk import Connection, Variable
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowNotFoundException,
+    AirflowSkipException,
+)
 from kubernetes.client import Configuration
 from kubernetes.client import models as k8s
+from kubernetes.client.exceptions import ApiException
 
 from contract import (
     BACKEND_CONFIG_ENV,
@@ -143,6 +149,22 @@ def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
     )
 
 
+def failure_detail(lines: list[str]) -> str:
+    """What a failed stage said: its last ``ERROR: `` line (the stage's contract), else the last lines."""
+    errors = [line.removeprefix(ERROR_PREFIX) for line in lines if line.startswith(ERROR_PREFIX)]
+    return errors[-1] if errors else "\n".join(lines[-5:])
+
+
+def stage_failure(stage: str, exit_code: int | None, detail: str) -> AirflowException:
+    """The task's error for a stage that exited ``exit_code``, one rule for the local runtime and the cluster:
+    bad input (``EXIT_INVALID_INPUT``) fails the task without retries, anything else may be retried."""
+    if exit_code == EXIT_INVALID_INPUT:
+        return AirflowFailException(f"stage {stage} rejected its input: {detail}")
+    if exit_code == EXIT_TRANSIENT:
+        return AirflowException(f"stage {stage} found a service unavailable (will retry): {detail}")
+    return AirflowException(f"stage {stage} failed with exit code {exit_code}: {detail}")
+
+
 def _connection(conn_id: str) -> Connection | None:
     """The Airflow connection ``conn_id``, or None when there is none."""
     try:
@@ -194,6 +216,8 @@ class PlatformPodOperator(KubernetesPodOperator):
         cluster = platform.kubernetes
         node_group = platform.node_group_of(resources)
         kwargs.setdefault("task_id", stage)
+        kwargs.setdefault("schedule_timeout_seconds", resources.schedule_timeout_seconds)
+        kwargs.setdefault("startup_timeout_seconds", resources.startup_timeout_seconds)
         super().__init__(
             name=f"ml-{stage}".replace("_", "-"),
             namespace=cluster.namespace,
@@ -246,6 +270,11 @@ class PlatformPodOperator(KubernetesPodOperator):
             termination_message_policy="FallbackToLogsOnError",
             on_finish_action="delete_succeeded_pod",
             get_logs=True,
+            # While a pod waits for a node, its events ("0/5 nodes are available: Insufficient nvidia.com/gpu",
+            # the autoscaler's "TriggeredScaleUp") go to the task log as they happen.
+            log_events_on_startup=True,
+            log_events_on_failure=True,
+            logging_interval=cluster.log_interval_seconds,
             do_xcom_push=True,
             # In the cluster, waiting for the pod is the triggerer's job, not a worker slot's (training can
             # take hours). The local runtime ignores this: its subprocess is the work itself.
@@ -330,7 +359,7 @@ class PlatformPodOperator(KubernetesPodOperator):
         timer = threading.Timer(timeout, stop) if timeout else None
         if timer:
             timer.start()
-        error_lines: list[str] = []
+        last_error: list[str] = []  # the stage's last error line, which may have left the tail
         tail: list[str] = []
         try:
             assert process.stdout is not None
@@ -339,7 +368,7 @@ class PlatformPodOperator(KubernetesPodOperator):
                 self.log.info("[%s] %s", self.stage, line)
                 tail = [*tail[-19:], line]
                 if line.startswith(ERROR_PREFIX):
-                    error_lines.append(line.removeprefix(ERROR_PREFIX))
+                    last_error = [line]
             returncode = process.wait()
         finally:
             if timer:
@@ -347,15 +376,8 @@ class PlatformPodOperator(KubernetesPodOperator):
             self._process = None
         if timed_out.is_set():
             raise AirflowException(f"stage {self.stage} passed its deadline of {timeout}s and was stopped")
-        if returncode == EXIT_INVALID_INPUT:  # the contract: retrying cannot help
-            detail = error_lines[-1] if error_lines else "\n".join(tail[-5:])
-            raise AirflowFailException(f"stage {self.stage} rejected its input: {detail}")
-        if returncode == EXIT_TRANSIENT:
-            detail = error_lines[-1] if error_lines else "\n".join(tail[-5:])
-            raise AirflowException(f"stage {self.stage} found a service unavailable (will retry): {detail}")
         if returncode != 0:
-            detail = error_lines[-1] if error_lines else "\n".join(tail[-5:])
-            raise AirflowException(f"stage {self.stage} failed with exit code {returncode}: {detail}")
+            raise stage_failure(self.stage, returncode, failure_detail([*last_error, *tail]))
 
     def _kill(self) -> None:
         process = self._process
@@ -367,6 +389,75 @@ class PlatformPodOperator(KubernetesPodOperator):
             self._kill()
             return
         super().on_kill()
+
+    def cleanup(
+        self,
+        pod: k8s.V1Pod,
+        remote_pod: k8s.V1Pod,
+        xcom_result: dict[str, Any] | None = None,
+        context: Context | None = None,
+    ) -> None:
+        """The provider's cleanup, with the stage's own error in place of its "Pod returned a failure": the
+        exit-code contract (bad input is not retried) and the stage's message from the pod's termination
+        message, or, for a pod that never started, the scheduler's reasons."""
+        try:
+            super().cleanup(pod, remote_pod, xcom_result=xcom_result, context=context)
+        except (AirflowFailException, AirflowSkipException):
+            raise
+        except AirflowException as error:
+            raise self._failure_in_cluster(remote_pod or pod) or error from error
+
+    def _failure_in_cluster(self, pod: k8s.V1Pod) -> AirflowException | None:
+        try:
+            pod = self.pod_manager.read_pod(pod)  # the state now, not the one the caller last saw
+        except ApiException as error:
+            self.log.warning("could not read pod %s to explain its failure: %s", pod.metadata.name, error)
+        statuses = (pod.status.container_statuses if pod.status else None) or []
+        status = next((c for c in statuses if c.name == self.base_container_name), None)
+        ended = status.state.terminated if status and status.state else None
+        if ended is not None:
+            detail = failure_detail((ended.message or "").strip().splitlines())
+            return stage_failure(
+                self.stage, ended.exit_code, detail or f"{ended.reason}; see the pod's log above"
+            )
+        if pod.status is None or pod.status.phase != "Pending":
+            return None
+        return self._never_started(pod, status)
+
+    def _never_started(self, pod: k8s.V1Pod, status: k8s.V1ContainerStatus | None) -> AirflowException:
+        """The error for a pod still Pending at its timeout, with the reasons the cluster gave; the pod is
+        deleted, so that it cannot start later with no task watching it (holding a GPU node up)."""
+        name = pod.metadata.name
+        scheduled = next((c for c in pod.status.conditions or () if c.type == "PodScheduled"), None)
+        reasons: list[str] = []
+        if scheduled is not None and scheduled.status != "True" and scheduled.message:
+            reasons.append(scheduled.message)
+        waiting = status.state.waiting if status and status.state else None
+        if waiting is not None and waiting.reason:
+            reasons.append(f"{waiting.reason}: {waiting.message}" if waiting.message else waiting.reason)
+        try:
+            events = self.pod_manager.read_pod_events(pod).items
+        except ApiException as error:
+            events = []
+            self.log.warning("could not read the events of pod %s: %s", name, error)
+        reasons += [  # the scheduler's warnings and what the node autoscaler did about them
+            f"{e.reason}: {e.message}"
+            for e in events
+            if e.message
+            and e.message not in reasons
+            and (e.type == "Warning" or "ScaleUp" in (e.reason or ""))
+        ]
+        self.log.info("deleting pod %s, which never started", name)
+        try:
+            self.pod_manager.delete_pod(pod)
+        except ApiException as error:
+            self.log.warning("could not delete pod %s, which never started: %s", name, error)
+        if scheduled is not None and scheduled.status == "True":
+            waited = f"did not start within {self.startup_timeout_seconds}s of being scheduled"
+        else:
+            waited = f"was not scheduled within {self.schedule_timeout_seconds}s"
+        why = "; ".join(dict.fromkeys(reasons)) or "the cluster gave no reason (see the pod events above)"
+        return AirflowException(f"stage {self.stage}: pod {name} {waited}: {why} (the pod was deleted)")
 
 
 class MLStageOperator(PlatformPodOperator):

@@ -54,6 +54,8 @@ class Kubernetes(_Settings):
     service_account: str
     run_as_user: int = Field(gt=0)
     run_as_group: int = Field(gt=0)
+    #: How often a deferred pod's task comes back from the triggerer to copy the pod's new log lines.
+    log_interval_seconds: int = Field(gt=0)
 
 
 class Toleration(_Settings):
@@ -71,6 +73,10 @@ class NodeGroup(_Settings):
 class ResourcePreset(_Settings):
     requests: dict[str, str]
     limits: dict[str, str]
+    #: How long a pod may wait to be scheduled (a node to come up), then to start (its image pulled), before
+    #: the task fails with the scheduler's reasons.
+    schedule_timeout_seconds: int = Field(gt=0)
+    startup_timeout_seconds: int = Field(gt=0)
     node_group: str | None = None
     priority_class: str | None = None
 
@@ -82,6 +88,8 @@ class Stage(_Settings):
     service_account: str | None = None
     #: The module under ``ml/`` the stage runs, when it is not the stage's name (two stages of one module).
     module: str | None = None
+    #: A stage that trains round by round reports its progress every this many rounds (None: it does not).
+    progress_every_rounds: int | None = Field(default=None, ge=1)
 
 
 class Training(_Settings):

@@ -58,12 +58,39 @@ variable "general_max_size" {
 
 variable "gpu_instance_types" {
   type        = list(string)
-  description = "Instance types of the GPU node group (NVIDIA, for the training stage)."
+  description = "Instance types of the GPU node group (NVIDIA, for the training stage), all with the same number of GPUs."
   default     = ["g5.xlarge"]
+
+  validation {
+    condition     = length(var.gpu_instance_types) > 0
+    error_message = "gpu_instance_types needs at least one instance type."
+  }
 }
 
 variable "gpu_max_size" {
   type        = number
   description = "Largest size of the GPU node group (its smallest is zero)."
   default     = 2
+}
+
+variable "cluster_autoscaler_chart_version" {
+  type        = string
+  description = "Version of the cluster-autoscaler chart (kubernetes.github.io/autoscaler). Its cluster autoscaler's minor version must be kubernetes_version's: 9.51.0 runs 1.33."
+  default     = "9.51.0"
+
+  validation {
+    condition     = can(regex("^\\d+\\.\\d+\\.\\d+$", var.cluster_autoscaler_chart_version))
+    error_message = "cluster_autoscaler_chart_version must be an exact version (x.y.z), not a range."
+  }
+}
+
+variable "nvidia_device_plugin_chart_version" {
+  type        = string
+  description = "Version of the nvidia-device-plugin chart (nvidia.github.io/k8s-device-plugin)."
+  default     = "0.17.4"
+
+  validation {
+    condition     = can(regex("^\\d+\\.\\d+\\.\\d+$", var.nvidia_device_plugin_chart_version))
+    error_message = "nvidia_device_plugin_chart_version must be an exact version (x.y.z), not a range."
+  }
 }

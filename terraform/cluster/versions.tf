@@ -6,5 +6,9 @@ terraform {
       source  = "hashicorp/aws"
       version = "5.100.0"
     }
+    helm = {
+      source  = "hashicorp/helm"
+      version = "3.0.2"
+    }
   }
 }

@@ -168,6 +168,14 @@ def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, task_id: str
     assert {flag for flag in flags if flag not in usage} == set()
 
 
+def test_train_reports_its_progress_as_often_as_the_platform_settings_say(dagbag) -> None:
+    from mlops.platform_config import load_platform
+
+    arguments = dagbag.dags["ml_training_pipeline"].get_task("train").arguments
+    every = load_platform().stage("train").progress_every_rounds
+    assert every is not None and arguments[arguments.index("--progress-every") + 1] == str(every)
+
+
 def test_form_choices_and_defaults_match_what_the_stages_accept(dagbag) -> None:
     from ml.train import DEVICES, MODEL_TYPES, TrainConfig
     from mlops.platform_config import load_platform

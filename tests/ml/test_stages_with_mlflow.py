@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,8 +21,17 @@ from ml.errors import StageError
 from ml.evaluate import ChampionUnavailable, evaluate
 from ml.prepare import prepare
 from ml.register import register
-from ml.train import train
-from tests.helpers import CHALLENGER, CHAMPION, artifact_folder, register_evaluated, train_config
+from ml.train import ROUND_METRIC, main, train
+from tests.helpers import (
+    CHALLENGER,
+    CHAMPION,
+    artifact_folder,
+    every_and_last,
+    progress_lines,
+    register_evaluated,
+    train_arguments,
+    train_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +56,33 @@ def test_a_repeat_with_the_same_inputs_reuses_the_model_and_other_inputs_superse
     assert old.data.tags[RUN_KEY_TAG].startswith("dag/run-a#superseded-")
     run = MlflowClient().get_run(changed.run_id)
     assert run.data.params["device_used"] == "cpu"
-    assert len(MlflowClient().get_metric_history(changed.run_id, "val_average_precision_by_round")) > 1
+    assert len(MlflowClient().get_metric_history(changed.run_id, ROUND_METRIC)) > 1
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"train", "validation"}
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_progress_shows_in_the_log_and_the_learning_curve_in_mlflow_as_it_trains_each_round_once(
+    mlflow_server, prepared, caplog: pytest.LogCaptureFixture, refit: bool
+) -> None:
+    import mlflow
+
+    caplog.set_level(logging.INFO, logger="ml.train")
+    config = train_config(n_estimators=60, refit=refit)
+    result = main([
+        "--prepared-uri", prepared, "--experiment", "stages", "--run-key", f"dag/run-progress-{refit}",
+        *train_arguments(n_estimators=60, refit=refit), "--progress-every", "7",
+    ])  # fmt: skip
+    rounds = min(result["best_iteration"] + 1 + config.early_stopping_rounds, config.n_estimators)
+    history = MlflowClient().get_metric_history(result["run_id"], ROUND_METRIC)
+    # Each round once: no gap, none twice.
+    assert sorted(point.step for point in history) == list(range(rounds))
+    curve = {point.step: point.value for point in history}
+    lines = progress_lines(caplog.text, "train")
+    assert [int(line["round"]) for line in lines] == every_and_last(7, rounds)
+    assert all(line["value"] == f"{curve[int(line['round']) - 1]:.4f}" for line in lines)
+    refits = [int(line["round"]) for line in progress_lines(caplog.text, "refit")]
+    assert refits == (every_and_last(7, result["refit_rounds"]) if refit else [])
+    mlflow.pyfunc.load_model(result["model_uri"])  # the logged model did not keep the callback
 
 
 def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server, prepared) -> None:

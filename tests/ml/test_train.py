@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
 from dataclasses import replace
 
 import numpy as np
@@ -13,8 +15,8 @@ from ml import train as train_module
 from ml.errors import StageError
 from ml.prepare import split, validate
 from ml.synthetic import generate
-from ml.train import TrainConfig, fit_model, positive_weight, resolve_device, with_tuned
-from tests.helpers import train_config
+from ml.train import ROUND_METRIC, TrainConfig, fit_model, positive_weight, resolve_device, with_tuned
+from tests.helpers import every_and_last, progress_lines, train_config
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +138,72 @@ def test_the_refit_learns_from_validation_rows_too_with_rounds_scaled_to_them(sp
     # ... and the refit model is another model, which has seen the validation rows.
     validation = parts["validation"][meta.features]
     assert not np.allclose(refit.pipeline.predict_proba(validation)[:, 1], refit.validation_scores)
+
+
+def test_progress_shows_every_n_rounds_the_round_the_metric_and_the_time_and_then_the_refits_rounds(
+    splits, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts, meta = splits
+    caplog.set_level(logging.INFO, logger=train_module.__name__)
+    config = train_config(n_estimators=300, early_stopping_rounds=10)
+    fitted = fit_model(config, parts["train"], parts["validation"], features=meta.features,
+                       categorical=meta.categorical, target="is_fraud", device="cpu", progress_every=25)  # fmt: skip
+    history, lines = fitted.history, progress_lines(caplog.text, "train")
+    assert [int(line["round"]) for line in lines] == every_and_last(25, len(history))
+    for line in lines:
+        seen = history[: int(line["round"])]
+        assert (line["rounds"], line["value"]) == (str(config.n_estimators), f"{seen[-1]:.4f}")
+        assert (line["best"], int(line["best_round"])) == (f"{max(seen):.4f}", seen.index(max(seen)) + 1)
+    elapsed = [float(line["elapsed"]) for line in lines]
+    assert elapsed == sorted(elapsed) and elapsed[-1] > 0
+    assert fitted.refit_rounds is not None
+    refits = progress_lines(caplog.text, "refit")
+    assert [int(line["round"]) for line in refits] == every_and_last(25, fitted.refit_rounds)
+    assert {(line["rounds"], line["value"]) for line in refits} == {(str(fitted.refit_rounds), None)}
+
+
+def test_the_learning_curve_goes_to_mlflow_as_it_trains_a_batch_a_report_each_round_once_through_a_blip(
+    splits, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts, meta = splits
+    batches: list[tuple[int, int]] = []  # (first step, values) of each call
+    sent: dict[int, float] = {}
+
+    def log_metric_series(run_id: str, key: str, values: list[float], first_step: int = 0) -> None:
+        assert (run_id, key) == ("run-1", ROUND_METRIC)
+        batches.append((first_step, len(values)))
+        if len(batches) == 2:
+            raise ConnectionError("the MLflow server is restarting")
+        for step, value in enumerate(values, start=first_step):
+            assert step not in sent, f"round {step} logged twice"
+            sent[step] = value
+
+    monkeypatch.setattr(train_module.tracking, "log_metric_series", log_metric_series)
+    kwargs = dict(features=meta.features, categorical=meta.categorical, target="is_fraud", device="cpu",
+                  run_id="run-1")  # fmt: skip
+    config = train_config(n_estimators=300, early_stopping_rounds=10, refit=False)
+    fitted = fit_model(config, parts["train"], parts["validation"], progress_every=20, **kwargs)
+    assert sent == dict(enumerate(fitted.history))  # every round, once; the failed batch's with a later one
+    assert batches[0] == (0, 20)  # sent at the first report, while it trained
+    assert 3 <= len(batches) <= len(every_and_last(20, len(fitted.history)))  # at most one a report
+    assert "from step 20 not logged yet, sent again with the next batch: the MLflow server is restarting" in (
+        caplog.text
+    )
+    pickle.dumps(fitted.pipeline)  # the callback, a local class, was not kept with the model
+
+    batches.clear()
+    fit_model(
+        replace(config, n_estimators=20), parts["train"], parts["validation"], progress_every=0, **kwargs
+    )
+    assert batches == []  # without progress the stage logs the curve after the fit
+
+    def refuse(run_id: str, key: str, values: list[float], first_step: int = 0) -> None:
+        raise StageError("the run was deleted")  # not a blip: the stage fails as for any other logging
+
+    monkeypatch.setattr(train_module.tracking, "log_metric_series", refuse)
+    with pytest.raises(StageError, match="the run was deleted"):
+        fit_model(replace(config, n_estimators=20), parts["train"], parts["validation"], progress_every=5,
+                  **kwargs)  # fmt: skip
 
 
 def test_tuned_values_replace_the_forms_and_unknown_ones_are_refused() -> None:

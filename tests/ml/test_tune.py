@@ -18,7 +18,7 @@ from contract import EXIT_INVALID_INPUT, RUN_KEY_TAG, TUNING_STORAGE_ENV, XCOM_D
 from ml import tune
 from ml.errors import StageError
 from ml.prepare import prepare
-from ml.train import TUNABLE, train
+from ml.train import ROUND_METRIC, TUNABLE, train
 from tests.helpers import train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,8 +97,12 @@ def test_two_workers_share_one_study_and_every_trial_is_a_nested_run(
         assert child.info.status == "FINISHED"
         assert child.data.tags[tune.TRIAL_STATE_TAG] in ("COMPLETE", "PRUNED")
         assert set(TUNABLE) <= set(child.data.params)
-        history = client.get_metric_history(child.info.run_id, "val_average_precision_by_round")
-        assert len(history) >= tune.REPORT_EVERY_ROUNDS
+        history = client.get_metric_history(child.info.run_id, ROUND_METRIC)
+        # One value a round; a trial early-stopped (patience 5) may end before the first report, a pruned one
+        # only at a report.
+        assert sorted(m.step for m in history) == list(range(len(history))) and history
+        if child.data.tags[tune.TRIAL_STATE_TAG] == "PRUNED":
+            assert len(history) >= tune.REPORT_EVERY_ROUNDS
 
     # The best trial is the stage's result, and train takes its values over the form's.
     best = tune.best(prepared, FORM, experiment=EXPERIMENT, run_key=run_key, storage_dir=str(storage))
@@ -159,7 +163,7 @@ def test_a_pruned_trial_stops_early_and_says_so(mlflow_server, prepared, tmp_pat
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert child.data.tags[tune.TRIAL_STATE_TAG] == "PRUNED"
-    assert len(MlflowClient().get_metric_history(child.info.run_id, "val_average_precision_by_round")) == 10
+    assert len(MlflowClient().get_metric_history(child.info.run_id, ROUND_METRIC)) == 10
 
 
 def test_without_a_database_the_data_root_must_be_a_local_folder(monkeypatch) -> None:

@@ -135,6 +135,70 @@ def resource(text: str, kind: str, name: str) -> str:
     return found.group(1) if found else ""
 
 
+def one_line(text: str) -> str:
+    """HCL with every run of whitespace made one space, so alignment by `terraform fmt` does not matter."""
+    return re.sub(r"\s+", " ", text)
+
+
+def test_the_gpu_group_scales_from_zero_on_the_same_label_and_taint() -> None:
+    """The autoscaler's node template and the device plugin take the GPU group's label and taint from its locals.
+
+    With no GPU node up, the cluster autoscaler knows the group only by its Auto Scaling group's tags: a copy of
+    the label or taint there that drifted from the group's would leave every GPU pod pending.
+    """
+    cluster = (TERRAFORM / "cluster" / "main.tf").read_text()
+    flat = one_line(cluster)
+    template = "k8s.io/cluster-autoscaler/node-template"
+    assert f'for key, value in local.gpu_node_labels : "{template}/label/${{key}}" => value' in flat, (
+        "the node template's labels are not the GPU group's labels"
+    )
+    assert (
+        f'"{template}/taint/${{local.gpu_node_taint.key}}" = '
+        '"${local.gpu_node_taint.value}:${local.gpu_node_taint_effect}"' in flat
+    ), "the node template's taint is not the GPU group's taint"
+    assert re.search(rf'"{template}/resources/nvidia\.com/gpu" = tostring\(', flat)
+    # Kubernetes' spelling of the effect: the one the pods' toleration uses, and written nowhere else.
+    (toleration,) = PLATFORM.node_groups["gpu"].tolerations
+    effect = re.search(r"gpu_node_taint = \{[^}]*effect = \"(\w+)\"", flat).group(1)  # type: ignore[union-attr]
+    assert f'{effect} = "{toleration.effect}"' in flat
+    assert "gpu_node_taint_effect = local.kubernetes_taint_effects[local.gpu_node_taint.effect]" in flat
+    assert cluster.count(f'"{toleration.effect}"') == 1 and f":{toleration.effect}" not in cluster
+
+    tags = one_line(resource(cluster, "aws_autoscaling_group_tag", "gpu_node_template"))
+    assert "for_each = local.gpu_node_template_tags" in tags
+    assert 'module.eks.eks_managed_node_groups["gpu"].node_group_autoscaling_group_names' in tags
+
+    plugin = one_line(resource(cluster, "helm_release", "nvidia_device_plugin"))
+    assert "nodeSelector = local.gpu_node_labels" in plugin, "the device plugin does not select the GPU group"
+    assert (
+        'tolerations = [{ key = local.gpu_node_taint.key operator = "Exists" '
+        "effect = local.gpu_node_taint_effect }]" in plugin
+    ), "the device plugin does not tolerate the GPU group's taint"
+
+    autoscaler = one_line(resource(cluster, "helm_release", "cluster_autoscaler"))
+    assert "autoDiscovery = { clusterName = module.eks.cluster_name }" in autoscaler
+    assert '"eks.amazonaws.com/role-arn" = module.cluster_autoscaler_irsa.iam_role_arn' in autoscaler
+    role = one_line(blocks(cluster, "module")["cluster_autoscaler_irsa"])
+    assert "attach_cluster_autoscaler_policy = true" in role
+    assert "cluster_autoscaler_cluster_names = [module.eks.cluster_name]" in role
+
+
+def test_the_helm_charts_are_pinned() -> None:
+    cluster = (TERRAFORM / "cluster" / "main.tf").read_text()
+    variables = blocks((TERRAFORM / "cluster" / "variables.tf").read_text(), "variable")
+    releases = re.findall(r'^resource "helm_release" "([^"]+)"', cluster, re.M)
+    assert set(releases) == {"cluster_autoscaler", "nvidia_device_plugin"}
+    for release in releases:
+        body = resource(cluster, "helm_release", release)
+        assert re.search(r'^  repository\s+= "https://[^"]+"$', body, re.M), release
+        version = re.search(r"^  version\s+= var\.(\w+)$", body, re.M)
+        assert version, f"{release} has no chart version"
+        default = re.search(r'default\s+= "([^"]+)"', variables[version.group(1)])
+        assert default and re.fullmatch(r"\d+\.\d+\.\d+", default.group(1)), (
+            f"{release}'s chart is not pinned"
+        )
+
+
 @pytest.mark.parametrize(("stack", "bucket"), [("bootstrap", "state"), ("data", "data")])
 def test_each_bucket_is_encrypted_with_its_own_rotated_customer_managed_key(stack: str, bucket: str) -> None:
     main = (TERRAFORM / stack / "main.tf").read_text()
