@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,7 @@ from ml.errors import StageError
 from ml.evaluate import ChampionUnavailable, evaluate
 from ml.prepare import prepare
 from ml.register import register
+from ml.storage import read_manifest, read_published_table
 from ml.train import ROUND_METRIC, main, train
 from tests.helpers import (
     CHALLENGER,
@@ -58,6 +60,28 @@ def test_a_repeat_with_the_same_inputs_reuses_the_model_and_other_inputs_superse
     assert run.data.params["device_used"] == "cpu"
     assert len(MlflowClient().get_metric_history(changed.run_id, ROUND_METRIC)) > 1
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"train", "validation"}
+
+
+def test_the_splits_lineage_comes_from_the_manifest_not_a_pass_over_the_rows(mlflow_server, prepared) -> None:
+    trained = train(prepared, train_config(n_estimators=20), experiment="stages", run_key="dag/lineage")
+    manifest = read_manifest(prepared)
+    inputs = {i.dataset.name: i for i in MlflowClient().get_run(trained.run_id).inputs.dataset_inputs}
+    for name in ("train", "validation"):
+        dataset = inputs[name].dataset
+        assert json.loads(dataset.profile) == {
+            "rows": manifest["rows"][name],
+            "positives": manifest["positives"][name],
+            "time_range": manifest["time_ranges"][name],
+        }
+        assert dataset.digest == f"{manifest['digest'][:16]}-{name}"
+        assert json.loads(dataset.source)["uri"].endswith(f"{name}.parquet")
+        # The columns and their types, read from a sample.
+        assert [c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]] == list(
+            read_published_table(prepared, f"{name}.parquet").columns
+        )
+    assert {t.value for i in inputs.values() for t in i.tags if t.key == "mlflow.data.context"} == {
+        "training", "validation",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("refit", [True, False])
@@ -224,7 +248,6 @@ def test_a_refit_model_is_thresholded_on_the_early_stopped_scores_and_the_card_s
 ) -> None:
     from ml import tracking
     from ml.evaluate import choose_threshold, model_card
-    from ml.storage import read_manifest, read_published_table
 
     trained = train(prepared, train_config(n_estimators=60), experiment="stages", run_key="dag/run-refit")
     assert trained.refit_rounds is not None and trained.refit_rounds > trained.best_iteration + 1
