@@ -76,6 +76,8 @@ KUBECTL_VERSION := v1.34.1
 HELM_VERSION := v3.19.0
 ARGO_ROLLOUTS_VERSION := v1.8.3
 KUBE_PROMETHEUS_STACK_VERSION := 79.7.1
+# The Dask Kubernetes operator's chart: the version of the dask-kubernetes in uv.lock (a test keeps them in step).
+DASK_OPERATOR_VERSION := 2026.3.0
 KIND_CLUSTER := airflow-mlops
 POD_LAUNCHER := airflow-pod-launcher
 INFERENCE_API_IMAGE := airflow-mlops/inference-api:local
@@ -256,6 +258,9 @@ kind-up: install $(KIND) $(KUBECTL) $(HELM)
 		--namespace monitoring --create-namespace --wait --timeout 10m \
 		--set prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues=false \
 		--set prometheus.prometheusSpec.podMonitorSelectorNilUsesHelmValues=false
+	$(HELM) upgrade --install dask-operator dask-kubernetes-operator \
+		--repo https://helm.dask.org --version $(DASK_OPERATOR_VERSION) \
+		--namespace dask-operator --create-namespace --wait --timeout 5m --values k8s/dask-operator/values.yaml
 	$(HELM) upgrade --install "$$($(call PLATFORM,p.release.name))" "$$($(call PLATFORM,p.release.chart))" \
 		--namespace "$$($(call PLATFORM,p.release.namespace))" --values k8s/kind/inference-api-values.yaml
 	mkdir -p $(LOCAL)/kube

@@ -88,6 +88,14 @@ def run_key(dag_id: str, run_id: str) -> str:
 #: What the train stage can fit and where; the DAG's form offers exactly these.
 MODEL_TYPES = ("xgboost", "random_forest")
 DEVICES = ("auto", "cpu", "cuda")
+#: Where XGBoost trains: in the train stage's own process, or with ``xgboost.dask`` on a Dask cluster.
+DISTRIBUTED_MODES = ("none", "dask")
+#: Environment variable of the train stage: the address of a running Dask scheduler (``tcp://host:8786``) to train
+#: on with ``distributed: dask``, in place of the cluster the stage would start itself.
+DASK_SCHEDULER_ENV = "MLOPS_DASK_SCHEDULER"
+#: Environment variable of the train stage: the Dask cluster it asks the Dask Kubernetes operator for in the cluster
+#: (a JSON object: workers, pod specs of the workers and the scheduler), from the platform settings.
+DASK_CLUSTER_ENV = "MLOPS_DASK_CLUSTER"
 
 # -- The quality gate ---------------------------------------------------------------------------------------
 

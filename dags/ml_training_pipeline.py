@@ -12,7 +12,7 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 | `tuning_plan` | worker | when the form's tuning switch is on: one argument list per tuning worker (none when it is off: the tuning tasks are skipped) |
 | `tune` | pods, GPU, mapped | N workers pull trials of the run's Optuna study (TPE, median pruner) until the budget's trials or minutes are spent; each trial a nested MLflow run |
 | `tune_best` | pod, CPU | the study's best trial: its hyperparameters replace the form's in `train`. Re-running the tuning resumes the study |
-| `train` | pod, GPU | XGBoost (`hist`, CUDA when visible), early-stopped then refit on training + validation rows, or the RandomForest baseline; logs the run to MLflow |
+| `train` | pod, GPU | XGBoost (`hist`, CUDA when visible), early-stopped then refit on training + validation rows, or the RandomForest baseline; logs the run to MLflow. With `distributed: dask`, XGBoost trains with `xgboost.dask` on a Dask cluster (the Dask Kubernetes operator's in the cluster, a local one on the embedded defaults) |
 | `evaluate` | pod, CPU | test-set metrics, threshold chosen on validation, comparison with `champion`, drift, plots, model card; decides whether this run will be released (only the newest interval, never a backfill) |
 | `gate` | worker | continues only on a `pass` decision; a missing or malformed evaluation fails the run |
 | `register` | pod, CPU | one model version per DAG run, tagged with its interval and release plan; alias `challenger` if it will be released (a run not to be released registers for the record without having to beat `champion`) |
@@ -53,8 +53,9 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
-from contract import DEVICES, FAIL, MODEL_TYPES, PASS, TUNING_STORAGE_ENV
+from contract import DASK_CLUSTER_ENV, DEVICES, DISTRIBUTED_MODES, FAIL, MODEL_TYPES, PASS, TUNING_STORAGE_ENV
 from mlops.assets import champion_asset, prepared_asset, source_asset, weekly_partitions_of
+from mlops.dask_cluster import dask_cluster
 from mlops.intervals import RELEASE_CHOICES, macros
 from mlops.keys import MACROS
 from mlops.notifiers import AlertNotifier
@@ -179,6 +180,14 @@ FORM = {
         "model's validation scores",
     ),
     "device": Param(TRAINING.device, enum=list(DEVICES), title="Training device"),
+    "distributed": Param(
+        TRAINING.distributed,
+        enum=list(DISTRIBUTED_MODES),
+        title="Distributed training",
+        description="dask: XGBoost trains with xgboost.dask on a Dask cluster that reads the splits from storage "
+        "(in the cluster, one the Dask Kubernetes operator runs, its workers on the GPU preset; on the embedded "
+        "defaults, 2 local worker processes); the same model is logged, evaluated and served. none: in the train pod",
+    ),
     "tuning": Param(
         False,
         type="boolean",
@@ -353,6 +362,8 @@ def train_stage() -> MLStageOperator:
             "--tuned", "{{ ti.xcom_pull(task_ids='tune_best') | tojson }}",
             "--progress-every", str(PLATFORM.stage("train").progress_every_rounds or 0),
         ],
+        # The Dask cluster it creates in the cluster with `distributed: dask` (the form's choice).
+        env_vars={DASK_CLUSTER_ENV: json.dumps(dask_cluster(PLATFORM))},
     )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ WORKDIR /app
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --frozen --no-default-groups --no-install-project
+    uv sync --frozen --no-default-groups --group distributed --no-install-project
 
 # The release stage (python -m ml.release) runs Helm against the cluster; the version is the Makefile's HELM_VERSION.
 FROM alpine/helm:3.19.0 AS helm

@@ -37,6 +37,7 @@ import pandas as pd
 from contract import (
     DATA_DIGEST_TAG,
     DEVICES,
+    DISTRIBUTED_MODES,
     MODEL_TYPES,
     PREPARED_URI_TAG,
     TRAIN_FINGERPRINT_TAG,
@@ -106,10 +107,16 @@ class TrainConfig:
     reg_lambda: float
     # Refit on training + validation rows after early stopping chose the round count (XGBoost).
     refit: bool
+    # "dask": XGBoost trains with xgboost.dask on a Dask cluster (ml.distributed); "none": in this process.
+    distributed: str = "none"
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
             raise StageError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise StageError(f"distributed must be one of {DISTRIBUTED_MODES}, got {self.distributed!r}")
+        if self.distributed == "dask" and self.model_type != "xgboost":
+            raise StageError(f"distributed: dask trains XGBoost, not {self.model_type}")
         if self.device not in DEVICES:
             raise StageError(f"device must be one of {DEVICES}, got {self.device!r}")
         checks = {
@@ -551,7 +558,7 @@ def train(
             "hyperparameters_from": source,
         })  # fmt: skip
         _log_inputs(prepared_uri, manifest, splits)
-        result = _fit_and_log(run.info.run_id, config, splits, manifest, device, progress_every)
+        result = _fit_and_log(run.info.run_id, config, splits, manifest, device, progress_every, prepared_uri)
         result.hyperparameters = source
         mlflow.set_tags(
             {TRAIN_FINGERPRINT_TAG: inputs_fingerprint, TRAIN_RESULT_TAG: json.dumps(asdict(result))}
@@ -567,6 +574,7 @@ def _fit_and_log(
     manifest: dict[str, Any],
     device: str,
     progress_every: int,
+    prepared_uri: str,
 ) -> TrainResult:
     """Fit on the active run: the learning curve, the validation average precision and the model."""
     import mlflow
@@ -574,10 +582,17 @@ def _fit_and_log(
 
     features, target, validation = manifest["features"], manifest["target"], splits["validation"]
     started = time.perf_counter()
-    fit = fit_model(
-        config, splits["train"], validation, features=features, categorical=manifest["categorical"],
-        target=target, device=device, progress_every=progress_every, run_id=run_id,
-    )  # fmt: skip
+    if config.distributed == "dask":  # the same fit by xgboost.dask on a Dask cluster (it reads the splits)
+        from ml.distributed import fit_on_dask
+
+        fit = Fit(**fit_on_dask(prepared_uri, manifest, config, device, booster_params=booster_params,
+                                refit_rounds=refit_rounds))  # fmt: skip
+        progress_every = 0  # its rounds run on the workers: the learning curve is logged after the fit
+    else:
+        fit = fit_model(
+            config, splits["train"], validation, features=features, categorical=manifest["categorical"],
+            target=target, device=device, progress_every=progress_every, run_id=run_id,
+        )  # fmt: skip
     train_seconds = time.perf_counter() - started
     log.info("trained in %.1fs on %s (best iteration %s)", train_seconds, device, fit.best_iteration)
     if fit.history and not progress_every:  # with progress, logged as it trained
@@ -637,6 +652,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reg-alpha", type=float, required=True, help="L1 regularisation")
     parser.add_argument("--reg-lambda", type=float, required=True, help="L2 regularisation")
     parser.add_argument("--refit", type=boolean, required=True, help="refit on training + validation rows")
+    parser.add_argument(
+        "--distributed", choices=DISTRIBUTED_MODES, default="none",
+        help="dask: train with xgboost.dask on a Dask cluster ($MLOPS_DASK_SCHEDULER's, the Dask Kubernetes "
+        "operator's in the cluster, else a local one)",
+    )  # fmt: skip
     parser.add_argument(
         "--tuned", type=tuning_result, default=None,
         help="the tune stage's result (JSON); its parameters replace the form's. Empty or null: none",

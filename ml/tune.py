@@ -125,8 +125,9 @@ def storage(folder: str) -> Any:
 
 def study_name(run_key: str, form: TrainConfig, digest: str) -> str:
     """The DAG run's study: the same run with the same data and fixed settings resumes it; other inputs get
-    another study."""
-    fixed = {k: v for k, v in asdict(form).items() if k not in TUNABLE and k not in ("device", "refit")}
+    another study. Where the final model trains (device, refit, distributed) does not change the trials."""
+    where = ("device", "refit", "distributed")
+    fixed = {k: v for k, v in asdict(form).items() if k not in TUNABLE and k not in where}
     payload = json.dumps({"data": digest, "fixed": fixed}, sort_keys=True)
     return f"{run_key}@{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 

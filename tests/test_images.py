@@ -48,8 +48,12 @@ def test_images_run_as_the_user_the_pods_require(dockerfile: Path) -> None:
 
 
 def test_images_install_the_project_dependencies_alone() -> None:
-    for dockerfile in CLUSTER_IMAGES:
-        assert "uv sync --frozen --no-default-groups --no-install-project" in dockerfile.read_text()
+    """The inference API: the project's dependencies; the ML stage image adds Dask (the train stage's)."""
+    serving, stages = CLUSTER_IMAGES
+    assert "uv sync --frozen --no-default-groups --no-install-project" in serving.read_text()
+    assert (
+        "uv sync --frozen --no-default-groups --group distributed --no-install-project" in stages.read_text()
+    )
 
 
 def test_the_compose_airflow_image_installs_the_locked_airflow_group_on_the_locked_airflow() -> None:

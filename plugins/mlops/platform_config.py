@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract import DEVICES, MODEL_TYPES
+from contract import DEVICES, DISTRIBUTED_MODES, MODEL_TYPES
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
 PLATFORM_FILE_ENV = "MLOPS_PLATFORM_FILE"
@@ -109,14 +109,26 @@ class Training(_Settings):
     reg_alpha: float = Field(ge=0)
     reg_lambda: float = Field(ge=0)
     refit: bool
+    distributed: str
 
-    @field_validator("model_type", "device")
+    @field_validator("model_type", "device", "distributed")
     @classmethod
     def _offered_by_the_train_stage(cls, value: str, info: ValidationInfo) -> str:
-        choices = {"model_type": MODEL_TYPES, "device": DEVICES}[str(info.field_name)]
+        offered = {"model_type": MODEL_TYPES, "device": DEVICES, "distributed": DISTRIBUTED_MODES}
+        choices = offered[str(info.field_name)]
         if value not in choices:
             raise ValueError(f"must be one of {choices}, got {value!r}")
         return value
+
+
+class Dask(_Settings):
+    """The Dask cluster the train stage creates in the cluster for ``distributed: dask``."""
+
+    workers: int = Field(ge=1)
+    worker_preset: str
+    scheduler_preset: str
+    #: The operator deletes a cluster whose scheduler stayed idle this long.
+    idle_timeout_seconds: int = Field(gt=0)
 
 
 class Tuning(_Settings):
@@ -207,6 +219,7 @@ class Platform(_Settings):
     resource_presets: dict[str, ResourcePreset]
     stages: dict[str, Stage]
     training: Training
+    dask: Dask
     tuning: Tuning
     retraining: Retraining
     quality_gate: QualityGate
@@ -224,6 +237,8 @@ class Platform(_Settings):
                 )
         users = {f"stages.{name}": stage.preset for name, stage in self.stages.items()}
         users["terraform_drift"] = self.terraform_drift.preset
+        users["dask.worker_preset"] = self.dask.worker_preset
+        users["dask.scheduler_preset"] = self.dask.scheduler_preset
         tune = self.stages.get("tune")
         if tune is not None and self.tuning.minutes >= tune.timeout_minutes:
             raise ValueError(

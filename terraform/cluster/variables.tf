@@ -69,8 +69,8 @@ variable "gpu_instance_types" {
 
 variable "gpu_max_size" {
   type        = number
-  description = "Largest size of the GPU node group (its smallest is zero)."
-  default     = 2
+  description = "Largest size of the GPU node group (its smallest is zero): a distributed training (distributed: dask) takes a node for its train pod and one per Dask worker."
+  default     = 3
 }
 
 variable "cluster_autoscaler_chart_version" {

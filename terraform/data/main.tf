@@ -181,20 +181,21 @@ module "irsa" {
   version = "5.58.0"
 
   for_each = {
+    # The stage pods, and the train stage's own service account (it may also create Dask clusters).
     airflow-ml-pods = {
-      service_account = var.pipeline_service_account
-      policies        = { data = aws_iam_policy.this["pipeline-data"].arn }
+      service_accounts = [var.pipeline_service_account, var.trainer_service_account]
+      policies         = { data = aws_iam_policy.this["pipeline-data"].arn }
     }
     mlflow-server = {
-      service_account = var.mlflow_service_account
-      policies        = { artifacts = aws_iam_policy.this["mlflow-artifacts"].arn }
+      service_accounts = [var.mlflow_service_account]
+      policies         = { artifacts = aws_iam_policy.this["mlflow-artifacts"].arn }
     }
     inference-api = {
-      service_account = var.inference_service_account
-      policies        = { artifacts = aws_iam_policy.this["inference-read-only"].arn }
+      service_accounts = [var.inference_service_account]
+      policies         = { artifacts = aws_iam_policy.this["inference-read-only"].arn }
     }
     terraform-drift = {
-      service_account = var.drift_check_service_account
+      service_accounts = [var.drift_check_service_account]
       policies = {
         state     = aws_iam_policy.this["state-read-only"].arn
         read_only = "arn:aws:iam::aws:policy/ReadOnlyAccess"
@@ -208,7 +209,7 @@ module "irsa" {
   oidc_providers = {
     cluster = {
       provider_arn               = var.oidc_provider_arn
-      namespace_service_accounts = [each.value.service_account]
+      namespace_service_accounts = each.value.service_accounts
     }
   }
 }

@@ -41,13 +41,19 @@ variable "noncurrent_version_days" {
   default     = 30
 }
 
-# Service accounts as namespace:name. The first and the last are the pods' service accounts in
-# plugins/mlops/platform.yaml (kubernetes.service_account, terraform_drift.service_account); a test keeps them
-# in step.
+# Service accounts as namespace:name. The first, the second and the last are the pods' service accounts in
+# plugins/mlops/platform.yaml (kubernetes.service_account, stages.train.service_account,
+# terraform_drift.service_account); a test keeps them in step.
 variable "pipeline_service_account" {
   type        = string
   description = "Service account of the ML stage pods (namespace:name)."
   default     = "ml-pipelines:airflow-ml-pods"
+}
+
+variable "trainer_service_account" {
+  type        = string
+  description = "Service account of the train stage's pods, which read and write what the other stage pods do (namespace:name)."
+  default     = "ml-pipelines:ml-trainer"
 }
 
 variable "mlflow_service_account" {

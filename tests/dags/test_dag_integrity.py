@@ -176,13 +176,27 @@ def test_train_reports_its_progress_as_often_as_the_platform_settings_say(dagbag
     assert every is not None and arguments[arguments.index("--progress-every") + 1] == str(every)
 
 
+def test_train_gets_the_dask_cluster_of_the_platform_settings_for_distributed_dask(dagbag) -> None:
+    import json
+
+    from contract import DASK_CLUSTER_ENV
+    from mlops.dask_cluster import dask_cluster
+    from mlops.platform_config import load_platform
+
+    task = dagbag.dags["ml_training_pipeline"].get_task("train")
+    env = {var.name: var.value for var in task.env_vars}
+    assert json.loads(env[DASK_CLUSTER_ENV]) == dask_cluster(load_platform())
+    assert "--distributed" in task.arguments
+
+
 def test_form_choices_and_defaults_match_what_the_stages_accept(dagbag) -> None:
-    from ml.train import DEVICES, MODEL_TYPES, TrainConfig
+    from ml.train import DEVICES, DISTRIBUTED_MODES, MODEL_TYPES, TrainConfig
     from mlops.platform_config import load_platform
 
     params = dagbag.dags["ml_training_pipeline"].params
     assert params.get_param("model_type").schema["enum"] == list(MODEL_TYPES)
     assert params.get_param("device").schema["enum"] == list(DEVICES)
+    assert params.get_param("distributed").schema["enum"] == list(DISTRIBUTED_MODES)
     defaults = load_platform().training.model_dump()
     assert {name: params[name] for name in defaults} == defaults
     TrainConfig(**defaults)  # the defaults are a valid training config

@@ -7,6 +7,7 @@ No cluster runs in the test environment; the objects are checked against the Kub
 from __future__ import annotations
 
 import re
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,79 @@ def test_every_preset_fits_the_limit_range_and_the_quota() -> None:
         assert quantity(quota, "requests.nvidia.com/gpu") >= gpus
 
 
+#: What dask-kubernetes' KubeCluster calls to create, wait for and delete one DaskCluster, and nothing more.
+TRAINER_PERMISSIONS = {
+    ("kubernetes.dask.org", "daskclusters"): {"create", "get", "delete"},
+    ("kubernetes.dask.org", "daskworkergroups"): {"get"},
+    ("", "pods"): {"get", "list"},
+    ("", "pods/log"): {"get"},
+    ("", "services"): {"get"},
+}
+
+
+def test_the_train_stage_may_create_dask_clusters_in_its_namespace_and_nothing_else() -> None:
+    trainer = PLATFORM.stage("train").service_account
+    assert trainer and trainer != PLATFORM.kubernetes.service_account
+    account = one("ServiceAccount", trainer)
+    assert account["automountServiceAccountToken"] is False  # the train pod mounts it, no other pod
+    role = one("Role", trainer)
+    assert role["metadata"]["namespace"] == PLATFORM.kubernetes.namespace
+    assert granted(role) == TRAINER_PERMISSIONS
+    assert one("RoleBinding", trainer)["subjects"] == [
+        {"kind": "ServiceAccount", "name": trainer, "namespace": PLATFORM.kubernetes.namespace}
+    ]
+
+
+def test_the_dask_operator_renders_with_our_values_and_acts_on_the_pipelines_namespace_only() -> None:
+    """The operator's chart, as the installed dask-kubernetes ships it (the version the Makefile installs), with
+    k8s/dask-operator/values.yaml: valid objects, its pod restricted and watching ml-pipelines alone."""
+    import dask_kubernetes
+
+    from standins.render import render
+
+    chart = (
+        Path(dask_kubernetes.__file__).parent
+        / "operator"
+        / "deployment"
+        / "helm"
+        / "dask-kubernetes-operator"
+    )
+    values = yaml.safe_load((ROOT / "k8s" / "dask-operator" / "values.yaml").read_text())
+    rendered = render(chart, values, release="dask-operator", namespace="dask-operator")
+    for obj in rendered:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    (deployment,) = [o for o in rendered if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert f"--namespace={PLATFORM.kubernetes.namespace}" in container["args"]
+    assert not [arg for arg in container["args"] if arg in ("--all-namespaces", "-A")]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["resources"]["limits"]
+
+
+def test_the_quota_holds_a_distributed_training_next_to_a_cpu_stage() -> None:
+    """The train pod, its Dask workers and scheduler (platform.yaml's ``dask``) and a CPU stage of another run,
+    each stage pod with its XCom sidecar (the LimitRange's default limits)."""
+    quota = one("ResourceQuota")["spec"]["hard"]
+    default = one("LimitRange")["spec"]["limits"][0]["default"]
+    dask = PLATFORM.dask
+    pods = [
+        (PLATFORM.preset(PLATFORM.stage("train").preset), True),
+        *[(PLATFORM.preset(dask.worker_preset), False)] * dask.workers,
+        (PLATFORM.preset(dask.scheduler_preset), False),
+        (PLATFORM.preset("cpu-large"), True),
+    ]
+    for resource in ("cpu", "memory"):
+        requests = sum(quantity(preset.requests, resource) for preset, _ in pods)
+        limits = sum(quantity(preset.limits, resource) + (sidecar and parse_quantity(default[resource]))
+                     for preset, sidecar in pods)  # fmt: skip
+        assert quantity(quota, f"requests.{resource}") >= requests, resource
+        assert quantity(quota, f"limits.{resource}") >= limits, resource
+    gpus = sum(quantity(preset.requests, "nvidia.com/gpu") for preset, _ in pods)
+    assert quantity(quota, "requests.nvidia.com/gpu") >= gpus == 1 + dask.workers
+
+
 def test_gpu_training_runs_with_the_gpu_priority_class() -> None:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -230,6 +304,8 @@ def test_make_kind_up_uses_these_names_and_pinned_versions() -> None:
     for key in ("KIND_VERSION", "KUBECTL_VERSION", "HELM_VERSION", "ARGO_ROLLOUTS_VERSION"):
         assert re.fullmatch(r"v\d+\.\d+\.\d+", settings[key]), key
     assert re.fullmatch(r"\d+\.\d+\.\d+", settings["KUBE_PROMETHEUS_STACK_VERSION"])
+    # The Dask operator's chart is the version of the dask-kubernetes the train stage creates clusters with.
+    assert settings["DASK_OPERATOR_VERSION"] == version("dask-kubernetes")
 
 
 def test_the_release_stage_may_manage_every_object_the_chart_renders_and_nothing_else() -> None:

@@ -72,7 +72,12 @@ def test_every_container_meets_the_restricted_pod_security_standard(pods, stage:
     spec = pods[stage]["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert spec["automountServiceAccountToken"] is False
+    # Only the train pod talks to the Kubernetes API (it creates Dask clusters), with its own service account.
+    assert spec["automountServiceAccountToken"] is (stage == "train")
+    platform = load_platform()
+    assert spec["serviceAccountName"] == (
+        platform.stage(stage).service_account or platform.kubernetes.service_account
+    )
     containers = spec["containers"]
     assert {c["name"] for c in containers} == {"base", "airflow-xcom-sidecar"}
     for container in containers:

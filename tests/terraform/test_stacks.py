@@ -114,6 +114,7 @@ def test_service_account_roles_are_for_the_pods_service_accounts() -> None:
 
     namespace = PLATFORM.kubernetes.namespace
     assert default("pipeline_service_account") == f"{namespace}:{PLATFORM.kubernetes.service_account}"
+    assert default("trainer_service_account") == f"{namespace}:{PLATFORM.stage('train').service_account}"
     assert default("drift_check_service_account") == f"{namespace}:{PLATFORM.terraform_drift.service_account}"
 
 
