@@ -152,6 +152,8 @@ def test_a_pruned_trial_stops_early_and_says_so(mlflow_server, prepared, tmp_pat
     from ml.tracking import keyed_run
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01))
+    # The form's values, which learn past the first report (sampled ones may early-stop before it: flaky).
+    study.enqueue_trial(tune.first_trial(FORM))
     parent = keyed_run(EXPERIMENT, "dag/tune-pruned", "tune pruned")
     objective = tune.Objective(
         tune._Data(prepared, read_manifest(prepared)), FORM, "cpu", parent.info.run_id, "s"
