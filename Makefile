@@ -6,6 +6,7 @@
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
 #   make bench-serve inference API against `mlflow models serve` (needs wrk: installed with apt-get)
+#   make bench-scale prepare and train on 10M and 100M rows: peak memory and linear time (ARGS="--sizes ...")
 #   make bench-quality the default training against scikit-learn baselines (UCI Adult, the synthetic stream; ARGS="--help")
 #   make bench-parse DAG parse time of each DAG file (target: the training DAG in 50 ms)
 #   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
@@ -90,7 +91,7 @@ HELM := $(TOOLS)/bin/helm
 PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
 
 .PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
-	drift-check browser actionlint bench bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
+	drift-check browser actionlint bench bench-scale bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -211,6 +212,9 @@ bench-parse: install
 
 bench: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_pipeline
+
+bench-scale: install
+	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_scale $(ARGS)
 
 bench-quality: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_quality $(ARGS)

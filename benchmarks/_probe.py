@@ -21,6 +21,13 @@ def run_step(step: str, kwargs: dict[str, Any]) -> Any:
 
         write(generate(kwargs["rows"], seed=kwargs["seed"]), Path(kwargs["output"]))
         return {"rows": kwargs["rows"]}
+    if step == "generate_parquet":  # written as it is generated: memory of one row group
+        from pathlib import Path
+
+        from ml.synthetic import write_generated
+
+        write_generated(kwargs["rows"], Path(kwargs["output"]), seed=kwargs["seed"])
+        return {"rows": kwargs["rows"]}
     if step == "prepare":
         from ml.prepare import prepare
 

@@ -79,6 +79,18 @@ BYTES_PER_ROW = 52
 _IDS_PER_DAY = 10_000_000
 
 
+def day_counts(rows: int, *, start: str = DEFAULT_START, days: int = DEFAULT_DAYS) -> dict[date, int]:
+    """How many of ``rows`` transactions fall on each of ``days`` days from ``start``: spread evenly."""
+    if rows < 1:
+        raise StageError(f"rows must be at least 1, got {rows}")
+    if days < 1:
+        raise StageError(f"days must be at least 1, got {days}")
+    _check_size(rows, days)
+    first = _day(start)
+    base, extra = divmod(rows, days)
+    return {first + timedelta(days=i): base + (i < extra) for i in range(days)}
+
+
 def generate(
     rows: int,
     *,
@@ -99,15 +111,44 @@ def generate(
     Returns:
         A DataFrame with numeric, categorical and timestamp columns and the binary target ``is_fraud``.
     """
-    if rows < 1:
-        raise StageError(f"rows must be at least 1, got {rows}")
-    if days < 1:
-        raise StageError(f"days must be at least 1, got {days}")
-    _check_size(rows, days)
-    first = _day(start)
-    base, extra = divmod(rows, days)
-    counts = {first + timedelta(days=i): base + (i < extra) for i in range(days)}
-    return _generate_days(counts, seed=seed, fraud_rate=fraud_rate)
+    return _generate_days(day_counts(rows, start=start, days=days), seed=seed, fraud_rate=fraud_rate)
+
+
+#: Rows of one row group of a table written as it is generated (``write_generated``): what it holds in memory.
+ROWS_PER_GROUP = 1_000_000
+
+
+def write_generated(
+    rows: int,
+    output: Path,
+    *,
+    seed: int = 42,
+    fraud_rate: float = 0.005,
+    start: str = DEFAULT_START,
+    days: int = DEFAULT_DAYS,
+) -> None:
+    """Write the table ``generate`` makes to a Parquet file, a few days at a time, each a row group of about
+    ``ROWS_PER_GROUP`` rows: the same rows in the same order, in memory one group at a time (a table of 100M rows
+    in a few hundred MiB). Through a temporary name, so no partial file remains."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    counts = list(day_counts(rows, start=start, days=days).items())
+    per_group = max(1, ROWS_PER_GROUP // max(1, math.ceil(rows / days)))
+    with replacing(output) as partial:
+        writer = None
+        try:
+            for first in range(0, len(counts), per_group):
+                frame = _generate_days(
+                    dict(counts[first : first + per_group]), seed=seed, fraud_rate=fraud_rate
+                )
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(partial, table.schema)
+                writer.write_table(table, row_group_size=len(frame))
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def generate_range(
@@ -334,6 +375,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fraud-rate", type=float, default=0.005, help="expected share of frauds")
     parser.add_argument("--output", type=Path, required=True, help="a .parquet or .csv path")
     args = parser.parse_args(argv)
+    if args.output.suffix != ".csv":  # Parquet: written as it is generated, a row group at a time
+        write_generated(args.rows, args.output, seed=args.seed, fraud_rate=args.fraud_rate)
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        frauds = pc.sum(pq.read_table(args.output, columns=[TARGET])[TARGET]).as_py()
+        log.info("wrote %d rows (%.3f%% fraud) to %s", args.rows, 100 * frauds / args.rows, args.output)
+        return {"rows": args.rows, "output": str(args.output), "fraud_rate": frauds / args.rows}
     frame = generate(args.rows, seed=args.seed, fraud_rate=args.fraud_rate)
     write(frame, args.output)
     log.info("wrote %d rows (%.3f%% fraud) to %s", len(frame), 100 * frame[TARGET].mean(), args.output)
