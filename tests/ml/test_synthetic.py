@@ -53,8 +53,9 @@ def test_a_table_written_as_it_is_generated_is_the_same_table_in_row_groups(tmp_
     monkeypatch.setattr(synthetic, "ROWS_PER_GROUP", 5000)
     synthetic.main(["--rows", "30000", "--seed", "3", "--output", str(tmp_path / "t.parquet")])
     written = pq.ParquetFile(tmp_path / "t.parquet")
-    assert written.num_row_groups > 1 and max(
-        written.metadata.row_group(i).num_rows for i in range(written.num_row_groups)
-    ) <= 5000
+    assert (
+        written.num_row_groups > 1
+        and max(written.metadata.row_group(i).num_rows for i in range(written.num_row_groups)) <= 5000
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), synthetic.generate(30_000, seed=3))
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no partial file left
