@@ -405,7 +405,10 @@ class PlatformPodOperator(KubernetesPodOperator):
         except (AirflowFailException, AirflowSkipException):
             raise
         except AirflowException as error:
-            raise self._failure_in_cluster(remote_pod or pod) or error from error
+            failure = self._failure_in_cluster(remote_pod or pod)
+            if failure is None:
+                raise
+            raise failure from error
 
     def _failure_in_cluster(self, pod: k8s.V1Pod) -> AirflowException | None:
         try:
@@ -452,10 +455,11 @@ class PlatformPodOperator(KubernetesPodOperator):
             self.pod_manager.delete_pod(pod)
         except ApiException as error:
             self.log.warning("could not delete pod %s, which never started: %s", name, error)
+        # At the timeout, or earlier when the provider saw it could not start (an image that cannot be pulled).
         if scheduled is not None and scheduled.status == "True":
-            waited = f"did not start within {self.startup_timeout_seconds}s of being scheduled"
+            waited = f"was scheduled but did not start (its preset allows {self.startup_timeout_seconds}s)"
         else:
-            waited = f"was not scheduled within {self.schedule_timeout_seconds}s"
+            waited = f"was not scheduled (its preset allows {self.schedule_timeout_seconds}s)"
         why = "; ".join(dict.fromkeys(reasons)) or "the cluster gave no reason (see the pod events above)"
         return AirflowException(f"stage {self.stage}: pod {name} {waited}: {why} (the pod was deleted)")
 
