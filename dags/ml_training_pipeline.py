@@ -186,7 +186,7 @@ FORM = {
         title="Distributed training",
         description="dask: XGBoost trains with xgboost.dask on a Dask cluster that reads the splits from storage "
         "(in the cluster, one the Dask Kubernetes operator runs, its workers on the GPU preset; on the embedded "
-        "defaults, 2 local worker processes); the same model is logged, evaluated and served. none: in the train pod",
+        "defaults, local worker processes); the same model is logged, evaluated and served. none: in the train pod",
     ),
     "tuning": Param(
         False,

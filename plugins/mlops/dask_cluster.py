@@ -12,16 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlops.platform_config import Platform
+from kubernetes.client import ApiClient
 
-#: The containers' security context: what the "restricted" Pod Security Standard requires (as the stage pods').
-RESTRICTED_CONTAINER = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+from mlops.operators import POD_ENV, pod_parts
+from mlops.platform_config import Platform
 
 
 def dask_cluster(platform: Platform) -> dict[str, Any]:
@@ -40,32 +34,25 @@ def dask_cluster(platform: Platform) -> dict[str, Any]:
 
 
 def _pod(platform: Platform, preset_name: str) -> dict[str, Any]:
-    """A role's pod spec (less its container) and its container's image, resources and security, as the
-    platform builds a stage pod on ``preset_name``."""
-    preset = platform.preset(preset_name)
-    node_group = platform.node_group_of(preset)
-    cluster = platform.kubernetes
+    """A role's pod spec (less its container) and its container's image, resources and security: the stage pods'
+    parts (``pod_parts``) as the Kubernetes API spells them, on the pods' service account without an API token."""
+    parts = ApiClient().sanitize_for_serialization(pod_parts(preset_name))
     pod: dict[str, Any] = {
-        "serviceAccountName": cluster.service_account,
+        "serviceAccountName": platform.kubernetes.service_account,
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": cluster.run_as_user,
-            "runAsGroup": cluster.run_as_group,
-            "fsGroup": cluster.run_as_group,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Gi"}}],
+        "securityContext": parts["security_context"],
+        "volumes": parts["volumes"],
     }
-    if node_group is not None:
-        pod["nodeSelector"] = dict(node_group.node_selector)
-        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in node_group.tolerations]
-    if preset.priority_class:
-        pod["priorityClassName"] = preset.priority_class
+    if parts["node_selector"]:
+        pod["nodeSelector"] = parts["node_selector"]
+    if parts["tolerations"]:
+        pod["tolerations"] = parts["tolerations"]
+    if parts["priority_class_name"]:
+        pod["priorityClassName"] = parts["priority_class_name"]
     container = {
         "image": platform.images.ml_stage,
-        "resources": {"requests": dict(preset.requests), "limits": dict(preset.limits)},
-        "securityContext": RESTRICTED_CONTAINER,
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "resources": parts["container_resources"],
+        "securityContext": parts["container_security_context"],
+        "volumeMounts": parts["volume_mounts"],
     }
-    return {"pod": pod, "container": container, "env": {"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}}
+    return {"pod": pod, "container": container, "env": dict(POD_ENV)}

@@ -137,6 +137,46 @@ def _restricted_security_context() -> k8s.V1SecurityContext:
     )
 
 
+#: Every stage container's environment: the root filesystem is read-only, so caches go to the writable /tmp
+#: volume; output is not buffered, so the task log follows it.
+POD_ENV = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
+#: The writable /tmp of a pod whose root filesystem is read-only.
+SCRATCH = "tmp"
+
+
+def pod_parts(preset_name: str) -> dict[str, Any]:
+    """What every pod of the platform on ``preset_name`` has, as the pod operator's keyword arguments (Kubernetes
+    models): the preset's resources, node group and priority class, the non-root security of the pods' namespace
+    and the scratch volume. The stage pods and the train stage's Dask cluster are built from it."""
+    platform = load_platform()
+    resources, cluster = platform.preset(preset_name), platform.kubernetes
+    node_group = platform.node_group_of(resources)
+    return {
+        "container_resources": model(
+            k8s.V1ResourceRequirements, requests=dict(resources.requests), limits=dict(resources.limits)
+        ),
+        "node_selector": dict(node_group.node_selector) if node_group else None,
+        "priority_class_name": resources.priority_class,
+        "tolerations": [
+            model(k8s.V1Toleration, **t.model_dump(exclude_none=True))
+            for t in (node_group.tolerations if node_group else ())
+        ],
+        "security_context": model(
+            k8s.V1PodSecurityContext,
+            run_as_non_root=True,
+            run_as_user=cluster.run_as_user,
+            run_as_group=cluster.run_as_group,
+            fs_group=cluster.run_as_group,
+            seccomp_profile=model(k8s.V1SeccompProfile, type="RuntimeDefault"),
+        ),
+        "container_security_context": _restricted_security_context(),
+        "volumes": [
+            model(k8s.V1Volume, name=SCRATCH, empty_dir=model(k8s.V1EmptyDirVolumeSource, size_limit="16Gi"))
+        ],
+        "volume_mounts": [model(k8s.V1VolumeMount, name=SCRATCH, mount_path="/tmp")],
+    }
+
+
 def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
     """An environment variable read from an optional Secret's key."""
     return model(
@@ -214,7 +254,6 @@ class PlatformPodOperator(KubernetesPodOperator):
         platform = load_platform()
         resources = platform.preset(preset)
         cluster = platform.kubernetes
-        node_group = platform.node_group_of(resources)
         kwargs.setdefault("task_id", stage)
         kwargs.setdefault("schedule_timeout_seconds", resources.schedule_timeout_seconds)
         kwargs.setdefault("startup_timeout_seconds", resources.startup_timeout_seconds)
@@ -232,39 +271,14 @@ class PlatformPodOperator(KubernetesPodOperator):
                     model(k8s.V1EnvVar, name=name, value=value)
                     for name, value in {
                         XCOM_DIR_ENV: PodDefaults.XCOM_MOUNT_PATH,
-                        # The root filesystem is read-only: caches go to the writable /tmp volume.
-                        "HOME": "/tmp",
-                        "PYTHONUNBUFFERED": "1",
+                        **POD_ENV,
                         **env_vars,
                     }.items()
                 ),
                 *(_secret_env(name, secret, key) for name, (secret, key) in (secret_env or {}).items()),
             ],
-            container_resources=model(
-                k8s.V1ResourceRequirements, requests=dict(resources.requests), limits=dict(resources.limits)
-            ),
-            node_selector=dict(node_group.node_selector) if node_group else None,
-            priority_class_name=resources.priority_class,
-            tolerations=[
-                model(k8s.V1Toleration, **t.model_dump(exclude_none=True))
-                for t in (node_group.tolerations if node_group else ())
-            ],
-            security_context=model(
-                k8s.V1PodSecurityContext,
-                run_as_non_root=True,
-                run_as_user=cluster.run_as_user,
-                run_as_group=cluster.run_as_group,
-                fs_group=cluster.run_as_group,
-                seccomp_profile=model(k8s.V1SeccompProfile, type="RuntimeDefault"),
-            ),
-            container_security_context=_restricted_security_context(),
+            **pod_parts(preset),
             xcom_sidecar_container_security_context=_restricted_security_context(),
-            volumes=[
-                model(
-                    k8s.V1Volume, name="tmp", empty_dir=model(k8s.V1EmptyDirVolumeSource, size_limit="16Gi")
-                )
-            ],
-            volume_mounts=[model(k8s.V1VolumeMount, name="tmp", mount_path="/tmp")],
             labels={"app.kubernetes.io/part-of": "airflow-mlops", "app.kubernetes.io/component": stage},
             active_deadline_seconds=timeout_minutes * 60,
             termination_message_policy="FallbackToLogsOnError",
