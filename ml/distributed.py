@@ -33,9 +33,8 @@ import numpy as np
 import pandas as pd
 
 from contract import DASK_CLUSTER_ENV, DASK_SCHEDULER_ENV
-from ml.errors import StageError
 from ml.features import TabularEncoder
-from ml.storage import S3_MAX_ATTEMPTS, is_remote, split_s3
+from ml.splits import filesystem, row_groups, split_path
 
 log = logging.getLogger(__name__)
 
@@ -191,16 +190,10 @@ class Matrices:
         return output["booster"], params
 
     def classifier(self, booster: Any, params: dict[str, Any], config: Any, **fit: Any) -> Any:
-        """An ``XGBClassifier`` holding ``booster``, with the parameters the single-node fit gives its own (so
-        that it predicts, saves and loads as that one does)."""
-        from xgboost import XGBClassifier
+        """An ``XGBClassifier`` holding ``booster``, as the single-node fit makes its own (``as_classifier``)."""
+        from ml.train import as_classifier
 
-        model = XGBClassifier(
-            **params, feature_types=self.types, enable_categorical=True, random_state=config.seed,
-            n_jobs=os.cpu_count(), **fit,
-        )  # fmt: skip
-        model.load_model(bytearray(booster.save_raw("json")))
-        return model
+        return as_classifier(booster, params, self.types, config.seed, **fit)
 
 
 def labels_of(frame: pd.DataFrame, target: str) -> np.ndarray:
@@ -234,17 +227,8 @@ def read_split(client: Any, prepared_uri: str, name: str) -> list[Any]:
     trains each worker on the pieces it holds): a row group a piece, or slices of them when the file has fewer
     row groups than there are workers. The pieces are in the file's order."""
     import dask
-    import pyarrow.parquet as pq
 
-    try:
-        metadata = pq.read_metadata(split_path(prepared_uri, name), filesystem=filesystem(prepared_uri))
-    except FileNotFoundError as err:
-        raise StageError(
-            f"'{prepared_uri}' has a manifest but no {name}.parquet: the folder was changed after publishing"
-        ) from err
-    groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-    if not sum(groups):
-        raise StageError(f"{name}.parquet in '{prepared_uri}' has no rows")
+    groups = row_groups(prepared_uri, name)
     reads = []
     for piece, worker in zip(
         row_ranges(groups, len(client.nthreads())), itertools.cycle(sorted(client.nthreads()))
@@ -275,29 +259,6 @@ def read_piece(prepared_uri: str, name: str, piece: tuple[int, int, int]) -> pd.
     source = filesystem(prepared_uri).open_input_file(split_path(prepared_uri, name))
     with pq.ParquetFile(source) as parquet:
         return parquet.read_row_group(group).slice(start, length).to_pandas()
-
-
-def split_path(prepared_uri: str, name: str) -> str:
-    """The split's path on its ``filesystem``."""
-    if is_remote(prepared_uri):
-        bucket, prefix = split_s3(prepared_uri.rstrip("/") + "/")
-        return f"{bucket}/{prefix}{name}.parquet"
-    return os.path.abspath(os.path.join(prepared_uri, f"{name}.parquet"))
-
-
-def filesystem(uri: str) -> Any:
-    """Arrow's file system for ``uri``: S3 as ``ml.storage`` reaches it with boto3 (the endpoint of
-    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, MinIO's for instance, and the retries; Arrow reads the
-    credentials and the region from the environment itself), else the local disk."""
-    from pyarrow import fs
-
-    if not is_remote(uri):
-        return fs.LocalFileSystem()
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", S3_MAX_ATTEMPTS))
-    return fs.S3FileSystem(
-        endpoint_override=endpoint, retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=attempts)
-    )
 
 
 @contextmanager

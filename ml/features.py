@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,19 @@ class TabularEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
             raise ValueError(f"columns {missing} are missing from the input")
-        self.categories_ = {column: _categories(frame[column]) for column in self.categorical}
+        return self.fit_batches([frame])
+
+    def fit_batches(self, frames: Iterable[pd.DataFrame]) -> TabularEncoder:
+        """Fit on the rows of ``frames`` taken together, one frame at a time: what fitting learns is the
+        categories of the categorical columns, which are all each frame needs to hold."""
+        found: dict[str, set[str]] = {column: set() for column in self.categorical}
+        for frame in frames:
+            missing = [c for c in self.categorical if c not in frame.columns]
+            if missing:
+                raise ValueError(f"columns {missing} are missing from the input")
+            for column in self.categorical:
+                found[column].update(_categories(frame[column]))
+        self.categories_ = {column: sorted(values) for column, values in found.items()}
         self.n_features_in_ = len(self.features)
         return self
 

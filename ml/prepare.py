@@ -8,6 +8,10 @@ caller (the DAG passes the run's data interval), is replaced whole on a re-run, 
 that later stages read: the windows, the inputs read, the feature list, the categorical columns, row counts
 and a digest of the split files.
 
+Memory does not grow with the table: it passes twice, a batch at a time (``prepare`` says what each pass
+decides), and each split is written a row group per batch, its rows in the source's order. A table no larger
+than ``leakage.SAMPLE_ROWS`` rows is decided on whole; a larger one on a uniform sample of that many rows.
+
     python -m ml.prepare --source data/raw/tx.parquet --target is_fraud --time-column timestamp \
         --interval-start 2026-03-02 --interval-end 2026-03-09 --training-window-days 56 \
         --output data/prepared/2026-03-02
@@ -30,7 +34,7 @@ from ml import leakage
 from ml import windows as data_windows
 from ml.errors import DataValidationError, StageError
 from ml.runtime import ArgumentParser, non_negative_int
-from ml.sources import Read, read_source
+from ml.sources import Source, open_source
 from ml.storage import MANIFEST, publish_folder
 from ml.windows import ANY_SIZE, Minimums, Windows
 
@@ -42,6 +46,8 @@ SPLITS = ("train", "validation", "test")
 MAX_CATEGORIES = 1000
 #: Share of a string column's values that must parse as numbers for it to count as a broken numeric column.
 NUMERIC_LIKE_SHARE = 0.9
+#: Distinct target values a pass over the table keeps: two are needed, more is an error that shows a few.
+LABEL_VALUES_KEPT = 1000
 
 
 @dataclass
@@ -87,6 +93,82 @@ def _check_columns_exist(
         raise DataValidationError(missing_drops[0], f"asked to drop it, but the table has {available}")
 
 
+@dataclass(frozen=True)
+class Labels:
+    """How the target's values become 0/1: each value the table holds (text without surrounding whitespace) and
+    its class, decided on every distinct value of the table."""
+
+    classes: dict[Any, int]
+    #: The value that is the positive class, as the source writes it.
+    positive: str
+
+    @classmethod
+    def of(cls, distinct: pd.Series, name: str, positive_label: str | None) -> Labels:
+        """The classes of the target whose distinct values (none missing) are ``distinct``: as they are when they
+        are 0/1 or true/false, otherwise 1 where they equal ``positive_label``.
+
+        Raises:
+            DataValidationError: naming the target, when it is not two-valued, or its positive label is not given
+                or does not occur.
+        """
+        shown = sorted(map(str, distinct[:5])) + (["..."] if len(distinct) > 5 else [])
+        if len(distinct) > 2:
+            count = f"at least {len(distinct)}" if len(distinct) >= LABEL_VALUES_KEPT else str(len(distinct))
+            raise DataValidationError(
+                name, f"target must have two values; found {count} distinct values {shown}"
+            )
+        if len(distinct) < 2:
+            raise DataValidationError(
+                name, f"target has a single class ({distinct.iloc[0]}); both classes are needed"
+            )
+        if positive_label is None or not positive_label.strip():
+            if pd.api.types.is_bool_dtype(distinct):
+                return cls({False: 0, True: 1}, "True")
+            if pd.api.types.is_numeric_dtype(distinct) and set(distinct) <= {0, 1}:
+                return cls({value: int(value) for value in distinct}, "1")
+            raise DataValidationError(
+                name,
+                f"target has the values {shown}: say which one is the positive class with --positive-label (the "
+                "form's 'Positive label'); without it only 0/1 and true/false targets are understood",
+            )
+        wanted = positive_label.strip()
+        matches = [v for v in distinct if str(v).strip() == wanted or _same_number(v, wanted)]
+        if not matches:
+            raise DataValidationError(
+                name, f"the positive label {wanted!r} does not occur in the target, whose values are {shown}"
+            )
+        return cls({value: int(value == matches[0]) for value in distinct}, str(matches[0]))
+
+    def encode(self, values: pd.Series, name: str) -> pd.Series:
+        """The target as 0/1 (int8).
+
+        Raises:
+            DataValidationError: naming the target, for a missing value or a value beyond the two.
+        """
+        _no_missing_labels(int(values.isna().sum()), len(values), name)
+        codes = _label_values(values).map(self.classes)
+        if codes.isna().any():
+            others = sorted(map(str, {*self.classes, *pd.unique(_label_values(values)[codes.isna()])[:5]}))
+            raise DataValidationError(name, f"target must have two values; found more: {others[:6]}")
+        return codes.astype(np.int8)
+
+
+def _label_values(values: pd.Series) -> pd.Series:
+    """Target values as they are compared: text without surrounding whitespace."""
+    if pd.api.types.is_object_dtype(values) or isinstance(
+        values.dtype, (pd.CategoricalDtype, pd.StringDtype)
+    ):
+        return values.astype(str).str.strip()
+    return values
+
+
+def _no_missing_labels(missing: int, rows: int, name: str) -> None:
+    if missing and missing == rows:
+        raise DataValidationError(name, "target column is entirely null")
+    if missing:
+        raise DataValidationError(name, f"target has {missing} missing value(s); every row needs a label")
+
+
 def validate(
     frame: pd.DataFrame,
     target: str,
@@ -95,11 +177,14 @@ def validate(
     feature_columns: Sequence[str] | None = None,
     drop_columns: Sequence[str] = (),
     positive_label: str | None = None,
+    labels: Labels | None = None,
 ) -> tuple[pd.DataFrame, PreparedData]:
     """Check a raw table and return it cleaned, with the metadata of what will be learnt from it.
 
     The target becomes 0/1: as it is when it is 0/1 or true/false, otherwise 1 where it equals
-    ``positive_label`` (text compared without surrounding whitespace).
+    ``positive_label`` (text compared without surrounding whitespace). ``frame`` may be a sample of a larger
+    table: then ``labels`` are the target's, decided on the whole table, and every other batch of it is cleaned
+    the same way with ``clean``.
 
     Raises:
         DataValidationError: naming the column and the problem, for an empty table, a missing column, a target
@@ -114,17 +199,16 @@ def validate(
     frame = frame.copy(deep=False)
     frame.columns = [str(c) for c in frame.columns]
     _check_columns_exist(list(frame.columns), target, time_column, feature_columns or (), drop_columns)
-    frame[target], positive = _binary_target(frame[target], target, positive_label)
-    if time_column:
-        frame[time_column] = _time_values(frame[time_column], time_column)
-
+    if labels is None:
+        _no_missing_labels(int(frame[target].isna().sum()), len(frame), target)
+        labels = Labels.of(pd.Series(pd.unique(_label_values(frame[target]))), target, positive_label)
     excluded = {target, *(c for c in [time_column] if c), *drop_columns}
     candidates = list(feature_columns) if feature_columns else [c for c in frame.columns if c not in excluded]
     features: list[str] = []
     categorical: list[str] = []
     dropped: dict[str, str] = {c: "asked to drop" for c in drop_columns}
     for column in candidates:
-        kind, values = _feature_values(frame[column], column, explicit=bool(feature_columns))
+        kind = _feature_kind(frame[column], column, explicit=bool(feature_columns))
         if kind == "drop":
             dropped[column] = (
                 "timestamp column that is not the time column"
@@ -133,14 +217,11 @@ def validate(
             )
             log.warning("dropping column '%s': %s", column, dropped[column])
             continue
-        frame[column] = values
         features.append(column)
         if kind == "categorical":
             categorical.append(column)
     if not features:
         raise DataValidationError(None, "no feature columns are left to learn from")
-
-    keep = [*features, target, *([time_column] if time_column else [])]
     meta = PreparedData(
         source="",
         target=target,
@@ -150,47 +231,29 @@ def validate(
         rows={},
         positives={},
         dropped_columns=dropped,
-        positive_label=positive,
+        positive_label=labels.positive,
     )
-    return frame[keep], meta
+    return clean(frame, meta, labels), meta
 
 
-def _binary_target(values: pd.Series, name: str, positive_label: str | None) -> tuple[pd.Series, str]:
-    """The target as 0/1 and the value that became 1, as the source writes it."""
-    missing = int(values.isna().sum())
-    if missing == len(values):
-        raise DataValidationError(name, "target column is entirely null")
-    if missing:
-        raise DataValidationError(name, f"target has {missing} missing value(s); every row needs a label")
-    if pd.api.types.is_object_dtype(values) or isinstance(
-        values.dtype, (pd.CategoricalDtype, pd.StringDtype)
-    ):
-        values = values.astype(str).str.strip()
-    distinct = pd.unique(values)
-    shown = sorted(map(str, distinct[:5])) + (["..."] if len(distinct) > 5 else [])
-    if len(distinct) > 2:
-        raise DataValidationError(
-            name, f"target must have two values; found {len(distinct)} distinct values {shown}"
+def clean(frame: pd.DataFrame, meta: PreparedData, labels: Labels) -> pd.DataFrame:
+    """A batch of the raw table as ``validate`` decided: the features, the target as 0/1 and the time column as
+    UTC timestamps, in that order; categories as text, numbers as numbers.
+
+    Raises:
+        DataValidationError: naming the column, for a missing or unknown label, a time that is missing or does
+            not parse, or a number that does not parse.
+    """
+    cleaned = {}
+    for column in meta.features:
+        values = frame[column]
+        cleaned[column] = (
+            _category_values(values) if column in meta.categorical else _number_values(values, column)
         )
-    if len(distinct) < 2:
-        raise DataValidationError(name, f"target has a single class ({distinct[0]}); both classes are needed")
-    if positive_label is None or not positive_label.strip():
-        if pd.api.types.is_bool_dtype(values):
-            return values.astype(np.int8), "True"
-        if pd.api.types.is_numeric_dtype(values) and set(distinct) <= {0, 1}:
-            return values.astype(np.int8), "1"
-        raise DataValidationError(
-            name,
-            f"target has the values {shown}: say which one is the positive class with --positive-label (the "
-            "form's 'Positive label'); without it only 0/1 and true/false targets are understood",
-        )
-    wanted = positive_label.strip()
-    matches = [v for v in distinct if str(v).strip() == wanted or _same_number(v, wanted)]
-    if not matches:
-        raise DataValidationError(
-            name, f"the positive label {wanted!r} does not occur in the target, whose values are {shown}"
-        )
-    return (values == matches[0]).astype(np.int8), str(matches[0])
+    cleaned[meta.target] = labels.encode(frame[meta.target], meta.target)
+    if meta.time_column:
+        cleaned[meta.time_column] = _time_values(frame[meta.time_column], meta.time_column)
+    return pd.DataFrame(cleaned, index=frame.index)
 
 
 def _same_number(value: object, text: str) -> bool:
@@ -227,38 +290,146 @@ def _time_values(values: pd.Series, name: str) -> pd.Series:
     return parsed.dt.tz_localize("UTC") if parsed.dt.tz is None else parsed
 
 
-def _feature_values(values: pd.Series, name: str, *, explicit: bool) -> tuple[str, pd.Series]:
-    """Classify a feature column as numeric, categorical or droppable, and return its cleaned values."""
+def _feature_kind(values: pd.Series, name: str, *, explicit: bool) -> str:
+    """Classify a feature column as numeric, categorical or droppable (``drop``)."""
     if values.isna().all():
         raise DataValidationError(name, "column is entirely null")
-    if pd.api.types.is_bool_dtype(values):
-        return "numeric", values.astype(np.float32 if values.isna().any() else np.int8)
-    if pd.api.types.is_numeric_dtype(values):
-        return "numeric", values
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        return "numeric"
     if pd.api.types.is_datetime64_any_dtype(values):
-        return "drop", values
+        return "drop"
     if isinstance(values.dtype, pd.CategoricalDtype):
-        return "categorical", values.cat.remove_unused_categories()
-
+        return "categorical"
     present = values.dropna()
     if not all(isinstance(v, str) for v in present.head(10_000)):
         kinds = sorted({type(v).__name__ for v in present.head(10_000)} - {"str"})
         raise DataValidationError(name, f"column holds values of unsupported type(s) {kinds}")
-    as_numbers = pd.to_numeric(present, errors="coerce")
-    parsed_share = float(as_numbers.notna().mean())
+    parsed_share = float(pd.to_numeric(present, errors="coerce").notna().mean())
     if parsed_share >= NUMERIC_LIKE_SHARE:
-        if parsed_share == 1.0:
-            return "numeric", pd.to_numeric(values, errors="coerce")
-        bad = present[as_numbers.isna()]
-        raise DataValidationError(
-            name,
-            f"column is numeric but {len(bad)} value(s) do not parse as numbers, e.g. {bad.iloc[0]!r}",
-        )
+        _number_values(values, name)  # names the values that do not parse
+        return "numeric"
     distinct = present.nunique()
     mostly_unique = len(present) >= 100 and distinct > 0.5 * len(present)
     if (distinct > MAX_CATEGORIES or mostly_unique) and not explicit:
-        return "drop", values
-    return "categorical", values.astype("category")
+        return "drop"
+    return "categorical"
+
+
+def _number_values(values: pd.Series, name: str) -> pd.Series:
+    """A numeric feature's values: as they are when numbers (booleans as 0/1), parsed when text."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype(np.int8)
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values[numbers.isna() & values.notna()]
+    if len(bad):
+        raise DataValidationError(
+            name, f"column is numeric but {len(bad)} value(s) do not parse as numbers, e.g. {bad.iloc[0]!r}"
+        )
+    return numbers.astype(np.float64)
+
+
+def _category_values(values: pd.Series) -> pd.Series:
+    """A categorical feature's values as text categories (what ``TabularEncoder`` matches clients' values on)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.cat.remove_unused_categories()
+        if all(isinstance(c, str) for c in values.cat.categories):
+            return values
+        return values.astype(object).where(values.isna(), values.astype(str)).astype("category")
+    return values.where(values.isna(), values.astype(str)).astype("category")
+
+
+@dataclass
+class Plan:
+    """Which split each row goes to, decided before the rows are written: the time cuts (a time split), the
+    windows and the validation cut (data windows), or how many rows of each class are still to go to each split
+    (a stratified random split, drawn batch by batch with exact counts)."""
+
+    time_column: str | None
+    target: str
+    #: Rows up to ``cuts[0]`` train, up to ``cuts[1]`` validate, the rest test (a time split without windows).
+    cuts: tuple[pd.Timestamp, pd.Timestamp] | None = None
+    windows: Windows | None = None
+    #: Rows of the training window up to this time train, the later ones validate.
+    validation_cut: pd.Timestamp | None = None
+    #: Per class, the rows still to go to the test, validation and train splits (a random split).
+    remaining: dict[int, list[int]] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def assign(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """The rows of a cleaned batch, by split (rows outside both windows in none)."""
+        if self.remaining:
+            return self._random(frame)
+        assert self.time_column
+        times = frame[self.time_column]
+        if self.windows is not None:
+            training = (times >= self.windows.training.start) & (times < self.windows.training.end)
+            early = times <= self.validation_cut
+            return {
+                "train": frame[training & early],
+                "validation": frame[training & ~early],
+                "test": frame[
+                    (times >= self.windows.evaluation.start) & (times < self.windows.evaluation.end)
+                ],
+            }
+        assert self.cuts is not None
+        train_end, validation_end = self.cuts
+        return {
+            "train": frame[times <= train_end],
+            "validation": frame[(times > train_end) & (times <= validation_end)],
+            "test": frame[times > validation_end],
+        }
+
+    def _random(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        labels = frame[self.target].to_numpy()
+        assignment = np.empty(len(frame), dtype=np.int8)
+        for cls, remaining in self.remaining.items():
+            index = np.flatnonzero(labels == cls)
+            if not len(index):
+                continue
+            # How many of this batch's rows of the class go to each split: drawn without replacement from what
+            # is left, so that the totals are exact whatever the batches.
+            drawn = self.rng.multivariate_hypergeometric(remaining, len(index))
+            self.rng.shuffle(index)
+            for code, count in enumerate(drawn):
+                assignment[index[:count]] = TEST_FIRST[code]
+                index = index[count:]
+                remaining[code] -= int(count)
+        return {name: frame[assignment == code] for code, name in enumerate(SPLITS)}
+
+
+#: The order ``Plan._random`` draws the splits in, as codes of ``SPLITS``: test, validation, train.
+TEST_FIRST = (2, 1, 0)
+
+
+def time_plan(times: pd.Series, meta: PreparedData, val_fraction: float, test_fraction: float) -> Plan:
+    """Cut at time quantiles (of ``times``: all the rows, or a uniform sample of them) so that equal timestamps
+    never straddle two splits."""
+    return Plan(meta.time_column, meta.target,
+                cuts=(times.quantile(1 - val_fraction - test_fraction), times.quantile(1 - test_fraction)))  # fmt: skip
+
+
+def random_plan(class_rows: dict[int, int], meta: PreparedData, val_fraction: float, test_fraction: float,
+                seed: int) -> Plan:  # fmt: skip
+    """A stratified random split: per class, ``round(rows * fraction)`` rows to test and to validation."""
+    remaining = {}
+    for cls in (0, 1):
+        rows = class_rows.get(cls, 0)
+        n_test, n_val = round(rows * test_fraction), round(rows * val_fraction)
+        remaining[cls] = [n_test, n_val, rows - n_test - n_val]
+    return Plan(None, meta.target, remaining=remaining, seed=seed)
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 0.9):
+        raise StageError(
+            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in (0, 1) "
+            "and leave at least 10% for training"
+        )
 
 
 def split(
@@ -269,103 +440,63 @@ def split(
     test_fraction: float,
     seed: int,
 ) -> dict[str, pd.DataFrame]:
-    """Split time-based when the metadata names a time column, stratified random otherwise."""
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 0.9):
-        raise StageError(
-            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in (0, 1) "
-            "and leave at least 10% for training"
-        )
+    """Split a cleaned table time-based when the metadata names a time column, stratified random otherwise."""
+    _check_fractions(val_fraction, test_fraction)
     if meta.time_column:
-        parts = _split_by_time(frame, meta.time_column, val_fraction, test_fraction)
+        plan = time_plan(frame[meta.time_column], meta, val_fraction, test_fraction)
     else:
-        parts = _split_stratified(frame, meta.target, val_fraction, test_fraction, seed)
-    for name, part in parts.items():
-        classes = part[meta.target].nunique()
-        if len(part) == 0 or classes < 2:
-            raise DataValidationError(
-                meta.target,
-                f"the {name} split has {len(part)} rows and {classes} class(es); both classes are needed in every "
-                "split: use more data, a longer time window or larger fractions",
-            )
+        counts = frame[meta.target].value_counts()
+        plan = random_plan(
+            {int(k): int(v) for k, v in counts.items()}, meta, val_fraction, test_fraction, seed
+        )
+    parts = plan.assign(frame)
+    _check_splits({n: len(p) for n, p in parts.items()}, {n: int(p[meta.target].sum()) for n, p in parts.items()},
+                  meta, None)  # fmt: skip
     return parts
 
 
-def _split_by_time(
-    frame: pd.DataFrame, time_column: str, val_fraction: float, test_fraction: float
-) -> dict[str, pd.DataFrame]:
-    # Cut at time quantiles so that equal timestamps never straddle two splits.
-    times = frame[time_column]
-    train_end = times.quantile(1 - val_fraction - test_fraction)
-    val_end = times.quantile(1 - test_fraction)
-    order = np.argsort(times.to_numpy(), kind="stable")
-    ordered = frame.iloc[order]
-    ordered_times = ordered[time_column]
-    return {
-        "train": ordered[ordered_times <= train_end],
-        "validation": ordered[(ordered_times > train_end) & (ordered_times <= val_end)],
-        "test": ordered[ordered_times > val_end],
-    }
+def _check_splits(rows: dict[str, int], positives: dict[str, int], meta: PreparedData,
+                  windows: Windows | None) -> None:  # fmt: skip
+    """Both classes in every split, or an error naming the split."""
+    for name in SPLITS:
+        classes = int(positives[name] > 0) + int(rows[name] - positives[name] > 0)
+        if rows[name] and classes == 2:
+            continue
+        if windows is None:
+            raise DataValidationError(
+                meta.target,
+                f"the {name} split has {rows[name]} rows and {classes} class(es); both classes are needed in every "
+                "split: use more data, a longer time window or larger fractions",
+            )
+        window = windows.evaluation if name == "test" else windows.training
+        raise DataValidationError(
+            meta.target,
+            f"the {name} split of the window {window} has {rows[name]} rows and {classes} class(es); both classes "
+            "are needed in every split: use a longer window",
+        )
 
 
-def split_windows(
-    frame: pd.DataFrame, meta: PreparedData, windows: Windows, *, val_fraction: float, minimums: Minimums
-) -> dict[str, pd.DataFrame]:
-    """Test on the evaluation window; train on the training window, validating on its latest ``val_fraction``.
-
-    Raises:
-        DataValidationError: naming the window and its counts when a window holds fewer rows or positives than
-            ``minimums``, or a split lacks a class.
-    """
-    if not 0 < val_fraction < 0.9:
-        raise StageError(f"val_fraction ({val_fraction}) must be in (0, 0.9)")
-    assert meta.time_column
-    times = frame[meta.time_column]
-    test = frame[(times >= windows.evaluation.start) & (times < windows.evaluation.end)]
-    training = frame[(times >= windows.training.start) & (times < windows.training.end)]
-    positives = int(test[meta.target].sum())
+def _check_minimums(
+    windows: Windows, meta: PreparedData, counts: dict[str, list[int]], minimums: Minimums
+) -> None:
+    """Each window holds the rows (and the evaluation window the positives) ``minimums`` asks for; ``counts``
+    are each window's rows and positives."""
+    (training, _), (test, positives) = counts["training"], counts["evaluation"]
     problems = []
-    if len(training) < minimums.training_rows:
+    if training < minimums.training_rows:
         problems.append(
-            f"the training window {windows.training} has {len(training)} rows (at least {minimums.training_rows} "
+            f"the training window {windows.training} has {training} rows (at least {minimums.training_rows} "
             "are needed)"
         )
-    if len(test) < minimums.evaluation_rows or positives < minimums.evaluation_positives:
+    if test < minimums.evaluation_rows or positives < minimums.evaluation_positives:
         problems.append(
-            f"the evaluation window {windows.evaluation} has {len(test)} rows and {positives} positives (at least "
+            f"the evaluation window {windows.evaluation} has {test} rows and {positives} positives (at least "
             f"{minimums.evaluation_rows} rows and {minimums.evaluation_positives} positives are needed)"
         )
     if problems:
         raise DataValidationError(
             meta.time_column, "; ".join(problems) + ": nothing is trained for this interval"
         )
-    parts = {**_split_by_time(training, meta.time_column, val_fraction, 0.0), "test": test}
-    for name, part in parts.items():
-        if part[meta.target].nunique() < 2:
-            window = windows.evaluation if name == "test" else windows.training
-            raise DataValidationError(
-                meta.target,
-                f"the {name} split of the window {window} has {len(part)} rows and one class; both classes are "
-                "needed in every split: use a longer window",
-            )
-    return parts
-
-
-def _split_stratified(
-    frame: pd.DataFrame, target: str, val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, pd.DataFrame]:
-    # Per-class shuffles keep the positive rate equal across splits without sklearn's copies.
-    rng = np.random.default_rng(seed)
-    labels = frame[target].to_numpy()
-    assignment = np.empty(len(frame), dtype=np.int8)
-    for cls in (0, 1):
-        index = np.flatnonzero(labels == cls)
-        rng.shuffle(index)
-        n_test = round(len(index) * test_fraction)
-        n_val = round(len(index) * val_fraction)
-        assignment[index[:n_test]] = 2
-        assignment[index[n_test : n_test + n_val]] = 1
-        assignment[index[n_test + n_val :]] = 0
-    return {name: frame[assignment == code] for code, name in enumerate(SPLITS)}
 
 
 def _digest(folder: Path) -> str:
@@ -375,6 +506,88 @@ def _digest(folder: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 sha.update(block)
     return sha.hexdigest()
+
+
+class Sample:
+    """A uniform sample of at most ``size`` rows of a stream of batches, in the stream's order, indexed by each
+    row's position in it (the whole stream, as one frame, when it has no more rows than ``size``).
+
+    Each row draws a random key; the sample is the rows with the smallest keys (bottom-k sampling), so it never
+    holds more than ``size`` rows and the batch being added.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.rng, self.seen = size, np.random.default_rng(seed), 0
+        self.frame: pd.DataFrame | None = None
+        self.keys = np.empty(0)
+
+    def add(self, batch: pd.DataFrame) -> None:
+        keys = self.rng.random(len(batch))
+        batch = batch.set_axis(pd.RangeIndex(self.seen, self.seen + len(batch)))
+        self.seen += len(batch)
+        if self.frame is not None and len(self.keys) >= self.size:
+            wanted = keys < self.keys.max()
+            batch, keys = batch[wanted], keys[wanted]
+        frame = batch if self.frame is None else _concat([self.frame, batch])
+        keys = np.concatenate([self.keys, keys])
+        if len(keys) > self.size:
+            kept = np.sort(np.argpartition(keys, self.size - 1)[: self.size])
+            frame, keys = frame.iloc[kept], keys[kept]
+        self.frame, self.keys = frame, keys
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Frames one after the other, a categorical column keeping its type (the union of the categories)."""
+    first = frames[0]
+    for column in first.columns:
+        if isinstance(first[column].dtype, pd.CategoricalDtype) and all(
+            isinstance(f[column].dtype, pd.CategoricalDtype) for f in frames
+        ):
+            union = pd.api.types.union_categoricals([f[column] for f in frames], ignore_order=True).categories
+            frames = [f.assign(**{column: f[column].cat.set_categories(union)}) for f in frames]
+    return pd.concat(frames)
+
+
+@dataclass
+class Scan:
+    """What the first pass over a source learns: a uniform sample of its rows (on which the columns' kinds and
+    the leakage guard are decided), and from every row the target's values, the missing labels, the columns
+    with missing values and the rows of each target value in each window."""
+
+    sample: Sample
+    rows: int = 0
+    missing_labels: int = 0
+    labels: pd.Series | None = None
+    with_missing: set[str] = field(default_factory=set)
+    #: Rows per (window, target value): the window is ``training``, ``evaluation`` or None (outside both, or no
+    #: windows).
+    counts: dict[tuple[str | None, Any], int] = field(default_factory=dict)
+
+
+def _scan(source: Source, target: str, time_column: str | None, windows: Windows | None, seed: int) -> Scan:
+    """The first pass over ``source`` (``Scan``)."""
+    scan = Scan(Sample(leakage.SAMPLE_ROWS, seed))
+    for batch in source.batches():
+        scan.rows += len(batch)
+        scan.sample.add(batch)
+        scan.with_missing.update(str(c) for c, n in batch.isna().sum().items() if n)
+        if target not in batch.columns:
+            continue  # validate names it
+        values = batch[target]
+        scan.missing_labels += int(values.isna().sum())
+        values = _label_values(values[values.notna()])
+        distinct = pd.Series(pd.unique(values))
+        known = distinct if scan.labels is None else pd.concat([scan.labels, distinct], ignore_index=True)
+        scan.labels = pd.Series(pd.unique(known))[:LABEL_VALUES_KEPT]
+        where = pd.Series("", index=values.index)
+        if windows is not None and time_column and time_column in batch.columns:
+            times = _time_values(batch[time_column], time_column)[values.index]
+            where[(times >= windows.training.start) & (times < windows.training.end)] = "training"
+            where[(times >= windows.evaluation.start) & (times < windows.evaluation.end)] = "evaluation"
+        for (place, value), rows in pd.DataFrame({"where": where, "value": values}).value_counts().items():
+            key = (place or None, value)
+            scan.counts[key] = scan.counts.get(key, 0) + int(rows)
+    return scan
 
 
 def prepare(
@@ -394,6 +607,12 @@ def prepare(
 ) -> PreparedData:
     """Read, validate, split and publish a table; return the manifest that was written.
 
+    The table passes twice, a batch at a time (``ml.sources``), so that its size does not bound what fits in
+    memory: the first pass keeps a uniform sample of ``leakage.SAMPLE_ROWS`` rows and counts the target's values
+    (in each window); what is learnt from which column (``validate``), the leakage guard and the time cuts are
+    decided on the sample (the whole table when it is no larger), the target's classes and the windows' counts
+    on every row. The second pass cleans each batch as decided and appends its rows to their split's file.
+
     Args:
         source: A local path, ``s3://`` URI or ``synthetic://`` URI of a CSV or Parquet table.
         target: Name of the binary target column.
@@ -403,7 +622,7 @@ def prepare(
         drop_columns: Columns to leave out (identifiers, leaky fields).
         val_fraction: Share of rows (or of the time range's rows) for validation.
         test_fraction: Share of rows for the test split.
-        seed: Seed of the random split.
+        seed: Seed of the random split and of the sample.
         windows: With a time column, read only these; test on the evaluation window, train on the training one.
         minimums: What each window must hold.
         positive_label: The target's positive value, when the target is not 0/1 or true/false.
@@ -414,31 +633,38 @@ def prepare(
     if windows is not None and not time_column:
         log.warning("no time column: the data interval selects no rows, and every run sees the whole table")
         windows = None
-    read = _read(source, time_column, windows)
-    raw = read.frame
-    frame, meta = validate(
-        raw, target, time_column=time_column, feature_columns=feature_columns, drop_columns=drop_columns,
-        positive_label=positive_label,
-    )  # fmt: skip
-    del raw
-    _guard_leaks(frame, meta, windows, explicit=bool(feature_columns), seed=seed)
-    frame = frame[[*meta.features, target, *([time_column] if time_column else [])]]
-    if windows is not None:
-        parts = split_windows(frame, meta, windows, val_fraction=val_fraction, minimums=minimums)
-        meta.windows = windows.as_dict()
-    else:
-        parts = split(frame, meta, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    del frame
-    meta.source = source
-    meta.inputs = read.inputs
-    meta.rows = {name: len(part) for name, part in parts.items()}
-    meta.positives = {name: int(part[target].sum()) for name, part in parts.items()}
-    if time_column:
-        meta.time_ranges = {
-            name: [part[time_column].min().isoformat(), part[time_column].max().isoformat()]
-            for name, part in parts.items()
-        }
-    _publish(parts, meta, output)
+    if windows is not None and not 0 < val_fraction < 0.9:
+        raise StageError(f"val_fraction ({val_fraction}) must be in (0, 0.9)")
+    if windows is None:
+        _check_fractions(val_fraction, test_fraction)
+    with open_source(source, time_column=time_column, window=windows.whole if windows else None) as read:
+        scan = _scan(read, target, time_column, windows, seed)
+        log.info("read %d rows x %d columns from %s (%d input(s))", scan.rows, len(read.columns), source,
+                 len(read.inputs))  # fmt: skip
+        if windows is not None and not scan.rows:
+            raise DataValidationError(
+                time_column,
+                f"the source has no rows in the training window {windows.training} nor the evaluation window "
+                f"{windows.evaluation}: nothing is trained for this interval",
+            )
+        sample = scan.sample.frame if scan.sample.frame is not None else pd.DataFrame(columns=read.columns)
+        labels = None
+        if target in sample.columns and scan.rows:
+            _no_missing_labels(scan.missing_labels, scan.rows, target)
+            assert scan.labels is not None
+            labels = Labels.of(scan.labels, target, positive_label)
+        cleaned, meta = validate(
+            sample, target, time_column=time_column, feature_columns=feature_columns, drop_columns=drop_columns,
+            positive_label=positive_label, labels=labels,
+        )  # fmt: skip
+        assert labels is not None
+        _guard_leaks(cleaned, meta, windows, explicit=bool(feature_columns), seed=seed)
+        cleaned = cleaned[[*meta.features, target, *([time_column] if time_column else [])]]
+        plan = _plan(scan, cleaned, meta, labels, windows, minimums, val_fraction, test_fraction, seed)
+        meta.source, meta.inputs = source, read.inputs
+        if windows is not None:
+            meta.windows = windows.as_dict()
+        _write(read, cleaned, meta, labels, plan, scan.with_missing, output, windows)
     log.info(
         "published %s: rows %s, positives %s, %d features (%d categorical)%s",
         output, meta.rows, meta.positives, len(meta.features), len(meta.categorical),
@@ -483,27 +709,109 @@ def _guard_leaks(
             )
 
 
-def _read(source: str, time_column: str | None, windows: Windows | None) -> Read:
-    read = read_source(source, time_column=time_column, window=windows.whole if windows else None)
-    log.info("read %d rows x %d columns from %s (%d input(s))",
-             len(read.frame), len(read.frame.columns), source, len(read.inputs))  # fmt: skip
-    if windows is not None and read.frame.empty:
-        raise DataValidationError(
-            time_column,
-            f"the source has no rows in the training window {windows.training} nor the evaluation window "
-            f"{windows.evaluation}: nothing is trained for this interval",
-        )
-    return read
+def _plan(
+    scan: Scan,
+    cleaned: pd.DataFrame,
+    meta: PreparedData,
+    labels: Labels,
+    windows: Windows | None,
+    minimums: Minimums,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> Plan:
+    """The split of every row, from the first pass's counts and the sample's times."""
+    positives: dict[str | None, list[int]] = {}
+    for (where, value), rows in scan.counts.items():
+        counted = positives.setdefault(where, [0, 0])
+        counted[0] += rows
+        counted[1] += rows * labels.classes[value]
+    if windows is None and meta.time_column is None:
+        per_class = {1: sum(p for _, p in positives.values())}
+        per_class[0] = sum(r for r, _ in positives.values()) - per_class[1]
+        return random_plan(per_class, meta, val_fraction, test_fraction, seed)
+    if windows is None:
+        return time_plan(cleaned[meta.time_column], meta, val_fraction, test_fraction)
+    _check_minimums(windows, meta, {name: positives.get(name, [0, 0]) for name in ("training", "evaluation")},
+                    minimums)  # fmt: skip
+    assert meta.time_column
+    times = cleaned[meta.time_column]
+    training = times[(times >= windows.training.start) & (times < windows.training.end)]
+    return Plan(
+        meta.time_column, meta.target, windows=windows, validation_cut=training.quantile(1 - val_fraction)
+    )
 
 
-def _publish(parts: dict[str, pd.DataFrame], meta: PreparedData, output: str) -> None:
-    """Write the splits and, last, the manifest with their digest; the folder appears whole or not at all."""
+def _write(
+    read: Source,
+    cleaned: pd.DataFrame,
+    meta: PreparedData,
+    labels: Labels,
+    plan: Plan,
+    with_missing: set[str],
+    output: str,
+    windows: Windows | None,
+) -> None:
+    """The second pass: each batch cleaned and its rows appended to their split's file (a row group a batch);
+    then the checks of the splits, and the manifest with their digest. The folder appears whole or not at all."""
+    import pyarrow.parquet as pq
+
+    schema = _file_schema(cleaned, meta, with_missing)
+    rows = dict.fromkeys(SPLITS, 0)
+    positives = dict.fromkeys(SPLITS, 0)
+    ranges: dict[str, list[pd.Timestamp]] = {}
     with publish_folder(output) as staging:
-        for name in SPLITS:
-            parts[name].to_parquet(staging / f"{name}.parquet", index=False)
-            del parts[name]
+        writers = {name: pq.ParquetWriter(staging / f"{name}.parquet", schema) for name in SPLITS}
+        try:
+            for batch in read.batches():
+                parts = plan.assign(clean(batch, meta, labels))
+                for name, part in parts.items():
+                    if not len(part):
+                        continue
+                    writers[name].write_table(_arrow(part, meta.time_column).cast(schema))
+                    rows[name] += len(part)
+                    positives[name] += int(part[meta.target].sum())
+                    if meta.time_column:
+                        times = part[meta.time_column]
+                        low, high = ranges.get(name, [times.min(), times.max()])
+                        ranges[name] = [min(low, times.min()), max(high, times.max())]
+        finally:
+            for writer in writers.values():
+                writer.close()
+        _check_splits(rows, positives, meta, windows)
+        meta.rows, meta.positives = rows, positives
+        meta.time_ranges = {name: [t.isoformat() for t in ranges[name]] for name in SPLITS if name in ranges}
         meta.digest = _digest(staging)
         (staging / MANIFEST).write_text(json.dumps(asdict(meta), indent=2))
+
+
+def _file_schema(cleaned: pd.DataFrame, meta: PreparedData, with_missing: set[str]) -> Any:
+    """The split files' Arrow schema, the same for every batch: the sample's types, categories as dictionaries
+    of text, and as floating point an integer column that misses values anywhere in the table."""
+    import pyarrow as pa
+
+    fields = []
+    sampled = _arrow(cleaned.iloc[:1000], meta.time_column).schema
+    for column in cleaned.columns:
+        kind = sampled.field(column).type
+        if column in meta.categorical:
+            kind = pa.dictionary(pa.int32(), pa.string())
+        elif column == meta.time_column:
+            kind = pa.timestamp("ns", tz="UTC")
+        elif column in with_missing and (pa.types.is_integer(kind) or pa.types.is_boolean(kind)):
+            kind = pa.float64()
+        fields.append(pa.field(column, kind))
+    return pa.schema(fields)
+
+
+def _arrow(frame: pd.DataFrame, time_column: str | None) -> Any:
+    """The frame as an Arrow table; the (UTC) time column handed over without its zone, which the files' schema
+    puts back: pyarrow reads zoned times through pandas' deprecated ``Series.values``."""
+    import pyarrow as pa
+
+    if time_column:
+        frame = frame.assign(**{time_column: frame[time_column].dt.tz_convert(None)})
+    return pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def _columns(value: str) -> list[str]:

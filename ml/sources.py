@@ -11,15 +11,20 @@ A source is one of:
   ``YYYY-MM-DD``): one table per day of the window, each of which must exist;
 - ``synthetic://card-transactions?...`` (``ml.synthetic``), generated for the window's days only.
 
-Partitions are days in UTC. What was read is reported as ``Read.inputs``, for the manifest's lineage.
+Partitions are days in UTC. What was read is reported as ``Source.inputs``, for the manifest's lineage.
+
+``open_source`` hands the rows out a batch at a time (at most ``BATCH_ROWS``), as often as they are asked for:
+Parquet is scanned a row group at a time, so a table of any size passes in the memory of one batch. CSV has no
+row groups and no types: it is parsed whole (with pandas' type inference), then handed out in batches; a table
+too large for that belongs in Parquet. ``read_source`` reads a whole source into one frame.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -37,18 +42,41 @@ DATE_PLACEHOLDER = re.compile(r"\{date(?::[^{}]*)?\}")
 _HIVE_DATE = re.compile(r"^(?P<key>[A-Za-z_]\w*)=(?P<day>\d{4}-\d{2}-\d{2})$")
 #: How many missing partitions an error lists before it counts the rest.
 _SHOWN = 5
+#: Rows of a batch: a million rows of a dozen columns is about 100 MiB in pandas.
+BATCH_ROWS = 1_000_000
+
+
+@dataclass
+class Source:
+    """A source's rows, a batch at a time, and the files (or partitions, or generated range) they come from."""
+
+    #: Each call scans the rows again, in the same order and the same batches.
+    batches: Callable[[], Iterator[pd.DataFrame]]
+    #: The table's columns, also when no row is read.
+    columns: list[str]
+    inputs: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Read:
-    """A source's rows and the files (or partitions, or generated range) they came from."""
+    """A source's rows in one frame, and the inputs they came from."""
 
     frame: pd.DataFrame
     inputs: list[str] = field(default_factory=list)
 
 
 def read_source(uri: str, *, time_column: str | None = None, window: Window | None = None) -> Read:
-    """Read a source whole, or only what lies in ``window`` on ``time_column`` (see the module's docstring)."""
+    """Read a source whole, or only what lies in ``window`` on ``time_column``, into one frame."""
+    with open_source(uri, time_column=time_column, window=window) as source:
+        return Read(_whole(source), source.inputs)
+
+
+@contextmanager
+def open_source(
+    uri: str, *, time_column: str | None = None, window: Window | None = None
+) -> Iterator[Source]:
+    """The source at ``uri``, or only what lies in ``window`` on ``time_column`` (see the module's docstring),
+    readable until the block ends (an S3 table is downloaded once, to a temporary folder)."""
     if window is not None and not time_column:
         raise StageError("a window needs a time column to select rows by")
     scheme = urlparse(uri).scheme
@@ -58,28 +86,39 @@ def read_source(uri: str, *, time_column: str | None = None, window: Window | No
         frame = (
             generate_from_uri(uri, start=window.start, end=window.end) if window else generate_from_uri(uri)
         )
-        return Read(frame, [f"{uri} {window}" if window else uri])
+        yield _in_memory(frame, [f"{uri} {window}" if window else uri])
+        return
     if scheme not in ("", "file", "s3"):
         raise StageError(f"unsupported URI scheme '{scheme}' in '{uri}' (use a path, s3:// or synthetic://)")
     if DATE_PLACEHOLDER.search(uri):
         if window is None:
             raise StageError(f"'{uri}' names one table per {{date}}: it needs a data interval to read")
-        return _read_days(uri, time_column, window)
-    if window is not None:
-        partitions = _hive_partitions(uri)
-        if partitions:
-            return _read_partitions(uri, partitions, time_column, window)
-    return _read_each([uri], time_column, window)
+        uris = _days(uri, window)
+    else:
+        partitions = _hive_partitions(uri) if window is not None else {}
+        uris = _partitions(uri, partitions, window) if partitions and window is not None else [uri]
+    with _tables(uris, time_column, window) as source:
+        yield source
 
 
-def _read_days(uri: str, time_column: str | None, window: Window) -> Read:
+def _in_memory(frame: pd.DataFrame, inputs: list[str]) -> Source:
+    """A frame already read, handed out in batches."""
+
+    def batches() -> Iterator[pd.DataFrame]:
+        for start in range(0, len(frame), BATCH_ROWS):
+            yield frame.iloc[start : start + BATCH_ROWS]
+
+    return Source(batches, [str(c) for c in frame.columns], inputs)
+
+
+def _days(uri: str, window: Window) -> list[str]:
     uris = [_on_day(uri, day) for day in window.days()]
     missing = [u for u in uris if not _exists(u)]
     if missing:
         raise StageError(
             f"{len(missing)} of the {len(uris)} daily tables of the window {window} are missing: {_listed(missing)}"
         )
-    return _read_each(uris, time_column, window)
+    return uris
 
 
 def _on_day(uri: str, day: date) -> str:
@@ -97,7 +136,7 @@ def _hive_partitions(uri: str) -> dict[date, str]:
     return found
 
 
-def _read_partitions(uri: str, partitions: dict[date, str], time_column: str | None, window: Window) -> Read:
+def _partitions(uri: str, partitions: dict[date, str], window: Window) -> list[str]:
     wanted = window.days()
     missing = [day.isoformat() for day in wanted if day not in partitions]
     if missing:
@@ -105,7 +144,7 @@ def _read_partitions(uri: str, partitions: dict[date, str], time_column: str | N
             f"'{uri}' has no partition for {len(missing)} of the {len(wanted)} days of the window {window}: "
             f"{_listed(missing)} (it has {min(partitions)} to {max(partitions)}, {len(partitions)} days)"
         )
-    return _read_each([partitions[day] for day in wanted], time_column, window)
+    return [partitions[day] for day in wanted]
 
 
 def _listed(items: list[str]) -> str:
@@ -114,27 +153,65 @@ def _listed(items: list[str]) -> str:
     return ", ".join(items[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
-def _read_each(uris: list[str], time_column: str | None, window: Window | None) -> Read:
-    """Read each table (a file or a Parquet folder, local or S3) and put their rows together."""
-    frames = []
-    for uri in uris:
-        with _local_copy(uri) as path:
-            frames.append(_read(path, "parquet" if path.is_dir() else table_format(uri), time_column, window))
-    return Read(frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True), uris)
+@contextmanager
+def _tables(uris: list[str], time_column: str | None, window: Window | None) -> Iterator[Source]:
+    """The rows of each table (a file or a Parquet folder, local or S3), one table after the other."""
+    with ExitStack() as stack:
+        paths = [stack.enter_context(_local_copy(uri)) for uri in uris]
+        formats = [
+            "parquet" if path.is_dir() else table_format(uri) for uri, path in zip(uris, paths, strict=True)
+        ]
+        if "csv" not in formats:
+            yield _parquet(paths, time_column, window, uris)
+            return
+        frames = [
+            _read_csv(path) if fmt == "csv" else _whole(_parquet([path], time_column, window, [uri]))
+            for uri, path, fmt in zip(uris, paths, formats, strict=True)
+        ]
+        yield _in_memory(frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True), uris)
 
 
-def _read(path: Path, fmt: str, time_column: str | None, window: Window | None) -> pd.DataFrame:
-    """Read a local table; Parquet with the window pushed into the scan when the time column is a timestamp."""
+def _whole(source: Source) -> pd.DataFrame:
+    frames = list(source.batches())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=source.columns)
+
+
+def _parquet(paths: list[Path], time_column: str | None, window: Window | None, uris: list[str]) -> Source:
+    """Parquet tables scanned a batch at a time, one after the other, the window pushed into the scan when the
+    time column is a timestamp (row groups outside it are skipped). A column that a table lacks is empty in
+    its rows, as ``pd.concat`` would have it."""
     try:
-        if fmt == "csv":
-            if path.is_dir():
-                return pd.concat([pd.read_csv(p, low_memory=False) for p in sorted(path.glob("*.csv*"))])
-            return pd.read_csv(path, low_memory=False)
-        dataset = ds.dataset(path, format="parquet", partitioning="hive")
-        condition = _time_filter(dataset.schema, time_column, window) if time_column and window else None
-        return dataset.to_table(filter=condition).to_pandas()
-    except (ValueError, OSError, pa.ArrowException, pd.errors.ParserError) as err:
-        raise StageError(f"cannot parse '{path}' as {fmt}: {err}") from err
+        tables = [ds.dataset(path, format="parquet", partitioning="hive") for path in paths]
+    except (ValueError, OSError, pa.ArrowException) as err:
+        raise StageError(f"cannot parse {', '.join(uris[:2])} as parquet: {err}") from err
+    columns = list(dict.fromkeys(name for table in tables for name in table.schema.names))
+
+    def batches() -> Iterator[pd.DataFrame]:
+        for table, uri in zip(tables, uris, strict=True):
+            condition = _time_filter(table.schema, time_column, window) if time_column and window else None
+            try:
+                # A row group at a time, read when asked for: Arrow's scanner reads ahead, and holds more of a
+                # large file the larger it is. Files and row groups outside the window are skipped unread.
+                for fragment in table.get_fragments(filter=condition):
+                    for group in fragment.split_by_row_group(filter=condition):
+                        frame = group.to_table(filter=condition, schema=table.schema).to_pandas()
+                        if list(frame.columns) != columns:
+                            frame = frame.reindex(columns=columns)
+                        for start in range(0, len(frame), BATCH_ROWS):
+                            yield frame.iloc[start : start + BATCH_ROWS]
+            except (ValueError, OSError, pa.ArrowException) as err:
+                raise StageError(f"cannot parse '{uri}' as parquet: {err}") from err
+
+    return Source(batches, columns, uris)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        if path.is_dir():
+            return pd.concat([pd.read_csv(p, low_memory=False) for p in sorted(path.glob("*.csv*"))])
+        return pd.read_csv(path, low_memory=False)
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        raise StageError(f"cannot parse '{path}' as csv: {err}") from err
 
 
 def _time_filter(schema: pa.Schema, column: str, window: Window) -> ds.Expression | None:

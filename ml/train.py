@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,8 @@ from ml.errors import StageError
 from ml.features import TabularEncoder
 from ml.runtime import ArgumentParser, boolean, json_object, non_negative_int
 from ml.schema import to_model_input
-from ml.storage import read_manifest, read_published_table
+from ml.splits import Pieces
+from ml.storage import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -281,19 +282,63 @@ def refit_rounds(best_rounds: int, train_rows: int, validation_rows: int) -> int
     return max(1, round(best_rounds * (train_rows + validation_rows) / max(train_rows, 1)))
 
 
-def _xgboost(
-    config: TrainConfig, labels: np.ndarray, categorical_mask: list[bool], device: str, **fit: Any
+def as_classifier(
+    booster: Any, params: dict[str, Any], feature_types: list[str], seed: int, **fit: Any
 ) -> Any:
+    """An ``XGBClassifier`` holding ``booster`` (trained with ``params``), with the settings of the classifier
+    the model was always logged as, so that it predicts (at its best round, when early-stopped), saves and loads
+    as that one does."""
     from xgboost import XGBClassifier
 
-    return XGBClassifier(
-        **booster_params(config, labels, device),
-        feature_types=["c" if is_categorical else "q" for is_categorical in categorical_mask],
-        enable_categorical=True,
-        random_state=config.seed,
-        n_jobs=os.cpu_count(),
+    model = XGBClassifier(
+        **params, feature_types=feature_types, enable_categorical=True, random_state=seed, n_jobs=os.cpu_count(),
         **fit,
-    )
+    )  # fmt: skip
+    model.load_model(bytearray(booster.save_raw("json")))
+    return model
+
+
+def quantile_matrix(pieces: Pieces, encoder: TabularEncoder, target: str, feature_types: list[str],
+                    ref: Any = None) -> Any:  # fmt: skip
+    """XGBoost's quantised matrix of ``pieces``, built a piece at a time: each is read, encoded and handed over
+    in turn (an ``xgboost.DataIter``), so the rows are never one frame nor one float matrix; what stays is the
+    quantised matrix, about a byte per value. ``ref``: the training matrix whose bins it uses."""
+    import xgboost
+
+    class Batches(xgboost.DataIter):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(release_data=True)
+            self.frames: Iterator[pd.DataFrame] = iter(())
+            self.reset()
+
+        def next(self, input_data: Callable[..., None]) -> bool:
+            frame = next(self.frames, None)
+            if frame is None:
+                return False
+            input_data(
+                data=encoder.transform(frame), label=frame[target].to_numpy(), feature_types=feature_types
+            )
+            return True
+
+        def reset(self) -> None:
+            self.frames = pieces.frames()
+
+    return xgboost.QuantileDMatrix(Batches(), ref=ref, enable_categorical=True, nthread=os.cpu_count())
+
+
+def fitted_encoder(pieces: Pieces, features: Sequence[str], categorical: Sequence[str]) -> TabularEncoder:
+    """The ``TabularEncoder`` of ``pieces``, fitted a piece at a time on their categorical columns alone."""
+    encode = TabularEncoder(features=list(features), categorical=list(categorical))
+    return encode.fit_batches(pieces.frames(list(categorical)) if categorical else [])
+
+
+def positive_scores(booster: Any, pieces: Pieces, encoder: TabularEncoder, best_iteration: int) -> np.ndarray:
+    """The probability of the positive class of each row of ``pieces`` at ``best_iteration``, a piece at a time."""
+    parts = [
+        booster.inplace_predict(encoder.transform(frame), iteration_range=(0, best_iteration + 1))
+        for frame in pieces.frames()
+    ]
+    return np.concatenate(parts).astype(np.float64)
 
 
 #: The early-stopped fit's learning curve on the run: the validation average precision of each round, at the
@@ -355,20 +400,10 @@ def progress_callback(phase: str, rounds: int, every: int, run_id: str | None = 
     return Progress()
 
 
-def _fit_watched(model: Any, callback: Any | None, *args: Any, **kwargs: Any) -> None:
-    """``model.fit(*args, **kwargs)`` with ``callback`` watching. The callback belongs to this fit, not to the
-    model: it is never saved with it (nor could it be loaded)."""
-    model.set_params(callbacks=None if callback is None else [callback])
-    try:
-        model.fit(*args, **kwargs)
-    finally:
-        model.set_params(callbacks=None)
-
-
 def fit_model(
     config: TrainConfig,
-    train: pd.DataFrame,
-    validation: pd.DataFrame,
+    train: Pieces | pd.DataFrame,
+    validation: Pieces | pd.DataFrame,
     *,
     features: Sequence[str],
     categorical: Sequence[str],
@@ -380,50 +415,74 @@ def fit_model(
     """Fit the encoder and estimator (XGBoost: early-stopped on ``validation``, then refit on both when
     ``config.refit``). XGBoost's fits show their progress every ``progress_every`` rounds (0: not as they run), the
     early-stopped one's learning curve going to the MLflow run ``run_id`` (``progress_callback``); neither changes
-    the model, so neither is part of ``config``."""
+    the model, so neither is part of ``config``.
+
+    The splits are ``Pieces`` (or frames, a piece each): XGBoost reads them a piece at a time into its quantised
+    matrices (``quantile_matrix``), so that a split larger than memory as a frame trains; the random forest
+    baseline needs its rows at once.
+    """
     from sklearn.pipeline import Pipeline
 
-    def encoder() -> TabularEncoder:
-        return TabularEncoder(features=list(features), categorical=list(categorical))
+    train, validation = (Pieces.of(s) if isinstance(s, pd.DataFrame) else s for s in (train, validation))
 
-    encode = encoder()
-    x_train, y_train = encode.fit_transform(train), train[target].to_numpy()
+    def encoder(pieces: Pieces) -> TabularEncoder:
+        return fitted_encoder(pieces, features, categorical)
+
     if config.model_type == "random_forest":
-        from sklearn.ensemble import RandomForestClassifier
+        return _fit_forest(config, train.frame(), validation.frame(), encoder(train), target)
+    import xgboost
 
-        forest = RandomForestClassifier(
-            n_estimators=100,
-            max_depth=10,
-            class_weight="balanced_subsample",
-            n_jobs=-1,
-            random_state=config.seed,
-        )
-        forest.fit(x_train, y_train)
-        fitted = Pipeline([("encode", encode), ("model", forest)])
-        return Fit(fitted, [], None, fitted.predict_proba(validation[list(features)])[:, 1])
-    mask = [name in categorical for name in features]
-    stopped = _xgboost(
-        config, y_train, mask, device, n_estimators=config.n_estimators,
-        early_stopping_rounds=config.early_stopping_rounds,
+    types = ["c" if name in categorical else "q" for name in features]
+    encode = encoder(train)
+    params = booster_params(config, train.column(target), device)
+    d_train = quantile_matrix(train, encode, target, types)
+    history: dict[str, Any] = {}
+    callback = progress_callback("train", config.n_estimators, progress_every, run_id)
+    booster = xgboost.train(
+        {**params, "seed": config.seed, "nthread": os.cpu_count()}, d_train, num_boost_round=config.n_estimators,
+        evals=[(quantile_matrix(validation, encode, target, types, ref=d_train), VALIDATION_SET)],
+        early_stopping_rounds=config.early_stopping_rounds, evals_result=history, verbose_eval=False,
+        callbacks=[callback] if callback else None,
     )  # fmt: skip
-    x_validation = encode.transform(validation)
-    _fit_watched(
-        stopped, progress_callback("train", config.n_estimators, progress_every, run_id), x_train, y_train,
-        eval_set=[(x_validation, validation[target].to_numpy())], verbose=False,
-    )  # fmt: skip
-    history = [float(v) for v in stopped.evals_result()[VALIDATION_SET][VALIDATION_METRIC]]
-    best = int(stopped.best_iteration)
-    early = Pipeline([("encode", encode), ("model", stopped)])
-    scores = early.predict_proba(validation[list(features)])[:, 1]
+    del d_train
+    best = int(booster.best_iteration)
+    stopped = as_classifier(booster, params, types, config.seed, n_estimators=config.n_estimators,
+                            early_stopping_rounds=config.early_stopping_rounds)  # fmt: skip
+    curve = [float(v) for v in history[VALIDATION_SET][VALIDATION_METRIC]]
+    scores = positive_scores(booster, validation, encode, best)
     if not config.refit:
-        return Fit(early, history, best, scores)
+        return Fit(Pipeline([("encode", encode), ("model", stopped)]), curve, best, scores)
     rounds = refit_rounds(best + 1, len(train), len(validation))
-    both = pd.concat([train, validation], ignore_index=True)
-    encode_both = encoder()
-    x_both, y_both = encode_both.fit_transform(both), both[target].to_numpy()
-    final = _xgboost(config, y_both, mask, device, n_estimators=rounds)
-    _fit_watched(final, progress_callback("refit", rounds, progress_every), x_both, y_both, verbose=False)
-    return Fit(Pipeline([("encode", encode_both), ("model", final)]), history, best, scores, rounds)
+    both = train + validation
+    encode_both = encoder(both)
+    params_both = booster_params(config, both.column(target), device)
+    callback = progress_callback("refit", rounds, progress_every)
+    final = xgboost.train(
+        {**params_both, "seed": config.seed, "nthread": os.cpu_count()},
+        quantile_matrix(both, encode_both, target, types), num_boost_round=rounds,
+        callbacks=[callback] if callback else None,
+    )  # fmt: skip
+    refit = as_classifier(final, params_both, types, config.seed, n_estimators=rounds)
+    return Fit(Pipeline([("encode", encode_both), ("model", refit)]), curve, best, scores, rounds)
+
+
+def _fit_forest(
+    config: TrainConfig, train: pd.DataFrame, validation: pd.DataFrame, encode: TabularEncoder, target: str
+) -> Fit:
+    """The random forest baseline (the seed project's model), on every row at once."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    forest = RandomForestClassifier(
+        n_estimators=100,
+        max_depth=10,
+        class_weight="balanced_subsample",
+        n_jobs=-1,
+        random_state=config.seed,
+    )
+    forest.fit(encode.transform(train), train[target].to_numpy())
+    fitted = Pipeline([("encode", encode), ("model", forest)])
+    return Fit(fitted, [], None, fitted.predict_proba(validation[list(encode.features)])[:, 1])
 
 
 def fingerprint(config: TrainConfig, manifest: dict[str, Any]) -> str:
@@ -456,7 +515,7 @@ def _keyed_run(experiment: str, run_key: str, inputs_fingerprint: str) -> tuple[
 SCHEMA_SAMPLE_ROWS = 1000
 
 
-def _log_inputs(prepared_uri: str, manifest: dict[str, Any], splits: dict[str, pd.DataFrame]) -> None:
+def _log_inputs(prepared_uri: str, manifest: dict[str, Any], splits: dict[str, Pieces]) -> None:
     """The data's lineage on the active run: where it came from, its digest, and each split as a dataset, all
     from what ``prepare`` wrote in the manifest (digest, row and positive counts, time range) rather than from a
     pass over the rows."""
@@ -481,7 +540,7 @@ def _log_inputs(prepared_uri: str, manifest: dict[str, Any], splits: dict[str, p
 
     digest = manifest.get("digest", "")
     mlflow.set_tags({PREPARED_URI_TAG: prepared_uri, DATA_DIGEST_TAG: digest})
-    for name, frame in splits.items():
+    for name, pieces in splits.items():
         profile: dict[str, Any] = {
             key: manifest[key][name] for key in ("rows", "positives") if name in manifest.get(key, {})
         }
@@ -493,18 +552,18 @@ def _log_inputs(prepared_uri: str, manifest: dict[str, Any], splits: dict[str, p
             name=name,
             # The split's: the prepared data's digest (whole in the run's tag) and the split's name.
             digest=f"{digest[:16]}-{name}",
-            schema=infer_signature(frame.head(SCHEMA_SAMPLE_ROWS)).inputs,
+            schema=infer_signature(pieces.head(SCHEMA_SAMPLE_ROWS)).inputs,
         )
         mlflow.log_input(dataset, context="training" if name == "train" else name)
 
 
 def _log_model(
-    pipeline: Any, validation: pd.DataFrame, manifest: dict[str, Any], config: TrainConfig, device: str
+    pipeline: Any, validation: Pieces, manifest: dict[str, Any], config: TrainConfig, device: str
 ) -> Any:
     """Log the pipeline with its signature and an input example; its pyfunc predicts probabilities."""
     import mlflow
 
-    example = to_model_input(validation[manifest["features"]].head(5), manifest["categorical"])
+    example = to_model_input(validation.head(5)[manifest["features"]], manifest["categorical"])
     return mlflow.sklearn.log_model(
         sk_model=pipeline,
         name="model",
@@ -543,7 +602,7 @@ def train(
     device = resolve_device(config.device, config.model_type)
     inputs_fingerprint = fingerprint(config, manifest)
     # The tables before the run: a folder that cannot be read opens no MLflow run.
-    splits = {name: read_published_table(prepared_uri, f"{name}.parquet") for name in ("train", "validation")}
+    splits = {name: Pieces.published(prepared_uri, name) for name in ("train", "validation")}
     run, reused = _keyed_run(experiment, run_key, inputs_fingerprint)
     if reused is not None:
         log.info("run %s already trained %s for %s: reusing it", run.info.run_id, reused.model_id, run_key)
@@ -570,7 +629,7 @@ def train(
 def _fit_and_log(
     run_id: str,
     config: TrainConfig,
-    splits: dict[str, pd.DataFrame],
+    splits: dict[str, Pieces],
     manifest: dict[str, Any],
     device: str,
     progress_every: int,
@@ -598,7 +657,7 @@ def _fit_and_log(
     if fit.history and not progress_every:  # with progress, logged as it trained
         tracking.log_metric_series(run_id, ROUND_METRIC, fit.history)
     # The early-stopped model's: the refit one has learnt from these rows.
-    val_ap = float(average_precision_score(validation[target], fit.validation_scores))
+    val_ap = float(average_precision_score(validation.column(target), fit.validation_scores))
     mlflow.log_metrics({"val_average_precision": val_ap, "train_seconds": train_seconds})
     if fit.refit_rounds is not None:
         tracking.log_validation_scores(run_id, fit.validation_scores)

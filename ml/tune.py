@@ -37,10 +37,18 @@ from typing import Any
 from contract import TUNING_STORAGE_ENV
 from ml import tracking
 from ml.errors import StageError
-from ml.features import TabularEncoder
 from ml.runtime import ArgumentParser, json_object, non_negative_int
-from ml.storage import read_manifest, read_published_table
-from ml.train import ROUND_METRIC, TUNABLE, TrainConfig, booster_params, resolve_device
+from ml.splits import Pieces
+from ml.storage import read_manifest
+from ml.train import (
+    ROUND_METRIC,
+    TUNABLE,
+    TrainConfig,
+    booster_params,
+    fitted_encoder,
+    quantile_matrix,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,21 +163,15 @@ class _Data:
     """The training and validation splits, encoded once per worker as XGBoost matrices."""
 
     def __init__(self, prepared_uri: str, manifest: dict[str, Any]) -> None:
-        import xgboost
 
         features, categorical, target = manifest["features"], manifest["categorical"], manifest["target"]
-        train = read_published_table(prepared_uri, "train.parquet")
-        validation = read_published_table(prepared_uri, "validation.parquet")
-        encoder = TabularEncoder(features=list(features), categorical=list(categorical))
+        # The train stage's matrices, read a piece at a time as it reads them: a trial's score is the training's.
+        train, validation = (Pieces.published(prepared_uri, name) for name in ("train", "validation"))
+        encoder = fitted_encoder(train, features, categorical)
         types = ["c" if name in categorical else "q" for name in features]
-        self.labels = train[target].to_numpy()
-        self.train = xgboost.QuantileDMatrix(
-            encoder.fit_transform(train), self.labels, feature_types=types, enable_categorical=True
-        )
-        self.validation = xgboost.QuantileDMatrix(
-            encoder.transform(validation), validation[target].to_numpy(), feature_types=types,
-            enable_categorical=True, ref=self.train,
-        )  # fmt: skip
+        self.labels = train.column(target)
+        self.train = quantile_matrix(train, encoder, target, types)
+        self.validation = quantile_matrix(validation, encoder, target, types, ref=self.train)
         self.rows = (len(train), len(validation))
 
 
