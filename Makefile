@@ -7,6 +7,7 @@
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
 #   make bench-serve inference API against `mlflow models serve` (needs wrk: installed with apt-get)
 #   make bench-scale prepare and train on 10M and 100M rows: peak memory and linear time (ARGS="--sizes ...")
+#   make bench-gpu   the train stage against its fit on a GPU, 20M rows (ARGS="--device cpu" without one)
 #   make bench-quality the default training against scikit-learn baselines (UCI Adult, the synthetic stream; ARGS="--help")
 #   make bench-parse DAG parse time of each DAG file (target: the training DAG in 50 ms)
 #   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
@@ -91,7 +92,7 @@ HELM := $(TOOLS)/bin/helm
 PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
 
 .PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
-	drift-check browser actionlint bench bench-scale bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
+	drift-check browser actionlint bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -215,6 +216,9 @@ bench: install
 
 bench-scale: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_scale $(ARGS)
+
+bench-gpu: install
+	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_gpu $(ARGS)
 
 bench-quality: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_quality $(ARGS)
