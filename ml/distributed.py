@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from contract import DASK_CLUSTER_ENV, DASK_SCHEDULER_ENV
+from ml.boosting import as_classifier
 from ml.features import TabularEncoder
 from ml.splits import filesystem, row_groups, split_path
 
@@ -190,9 +191,7 @@ class Matrices:
         return output["booster"], params
 
     def classifier(self, booster: Any, params: dict[str, Any], config: Any, **fit: Any) -> Any:
-        """An ``XGBClassifier`` holding ``booster``, as the single-node fit makes its own (``as_classifier``)."""
-        from ml.train import as_classifier
-
+        """An ``XGBClassifier`` holding ``booster``, as the single-node fit makes its own."""
         return as_classifier(booster, params, self.types, config.seed, **fit)
 
 

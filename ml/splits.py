@@ -89,7 +89,8 @@ def row_groups(prepared_uri: str, name: str) -> list[int]:
     """The rows of each row group of a published split.
 
     Raises:
-        StageError: when the split's file is missing or has no rows.
+        StageError: when the split's file is missing, not Parquet, or has no rows (the folder's fault); an S3
+            that does not answer is not (``ml.faults``: transient).
     """
     import pyarrow.parquet as pq
 
@@ -99,6 +100,12 @@ def row_groups(prepared_uri: str, name: str) -> list[int]:
         raise StageError(
             f"'{prepared_uri}' has a manifest but no {name}.parquet: the folder was changed after publishing"
         ) from err
+    except (TimeoutError, ConnectionError):
+        raise
+    except (ValueError, OSError) as err:  # Arrow's "not Parquet" is a ValueError
+        if isinstance(err, OSError) and is_remote(prepared_uri):
+            raise  # Arrow's S3 errors are OSErrors: an unanswered request is no verdict on the folder
+        raise StageError(f"{name}.parquet in '{prepared_uri}' is not a readable Parquet file: {err}") from err
     groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
     if not sum(groups):
         raise StageError(f"{name}.parquet in '{prepared_uri}' has no rows")

@@ -44,6 +44,7 @@ from contract import (
     TRAIN_RESULT_TAG,
 )
 from ml import tracking
+from ml.boosting import as_classifier
 from ml.errors import StageError
 from ml.features import TabularEncoder
 from ml.runtime import ArgumentParser, boolean, json_object, non_negative_int
@@ -282,22 +283,6 @@ def refit_rounds(best_rounds: int, train_rows: int, validation_rows: int) -> int
     return max(1, round(best_rounds * (train_rows + validation_rows) / max(train_rows, 1)))
 
 
-def as_classifier(
-    booster: Any, params: dict[str, Any], feature_types: list[str], seed: int, **fit: Any
-) -> Any:
-    """An ``XGBClassifier`` holding ``booster`` (trained with ``params``), with the settings of the classifier
-    the model was always logged as, so that it predicts (at its best round, when early-stopped), saves and loads
-    as that one does."""
-    from xgboost import XGBClassifier
-
-    model = XGBClassifier(
-        **params, feature_types=feature_types, enable_categorical=True, random_state=seed, n_jobs=os.cpu_count(),
-        **fit,
-    )  # fmt: skip
-    model.load_model(bytearray(booster.save_raw("json")))
-    return model
-
-
 def quantile_matrix(pieces: Pieces, encoder: TabularEncoder, target: str, feature_types: list[str],
                     ref: Any = None) -> Any:  # fmt: skip
     """XGBoost's quantised matrix of ``pieces``, built a piece at a time: each is read, encoded and handed over
@@ -453,17 +438,33 @@ def fit_model(
     if not config.refit:
         return Fit(Pipeline([("encode", encode), ("model", stopped)]), curve, best, scores)
     rounds = refit_rounds(best + 1, len(train), len(validation))
-    both = train + validation
-    encode_both = encoder(both)
-    params_both = booster_params(config, both.column(target), device)
+    refit = _refit(config, train + validation, encoder(train + validation), types, target, device, rounds,
+                   progress_every)  # fmt: skip
+    return Fit(refit, curve, best, scores, rounds)
+
+
+def _refit(
+    config: TrainConfig,
+    both: Pieces,
+    encode: TabularEncoder,
+    types: list[str],
+    target: str,
+    device: str,
+    rounds: int,
+    progress_every: int,
+) -> Any:
+    """The pipeline refit on training + validation rows (``both``) for ``rounds`` rounds."""
+    import xgboost
+    from sklearn.pipeline import Pipeline
+
+    params = booster_params(config, both.column(target), device)
     callback = progress_callback("refit", rounds, progress_every)
     final = xgboost.train(
-        {**params_both, "seed": config.seed, "nthread": os.cpu_count()},
-        quantile_matrix(both, encode_both, target, types), num_boost_round=rounds,
-        callbacks=[callback] if callback else None,
+        {**params, "seed": config.seed, "nthread": os.cpu_count()}, quantile_matrix(both, encode, target, types),
+        num_boost_round=rounds, callbacks=[callback] if callback else None,
     )  # fmt: skip
-    refit = as_classifier(final, params_both, types, config.seed, n_estimators=rounds)
-    return Fit(Pipeline([("encode", encode_both), ("model", refit)]), curve, best, scores, rounds)
+    return Pipeline([("encode", encode), ("model", as_classifier(final, params, types, config.seed,
+                                                                 n_estimators=rounds))])  # fmt: skip
 
 
 def _fit_forest(
