@@ -1,4 +1,6 @@
-"""FastAPI app serving a registered model: ``/predict``, ``/health``, ``/ready`` and ``/metrics``.
+"""FastAPI app serving a registered model: ``/predict``, ``/health``, ``/ready`` and ``/metrics``; the clients
+people already have through MLflow's ``/invocations`` and the Open Inference Protocol's ``/v2``
+(``ml.serve.protocols``).
 
     SERVE_MODEL_URI=models:/card-fraud-detector@champion python -m ml.serve --port 8000
 
@@ -8,7 +10,11 @@ a missing, extra or mistyped field, NaN or infinity, an empty or oversized batch
 as JSON, too large or too slow each get a 4xx naming the problem, never a 500; a client that leaves before its
 request was read is counted as 499 ("client closed request"), not as a server error.
 
-Layout: ``settings`` (the environment), ``service`` (validation, scoring and the model holder), ``routes``,
+``/predict`` takes a record, a batch of records, columnar JSON (``dataframe_split``) or an Arrow IPC stream; every
+shape is checked with the same rules and words.
+
+Layout: ``settings`` (the environment), ``service`` (validation, scoring and the model holder), ``columns`` and
+``protocols`` (the columnar and foreign shapes), ``routes``,
 ``limits`` (body size and deadline, requests at once) and ``server`` (``python -m ml.serve``: uvicorn with the
 settings' limits, and a deadline for the request headers).
 """
@@ -83,9 +89,70 @@ def openapi(app: FastAPI) -> dict[str, Any]:
         "required": ["instances"],
         "additionalProperties": False,
     }  # fmt: skip
+    split = {
+        "type": "object",
+        "properties": {
+            "columns": {"type": "array", "items": {"type": "string", "enum": list(holder.service.card.features)}},
+            "data": {"type": "array", "items": {"type": "array"}, "minItems": 1,
+                     "maxItems": holder.settings.max_batch_size},
+            "index": {"type": "array"},
+        },
+        "required": ["columns", "data"],
+    }  # fmt: skip
+    columnar = {"type": "object", "properties": {"dataframe_split": split}, "required": ["dataframe_split"],
+                "additionalProperties": False}  # fmt: skip
+    arrow = {"schema": {"type": "string", "format": "binary"}}
     document["paths"]["/predict"]["post"]["requestBody"] = {
         "required": True,
-        "content": {"application/json": {"schema": {"oneOf": [reference, batch]}}},
+        "content": {
+            "application/json": {"schema": {"oneOf": [reference, batch, columnar]}},
+            "application/vnd.apache.arrow.stream": arrow,
+        },
     }
+    for path, body in protocol_bodies(reference, split, list(holder.service.card.features),
+                                      holder.settings.max_batch_size).items():  # fmt: skip
+        document["paths"][path]["post"]["requestBody"] = body
     app.openapi_schema = document
     return document
+
+
+def protocol_bodies(
+    reference: dict[str, Any], split: dict[str, Any], features: list[str], limit: int
+) -> dict[str, Any]:
+    """The request bodies of ``/invocations`` (MLflow's four shapes) and the Open Inference Protocol's infer routes,
+    by path; ``reference`` is the record's schema, ``split`` columnar JSON's."""
+    records = {"type": "array", "items": reference, "minItems": 1, "maxItems": limit}
+    columns = {"type": "object", "additionalProperties": {"type": "array"}}
+    shapes = {"dataframe_split": split, "dataframe_records": records, "instances": {"oneOf": [records, columns]},
+              "inputs": {"oneOf": [records, columns]}}  # fmt: skip
+    bodies = {"/invocations": {
+        "required": True,
+        "description": "MLflow's scoring protocol: exactly one of the four input shapes.",
+        "content": {"application/json": {"schema": {"oneOf": [
+            {"type": "object", "properties": {shape: body, "params": {"type": "object"}}, "required": [shape],
+             "additionalProperties": False}
+            for shape, body in shapes.items()
+        ]}}},
+    }}  # fmt: skip
+    tensor = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "enum": features},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {"type": "string", "enum": ["BYTES", "FP64", "FP32", "INT64", "INT32"]},
+            "data": {"type": "array"},
+            "parameters": {"type": "object"},
+        },
+        "required": ["name", "shape", "datatype"],
+    }
+    infer = {"type": "object", "properties": {"id": {"type": "string"}, "inputs": {"type": "array", "items": tensor},
+             "outputs": {"type": "array"}, "parameters": {"type": "object"}}, "required": ["inputs"]}  # fmt: skip
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        bodies[path] = {
+            "required": True,
+            "description": "Open Inference Protocol v2: a tensor per feature (BYTES for categories); with the "
+            "binary tensor extension, application/octet-stream and Inference-Header-Content-Length.",
+            "content": {"application/json": {"schema": infer},
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }  # fmt: skip
+    return bodies

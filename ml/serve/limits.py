@@ -25,7 +25,7 @@ from ml.serve.settings import Settings
 log = logging.getLogger(__name__)
 
 #: Paths answered whatever the load: liveness, readiness and the metrics that show the load.
-UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics", "/ping", "/v2/health/live", "/v2/health/ready"})
 
 
 class BodyRefused(Exception):

@@ -50,6 +50,9 @@ class Scorer:
             column: {category: float(code) for code, category in enumerate(categories)}
             for column, categories in encoder.categories_.items()
         }
+        #: Each categorical feature's categories, in the order of their codes.
+        self.categories: dict[str, list[str]] = {column: list(codes) for column, codes in self._codes.items()}
+        self._arrays: dict[str, Any] = {}
         estimator = pipeline.named_steps["model"]
         self._columns = [(column, self._codes.get(column)) for column in self.features]
         if hasattr(estimator, "get_booster"):
@@ -76,6 +79,19 @@ class Scorer:
                 else:
                     values[position] = codes.get(str(value), nan)
         return matrix
+
+    def codes(self, column: str, values: Sequence[str | None]) -> list[float]:
+        """A categorical column's codes; None and unknown categories become NaN."""
+        codes, nan = self._codes[column], float("nan")
+        return [nan if value is None else codes.get(value, nan) for value in values]
+
+    def category_array(self, column: str) -> Any:
+        """A categorical column's categories as an Arrow array (for ``pyarrow.compute.index_in``)."""
+        if column not in self._arrays:
+            import pyarrow as pa
+
+            self._arrays[column] = pa.array(self.categories[column], type=pa.string())
+        return self._arrays[column]
 
     def scores(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The positive-class probability of each record."""

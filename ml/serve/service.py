@@ -83,6 +83,10 @@ class Service:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as err:
             raise Problem(400, f"malformed JSON: {err}") from err
+        return self.records_of(payload)
+
+    def records_of(self, payload: Any) -> tuple[list[dict[str, Any]], bool]:
+        """``parse`` of a body already read as JSON."""
         if not isinstance(payload, dict):
             raise Problem(422, 'the body must be a JSON object: one record, or {"instances": [records]}')
         batch = set(payload) == {"instances"}
@@ -103,30 +107,36 @@ class Service:
 
     def predict(self, records: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
         """Score validated records: a ``PredictResponse`` as a plain dict."""
-        matrix = self.scorer.matrix(records)
-        overflowed = np.isinf(matrix)
-        if overflowed.any():
-            # The model scores float32: a number of larger magnitude would reach it as infinity.
-            row, column = map(int, np.argwhere(overflowed)[0])
-            where = (f"instances[{row}]." if batch else "") + self.scorer.features[column]
-            raise Problem(
-                422, f"{where}: {records[row][self.scorer.features[column]]} is beyond float32's range"
-            )
-        scores = self._score(matrix, len(records))
-        for score in scores:
-            metrics.PREDICTION_SCORE.observe(float(score))
+
+        def overflow(row: int, column: str) -> str:
+            return f"{f'instances[{row}].' if batch else ''}{column}: {records[row][column]}"
+
+        scores = self.score(self.scorer.matrix(records), overflow)
         threshold = self.card.threshold
-        positives = int((scores >= threshold).sum())
-        if positives:
-            metrics.PREDICTIONS.labels(decision="positive").inc(positives)
-        if positives < len(scores):
-            metrics.PREDICTIONS.labels(decision="negative").inc(len(scores) - positives)
         return {
             "model_name": self.card.name,
             "model_version": self.card.version,
             "threshold": threshold,
             "predictions": [{"probability": float(s), "decision": bool(s >= threshold)} for s in scores],
         }
+
+    def score(self, matrix: np.ndarray, overflow: Any) -> np.ndarray:
+        """The positive-class probability of each row of an encoded matrix, counted in the metrics; a 422 for a
+        number beyond float32's range, named by ``overflow(row, column)`` (its place and value)."""
+        overflowed = np.isinf(matrix)
+        if overflowed.any():
+            # The model scores float32: a number of larger magnitude would reach it as infinity.
+            row, column = map(int, np.argwhere(overflowed)[0])
+            raise Problem(422, f"{overflow(row, self.scorer.features[column])} is beyond float32's range")
+        scores = self._score(matrix, len(matrix))
+        for score in scores:
+            metrics.PREDICTION_SCORE.observe(float(score))
+        positives = int((scores >= self.card.threshold).sum())
+        if positives:
+            metrics.PREDICTIONS.labels(decision="positive").inc(positives)
+        if positives < len(scores):
+            metrics.PREDICTIONS.labels(decision="negative").inc(len(scores) - positives)
+        return scores
 
     def _score(self, matrix: np.ndarray, size: int) -> np.ndarray:
         if self.tracer is None:

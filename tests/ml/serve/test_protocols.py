@@ -1,0 +1,203 @@
+"""The request shapes besides the API's records: columnar JSON, Arrow streams, MLflow's scoring protocol and the Open
+Inference Protocol v2, each against a real registered model; the protocols through their own client libraries
+(MLflow's scoring client, Triton's HTTP client) against a running server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from tests.conftest import ROOT, free_port
+from tests.helpers import CHAMPION, wait_until_answering
+from tests.ml.serve.test_app import MODEL, client, registered  # noqa: F401 - the fixtures shared with the API tests
+
+
+def expected(client: Any, records: list[dict[str, Any]]) -> np.ndarray:  # noqa: F811
+    """The record path's scores: what every other shape must give."""
+    body = client.post("/predict", json={"instances": records}).json()
+    return np.array([p["probability"] for p in body["predictions"]])
+
+
+def split_of(records: list[dict[str, Any]]) -> dict[str, Any]:
+    columns = list(records[0])
+    return {"columns": columns, "data": [[record[c] for c in columns] for record in records]}
+
+
+def arrow_body(frame: pd.DataFrame) -> bytes:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def test_columnar_json_gives_the_record_paths_scores_by_column(client, registered) -> None:  # noqa: F811
+    records = registered["records"][:50]
+    response = client.post("/predict", json={"dataframe_split": split_of(records)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    np.testing.assert_allclose(body["probability"], expected(client, records), rtol=1e-9)
+    assert body["decision"] == [p >= body["threshold"] for p in body["probability"]]
+    assert body["model_name"] == MODEL
+
+
+def test_an_arrow_stream_gives_the_record_paths_scores_as_a_stream(client, registered) -> None:  # noqa: F811
+    records = registered["records"][:200]
+    frame = pd.DataFrame(records)
+    frame.loc[3, "amount"] = None  # a null is a missing value, as null is in JSON
+    records[3] = {**records[3], "amount": None}
+    response = client.post("/predict", content=arrow_body(frame),
+                           headers={"Content-Type": "application/vnd.apache.arrow.stream"})  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    table = pa.ipc.open_stream(response.content).read_all()
+    assert table.column_names == ["probability", "decision"]
+    np.testing.assert_allclose(table.column("probability").to_numpy(), expected(client, records), rtol=1e-9)
+    assert table.schema.metadata[b"model_name"] == MODEL.encode()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns="amount"), "amount: Field required"),
+        (lambda f: f.assign(extra=1.0), "extra: Extra inputs are not permitted"),
+        (lambda f: f.assign(amount=f["amount"].astype(str)), "amount: Input should be a valid number"),
+        (lambda f: f.assign(channel=1.0), "channel: Input should be a valid string"),
+        (lambda f: f.assign(amount=np.where(f.index == 7, np.inf, f["amount"])), "amount[7]: Input should be a finite number"),
+        (lambda f: f.iloc[0:0], "the table: the batch is empty"),
+    ],
+)  # fmt: skip
+def test_arrow_input_is_checked_as_records_are(client, registered, change, message) -> None:  # noqa: F811
+    frame = change(pd.DataFrame(registered["records"][:20]))
+    response = client.post("/predict", content=arrow_body(frame),
+                           headers={"Content-Type": "application/vnd.apache.arrow.stream"})  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
+
+
+def test_a_body_that_is_not_an_arrow_stream_is_a_400(client) -> None:  # noqa: F811
+    response = client.post("/predict", content=b"not arrow",
+                           headers={"Content-Type": "application/vnd.apache.arrow.stream"})  # fmt: skip
+    assert response.status_code == 400 and "not an Arrow IPC stream" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"dataframe_split": {"columns": ["amount"], "data": [[1.0]]}}, 422, "Field required"),
+        (
+            {"dataframe_split": {"columns": "amount", "data": []}},
+            422,
+            "dataframe_split.columns: must be a list",
+        ),
+        ({"dataframe_records": [{"amount": "12"}]}, 422, "Field required"),
+        ({"inputs": {"amount": [1.0, 2.0]}}, 422, "Field required"),
+        ({"dataframe_split": {}, "inputs": []}, 400, "exactly one of"),
+        ({"nothing": 1}, 400, "exactly one of"),
+    ],
+)
+def test_invocations_refuses_bad_input_as_mlflow_words_errors(client, body, status, message) -> None:  # noqa: F811
+    response = client.post("/invocations", json=body)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error_code", "message"} and message in response.json()["message"]
+
+
+def test_invocations_takes_the_four_shapes_and_answers_as_mlflow_models_serve(client, registered) -> None:  # noqa: F811
+    records = registered["records"][:30]
+    scores = expected(client, records)
+    columns = {name: [r[name] for r in records] for name in records[0]}
+    bodies = {
+        "dataframe_split": {"dataframe_split": split_of(records)},
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs (columns)": {"inputs": columns},
+    }
+    for shape, body in bodies.items():
+        response = client.post("/invocations", json=body)
+        assert response.status_code == 200, (shape, response.text)
+        predictions = np.array(response.json()["predictions"])
+        assert predictions.shape == (30, 2), shape
+        np.testing.assert_allclose(predictions[:, 1], scores, rtol=1e-9, err_msg=shape)
+        np.testing.assert_allclose(predictions.sum(axis=1), 1.0)
+
+
+def test_a_wrong_value_in_a_columnar_body_names_its_row_and_column(client, registered) -> None:  # noqa: F811
+    records = [dict(r) for r in registered["records"][:5]]
+    records[2]["amount"] = True
+    response = client.post("/predict", json={"dataframe_split": split_of(records)})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "dataframe_split.data[2].amount: Input should be a valid number"
+
+
+@pytest.fixture(scope="module")
+def server(registered: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
+    port, log = free_port(), tmp_path_factory.mktemp("protocols") / "api.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SERVE_MODEL_URI": f"models:/{MODEL}@{CHAMPION}"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ml.serve", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    try:
+        wait_until_answering(f"http://127.0.0.1:{port}/ready", process, log, timeout_s=120)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_mlflows_own_scoring_client_switches_by_changing_the_url(server, client, registered) -> None:  # noqa: F811
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    host, port = server.split(":")
+    scoring = ScoringServerClient(host, port)
+    scoring.wait_server_ready(timeout=30)
+    frame = pd.DataFrame(registered["records"][:40])
+    frame.loc[0, "amount"] = np.nan  # MLflow's client writes a DataFrame's missing value as NaN
+    predictions = np.asarray(scoring.invoke(frame).get_predictions())
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    np.testing.assert_allclose(predictions[:, 1], expected(client, records), rtol=1e-9)
+
+
+def test_tritons_http_client_speaks_the_open_inference_protocol(server, client, registered) -> None:  # noqa: F811
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    records = registered["records"][:64]
+    frame = pd.DataFrame(records)
+    triton_client = triton.InferenceServerClient(url=server)
+    assert triton_client.is_server_live() and triton_client.is_server_ready()
+    assert triton_client.is_model_ready(MODEL)
+    metadata = triton_client.get_model_metadata(MODEL)
+    categorical = set(registered["manifest"]["categorical"])
+    assert {i["name"]: i["datatype"] for i in metadata["inputs"]} == {
+        name: "BYTES" if name in categorical else "FP64" for name in registered["manifest"]["features"]
+    }
+    scores = expected(client, records)
+    for binary in (True, False):
+        inputs = []
+        for name in registered["manifest"]["features"]:
+            values = frame[name].to_numpy(dtype=object if name in categorical else np.float64)
+            tensor = triton.InferInput(name, [len(frame)], "BYTES" if name in categorical else "FP64")
+            tensor.set_data_from_numpy(values, binary_data=binary)
+            inputs.append(tensor)
+        outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("probability", "decision")]
+        result = triton_client.infer(MODEL, inputs, outputs=outputs)
+        np.testing.assert_allclose(
+            result.as_numpy("probability"), scores, rtol=1e-9, err_msg=f"binary={binary}"
+        )
+        threshold = result.get_response()["parameters"]["threshold"]
+        np.testing.assert_array_equal(result.as_numpy("decision"), scores >= threshold)
+    with pytest.raises(InferenceServerException, match="is not served here"):
+        triton_client.get_model_metadata("another-model")
+    wrong = triton.InferInput("amount", [1], "FP64")
+    wrong.set_data_from_numpy(np.array([1.0]), binary_data=False)
+    with pytest.raises(InferenceServerException, match="Field required"):
+        triton_client.infer(MODEL, [wrong])
