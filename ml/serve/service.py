@@ -129,8 +129,7 @@ class Service:
             row, column = map(int, np.argwhere(overflowed)[0])
             raise Problem(422, f"{overflow(row, self.scorer.features[column])} is beyond float32's range")
         scores = self._score(matrix, len(matrix))
-        for score in scores:
-            metrics.PREDICTION_SCORE.observe(float(score))
+        metrics.observe_many(metrics.PREDICTION_SCORE, scores)
         positives = int((scores >= self.card.threshold).sum())
         if positives:
             metrics.PREDICTIONS.labels(decision="positive").inc(positives)

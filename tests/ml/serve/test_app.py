@@ -381,3 +381,26 @@ def test_make_serve_refuses_an_unreleased_champion_before_starting(registered, m
         check(f"models:/{UNRELEASED}@{CHAMPION}", UNRELEASED)
     monkeypatch.setenv("SERVE_ALLOW_UNRELEASED", "true")
     check(f"models:/{UNRELEASED}@{CHAMPION}", UNRELEASED)
+
+
+def test_observing_a_batchs_scores_at_once_equals_observing_them_one_by_one() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from ml.serve.metrics import PREDICTION_SCORE, observe_many
+
+    registry = CollectorRegistry()
+    bounds = PREDICTION_SCORE._upper_bounds[:-1]  # as the histogram was declared (without +Inf)
+    one_by_one = Histogram("one", "one", buckets=bounds, registry=registry)
+    at_once = Histogram("many", "many", buckets=bounds, registry=registry)
+    values = np.concatenate([np.random.default_rng(0).random(5_000), [0.0, 0.05, 0.5, 1.0, 0.05000001]])
+    for value in values:
+        one_by_one.observe(float(value))
+    observe_many(at_once, values)
+    samples = {
+        family.name: {(s.name.split("_", 1)[1], s.labels.get("le")): s.value for s in family.samples
+                      if "created" not in s.name}
+        for family in registry.collect()
+    }  # fmt: skip
+    total = samples["one"].pop(("sum", None))
+    assert samples["many"].pop(("sum", None)) == pytest.approx(total, rel=1e-12)
+    assert samples["one"] == samples["many"]  # every bucket's count, and the count
