@@ -118,16 +118,16 @@ def columns_matrix(
     return json_matrix(service.scorer, columns, rows, where), columns
 
 
-def scored(
+async def scored(
     service: Service, matrix: np.ndarray, columns: Mapping[str, Sequence[Any]], what: str
 ) -> np.ndarray:
-    return service.score(matrix, lambda row, name: f"{what}[{row}].{name}: {columns[name][row]}")
+    return await service.score(matrix, lambda row, name: f"{what}[{row}].{name}: {columns[name][row]}")
 
 
-def predict_split(service: Service, payload: dict[str, Any]) -> dict[str, Any]:
+async def predict_split(service: Service, payload: dict[str, Any]) -> dict[str, Any]:
     """``/predict`` with columnar JSON: the scores by column."""
     matrix, columns = split_matrix(service, payload["dataframe_split"], "dataframe_split")
-    scores = scored(service, matrix, columns, "dataframe_split.data")
+    scores = await scored(service, matrix, columns, "dataframe_split.data")
     threshold = service.card.threshold
     return {
         "model_name": service.card.name,
@@ -142,7 +142,7 @@ def predict_split(service: Service, payload: dict[str, Any]) -> dict[str, Any]:
 MLFLOW_SHAPES = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
-def invocations(service: Service, body: bytes) -> dict[str, Any]:
+async def invocations(service: Service, body: bytes) -> dict[str, Any]:
     """MLflow's scoring protocol: the positive and negative class's probability of each row, as the model's pyfunc
     (``predict_proba``) gives them to ``mlflow models serve``."""
     payload = _object(_mlflow_json(body), "the body")
@@ -161,7 +161,7 @@ def invocations(service: Service, body: bytes) -> dict[str, Any]:
         matrix, columns = records_matrix(service, value, shape)
     else:
         matrix, columns = columns_matrix(service, value, shape)
-    scores = scored(service, matrix, columns, shape)
+    scores = await scored(service, matrix, columns, shape)
     return {"predictions": np.column_stack([1.0 - scores, scores]).tolist()}
 
 
@@ -182,7 +182,7 @@ def _mlflow_json(body: bytes) -> Any:
 # -- Arrow IPC streams ------------------------------------------------------------------------------------
 
 
-def predict_arrow(service: Service, body: bytes) -> bytes:
+async def predict_arrow(service: Service, body: bytes) -> bytes:
     """``/predict`` with an Arrow stream: a stream of ``probability`` and ``decision``."""
     import pyarrow as pa
 
@@ -195,7 +195,9 @@ def predict_arrow(service: Service, body: bytes) -> bytes:
     matrix = arrow_matrix(
         service.scorer, table, lambda name, row: f"{name}[{row}]" if row is not None else name
     )
-    scores = service.score(matrix, lambda row, name: f"{name}[{row}]: {table.column(name)[row].as_py()}")
+    scores = await service.score(
+        matrix, lambda row, name: f"{name}[{row}]: {table.column(name)[row].as_py()}"
+    )
     card = service.card
     result = pa.table(
         {"probability": scores, "decision": scores >= card.threshold},
@@ -261,7 +263,9 @@ def _tensor_values(tensor: dict[str, Any], raw: bytes | None, where: str) -> lis
     return values
 
 
-def infer(service: Service, body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[bytes]]:
+async def infer(
+    service: Service, body: bytes, header_length: str | None
+) -> tuple[dict[str, Any], list[bytes]]:
     """``POST /v2/models/{name}/infer``: the JSON answer, and the outputs' bytes when they were asked for
     binary (then the answer's JSON is followed by them)."""
     if header_length is not None:
@@ -300,7 +304,7 @@ def infer(service: Service, body: bytes, header_length: str | None) -> tuple[dic
     check_rows(count, service.settings.max_batch_size, "inputs")
     matrix = json_matrix(service.scorer, columns, count,
                          lambda name, row: f"inputs.{name}[{row}]" if row is not None else f"inputs.{name}")  # fmt: skip
-    scores = service.score(matrix, lambda row, name: f"inputs.{name}[{row}]: {columns[name][row]}")
+    scores = await service.score(matrix, lambda row, name: f"inputs.{name}[{row}]: {columns[name][row]}")
     decisions = scores >= service.card.threshold
     return _answer(service, request, scores, decisions)
 

@@ -102,12 +102,12 @@ async def predict(request: Request) -> Response:
         return json_response({"detail": holder.error or "model is loading"}, status_code=503)
     body = await request.body()
     if media == protocols.ARROW_STREAM:
-        return Response(protocols.predict_arrow(service, body), media_type=protocols.ARROW_STREAM)
+        return Response(await protocols.predict_arrow(service, body), media_type=protocols.ARROW_STREAM)
     payload = protocols.parse_json(body)
     if isinstance(payload, dict) and set(payload) == {"dataframe_split"}:
-        return json_response(protocols.predict_split(service, payload))
+        return json_response(await protocols.predict_split(service, payload))
     records, batch = service.records_of(payload)
-    return json_response(service.predict(records, batch))
+    return json_response(await service.predict(records, batch))
 
 
 # -- MLflow's scoring protocol ---------------------------------------------------------------------------
@@ -132,7 +132,7 @@ async def invocations(request: Request) -> Response:
         service = _holder(request).service
         if service is None:
             return mlflow_error(503, _holder(request).error or "model is loading")
-        return json_response(protocols.invocations(service, await request.body()))
+        return json_response(await protocols.invocations(service, await request.body()))
     except Problem as problem:
         return mlflow_error(problem.status, problem.message)
 
@@ -209,7 +209,7 @@ async def v2_infer(request: Request, name: str, version: str | None = None) -> R
             check_json(request, "application/octet-stream")
         service = _served(request, name, version)
         header = request.headers.get(protocols.BINARY_HEADER)
-        answer, raws = protocols.infer(service, await request.body(), header)
+        answer, raws = await protocols.infer(service, await request.body(), header)
     except Problem as problem:
         return v2_error(problem.status, problem.message)
     document = orjson.dumps(answer)

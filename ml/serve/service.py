@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -68,12 +69,54 @@ def describe(error: ValidationError, batch: bool) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+#: Requests of at least this many rows are scored in a worker thread (1,000 rows take about 5 ms).
+THREADED_ROWS = 1000
+
+
+class Batcher:
+    """Score the matrices of the requests that arrive in one turn of the event loop with one call to ``predict``.
+
+    The first request of a turn schedules the call for the loop's next step; those that arrive before it joins
+    it. Nothing waits for company: a lone request is scored at the next step, as it would have been.
+    """
+
+    def __init__(self, predict: Any) -> None:
+        self.predict = predict
+        self.pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+
+    async def score(self, matrix: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((matrix, future))
+        return await future
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        try:
+            scores = self.predict(
+                pending[0][0] if len(pending) == 1 else np.concatenate([m for m, _ in pending])
+            )
+        except Exception as err:  # each request's own failure (a 500 for each, as unbatched)
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(err)
+            return
+        start = 0
+        for matrix, future in pending:
+            if not future.done():  # its client may have left
+                future.set_result(scores[start : start + len(matrix)])
+            start += len(matrix)
+
+
 class Service:
     """The loaded model and what validating and scoring a request needs."""
 
     def __init__(self, card: ModelCard, scorer: Scorer, settings: Settings, tracer: Any = None) -> None:
         self.card, self.scorer, self.settings, self.tracer = card, scorer, settings, tracer
         self.record = record_model(card)
+        self.batcher = Batcher(scorer.predict)
         self.records: TypeAdapter[list[Any]] = TypeAdapter(list[self.record])  # type: ignore[name-defined]
 
     def parse(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
@@ -105,13 +148,13 @@ class Service:
             raise Problem(422, describe(err, batch)) from err
         return records, batch
 
-    def predict(self, records: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
+    async def predict(self, records: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
         """Score validated records: a ``PredictResponse`` as a plain dict."""
 
         def overflow(row: int, column: str) -> str:
             return f"{f'instances[{row}].' if batch else ''}{column}: {records[row][column]}"
 
-        scores = self.score(self.scorer.matrix(records), overflow)
+        scores = await self.score(self.scorer.matrix(records), overflow)
         threshold = self.card.threshold
         return {
             "model_name": self.card.name,
@@ -120,15 +163,25 @@ class Service:
             "predictions": [{"probability": float(s), "decision": bool(s >= threshold)} for s in scores],
         }
 
-    def score(self, matrix: np.ndarray, overflow: Any) -> np.ndarray:
+    async def score(self, matrix: np.ndarray, overflow: Any) -> np.ndarray:
         """The positive-class probability of each row of an encoded matrix, counted in the metrics; a 422 for a
-        number beyond float32's range, named by ``overflow(row, column)`` (its place and value)."""
+        number beyond float32's range, named by ``overflow(row, column)`` (its place and value).
+
+        A small request is scored together with the others that arrived in the same turn of the event loop (one
+        call into the model for all: its fixed cost, about 100 us, is paid once); a large one in a worker thread,
+        so that the loop goes on answering meanwhile (XGBoost releases the GIL while it predicts).
+        """
         overflowed = np.isinf(matrix)
         if overflowed.any():
             # The model scores float32: a number of larger magnitude would reach it as infinity.
             row, column = map(int, np.argwhere(overflowed)[0])
             raise Problem(422, f"{overflow(row, self.scorer.features[column])} is beyond float32's range")
-        scores = self._score(matrix, len(matrix))
+        if self.tracer is not None:
+            scores = self._score(matrix, len(matrix))
+        elif len(matrix) >= THREADED_ROWS:
+            scores = await asyncio.to_thread(self.scorer.predict, matrix)
+        else:
+            scores = await self.batcher.score(matrix)
         metrics.observe_many(metrics.PREDICTION_SCORE, scores)
         positives = int((scores >= self.card.threshold).sum())
         if positives:
@@ -152,6 +205,17 @@ class Service:
                 }
             )
         return scores
+
+
+def settle_memory() -> None:
+    """Keep the garbage collector's full passes off the hot path: what is in memory once a model has loaded (the
+    libraries, the model) is moved out of the collector's sight (``gc.freeze``), so that a collection scans only what
+    requests allocate. Without it, a full pass over the libraries' millions of objects stalls the event loop for
+    about 100 ms several times a second under load: measured with 8 concurrent clients, a p99 latency of 120 ms
+    against 2.6 ms. What a previous model left is unfrozen and collected first."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class ModelHolder:
@@ -196,6 +260,7 @@ class ModelHolder:
             self.loading = None
         previous = self.service
         self.service, self.error = Service(card, scorer, self.settings, self.tracer), None
+        settle_memory()
         if previous is not None:
             metrics.MODEL_INFO.remove(previous.card.name, previous.card.version)
         metrics.MODEL_INFO.labels(model_name=card.name, model_version=card.version).set(1)

@@ -28,7 +28,8 @@ class Settings(ServingRules):
     model_config = SettingsConfigDict(env_prefix="SERVE_", protected_namespaces=())
 
     model_uri: str
-    max_batch_size: int = 1000
+    # Most rows one scoring request may carry, whatever its shape (the body limit bounds JSON first).
+    max_batch_size: int = 10_000
     # Largest request body, counted as it arrives (chunked bodies too): beyond it, 413 and the connection closes.
     max_body_bytes: PositiveInt = 2_000_000
     tracing: bool = False
