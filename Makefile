@@ -66,6 +66,10 @@ TRIVY_VERSION := 0.76.0.1
 TRIVY := $(TOOLS)/trivy/bin/trivy
 TRIVY_CONFIG := $(TRIVY) config --quiet --exit-code 1 --skip-check-update --skip-version-check --disable-telemetry \
 	--cache-dir $(TOOLS)/trivy/cache --tf-exclude-downloaded-modules
+# MLServer (Seldon's server, with its XGBoost runtime), the peer `make bench-serve` measures against: a venv of its
+# own (its pins clash with the project's), with the project's XGBoost so that its scores are the model's.
+MLSERVER_VERSION := 1.7.1
+MLSERVER := $(TOOLS)/mlserver/bin/mlserver
 # The `tf` framework runs the test suite's Terraform provider; it pins an older protobuf than the project.
 TF_FRAMEWORK_VERSION := 1.2.0
 FIXTURE_PROVIDER := $(TOOLS)/fixture-provider/bin/python
@@ -136,6 +140,11 @@ airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
 $(CHECKOV): | $(UV)
 	$(PYTHON) -m venv $(TOOLS)/checkov
 	$(TOOLS)/checkov/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+
+$(MLSERVER): | $(UV) install
+	$(UV) venv --quiet --python $(PYTHON) $(TOOLS)/mlserver
+	$(UV) pip install --quiet --python $(TOOLS)/mlserver/bin/python mlserver==$(MLSERVER_VERSION) \
+		mlserver-xgboost==$(MLSERVER_VERSION) xgboost==$$($(RUN) -c 'import xgboost; print(xgboost.__version__)')
 
 $(TRIVY): | $(UV)
 	$(PYTHON) -m venv $(TOOLS)/trivy
@@ -223,9 +232,9 @@ bench-gpu: install
 bench-quality: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_quality $(ARGS)
 
-bench-serve: install
+bench-serve: install $(MLSERVER)
 	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
-	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_serve
+	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_serve --mlserver $(MLSERVER) $(ARGS)
 
 serve: install mlflow-up
 	MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) PYTHONPATH=$(CURDIR):$(CURDIR)/plugins \
