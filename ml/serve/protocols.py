@@ -188,7 +188,7 @@ async def predict_arrow(service: Service, body: bytes) -> bytes:
 
     try:
         table = pa.ipc.open_stream(body).read_all()
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError) as err:
         raise Problem(400, f"the body is not an Arrow IPC stream: {err}") from err
     check_names(table.column_names, service.scorer, lambda name, row: name)
     check_rows(table.num_rows, service.settings.max_batch_size, "the table")
@@ -244,11 +244,16 @@ def _tensor_values(tensor: dict[str, Any], raw: bytes | None, where: str) -> lis
         if datatype == "BYTES":
             values, offset = [], 0
             while offset < len(raw):
+                if offset + 4 > len(raw):
+                    raise Problem(422, f"{where}: its bytes end inside an element's length")
                 (size,) = struct.unpack_from("<I", raw, offset)
                 values.append(raw[offset + 4 : offset + 4 + size].decode("utf-8", "replace"))
                 offset += 4 + size
         elif datatype in NUMBER_TYPES:
-            values = np.frombuffer(raw, dtype=NUMBER_TYPES[datatype]).astype(np.float64).tolist()
+            kind = np.dtype(NUMBER_TYPES[datatype])
+            if len(raw) % kind.itemsize:
+                raise Problem(422, f"{where}: {len(raw)} bytes are not a whole number of {datatype} values")
+            values = np.frombuffer(raw, dtype=kind).astype(np.float64).tolist()
         else:
             raise Problem(422, f"{where}.datatype: {datatype!r} is not a number type nor BYTES")
     else:
@@ -288,7 +293,7 @@ async def infer(
     for tensor in inputs:
         name = tensor.get("name")
         where = f"inputs.{name}"
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(tensor).get("binary_data_size")
         raw = None
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -309,11 +314,23 @@ async def infer(
     return _answer(service, request, scores, decisions)
 
 
+def _parameters(part: dict[str, Any]) -> dict[str, Any]:
+    """A request's, tensor's or output's ``parameters`` (an object, or none)."""
+    parameters = part.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise Problem(422, f"parameters: must be an object, not {type(parameters).__name__}")
+    return parameters
+
+
 def _answer(
     service: Service, request: dict[str, Any], scores: np.ndarray, decisions: np.ndarray
 ) -> tuple[dict[str, Any], list[bytes]]:
-    every_binary = bool((request.get("parameters") or {}).get("binary_data_output"))
+    every_binary = bool(_parameters(request).get("binary_data_output"))
     asked = request.get("outputs") or [{"name": "probability"}, {"name": "decision"}]
+    if not isinstance(asked, list):
+        raise Problem(422, "outputs: must be a list of the outputs wanted")
     values = {"probability": ("FP64", scores.astype("<f8")), "decision": ("BOOL", decisions.astype(bool))}
     outputs, raws = [], []
     for wanted in asked:
@@ -322,7 +339,7 @@ def _answer(
             raise Problem(422, f"outputs: {name!r} is not an output of the model (probability, decision)")
         datatype, array = values[name]
         output: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [len(array)]}
-        if every_binary or (wanted.get("parameters") or {}).get("binary_data"):
+        if every_binary or _parameters(wanted).get("binary_data"):
             raw = array.tobytes()
             output["parameters"] = {"binary_data_size": len(raw)}
             raws.append(raw)

@@ -201,3 +201,50 @@ def test_tritons_http_client_speaks_the_open_inference_protocol(server, client, 
     wrong.set_data_from_numpy(np.array([1.0]), binary_data=False)
     with pytest.raises(InferenceServerException, match="Field required"):
         triton_client.infer(MODEL, [wrong])
+
+
+def v2_inputs(registered: dict[str, Any]) -> list[dict[str, Any]]:  # noqa: F811
+    record = registered["records"][0]
+    categorical = set(registered["manifest"]["categorical"])
+    return [{"name": name, "shape": [1], "datatype": "BYTES" if name in categorical else "FP64",
+             "data": [record[name]]} for name in registered["manifest"]["features"]]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda body: {**body, "parameters": [1]}, "parameters: must be an object"),
+        (lambda body: {**body, "outputs": 3}, "outputs: must be a list"),
+        (lambda body: {**body, "outputs": [{"name": "margin"}]}, "'margin' is not an output"),
+        (
+            lambda body: {"inputs": [{**t, "shape": [1, 2]} for t in body["inputs"]]},
+            "a feature is one value a row",
+        ),
+        (
+            lambda body: {"inputs": [{**t, "shape": [2]} for t in body["inputs"]]},
+            "has 1 values for the shape [2]",
+        ),
+        (
+            lambda body: {"inputs": [{**t, "datatype": "BOOL"} for t in body["inputs"]]},
+            "is not a number type",
+        ),
+    ],
+)
+def test_a_broken_inference_request_is_a_4xx_naming_the_part(client, registered, change, message) -> None:  # noqa: F811
+    body = change({"inputs": v2_inputs(registered)})
+    response = client.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["error"]
+
+
+def test_binary_tensors_that_end_early_are_a_4xx(client, registered) -> None:  # noqa: F811
+    import orjson
+
+    inputs = v2_inputs(registered)
+    inputs[0] = {**inputs[0], "parameters": {"binary_data_size": 2}}
+    inputs[0].pop("data")
+    header = orjson.dumps({"inputs": inputs})
+    response = client.post(f"/v2/models/{MODEL}/infer", content=header + b"\x07\x00",
+                           headers={"Content-Type": "application/octet-stream",
+                                    "Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    assert response.status_code == 422, response.text
