@@ -208,14 +208,75 @@ def test_promql_names_only_metrics_and_labels_the_api_exports() -> None:
     assert used_labels and used_labels <= labels, used_labels - labels
 
 
-def test_four_alerts_with_severity_and_description() -> None:
-    rules = kinds(render())["PrometheusRule"][0]["spec"]["groups"][0]["rules"]
-    assert [r["alert"] for r in rules] == [
-        "InferenceApiHighErrorRate", "InferenceApiHighLatency", "InferenceApiDown", "InferenceApiPredictionDrift",
+def alert_rules() -> list[dict[str, Any]]:
+    groups = kinds(render())["PrometheusRule"][0]["spec"]["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_every_alert_has_a_severity_a_description_and_a_runbook_in_the_repository() -> None:
+    rules = alert_rules()
+    assert sorted({r["alert"] for r in rules}) == [
+        "InferenceApiAvailabilityBudgetBurn", "InferenceApiDown", "InferenceApiLatencyBudgetBurn",
+        "InferenceApiPredictionDrift",
     ]  # fmt: skip
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"{VALUES['monitoring']['runbookBaseUrl']}/{rule['alert']}.md"
+        runbook = ROOT / "docs" / "runbooks" / f"{rule['alert']}.md"
+        text = runbook.read_text()
+        for part in ("**What it means.**", "**Confirm.**", "**Mitigate.**", "Pause releases"):
+            assert part.lower() in text.lower(), f"{runbook.name} has no {part}"
+    assert (ROOT / "docs" / "incident.md").exists()
+
+
+def test_burn_rate_alerts_pair_a_long_and_a_short_window_at_thresholds_from_the_values() -> None:
+    slo = VALUES["monitoring"]["slo"]
+    recorded = {
+        rule["record"]
+        for group in kinds(render())["PrometheusRule"][0]["spec"]["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    burns = [r for r in alert_rules() if r["alert"].endswith("BudgetBurn")]
+    pairs = {(r["alert"], r["labels"]["burn"]): r["expr"] for r in burns}
+    objectives = {"InferenceApiAvailabilityBudgetBurn": ("errors", slo["availability"]),
+                  "InferenceApiLatencyBudgetBurn": ("slow", slo["latency"])}  # fmt: skip
+    windows = {"fast": ("1h", "5m", slo["fastBurnRate"]), "slow": ("6h", "30m", slo["slowBurnRate"])}
+    assert set(pairs) == {(a, b) for a in objectives for b in windows}
+    for (alert, speed), expr in pairs.items():
+        sli, objective = objectives[alert]
+        long, short, rate = windows[speed]
+        threshold = re.findall(r"> ([0-9.e-]+)", expr)
+        assert len(threshold) == 2 and all(
+            float(t) == pytest.approx(rate * (1 - objective)) for t in threshold
+        )
+        used = set(re.findall(r"inference_api:slo_[a-z]+:ratio_rate[0-9a-z]+", expr))
+        assert used == {
+            f"inference_api:slo_{sli}:ratio_rate{long}",
+            f"inference_api:slo_{sli}:ratio_rate{short}",
+        }
+        assert used <= recorded
+    # The budget's own window, for what reads the budget left.
+    assert f"inference_api:slo_errors:ratio_rate{slo['windowDays']}d" in recorded
+
+
+def test_the_latency_objective_is_one_of_the_apis_histogram_buckets() -> None:
+    """The latency SLI counts the requests under the objective from the histogram's bucket with that bound: a
+    bound the API does not export would count none, and the alert would fire or stay silent for no reason."""
+    from prometheus_client.utils import floatToGoString
+
+    seconds = VALUES["monitoring"]["slo"]["latencySeconds"]
+    bounds = [floatToGoString(b) for b in metrics.HTTP_DURATION._kwargs["buckets"]]
+    assert floatToGoString(seconds) in bounds
+    expr = next(
+        r["expr"]
+        for g in kinds(render())["PrometheusRule"][0]["spec"]["groups"]
+        for r in g["rules"]
+        if r.get("record") == "inference_api:slo_slow:ratio_rate5m"
+    )
+    assert f'le="{floatToGoString(seconds)}"' in expr
 
 
 def test_the_autoscaler_follows_cpu_memory_and_requests_per_pod() -> None:
