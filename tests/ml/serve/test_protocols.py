@@ -4,19 +4,20 @@ Inference Protocol v2, each against a real registered model; the protocols throu
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tests.conftest import ROOT, free_port
-from tests.helpers import CHAMPION, wait_until_answering
+from ml.serve.app import create_app
+from ml.serve.settings import Settings
+from tests.conftest import free_port
+from tests.helpers import CHAMPION
 from tests.ml.serve.test_app import MODEL, client, registered  # noqa: F401 - the fixtures shared with the API tests
 
 
@@ -138,19 +139,32 @@ def test_a_wrong_value_in_a_columnar_body_names_its_row_and_column(client, regis
 
 
 @pytest.fixture(scope="module")
-def server(registered: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
-    port, log = free_port(), tmp_path_factory.mktemp("protocols") / "api.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SERVE_MODEL_URI": f"models:/{MODEL}@{CHAMPION}"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ml.serve", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
+def server(registered: dict[str, Any]) -> Iterator[str]:  # noqa: F811
+    """The API on a real HTTP server on loopback (uvicorn, in a thread of this process: the clients' requests go
+    through the network stack and the same app ``python -m ml.serve`` runs)."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    app = create_app(Settings(model_uri=f"models:/{MODEL}@{CHAMPION}"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     try:
-        wait_until_answering(f"http://127.0.0.1:{port}/ready", process, log, timeout_s=120)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the API did not become ready"
+            time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def test_mlflows_own_scoring_client_switches_by_changing_the_url(server, client, registered) -> None:  # noqa: F811
