@@ -139,6 +139,7 @@ def test_the_refit_learns_from_validation_rows_too_for_the_rounds_early_stopping
     assert not np.allclose(refit_scores, dask.validation_scores)  # the early-stopped model's are kept
 
 
+@pytest.mark.long
 def test_the_train_stage_logs_a_model_that_loads_and_scores_with_distributed_dask(
     mlflow_server: str, prepared: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -106,12 +106,10 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
     ("fault", "failed_metric"),
     [
         ("error", "success-rate"),  # every request a 500
-        ("slow", "latency-p99"),
+        pytest.param("slow", "latency-p99", marks=pytest.mark.long),
         ("contract", "client-errors"),  # a new required input: every request a 422, no 5xx at all
-        (
-            "high",
-            "positive-share-shift",
-        ),  # scores shifted high: every transaction flagged, every answer a 200
+        # Scores shifted high: every transaction flagged, every answer a 200.
+        pytest.param("high", "positive-share-shift", marks=pytest.mark.long),
     ],
 )
 def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
