@@ -8,6 +8,7 @@ code as one piece each.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -37,7 +38,8 @@ class Pieces:
     def published(cls, prepared_uri: str, name: str) -> Pieces:
         """The row groups of the split ``name`` (``train``, ...) that ``ml.prepare`` published at ``prepared_uri``."""
         groups = row_groups(prepared_uri, name)
-        return cls([_group_loader(prepared_uri, name, group) for group in range(len(groups))], sum(groups))
+        split = _SplitFile(prepared_uri, name)
+        return cls([functools.partial(split.read, group) for group in range(len(groups))], sum(groups))
 
     def __add__(self, other: Pieces) -> Pieces:
         return Pieces(self.loaders + other.loaders, self.rows + other.rows)
@@ -71,18 +73,23 @@ def _frame_loader(frame: pd.DataFrame) -> Loader:
     return load
 
 
-def _group_loader(prepared_uri: str, name: str, group: int) -> Loader:
-    def load(columns: Sequence[str] | None) -> pd.DataFrame:
+class _SplitFile:
+    """A published split's Parquet file, opened on the first read and kept open: its footer is parsed once, not
+    once a row group and a pass (on S3, a request each)."""
+
+    def __init__(self, prepared_uri: str, name: str) -> None:
+        self.prepared_uri, self.name = prepared_uri, name
+        self.parquet: Any = None
+
+    def read(self, group: int, columns: Sequence[str] | None) -> pd.DataFrame:
         import pyarrow.parquet as pq
 
-        with pq.ParquetFile(
-            filesystem(prepared_uri).open_input_file(split_path(prepared_uri, name))
-        ) as parquet:
-            return parquet.read_row_group(
-                group, columns=None if columns is None else list(columns)
-            ).to_pandas()
-
-    return load
+        if self.parquet is None:
+            source = filesystem(self.prepared_uri).open_input_file(split_path(self.prepared_uri, self.name))
+            self.parquet = pq.ParquetFile(source)
+        return self.parquet.read_row_group(
+            group, columns=None if columns is None else list(columns)
+        ).to_pandas()
 
 
 def row_groups(prepared_uri: str, name: str) -> list[int]:

@@ -87,3 +87,17 @@ def wait_until_answering(
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
+
+
+def dask_operator_chart() -> Path:
+    """The Dask Kubernetes operator's chart, as the installed dask-kubernetes ships it (the version the Makefile
+    installs in the cluster)."""
+    import dask_kubernetes
+
+    return (
+        Path(dask_kubernetes.__file__).parent
+        / "operator"
+        / "deployment"
+        / "helm"
+        / "dask-kubernetes-operator"
+    )

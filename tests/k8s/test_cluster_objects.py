@@ -17,6 +17,7 @@ import yaml
 from kubernetes.utils import parse_quantity
 
 from mlops.platform_config import load_platform
+from tests.helpers import dask_operator_chart
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"
@@ -220,17 +221,9 @@ def test_the_train_stage_may_create_dask_clusters_in_its_namespace_and_nothing_e
 def test_the_dask_operator_renders_with_our_values_and_acts_on_the_pipelines_namespace_only() -> None:
     """The operator's chart, as the installed dask-kubernetes ships it (the version the Makefile installs), with
     k8s/dask-operator/values.yaml: valid objects, its pod restricted and watching ml-pipelines alone."""
-    import dask_kubernetes
-
     from standins.render import render
 
-    chart = (
-        Path(dask_kubernetes.__file__).parent
-        / "operator"
-        / "deployment"
-        / "helm"
-        / "dask-kubernetes-operator"
-    )
+    chart = dask_operator_chart()
     values = yaml.safe_load((ROOT / "k8s" / "dask-operator" / "values.yaml").read_text())
     rendered = render(chart, values, release="dask-operator", namespace="dask-operator")
     for obj in rendered:

@@ -27,7 +27,7 @@ from ml.train import Fit, TrainResult, booster_params, fit_model, refit_rounds
 from mlops.dask_cluster import dask_cluster
 from mlops.platform_config import load_platform
 from tests.conftest import free_port
-from tests.helpers import register_evaluated, train_arguments, train_config
+from tests.helpers import dask_operator_chart, register_evaluated, train_arguments, train_config
 
 KUBERNETES_VERSION = "1.33.0"
 #: Small enough for 2 cores, with positives enough (5%) for a validation average precision that is not noise.
@@ -175,15 +175,7 @@ def test_pieces_cover_each_row_once_a_row_group_each_or_slices_when_workers_outn
 
 def daskcluster_schema() -> dict[str, Any]:
     """The DaskCluster CRD's schema, as the operator's chart of the installed dask-kubernetes installs it."""
-    import dask_kubernetes
-
-    chart = (
-        Path(dask_kubernetes.__file__).parent
-        / "operator"
-        / "deployment"
-        / "helm"
-        / "dask-kubernetes-operator"
-    )
+    chart = dask_operator_chart()
     crd = chart / "crds" / "daskcluster.yaml"
     return dict(yaml.safe_load(crd.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
 
