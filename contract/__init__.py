@@ -152,6 +152,12 @@ RELEASE_TAG = "mlops.release"
 RELEASE_REASON_TAG = "mlops.release_reason"
 RELEASE_PLANNED = "planned"
 RELEASE_SKIPPED = "skipped"
+#: The deploy step's error-budget policies (``ml/release/budget.py``): refuse a release while an SLO's error budget
+#: is spent (or unreadable), release anyway and record it (the form's override), or read no budget.
+ERROR_BUDGET_ENFORCE, ERROR_BUDGET_OVERRIDE, ERROR_BUDGET_OFF = "enforce", "override", "off"
+#: The error budgets read before a version's release (JSON: the policy, each SLO's figures, whether a spent or
+#: unreadable budget was overridden, and by whom): the release decision's record.
+ERROR_BUDGET_TAG = "mlops.error_budget"
 
 # -- Rollouts -----------------------------------------------------------------------------------------------
 

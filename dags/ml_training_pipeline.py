@@ -17,7 +17,7 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 | `gate` | worker | continues only on a `pass` decision; a missing or malformed evaluation fails the run |
 | `register` | pod, CPU | one model version per DAG run, tagged with its interval and release plan; alias `challenger` if it will be released (a run not to be released registers for the record without having to beat `champion`) |
 | `release_gate` | worker | continues to the release only for the newest interval (never for a backfill); the log says why not |
-| `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's); refuses to start if `champion` moved since evaluation |
+| `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's); refuses to start if `champion` moved since evaluation, or while the API's SLOs have spent their error budget (the form can override; the version records it) |
 | `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), slow (alert), or paused by an inconclusive analysis (needs a person: alert, nothing promoted or rolled back) |
 | `promote` | pod, CPU | tags the version with the verdict (promoted, aborted, refused) and figures; on Healthy, moves `champion` by compare-and-set |
 | `announce_champion` | worker | when `champion` moved: an event on the `<model>@champion` asset (model, version, metrics) |
@@ -53,7 +53,18 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
-from contract import DASK_CLUSTER_ENV, DEVICES, DISTRIBUTED_MODES, FAIL, MODEL_TYPES, PASS, TUNING_STORAGE_ENV
+from contract import (
+    DASK_CLUSTER_ENV,
+    DEVICES,
+    DISTRIBUTED_MODES,
+    ERROR_BUDGET_ENFORCE,
+    ERROR_BUDGET_OFF,
+    ERROR_BUDGET_OVERRIDE,
+    FAIL,
+    MODEL_TYPES,
+    PASS,
+    TUNING_STORAGE_ENV,
+)
 from mlops.assets import champion_asset, prepared_asset, source_asset, weekly_partitions_of
 from mlops.dask_cluster import dask_cluster
 from mlops.intervals import RELEASE_CHOICES, macros
@@ -247,6 +258,14 @@ FORM = {
         REGISTRY.model_name, type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Registered model"
     ),
     "seed": Param(TRAINING.seed, type="integer", minimum=0, title="Random seed"),
+    "release_despite_spent_error_budget": Param(
+        False,
+        type="boolean",
+        title="Release despite a spent error budget",
+        description="The error-budget policy refuses a release while the inference API's availability or latency "
+        "SLO has spent its error budget (or the budget cannot be read). On: release anyway, for a fix the service "
+        "needs; recorded on the version with the budgets and who triggered the run",
+    ),
     "release": Param(
         "auto",
         enum=list(RELEASE_CHOICES),
@@ -268,6 +287,12 @@ TUNING_SECRET_ENV = {TUNING_STORAGE_ENV: (TUNING.storage_secret, "url")}
 REGISTERED_NAME = "{{ ti.xcom_pull(task_ids='register')['name'] }}"
 REGISTERED_VERSION = "{{ ti.xcom_pull(task_ids='register')['version'] }}"
 #: The release the pipeline upgrades: the same `helm` commands in the cluster and in the local runtime.
+#: The error-budget policy of the deploy step (ml/release/budget.py): the platform's gate, the form's override.
+ERROR_BUDGET_POLICY = (
+    f"{{{{ '{ERROR_BUDGET_OVERRIDE}' if params.release_despite_spent_error_budget else '{ERROR_BUDGET_ENFORCE}' }}}}"
+    if RELEASE.error_budget_gate
+    else ERROR_BUDGET_OFF
+)
 RELEASE_ARGUMENTS = [
     "--release", RELEASE.name,
     "--namespace", RELEASE.namespace,
@@ -407,6 +432,8 @@ def deploy_stage() -> MLStageOperator:
             "--model-name", REGISTERED_NAME,
             "--model-version", REGISTERED_VERSION,
             "--champion-alias", REGISTRY.production_alias,
+            "--error-budget", ERROR_BUDGET_POLICY,
+            "--requested-by", "{{ dag_run.triggering_user_name or '' }}",
         ],
     )  # fmt: skip
 

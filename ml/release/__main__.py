@@ -11,13 +11,14 @@ Both run ``helm`` from PATH: the cluster's in a pod, the stand-in in the local p
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ml.errors import StageError
-from ml.release import helm
+from ml.release import budget, helm
 from ml.runtime import ArgumentParser
 
 
@@ -41,6 +42,16 @@ def _parser() -> ArgumentParser:
         "--champion-alias",
         help="the production alias: refuse to start if it moved since the version was evaluated, and have the "
         "canary check it again before its last step (reads the version's tags in MLflow)",
+    )
+    deploy.add_argument(
+        "--error-budget",
+        choices=budget.POLICIES,
+        default=budget.OFF,
+        help="read the SLOs' error budgets first: enforce refuses the release while one is spent (or unreadable), "
+        "override releases anyway and records it on the version, off does not read them (default: %(default)s)",
+    )
+    deploy.add_argument(
+        "--requested-by", default="", help="who asked for this release (recorded with an override)"
     )
     rollback = commands.choices["rollback"]
     rollback.add_argument("--revision", type=int, required=True, help="the revision whose release failed")
@@ -68,13 +79,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise StageError(f"--model-version must be a version number, got {args.model_version!r}")
         model_uri = f"models:/{args.model_name}/{args.model_version}"
         champion = _champion_check(args.model_name, args.model_version, args.champion_alias)
-        return asdict(
-            helm.deploy(_helm(args), model_uri=model_uri, image_tag=args.image_tag, champion=champion)
+        deployment = helm.deploy(
+            _helm(args),
+            model_uri=model_uri,
+            image_tag=args.image_tag,
+            champion=champion,
+            error_budget=args.error_budget,
+            requested_by=args.requested_by,
         )
+        if deployment.error_budget:
+            _record_budget(args.model_name, args.model_version, deployment.error_budget)
+        return asdict(deployment)
     if args.to_model_version and not (args.model_name and args.to_model_version.isdigit()):
         raise StageError("--to-model-version needs a version number and --model-name")
     to_model_uri = f"models:/{args.model_name}/{args.to_model_version}" if args.to_model_version else None
     return asdict(helm.rollback(_helm(args), revision=args.revision, to_model_uri=to_model_uri))
+
+
+def _record_budget(name: str, version: str, record: dict[str, Any]) -> None:
+    """The error budgets the release decision read, on the version (a refusal's and an override's record)."""
+    from contract import ERROR_BUDGET_TAG
+    from ml import tracking
+
+    tracking.client().set_model_version_tag(name, version, ERROR_BUDGET_TAG, json.dumps(record))
 
 
 def _champion_check(name: str, version: str, alias: str | None) -> helm.ChampionCheck | None:

@@ -25,7 +25,7 @@ import yaml
 
 from ml import faults
 from ml.errors import StageError, TransientError
-from ml.release import chart
+from ml.release import budget, chart
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,13 @@ class ChampionCheck:
     def moved(self) -> bool:
         return (self.current or "none") != self.expected
 
+    def refusal(self, model_uri: str) -> str:
+        return (
+            f"the champion moved since evaluation: {model_uri} was compared with "
+            f"{'no champion' if self.expected == 'none' else 'v' + self.expected}, but {self.alias} now "
+            f"points at {'v' + self.current if self.current else 'nothing'}"
+        )
+
     def values(self) -> dict[str, Any]:
         """The chart's ``championCheck`` values: empty (no check in the canary) when there was no champion."""
         expected = "" if self.expected == "none" else self.expected
@@ -98,14 +105,24 @@ class Deployment:
     changed: bool
     workload_kind: str
     workload_name: str
-    #: Why the release was refused before it started (the champion moved since evaluation); empty otherwise.
+    #: Why the release was refused before it started (the champion moved since evaluation, or the error budget is
+    #: spent); empty otherwise.
     refused: str = ""
+    #: The error budgets read before the release (``budget.BudgetCheck.record``); empty when not read.
+    error_budget: dict[str, Any] = field(default_factory=dict)
 
 
 def deploy(
-    target: Helm, *, model_uri: str, image_tag: str | None = None, champion: ChampionCheck | None = None
+    target: Helm,
+    *,
+    model_uri: str,
+    image_tag: str | None = None,
+    champion: ChampionCheck | None = None,
+    error_budget: str = budget.OFF,
+    requested_by: str = "",
 ) -> Deployment:
-    """Upgrade the release to serve ``model_uri``, unless it already does or ``champion`` moved since evaluation.
+    """Upgrade the release to serve ``model_uri``, unless it already does, ``champion`` moved since evaluation,
+    or the error budget policy (``error_budget``: ``budget.POLICIES``) stops it.
 
     The pipeline ships models and CI/CD ships images: an upgrade keeps the values of the deployed revision
     (Helm's ``--reset-then-reuse-values``) and changes the model URI, and the image tag only when one is given.
@@ -116,8 +133,22 @@ def deploy(
         values["image"] = {"tag": image_tag}
     history = target.history()
     current = deployed(history)
-    if champion is not None and champion.moved and (current is None or model_of(current)[0] != model_uri):
-        return _refused(target, history, model_uri, champion)
+    starts = current is None or model_of(current)[0] != model_uri
+    if champion is not None and champion.moved and starts:
+        return _refused(target, history, model_uri, champion.refusal(model_uri))
+    budgets = None
+    if error_budget != budget.OFF and starts:
+        budgets = budget.check(
+            target.chart_dir, target.release, target.namespace,
+            current.values if current else {}, target.objects(current.revision) if current else [],
+            policy=error_budget, requested_by=requested_by,
+        )  # fmt: skip
+        log.info("error budget (%s): %s", budgets.source, budgets.figures())
+        if budgets.refuses:
+            return _refused(target, history, model_uri, budgets.reason(), budgets.record())
+        if budgets.overridden:
+            log.warning("released by override%s: %s", f" of {requested_by}" if requested_by else "",
+                        budgets.reason())  # fmt: skip
     serving = registered_name(model_of(current)[0]) if current is not None else None
     if current is not None and serving is not None and serving != registered_name(model_uri):
         raise StageError(
@@ -146,18 +177,20 @@ def deploy(
         changed=changed,
         workload_kind=workload["kind"],
         workload_name=workload["metadata"]["name"],
+        error_budget=budgets.record() if budgets else {},
     )
 
 
-def _refused(target: Helm, history: list[Revision], model_uri: str, champion: ChampionCheck) -> Deployment:
+def _refused(
+    target: Helm,
+    history: list[Revision],
+    model_uri: str,
+    reason: str,
+    error_budget: dict[str, Any] | None = None,
+) -> Deployment:
     """The result of a release that does not start: the live revision stays, the reason is reported."""
     current = deployed(history)
-    reason = (
-        f"the champion moved since evaluation: {model_uri} was compared with "
-        f"{'no champion' if champion.expected == 'none' else 'v' + champion.expected}, but {champion.alias} now "
-        f"points at {'v' + champion.current if champion.current else 'nothing'}; the release is not started"
-    )
-    log.warning("%s", reason)
+    log.warning("%s: the release of %s is not started", reason, model_uri)
     workload: dict[str, Any] = (
         chart.workload(target.objects(current.revision))
         if current
@@ -173,7 +206,8 @@ def _refused(target: Helm, history: list[Revision], model_uri: str, champion: Ch
         changed=False,
         workload_kind=workload["kind"],
         workload_name=workload["metadata"]["name"],
-        refused=reason,
+        refused=f"{reason}; the release is not started",
+        error_budget=error_budget or {},
     )
 
 

@@ -54,6 +54,9 @@ CONNECTIONS_CLOSED = Counter(
 KNOWN_PATHS = frozenset({"/predict", "/invocations", "/health", "/ready", "/metrics"})
 #: The Open Inference Protocol's inference path, whatever model name it carries, is one label.
 V2_INFER = "/v2/models/{name}/infer"
+#: The paths that score: what the availability and latency SLOs count (the chart's ``inference-api.sloSelector``
+#: matches exactly these labels; a test holds them equal).
+SCORING_PATHS = frozenset({"/predict", "/invocations", V2_INFER})
 #: The status label of a request whose client went away before the answer (nginx's "client closed request"):
 #: not a server error, so neither the error-rate alert nor the canary's success rate counts it as one.
 CLIENT_CLOSED = 499

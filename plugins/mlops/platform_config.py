@@ -193,6 +193,7 @@ class Release(_Settings):
     pool: str
     watch_timeout_minutes: int = Field(gt=0)
     poll_seconds: float = Field(gt=0)
+    error_budget_gate: bool
     local: LocalRelease
 
 

@@ -262,6 +262,40 @@ def test_burn_rate_alerts_pair_a_long_and_a_short_window_at_thresholds_from_the_
     assert f"inference_api:slo_errors:ratio_rate{slo['windowDays']}d" in recorded
 
 
+def test_every_query_and_rule_of_the_chart_is_valid_promql() -> None:
+    """Parsed by a port of Prometheus's own grammar (a typo, an unclosed bracket or a bad regex fails here, not
+    when Prometheus loads the rules); the analysis's arguments are filled in as Argo Rollouts fills them."""
+    import promql_parser
+
+    by_kind = kinds(render())
+    queries = [m["provider"]["prometheus"]["query"] for m in by_kind["AnalysisTemplate"][0]["spec"]["metrics"]]
+    queries += [r["expr"] for g in by_kind["PrometheusRule"][0]["spec"]["groups"] for r in g["rules"]]
+    args = {"{{args.min-requests}}": "50", "{{args.new-hash}}": "abc", "{{args.stable-hash}}": "def"}
+    for query in queries:
+        for arg, value in args.items():
+            query = query.replace(arg, value)
+        promql_parser.parse(query)
+    with pytest.raises(Exception, match="unclosed"):
+        promql_parser.parse("sum(rate(http_requests_total[5m])")
+
+
+def test_the_slos_count_every_scoring_path_and_nothing_else() -> None:
+    """Requests scored through MLflow's or the Open Inference Protocol's paths spend the error budget as /predict
+    does; the probes and /metrics do not."""
+    expr = next(
+        r["expr"]
+        for g in kinds(render())["PrometheusRule"][0]["spec"]["groups"]
+        for r in g["rules"]
+        if r.get("record") == "inference_api:slo_errors:ratio_rate5m"
+    )
+    pattern = re.search(r'path=~"([^"]+)"', expr)
+    assert pattern is not None
+    labels = {*metrics.KNOWN_PATHS, metrics.V2_INFER, "other"}
+    # Prometheus anchors a label regex at both ends, as fullmatch does.
+    assert {label for label in labels if re.fullmatch(pattern.group(1), label)} == metrics.SCORING_PATHS
+    assert "sum by (namespace, service)" in expr  # one series per release, never two releases' sums in one
+
+
 def test_the_latency_objective_is_one_of_the_apis_histogram_buckets() -> None:
     """The latency SLI counts the requests under the objective from the histogram's bucket with that bound: a
     bound the API does not export would count none, and the alert would fire or stay silent for no reason."""

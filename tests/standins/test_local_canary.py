@@ -180,6 +180,46 @@ def test_a_release_whose_champion_moved_before_it_started_is_refused_without_a_c
     assert refused.revision == 1 and [r.revision for r in target.history()] == [1]
 
 
+def test_a_spent_error_budget_refuses_the_release_until_a_person_overrides_it(
+    target, local_helm, versions
+) -> None:
+    """The stable model answers 500s: the availability budget of the local API is spent, so the deploy stage
+    refuses the next release (nothing installed, the figures on the version); the form's override releases it."""
+    import json
+
+    from contract import ERROR_BUDGET_TAG
+    from ml.release.__main__ import main as release
+
+    first = helm.deploy(target, model_uri=uri(versions["error"]), image_tag=IMAGE_TAG)
+    assert outcome(local_helm, first.revision)["phase"] == "Healthy"
+    endpoint = rollouts.read_status(local_helm)["endpoint"]
+    record = Traffic.from_prepared(versions["prepared"], 1).records[0]
+    assert [httpx.post(f"{endpoint}/predict", json=record, timeout=10).status_code for _ in range(3)] == [
+        500
+    ] * 3
+    arguments = [
+        "deploy", "--release", target.release, "--namespace", target.namespace, "--chart", str(target.chart_dir),
+        "--model-name", MODEL, "--model-version", versions["good"], "--image-tag", IMAGE_TAG,
+        "--requested-by", "ana",
+    ]  # fmt: skip
+
+    refused = release([*arguments, "--error-budget", "enforce"])
+    print(f"deploy refused: {refused['refused']}")
+    assert refused["refused"].startswith(
+        "the error budget is spent (availability: 100.000% of requests failed"
+    )
+    assert "1,000x the budget used, SPENT" in refused["refused"] and not refused["changed"]
+    assert [r.revision for r in target.history()] == [1]
+    tag = json.loads(tracking.client().get_model_version(MODEL, versions["good"]).tags[ERROR_BUDGET_TAG])
+    assert (tag["policy"], tag["spent"], tag["overridden"]) == ("enforce", ["availability"], False)
+
+    released = release([*arguments, "--error-budget", "override"])
+    assert (released["revision"], released["changed"], released["refused"]) == (2, True, "")
+    tag = json.loads(tracking.client().get_model_version(MODEL, versions["good"]).tags[ERROR_BUDGET_TAG])
+    assert (tag["policy"], tag["overridden"], tag["requested_by"]) == ("override", True, "ana")
+    assert tag["budgets"][0]["bad_ratio"] == 1.0
+
+
 def test_a_measurement_with_too_little_traffic_pauses_the_rollout_for_a_person(
     target, local_helm, versions, first_release, tmp_path
 ) -> None:

@@ -88,9 +88,15 @@ checkov.io/skip1: CKV_K8S_43=Releases name the image by a tag per build (CI depl
 namespace="{{ .Release.Namespace }}",service="{{ include "inference-api.fullname" . }}-metrics"
 {{- end }}
 
-{{/* The same, narrowed to the scoring endpoint. */}}
+{{/* The same, narrowed to the scoring endpoint the canary analysis replays and compares. */}}
 {{- define "inference-api.seriesSelector" -}}
 {{ include "inference-api.targetSelector" . }},path="/predict"
+{{- end }}
+
+{{/* The same, over every path that scores (the API's own record, MLflow's and the Open Inference Protocol's):
+  what the SLOs count (ml/serve/metrics.py SCORING_PATHS; a test holds them equal). */}}
+{{- define "inference-api.sloSelector" -}}
+{{ include "inference-api.targetSelector" . }},path=~"/predict|/invocations|/v2/models/[{]name[}]/infer"
 {{- end }}
 
 {{/* The registered model of a pinned model URI (models:/<name>/<version>). */}}
