@@ -155,6 +155,10 @@ RELEASE_SKIPPED = "skipped"
 #: The deploy step's error-budget policies (``ml/release/budget.py``): refuse a release while an SLO's error budget
 #: is spent (or unreadable), release anyway and record it (the form's override), or read no budget.
 ERROR_BUDGET_ENFORCE, ERROR_BUDGET_OVERRIDE, ERROR_BUDGET_OFF = "enforce", "override", "off"
+#: A person's answers to a release's approval (the DAG's ``approve`` task; ``deploy`` reads them), and the answer
+#: as the version records it (JSON: the answer, who gave it and when, the comment; "nobody" on a timeout).
+APPROVE, REJECT = "Approve", "Reject"
+APPROVAL_TAG = "mlops.approval"
 #: The error budgets read before a version's release (JSON: the policy, each SLO's figures, whether a spent or
 #: unreadable budget was overridden, and by whom): the release decision's record.
 ERROR_BUDGET_TAG = "mlops.error_budget"

@@ -17,6 +17,7 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 | `gate` | worker | continues only on a `pass` decision; a missing or malformed evaluation fails the run |
 | `register` | pod, CPU | one model version per DAG run, tagged with its interval and release plan; alias `challenger` if it will be released (a run not to be released registers for the record without having to beat `champion`) |
 | `release_gate` | worker | continues to the release only for the newest interval (never for a backfill); the log says why not |
+| `approve` | UI | only with `release.approval.required` (production): a person approves or rejects the release in Airflow's Required actions, seeing the model card's summary; no answer in time rejects. A rejection is recorded on the version and releases nothing |
 | `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's); refuses to start if `champion` moved since evaluation, or while the API's SLOs have spent their error budget (the form can override; the version records it) |
 | `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), slow (alert), or paused by an inconclusive analysis (needs a person: alert, nothing promoted or rolled back) |
 | `promote` | pod, CPU | tags the version with the verdict (promoted, aborted, refused) and figures; on Healthy, moves `champion` by compare-and-set |
@@ -65,6 +66,8 @@ from contract import (
     PASS,
     TUNING_STORAGE_ENV,
 )
+from mlops.approval import MACROS as APPROVAL_MACROS
+from mlops.approval import approval_task
 from mlops.assets import champion_asset, prepared_asset, source_asset, weekly_partitions_of
 from mlops.dask_cluster import dask_cluster
 from mlops.intervals import RELEASE_CHOICES, macros
@@ -434,6 +437,8 @@ def deploy_stage() -> MLStageOperator:
             "--champion-alias", REGISTRY.production_alias,
             "--error-budget", ERROR_BUDGET_POLICY,
             "--requested-by", "{{ dag_run.triggering_user_name or '' }}",
+            *(["--approval", "{{ mlops_approval_answer(ti.xcom_pull(task_ids='approve')) }}"]
+              if RELEASE.approval.required else []),
         ],
     )  # fmt: skip
 
@@ -548,6 +553,11 @@ def alert(deployment: Any, verdict: Any, promotion: Any, rolled_back: Any) -> No
     was promoted (or never got a verdict: the watch has alerted then)."""
     if not deployment or not verdict or (promotion and promotion["verdict"] == "promoted"):
         raise AirflowSkipException("nothing to alert about")
+    approval = deployment.get("approval") or {}
+    if deployment.get("refused") and approval.get("approved") is False and approval.get("by") != "nobody":
+        raise AirflowSkipException(
+            f"not released: {deployment['refused']} (a person's decision, not an alert)"
+        )
     failed = [m for m in verdict.get("measurements", []) if m.get("phase") == "Failed"]
     figures = "; ".join(
         f"{m['metric']} = {m['value']} at step {m['step']} ({m['condition']})" for m in failed
@@ -582,7 +592,7 @@ def alert(deployment: Any, verdict: Any, promotion: Any, rolled_back: Any) -> No
     dagrun_timeout=timedelta(hours=8),
     tags=["ml", "training", "mlflow", "kubernetes"],
     doc_md=__doc__,
-    user_defined_macros={**MACROS, **macros(RETRAINING.schedule, RETRAINING.timezone)},
+    user_defined_macros={**MACROS, **APPROVAL_MACROS, **macros(RETRAINING.schedule, RETRAINING.timezone)},
     default_args={
         "owner": "ml-platform",
         "retries": 2,
@@ -601,7 +611,13 @@ def ml_training_pipeline() -> None:
     verdict = watch_rollout.output
 
     prepare >> train >> evaluate
-    gate(evaluate.output) >> register >> release_gate(register.output) >> deploy >> watch_rollout >> promote
+    releasing = release_gate(register.output)
+    gate(evaluate.output) >> register >> releasing
+    if RELEASE.approval.required:  # a person approves first (production); rejected, deploy refuses
+        releasing >> approval_task(RELEASE.approval) >> deploy
+    else:
+        releasing >> deploy
+    deploy >> watch_rollout >> promote
     announce_champion(promote.output, evaluate.output)
     # An aborted canary has already sent all traffic back to stable, so the rollback can wait for promote to
     # record the verdict; a refused promotion is rolled back to the champion's revision.

@@ -104,6 +104,14 @@ def champion_moved(expected: str | None, current: str | None, version: str) -> s
     )
 
 
+def _not_promoted(version: str, outcome: str, verdict: dict[str, Any]) -> str:
+    """Why a version was not promoted: its canary aborted, or its release was refused before it started (the
+    refusal says why: a person's rejection, a spent error budget)."""
+    if verdict["phase"] == REFUSED:
+        return f"the release of v{version} was refused: {verdict.get('message') or 'no reason given'}"
+    return f"the release of v{version} was {outcome}"
+
+
 def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> Promotion:
     """Tag ``version`` with the release's outcome; on a Healthy canary, move ``alias`` to it by compare-and-set.
 
@@ -132,7 +140,7 @@ def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> 
     elif verdict["phase"] == HEALTHY:
         log.info("%s@%s already points at v%s: nothing to move", name, alias, version)
     else:
-        reason = f"the release of v{version} was {outcome}"
+        reason = _not_promoted(version, outcome, verdict)
     promoted = outcome == VERDICTS[HEALTHY] and moved_from is not None
     if outcome != VERDICTS[HEALTHY]:
         log.warning(

@@ -17,8 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from contract import APPROVAL_TAG, ERROR_BUDGET_TAG
 from ml.errors import StageError
 from ml.release import budget, helm
+from ml.release.approval import Answer
 from ml.runtime import ArgumentParser
 
 
@@ -51,6 +53,11 @@ def _parser() -> ArgumentParser:
         "override releases anyway and records it on the version, off does not read them (default: %(default)s)",
     )
     deploy.add_argument(
+        "--approval",
+        help="the answer of the release's approval task (JSON; with approvals on): a rejection or a timeout refuses "
+        "the release before anything is installed, and the version records the answer either way",
+    )
+    deploy.add_argument(
         "--requested-by", default="", help="who asked for this release (recorded with an override)"
     )
     rollback = commands.choices["rollback"]
@@ -78,30 +85,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if not args.model_version.isdigit():
             raise StageError(f"--model-version must be a version number, got {args.model_version!r}")
         model_uri = f"models:/{args.model_name}/{args.model_version}"
+        answer = Answer.parse(args.approval) if args.approval is not None else None
+        if answer is not None:
+            _record(args.model_name, args.model_version, APPROVAL_TAG, answer.record())
         champion = _champion_check(args.model_name, args.model_version, args.champion_alias)
         deployment = helm.deploy(
             _helm(args),
             model_uri=model_uri,
             image_tag=args.image_tag,
+            rejection=answer.refusal() if answer else "",
             champion=champion,
             error_budget=args.error_budget,
             requested_by=args.requested_by,
         )
         if deployment.error_budget:
-            _record_budget(args.model_name, args.model_version, deployment.error_budget)
-        return asdict(deployment)
+            _record(args.model_name, args.model_version, ERROR_BUDGET_TAG, deployment.error_budget)
+        return {**asdict(deployment), "approval": answer.record() if answer else None}
     if args.to_model_version and not (args.model_name and args.to_model_version.isdigit()):
         raise StageError("--to-model-version needs a version number and --model-name")
     to_model_uri = f"models:/{args.model_name}/{args.to_model_version}" if args.to_model_version else None
     return asdict(helm.rollback(_helm(args), revision=args.revision, to_model_uri=to_model_uri))
 
 
-def _record_budget(name: str, version: str, record: dict[str, Any]) -> None:
-    """The error budgets the release decision read, on the version (a refusal's and an override's record)."""
-    from contract import ERROR_BUDGET_TAG
+def _record(name: str, version: str, tag: str, record: dict[str, Any]) -> None:
+    """What the release decision read (the approval, the error budgets), on the version."""
     from ml import tracking
 
-    tracking.client().set_model_version_tag(name, version, ERROR_BUDGET_TAG, json.dumps(record))
+    tracking.client().set_model_version_tag(name, version, tag, json.dumps(record))
 
 
 def _champion_check(name: str, version: str, alias: str | None) -> helm.ChampionCheck | None:

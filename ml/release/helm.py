@@ -117,12 +117,14 @@ def deploy(
     *,
     model_uri: str,
     image_tag: str | None = None,
+    rejection: str = "",
     champion: ChampionCheck | None = None,
     error_budget: str = budget.OFF,
     requested_by: str = "",
 ) -> Deployment:
-    """Upgrade the release to serve ``model_uri``, unless it already does, ``champion`` moved since evaluation,
-    or the error budget policy (``error_budget``: ``budget.POLICIES``) stops it.
+    """Upgrade the release to serve ``model_uri``, unless it already does, a person rejected it (``rejection``
+    says why), ``champion`` moved since evaluation, or the error budget policy (``error_budget``:
+    ``budget.POLICIES``) stops it.
 
     The pipeline ships models and CI/CD ships images: an upgrade keeps the values of the deployed revision
     (Helm's ``--reset-then-reuse-values``) and changes the model URI, and the image tag only when one is given.
@@ -133,29 +135,17 @@ def deploy(
         values["image"] = {"tag": image_tag}
     history = target.history()
     current = deployed(history)
-    starts = current is None or model_of(current)[0] != model_uri
-    if champion is not None and champion.moved and starts:
-        return _refused(target, history, model_uri, champion.refusal(model_uri))
     budgets = None
-    if error_budget != budget.OFF and starts:
-        budgets = budget.check(
-            target.chart_dir, target.release, target.namespace,
-            current.values if current else {}, target.objects(current.revision) if current else [],
-            policy=error_budget, requested_by=requested_by,
-        )  # fmt: skip
-        log.info("error budget (%s): %s", budgets.source, budgets.figures())
-        if budgets.refuses:
-            return _refused(target, history, model_uri, budgets.reason(), budgets.record())
-        if budgets.overridden:
-            log.warning("released by override%s: %s", f" of {requested_by}" if requested_by else "",
-                        budgets.reason())  # fmt: skip
-    serving = registered_name(model_of(current)[0]) if current is not None else None
-    if current is not None and serving is not None and serving != registered_name(model_uri):
-        raise StageError(
-            f"release {target.release} serves the registered model '{serving}' (revision {current.revision}), "
-            f"not '{registered_name(model_uri)}': one release serves one registered model, so {model_uri} is "
-            "not deployed into it (release it under its own release name, or register it under that name)"
+    if current is None or model_of(current)[0] != model_uri:  # a release would start: may it?
+        refusal = rejection or (
+            champion.refusal(model_uri) if champion is not None and champion.moved else ""
         )
+        if not refusal:  # the budgets are read only when nothing else refused already
+            budgets = _read_budgets(target, current, error_budget, requested_by)
+            refusal = budgets.reason() if budgets is not None and budgets.refuses else ""
+        if refusal:
+            return _refused(target, history, model_uri, refusal, budgets.record() if budgets else None)
+    _one_registered_model(target, current, model_uri)
     if current is not None and chart.merge(current.values, values) == current.values:
         log.info("revision %s already serves %s: nothing to deploy", current.revision, model_uri)
         revision, changed = current, False
@@ -179,6 +169,35 @@ def deploy(
         workload_name=workload["metadata"]["name"],
         error_budget=budgets.record() if budgets else {},
     )
+
+
+def _one_registered_model(target: Helm, current: Revision | None, model_uri: str) -> None:
+    serving = registered_name(model_of(current)[0]) if current is not None else None
+    if current is not None and serving is not None and serving != registered_name(model_uri):
+        raise StageError(
+            f"release {target.release} serves the registered model '{serving}' (revision {current.revision}), "
+            f"not '{registered_name(model_uri)}': one release serves one registered model, so {model_uri} is "
+            "not deployed into it (release it under its own release name, or register it under that name)"
+        )
+
+
+def _read_budgets(
+    target: Helm, current: Revision | None, policy: str, requested_by: str
+) -> budget.BudgetCheck | None:
+    """The error budgets of the deployed release, under ``policy`` (None: not read)."""
+    if policy == budget.OFF:
+        return None
+    found = budget.check(
+        target.chart_dir, target.release, target.namespace,
+        current.values if current else {}, target.objects(current.revision) if current else [],
+        policy=policy, requested_by=requested_by,
+    )  # fmt: skip
+    log.info("error budget (%s): %s", found.source, found.figures())
+    if found.overridden:
+        log.warning(
+            "released by override%s: %s", f" of {requested_by}" if requested_by else "", found.reason()
+        )
+    return found
 
 
 def _refused(

@@ -185,6 +185,14 @@ class LocalRelease(_Settings):
     port: int = Field(ge=0, le=65535)
 
 
+class Approval(_Settings):
+    """A person's approval before each release (``plugins/mlops/approval.py``)."""
+
+    required: bool
+    timeout_hours: float = Field(gt=0)
+    approvers: tuple[str, ...] = ()
+
+
 class Release(_Settings):
     name: str
     namespace: str
@@ -194,6 +202,7 @@ class Release(_Settings):
     watch_timeout_minutes: int = Field(gt=0)
     poll_seconds: float = Field(gt=0)
     error_budget_gate: bool
+    approval: Approval
     local: LocalRelease
 
 

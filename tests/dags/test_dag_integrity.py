@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pendulum
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -240,3 +243,80 @@ def test_with_the_asset_trigger_the_pipeline_runs_per_week_of_daily_partitions(t
     timetable = bag.dags["ml_training_pipeline"].timetable
     assert isinstance(timetable, PartitionedAssetTimetable)
     assert [a.name for a in [timetable.asset_condition]] == [raw["retraining"]["source_asset"]]
+
+
+def test_with_approval_on_a_person_approves_between_the_release_gate_and_deploy(
+    tmp_path, monkeypatch
+) -> None:
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    from contract import APPROVE, REJECT
+    from mlops.platform_config import PLATFORM_FILE, PLATFORM_FILE_ENV
+
+    raw = yaml.safe_load(PLATFORM_FILE.read_text())
+    raw["release"]["approval"] = {"required": True, "timeout_hours": 12, "approvers": ["risk-officer"]}
+    (tmp_path / "platform.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv(PLATFORM_FILE_ENV, str(tmp_path / "platform.yaml"))
+    bag = DagBag(str(ROOT / "dags"), safe_mode=False)
+    assert bag.import_errors == {}
+    dag = bag.dags["ml_training_pipeline"]
+    approve = dag.get_task("approve")
+    assert isinstance(approve, HITLOperator)
+    assert dag.get_task("release_gate").downstream_task_ids == {"approve"}
+    assert approve.downstream_task_ids == {"deploy"} and dag.get_task("deploy").upstream_task_ids == {
+        "approve"
+    }
+    # Approve or Reject; no answer within the setting's hours takes the default: Reject.
+    assert (approve.options, approve.defaults, approve.response_timeout) == (
+        [APPROVE, REJECT], [REJECT], timedelta(hours=12)
+    )  # fmt: skip
+    assert approve.assigned_users == [{"id": "risk-officer", "name": "risk-officer"}]
+    assert "comment" in approve.params
+    deploy = dag.get_task("deploy").arguments
+    assert "approve" in deploy[deploy.index("--approval") + 1]
+    assert {"mlops_approval_summary", "mlops_approval_answer"} <= set(dag.user_defined_macros)
+
+
+def test_without_approval_there_is_no_approve_task(dagbag) -> None:
+    dag = dagbag.dags["ml_training_pipeline"]
+    assert "approve" not in dag.task_ids and "--approval" not in dag.get_task("deploy").arguments
+
+
+def test_the_approver_sees_metrics_against_the_champion_the_windows_and_the_gates_reasons() -> None:
+    from dataclasses import asdict
+
+    from ml.evaluate import ChampionComparison, Evaluation, Metrics
+    from mlops.approval import answer_json, summary
+
+    metrics = Metrics(
+        average_precision=0.61, roc_auc=0.93, precision=0.5, recall=0.7, f1=0.58, threshold=0.41
+    )
+    champion = ChampionComparison("6", True, Metrics(0.55, 0.91, 0.45, 0.66, 0.53, 0.38))
+    evaluation = asdict(Evaluation(
+        decision="pass", reasons=["average precision 0.6100 >= 0.3", "improves on champion v6 by 0.0600"],
+        metrics=metrics, champion=champion, run_id="abc123", model_uri="models:/m-1", model_id="m-1",
+        registered_model_name="card-fraud-detector", min_average_precision=0.3, min_improvement=0.0,
+        test_rows=21000, test_positives=84, drift={"amount": 0.31}, drifted=["amount"], release_plan={},
+    ))  # fmt: skip
+    prepared = {"windows": {"training": ["2026-01-05T00:00:00+00:00", "2026-03-02T00:00:00+00:00"],
+                            "evaluation": ["2026-03-02T00:00:00+00:00", "2026-03-09T00:00:00+00:00"]}}  # fmt: skip
+    registration = {
+        "name": "card-fraud-detector",
+        "version": "7",
+        "release": {"reason": "the newest interval"},
+    }
+    text = summary(evaluation, prepared, registration)
+    assert "**card-fraud-detector v7** (MLflow run `abc123`), against champion v6." in text
+    assert "| Average precision (PR-AUC) | 0.6100 | 0.5500 |" in text
+    assert "evaluation 2026-03-02T00:00:00+00:00 to 2026-03-09T00:00:00+00:00" in text
+    assert (
+        "improves on champion v6 by 0.0600" in text
+        and "**Drift** (PSI over the warning level): amount" in text
+    )
+    first = {**evaluation, "champion": asdict(ChampionComparison(None, True))}
+    assert "against champion (none)" in summary(first, {"source": "s3://b/t.csv"}, registration)
+    assert "| ROC-AUC | 0.9300 | - |" in summary(first, {}, registration)
+    when = pendulum.datetime(2026, 11, 27, 10, tz="UTC")
+    assert json.loads(answer_json({"responded_at": when}))["responded_at"] == "2026-11-27T10:00:00+00:00"

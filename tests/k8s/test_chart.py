@@ -268,7 +268,9 @@ def test_every_query_and_rule_of_the_chart_is_valid_promql() -> None:
     import promql_parser
 
     by_kind = kinds(render())
-    queries = [m["provider"]["prometheus"]["query"] for m in by_kind["AnalysisTemplate"][0]["spec"]["metrics"]]
+    queries = [
+        m["provider"]["prometheus"]["query"] for m in by_kind["AnalysisTemplate"][0]["spec"]["metrics"]
+    ]
     queries += [r["expr"] for g in by_kind["PrometheusRule"][0]["spec"]["groups"] for r in g["rules"]]
     args = {"{{args.min-requests}}": "50", "{{args.new-hash}}": "abc", "{{args.stable-hash}}": "def"}
     for query in queries:

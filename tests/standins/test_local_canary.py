@@ -184,10 +184,11 @@ def test_a_spent_error_budget_refuses_the_release_until_a_person_overrides_it(
     target, local_helm, versions
 ) -> None:
     """The stable model answers 500s: the availability budget of the local API is spent, so the deploy stage
-    refuses the next release (nothing installed, the figures on the version); the form's override releases it."""
+    refuses the next release (nothing installed, the figures on the version); the form's override releases it.
+    A person's rejection refuses it before any of that."""
     import json
 
-    from contract import ERROR_BUDGET_TAG
+    from contract import APPROVAL_TAG, ERROR_BUDGET_TAG, REJECT
     from ml.release.__main__ import main as release
 
     first = helm.deploy(target, model_uri=uri(versions["error"]), image_tag=IMAGE_TAG)
@@ -202,6 +203,15 @@ def test_a_spent_error_budget_refuses_the_release_until_a_person_overrides_it(
         "--model-name", MODEL, "--model-version", versions["good"], "--image-tag", IMAGE_TAG,
         "--requested-by", "ana",
     ]  # fmt: skip
+
+    # A person's rejection comes first: nothing is read or installed, the answer is on the version.
+    rejection = json.dumps({"chosen_options": [REJECT], "params_input": {"comment": "freeze"},
+                            "responded_at": "2026-11-27T10:00:00+00:00", "responded_by_user": {"id": "bob", "name": "bob"}})  # fmt: skip
+    rejected = release([*arguments, "--error-budget", "enforce", "--approval", rejection])
+    assert rejected["refused"] == "rejected by bob: freeze; the release is not started"
+    assert rejected["error_budget"] == {} and [r.revision for r in target.history()] == [1]
+    tags = tracking.client().get_model_version(MODEL, versions["good"]).tags
+    assert json.loads(tags[APPROVAL_TAG])["by"] == "bob" and ERROR_BUDGET_TAG not in tags
 
     refused = release([*arguments, "--error-budget", "enforce"])
     print(f"deploy refused: {refused['refused']}")
