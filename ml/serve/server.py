@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -30,7 +31,9 @@ from pydantic import ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ml.serve import metrics
-from ml.serve.settings import Settings
+from ml.serve.settings import ENV_FILE_VARIABLE, Settings, load_env_file
+
+log = logging.getLogger(__name__)
 
 APP = "ml.serve.app:create_app"
 PROTOCOL = "ml.serve.server:HeaderLimitedProtocol"
@@ -169,6 +172,9 @@ def config(
 
 def serve(*, host: str, port: int, workers: int = 1, access_log: bool = False) -> None:
     """Serve the API (``SERVE_*`` from the environment) until stopped; exit 1 if it cannot start."""
+    loaded = load_env_file()
+    if loaded:
+        log.info("environment from %s: %s", os.environ[ENV_FILE_VARIABLE], ", ".join(loaded))
     try:
         settings = Settings()  # type: ignore[call-arg]  # model_uri comes from the environment
     except ValidationError as err:

@@ -6,8 +6,31 @@ image, ``make serve``, the local release and the benchmark run with the same lim
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from pydantic import PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: A file of ``KEY=VALUE`` lines the API adds to its environment before it reads it: the chart points it at what
+#: Vault's Agent injector renders (``secrets.vault``). Variables already set win.
+ENV_FILE_VARIABLE = "SERVE_ENV_FILE"
+
+
+def load_env_file() -> list[str]:
+    """Add the variables of ``$SERVE_ENV_FILE`` (if set) to the environment; return their names. A file that is
+    named but missing or unreadable stops the start: the API never serves without the secrets it was given."""
+    from dotenv import dotenv_values
+
+    path = os.environ.get(ENV_FILE_VARIABLE)
+    if not path:
+        return []
+    if not Path(path).is_file():
+        raise SystemExit(f"{ENV_FILE_VARIABLE}={path}: no such file (was the secret rendered into the pod?)")
+    values = {key: value for key, value in dotenv_values(path).items() if value is not None}
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+    return sorted(values)
 
 
 class ServingRules(BaseSettings):

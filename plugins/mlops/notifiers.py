@@ -1,17 +1,16 @@
-"""Alerts to people: a Slack-style webhook or an e-mail, chosen by the Airflow connection ``mlops_alerts``.
+"""Alerts to people through Airflow's provider notifiers, chosen by the type of the Airflow connection ``mlops_alerts``.
 
 ``AlertNotifier`` is an Airflow notifier: use it as ``on_failure_callback=AlertNotifier(title=..., message=...)``
-or call ``AlertNotifier(...).notify(context)`` from a task. What happens depends on the connection:
+or call ``AlertNotifier(...).notify(context)`` from a task. The connection says where the alert goes:
 
-- type ``http``/``https`` (or ``slackwebhook``): POST ``{"text": "<title>\\n<message>"}`` as JSON to the URL
-  of the connection (a host with ``://`` is used as the whole URL; otherwise scheme, host, port and schema
-  as a path). This is the format of Slack incoming webhooks, also accepted by Mattermost and Rocket.Chat.
-  Only ``http`` and ``https`` URLs are posted to, redirects included: a ``file://`` or ``ftp://`` URL in a
-  connection is refused with the reason, never opened.
-- type ``smtp`` or ``email``: an e-mail through that server; ``to`` (a list or a comma-separated string) and
-  ``from`` in the extras, ``ssl`` or ``starttls`` in the extras for encrypted connections.
-- no such connection (the embedded default): the alert is logged at WARNING in the task log, so it is
-  never dropped silently.
+- type ``slackwebhook``: a Slack incoming webhook, through the Slack provider's ``SlackWebhookNotifier`` (the
+  webhook's token as the password, as that provider documents; host ``hooks.slack.com/services``).
+- type ``smtp`` (or ``email``): an e-mail, through the SMTP provider's ``SmtpNotifier``: the recipients in the
+  extra ``to`` (a list or a comma-separated string), the sender in the provider's extra ``from_email``.
+- type ``apprise``: any service Apprise speaks (Mattermost, Rocket.Chat, Microsoft Teams, PagerDuty, ntfy, a
+  JSON webhook, ...), through the Apprise provider's ``AppriseNotifier``, from the connection's ``config``.
+- no such connection (the embedded default): the alert is logged at WARNING in the task log, so it is never
+  dropped silently.
 
 A failure to deliver raises with the reason, after logging the alert itself so its content is not lost.
 """
@@ -19,10 +18,7 @@ A failure to deliver raises with the reason, after logging the alert itself so i
 from __future__ import annotations
 
 import copy
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
+import html
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,51 +29,15 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection, Context
 
 DEFAULT_CONN_ID = "mlops_alerts"
-WEBHOOK_TYPES = frozenset({"http", "https", "slackwebhook"})
-#: The only URL schemes an alert is posted to (urllib would also open file:// and ftp:// URLs).
-WEBHOOK_SCHEMES = frozenset({"http", "https"})
+SLACK_TYPES = frozenset({"slackwebhook"})
 EMAIL_TYPES = frozenset({"smtp", "email"})
-#: Seconds to wait for the webhook or the mail server; an alert must not hold a worker slot for long.
+APPRISE_TYPES = frozenset({"apprise"})
+#: Seconds to wait for the webhook; an alert must not hold a worker slot for long.
 DELIVERY_TIMEOUT = 30
 
 
 class AlertDeliveryError(AirflowException):
     """The alert could not be delivered through the configured connection."""
-
-
-def webhook_url(conn: Connection) -> str:
-    """The URL a webhook connection posts to; an http(s) URL, or AlertDeliveryError says why not."""
-    host = (conn.host or "").strip()
-    if not host:
-        raise AlertDeliveryError(
-            f"connection {conn.conn_id!r} ({conn.conn_type}) has no host: no URL to post to"
-        )
-    if "://" in host:
-        url = host
-    else:
-        scheme = str(conn.extra_dejson.get("scheme", "https"))
-        url = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-        if conn.schema:
-            url += "/" + conn.schema.lstrip("/")
-    _check_web_url(url, f"webhook URL of connection {conn.conn_id!r}")
-    return url
-
-
-def _check_web_url(url: str, what: str) -> None:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() not in WEBHOOK_SCHEMES or not parts.hostname:
-        # The URL itself is left out of the message: a webhook URL carries its secret token.
-        raise AlertDeliveryError(
-            f"{what} must be an http:// or https:// URL with a host, not scheme {parts.scheme!r}"
-        )
-
-
-class _WebRedirectsOnly(urllib.request.HTTPRedirectHandler):
-    """Follows a webhook's redirect only to another http(s) URL."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        _check_web_url(newurl, f"redirect of the webhook (HTTP {code})")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _recipients(value: Any) -> list[str]:
@@ -124,61 +84,45 @@ class AlertNotifier(BaseNotifier):
             return
         conn_type = (conn.conn_type or "").lower()
         try:
-            if conn_type in WEBHOOK_TYPES:
-                self._post(conn)
-            elif conn_type in EMAIL_TYPES:
-                self._send_email(conn)
-            else:
-                supported = sorted(WEBHOOK_TYPES | EMAIL_TYPES)
-                raise AlertDeliveryError(
-                    f"connection {self.conn_id!r} has type {conn.conn_type!r}; alerts support {supported}"
-                )
-        except (AlertDeliveryError, OSError) as err:  # smtplib's errors are OSErrors
+            self._provider_notifier(conn, conn_type).notify(context)
+        except Exception as err:
             self.log.error("ALERT NOT DELIVERED (%s): %s\n%s", err, self.title, self.message)
             if isinstance(err, AlertDeliveryError):
                 raise
             raise AlertDeliveryError(f"alert through connection {self.conn_id!r} failed: {err}") from err
         self.log.info("alert sent through connection %r (%s): %s", self.conn_id, conn_type, self.title)
 
-    def _post(self, conn: Connection) -> None:
-        url = webhook_url(conn)
-        body = json.dumps({"text": f"*{self.title}*\n{self.message}"}).encode()
-        request = urllib.request.Request(
-            url, data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
-        opener = urllib.request.build_opener(_WebRedirectsOnly)
-        try:
-            with opener.open(request, timeout=DELIVERY_TIMEOUT) as response:
-                status = response.status
-        except urllib.error.HTTPError as err:
-            raise AlertDeliveryError(
-                f"webhook of connection {self.conn_id!r} answered HTTP {err.code}: {err.read()[:200]!r}"
-            ) from err
-        if not 200 <= status < 300:
-            raise AlertDeliveryError(f"webhook of connection {self.conn_id!r} answered HTTP {status}")
+    def _provider_notifier(self, conn: Connection, conn_type: str) -> BaseNotifier:
+        """The provider's notifier for the connection's type, with this alert's (rendered) text."""
+        if conn_type in SLACK_TYPES:
+            from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
-    def _send_email(self, conn: Connection) -> None:
-        extra = conn.extra_dejson
-        recipients = _recipients(extra.get("to"))
-        sender = str(extra.get("from") or conn.login or "")
-        if not conn.host or not recipients or not sender:
-            raise AlertDeliveryError(
-                f"e-mail connection {self.conn_id!r} needs a host, extra 'to' and extra 'from' (or a login)"
+            return SlackWebhookNotifier(
+                slack_webhook_conn_id=self.conn_id,
+                text=f"*{self.title}*\n{self.message}",
+                timeout=DELIVERY_TIMEOUT,
             )
-        import smtplib  # only where e-mail is sent: it is not needed to parse a DAG
-        from email.message import EmailMessage
+        if conn_type in EMAIL_TYPES:
+            from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-        mail = EmailMessage()
-        mail["Subject"] = self.title
-        mail["From"] = sender
-        mail["To"] = ", ".join(recipients)
-        mail.set_content(self.message)
-        use_ssl = bool(extra.get("ssl", False))
-        smtp_class = smtplib.SMTP_SSL if use_ssl else smtplib.SMTP
-        port = conn.port or (465 if use_ssl else 25)
-        with smtp_class(conn.host, port, timeout=DELIVERY_TIMEOUT) as smtp:
-            if extra.get("starttls") and not use_ssl:
-                smtp.starttls()
-            if conn.login and conn.password:
-                smtp.login(conn.login, conn.password)
-            smtp.send_message(mail)
+            recipients = _recipients(conn.extra_dejson.get("to"))
+            if not recipients:
+                raise AlertDeliveryError(
+                    f"e-mail connection {self.conn_id!r} needs the extra 'to' (the recipients)"
+                )
+            return SmtpNotifier(
+                to=recipients,
+                subject=self.title,
+                # The message is Markdown-ish text: kept as it is written, never read as HTML.
+                html_content=f"<pre>{html.escape(self.message)}</pre>",
+                smtp_conn_id=self.conn_id,
+            )
+        if conn_type in APPRISE_TYPES:
+            from airflow.providers.apprise.notifications.apprise import AppriseNotifier
+
+            return AppriseNotifier(body=self.message, title=self.title, apprise_conn_id=self.conn_id)
+        supported = sorted(SLACK_TYPES | EMAIL_TYPES | APPRISE_TYPES)
+        raise AlertDeliveryError(
+            f"connection {self.conn_id!r} has type {conn.conn_type!r}; alerts go through the providers' notifiers "
+            f"of the types {supported} (a Mattermost, Rocket.Chat or plain JSON webhook is an apprise URL)"
+        )

@@ -37,8 +37,10 @@ def alerts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/services/drift"
-    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS", json.dumps({"conn_type": "http", "host": url}))
+    # A Slack incoming webhook, as the Slack provider's connection describes one.
+    host = f"127.0.0.1:{server.server_address[1]}/services"
+    conn = {"conn_type": "slackwebhook", "host": host, "schema": "http", "password": "T000/B000/drift"}
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS", json.dumps(conn))
     yield received
     server.shutdown()
     server.server_close()

@@ -55,6 +55,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "secrets": {"envFromSecret": "inference-api-env", "adminTokenSecret": "inference-api-admin"},
         "imagePullSecrets": ["registry"],
     },
+    "vault": {"secrets": {"vault": {"enabled": True}, "adminTokenSecret": "inference-api-admin"}},
 }
 
 
@@ -298,6 +299,35 @@ def test_the_slos_count_every_scoring_path_and_nothing_else() -> None:
     assert "sum by (namespace, service)" in expr  # one series per release, never two releases' sums in one
 
 
+def test_with_vault_the_agent_renders_one_secret_as_the_apis_environment_file() -> None:
+    """The injector's annotations, the token its agent logs in with (the API's container mounts none), and the file
+    the API loads first; without vault, none of it."""
+    from ml.serve.settings import ENV_FILE_VARIABLE
+
+    pod = kinds(render(VALUE_SETS["vault"]))["Rollout"][0]["spec"]["template"]
+    annotations = pod["metadata"]["annotations"]
+    vault = VALUES["secrets"]["vault"]
+    assert annotations["vault.hashicorp.com/agent-inject"] == "true"
+    assert annotations["vault.hashicorp.com/role"] == vault["role"]
+    assert annotations["vault.hashicorp.com/agent-pre-populate-only"] == "true"
+    assert annotations["vault.hashicorp.com/agent-inject-secret-env"] == vault["envPath"]
+    template = annotations["vault.hashicorp.com/agent-inject-template-env"]
+    assert f'{{{{- with secret "{vault["envPath"]}" -}}}}' in template and "{{ $value | toJSON }}" in template
+    token = annotations["vault.hashicorp.com/agent-service-account-token-volume-name"]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == token)
+    assert volume["projected"]["sources"][0]["serviceAccountToken"]
+    (api,) = pod["spec"]["containers"]
+    assert (
+        token not in {m["name"] for m in api["volumeMounts"]}
+        and pod["spec"]["automountServiceAccountToken"] is False
+    )
+    env = {e["name"]: e for e in api["env"]}
+    assert env[ENV_FILE_VARIABLE]["value"] == "/vault/secrets/env" and "SERVE_ADMIN_TOKEN" in env
+    plain = kinds(render())["Rollout"][0]["spec"]["template"]
+    assert not any(key.startswith("vault.hashicorp.com/") for key in plain["metadata"]["annotations"])
+    assert "env" not in plain["spec"]["containers"][0]
+
+
 def test_the_latency_objective_is_one_of_the_apis_histogram_buckets() -> None:
     """The latency SLI counts the requests under the objective from the histogram's bucket with that bound: a
     bound the API does not export would count none, and the alert would fire or stay silent for no reason."""
@@ -468,11 +498,12 @@ def test_the_chart_deploys_the_image_the_platform_names() -> None:
 
 
 #: Environment values files kept in the repository (the chart's own defaults are rendered by every other test);
-#: k8s/dask-operator/ holds another chart's (tests/k8s/test_cluster_objects.py renders that one).
+#: k8s/dask-operator/ and k8s/airflow/ hold other charts' (tests/k8s/test_cluster_objects.py renders the first,
+#: tests/plugins/test_vault_secrets.py runs the second's secrets backend).
 ENVIRONMENT_VALUES = sorted(
     p
     for p in ROOT.glob("k8s/**/*values.yaml")
-    if p != CHART / "values.yaml" and "dask-operator" not in p.parts
+    if p != CHART / "values.yaml" and not {"dask-operator", "airflow"} & set(p.relative_to(ROOT).parts)
 )
 
 

@@ -9,6 +9,22 @@ metadata:
     # A changed model URI or setting changes the pod template, which is what starts a new rollout.
     checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
     mlops.airflow-mlops.io/model-uri: {{ .Values.model.uri | quote }}
+    {{- with .Values.secrets.vault }}
+    {{- if .enabled }}
+    # Vault's Agent injector renders the KV v2 secret as KEY="value" lines into /vault/secrets/env (SERVE_ENV_FILE).
+    vault.hashicorp.com/agent-inject: "true"
+    vault.hashicorp.com/role: {{ .role | quote }}
+    vault.hashicorp.com/agent-pre-populate-only: {{ .prePopulateOnly | quote }}
+    vault.hashicorp.com/agent-service-account-token-volume-name: vault-token
+    vault.hashicorp.com/agent-inject-secret-env: {{ .envPath | quote }}
+    vault.hashicorp.com/agent-inject-template-env: |
+      {{`{{- with secret "`}}{{ .envPath }}{{`" -}}`}}
+      {{`{{- range $key, $value := .Data.data }}`}}
+      {{`{{ $key }}={{ $value | toJSON }}`}}
+      {{`{{- end }}`}}
+      {{`{{- end }}`}}
+    {{- end }}
+    {{- end }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -45,13 +61,19 @@ spec:
         - secretRef:
             name: {{ . }}
         {{- end }}
-      {{- with .Values.secrets.adminTokenSecret }}
+      {{- if or .Values.secrets.adminTokenSecret .Values.secrets.vault.enabled }}
       env:
+        {{- with .Values.secrets.adminTokenSecret }}
         - name: SERVE_ADMIN_TOKEN
           valueFrom:
             secretKeyRef:
               name: {{ . }}
               key: {{ $.Values.secrets.adminTokenKey }}
+        {{- end }}
+        {{- if .Values.secrets.vault.enabled }}
+        - name: SERVE_ENV_FILE
+          value: /vault/secrets/env
+        {{- end }}
       {{- end }}
       # The model loads in the background: /health answers at once, /ready once the model is in memory.
       startupProbe:
@@ -87,6 +109,15 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 2Gi
+    {{- if .Values.secrets.vault.enabled }}
+    # The service account token Vault's agent logs in with; the API's own container mounts none.
+    - name: vault-token
+      projected:
+        sources:
+          - serviceAccountToken:
+              path: token
+              expirationSeconds: 600
+    {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
