@@ -135,6 +135,16 @@ def summarise_release(dag_run: Any) -> None:
     if not deployment:
         return
     print("\n== Release ==")
+    checked = deployment.get("error_budget") or {}
+    if checked.get("budgets"):
+        left = ", ".join(f"{b['slo']} {b['remaining']:.0%} left" for b in checked["budgets"])
+        print(
+            f"  error budgets ({checked['source']}): {left}"
+            + (" (overridden)" if checked["overridden"] else "")
+        )
+    if deployment.get("refused"):
+        print(f"  not released: {deployment['refused']}")
+        return
     previous = deployment["previous_revision"]
     print(
         f"  helm release {deployment['release']} revision {deployment['revision']} serves "

@@ -189,14 +189,30 @@ def test_running_the_same_dag_run_again_registers_nothing_new(dag, first_run) ->
 
 
 def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champion(
-    dag, first_run, airflow_db
+    dag, first_run, airflow_db, mlflow_server, capsys
 ) -> None:
-    """A later week's model; the gate lets any improvement through, so the canary decides."""
+    """A later week's model; the gate lets any improvement through, so the canary decides. The error budgets of the
+    served champion were read first (the local API's metrics), and the demo's summary shows them."""
+    from scripts.demo import summarise
+
     previous_champion = champion()
     dag_run = run(dag, 23, min_improvement=-1)
     assert dag_run.state == "success", states(dag_run)
     (version,) = versions(f"{DAG_ID}/{dag_run.run_id}")
-    assert xcom(dag_run, "deploy")["revision"] == 2 and xcom(dag_run, "deploy")["previous_revision"] == 1
+    deployment = xcom(dag_run, "deploy")
+    assert deployment["revision"] == 2 and deployment["previous_revision"] == 1
+    checked = deployment["error_budget"]
+    assert (checked["policy"], checked["source"], checked["spent"]) == (
+        "enforce",
+        "the local API's /metrics",
+        [],
+    )
+    assert [b["slo"] for b in checked["budgets"]] == ["availability", "latency"]
+    capsys.readouterr()
+    summarise(dag_run, mlflow_server)
+    assert (
+        "error budgets (the local API's /metrics): availability 100% left, latency" in capsys.readouterr().out
+    )
     verdict = xcom(dag_run, "watch_rollout")
     assert verdict["phase"] == "Healthy", verdict["message"]
     analysed = {"success-rate", "latency-p99", "client-errors", "positive-share-shift"}
