@@ -127,6 +127,14 @@ def summarise_data(instances: dict[str, Any]) -> None:
               f"{registration['release']['reason']}")  # fmt: skip
 
 
+def print_budgets(checked: dict[str, Any]) -> None:
+    """The error budgets the deploy step read before releasing (none on a first release)."""
+    if checked.get("budgets"):
+        left = ", ".join(f"{b['slo']} {b['remaining']:.0%} left" for b in checked["budgets"])
+        overridden = " (overridden)" if checked["overridden"] else ""
+        print(f"  error budgets ({checked['source']}): {left}{overridden}")
+
+
 def summarise_release(dag_run: Any) -> None:
     """The release: revision, each canary step with its analysis figures, the verdict and the promotion."""
     results = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dag_run.get_task_instances()
@@ -135,13 +143,7 @@ def summarise_release(dag_run: Any) -> None:
     if not deployment:
         return
     print("\n== Release ==")
-    checked = deployment.get("error_budget") or {}
-    if checked.get("budgets"):
-        left = ", ".join(f"{b['slo']} {b['remaining']:.0%} left" for b in checked["budgets"])
-        print(
-            f"  error budgets ({checked['source']}): {left}"
-            + (" (overridden)" if checked["overridden"] else "")
-        )
+    print_budgets(deployment.get("error_budget") or {})
     if deployment.get("refused"):
         print(f"  not released: {deployment['refused']}")
         return

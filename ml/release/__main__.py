@@ -97,9 +97,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             champion=champion,
             error_budget=args.error_budget,
             requested_by=args.requested_by,
+            record_budgets=lambda found: _record(
+                args.model_name, args.model_version, ERROR_BUDGET_TAG, found
+            ),
         )
-        if deployment.error_budget:
-            _record(args.model_name, args.model_version, ERROR_BUDGET_TAG, deployment.error_budget)
         return {**asdict(deployment), "approval": answer.record() if answer else None}
     if args.to_model_version and not (args.model_name and args.to_model_version.isdigit()):
         raise StageError("--to-model-version needs a version number and --model-name")

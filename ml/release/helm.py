@@ -17,6 +17,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,10 +122,12 @@ def deploy(
     champion: ChampionCheck | None = None,
     error_budget: str = budget.OFF,
     requested_by: str = "",
+    record_budgets: Callable[[dict[str, Any]], None] | None = None,
 ) -> Deployment:
     """Upgrade the release to serve ``model_uri``, unless it already does, a person rejected it (``rejection``
     says why), ``champion`` moved since evaluation, or the error budget policy (``error_budget``:
-    ``budget.POLICIES``) stops it.
+    ``budget.POLICIES``) stops it. The budgets read go to ``record_budgets`` before anything is decided on them, so
+    that what a release (or a refusal) was based on is recorded before it happens.
 
     The pipeline ships models and CI/CD ships images: an upgrade keeps the values of the deployed revision
     (Helm's ``--reset-then-reuse-values``) and changes the model URI, and the image tag only when one is given.
@@ -141,7 +144,7 @@ def deploy(
             champion.refusal(model_uri) if champion is not None and champion.moved else ""
         )
         if not refusal:  # the budgets are read only when nothing else refused already
-            budgets = _read_budgets(target, current, error_budget, requested_by)
+            budgets = _read_budgets(target, current, error_budget, requested_by, record_budgets)
             refusal = budgets.reason() if budgets is not None and budgets.refuses else ""
         if refusal:
             return _refused(target, history, model_uri, refusal, budgets.record() if budgets else None)
@@ -182,9 +185,13 @@ def _one_registered_model(target: Helm, current: Revision | None, model_uri: str
 
 
 def _read_budgets(
-    target: Helm, current: Revision | None, policy: str, requested_by: str
+    target: Helm,
+    current: Revision | None,
+    policy: str,
+    requested_by: str,
+    record: Callable[[dict[str, Any]], None] | None,
 ) -> budget.BudgetCheck | None:
-    """The error budgets of the deployed release, under ``policy`` (None: not read)."""
+    """The error budgets of the deployed release, under ``policy`` (None: not read), recorded at once."""
     if policy == budget.OFF:
         return None
     found = budget.check(
@@ -193,6 +200,8 @@ def _read_budgets(
         policy=policy, requested_by=requested_by,
     )  # fmt: skip
     log.info("error budget (%s): %s", found.source, found.figures())
+    if record is not None:
+        record(found.record())
     if found.overridden:
         log.warning(
             "released by override%s: %s", f" of {requested_by}" if requested_by else "", found.reason()
