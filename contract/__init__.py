@@ -63,9 +63,20 @@ def write_json(target: Path, payload: Any) -> Path:
     return target
 
 
+#: Where a stage run by hand (outside a pod and the local pod runtime) writes its result, under its working folder.
+HAND_RUN_XCOM_DIR = Path(".local") / "results"
+
+
+def xcom_dir() -> Path:
+    """Where a stage writes its result: the folder its pod (the XCom sidecar's mount, ``DEFAULT_XCOM_DIR``) or the
+    local pod runtime names in ``XCOM_DIR_ENV``, or else, for a stage run by hand, ``HAND_RUN_XCOM_DIR``."""
+    named = os.environ.get(XCOM_DIR_ENV)
+    return Path(named) if named else HAND_RUN_XCOM_DIR
+
+
 def write_xcom_result(result: dict[str, Any]) -> Path:
-    """Write a pod's result where the XCom sidecar (or the local pod runtime) reads it."""
-    return write_json(Path(os.environ.get(XCOM_DIR_ENV, DEFAULT_XCOM_DIR)) / XCOM_RESULT_FILE, result)
+    """Write a pod's result where the XCom sidecar (or the local pod runtime) reads it; return the file."""
+    return write_json(xcom_dir() / XCOM_RESULT_FILE, result)
 
 
 #: Environment variable of the tune stage: the SQLAlchemy URL of the database its workers share a study in (from a

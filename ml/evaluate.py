@@ -12,7 +12,7 @@ intervals), the drift of each feature between the training and evaluation window
 markdown model card and the decision are logged to the training's MLflow run; the decision is also the stage's
 XCom result.
 
-    python -m ml.evaluate --prepared-uri data/prepared/x --model-uri models:/m-... --run-id abc \
+    python -m ml.evaluate --prepared-uri data/prepared/x --model-uri models:/m-... --run-id abc \\
         --registered-model-name card-fraud-detector --min-average-precision 0.3 --min-improvement 0.0
 """
 
@@ -496,7 +496,7 @@ def _log_history(evaluation: Evaluation, intervals: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = ArgumentParser(prog="python -m ml.evaluate", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.evaluate", doc=__doc__)
     parser.add_argument("--prepared-uri", required=True)
     parser.add_argument("--model-uri", type=tracking.model_uri, required=True)
     parser.add_argument("--run-id", required=True, help="MLflow run of the training")

@@ -12,8 +12,8 @@ Memory does not grow with the table: it passes twice, a batch at a time (``prepa
 decides), and each split is written a row group per batch, its rows in the source's order. A table no larger
 than ``leakage.SAMPLE_ROWS`` rows is decided on whole; a larger one on a uniform sample of that many rows.
 
-    python -m ml.prepare --source data/raw/tx.parquet --target is_fraud --time-column timestamp \
-        --interval-start 2026-03-02 --interval-end 2026-03-09 --training-window-days 56 \
+    python -m ml.prepare --source data/raw/tx.parquet --target is_fraud --time-column timestamp \\
+        --interval-start 2026-03-02 --interval-end 2026-03-09 --training-window-days 56 \\
         --output data/prepared/2026-03-02
 """
 
@@ -836,7 +836,7 @@ def _window_arguments(window: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = ArgumentParser(prog="python -m ml.prepare", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.prepare", doc=__doc__)
     parser.add_argument("--source", required=True, help="table URI: path, s3://, or synthetic://")
     parser.add_argument("--target", required=True, help="binary target column")
     parser.add_argument("--output", required=True, help="output folder (path or s3:// prefix)")

@@ -175,7 +175,7 @@ def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = ArgumentParser(prog="python -m ml.promote", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.promote", doc=__doc__)
     parser.add_argument("--name", required=True, help="registered model")
     parser.add_argument("--version", required=True, help="the version the canary released")
     parser.add_argument("--alias", required=True, help="the production alias to move")

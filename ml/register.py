@@ -181,7 +181,7 @@ def _record_plan(name: str, version: str, alias: str, plan: dict[str, Any]) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = ArgumentParser(prog="python -m ml.register", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.register", doc=__doc__)
     parser.add_argument("--evaluation", required=True, help="the evaluate stage's JSON result")
     parser.add_argument(
         "--run-key", required=True, help="key of the orchestrator run, e.g. <dag_id>/<run_id>"

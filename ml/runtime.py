@@ -8,13 +8,14 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from contract import ERROR_PREFIX, EXIT_INVALID_INPUT, EXIT_TRANSIENT, write_xcom_result
+from contract import ERROR_PREFIX, EXIT_INVALID_INPUT, EXIT_TRANSIENT, XCOM_DIR_ENV, write_xcom_result
 from ml import faults
 from ml.errors import StageError
 
@@ -34,9 +35,30 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with each optional flag's default (when it has one worth showing) and the module docstring's
+    examples as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, [], "", argparse.SUPPRESS)
+        if shown and action.option_strings and not action.required and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors (a missing or malformed flag) are a ``StageError``: the stage's one "ERROR:" line
-    and exit code 2, like any other input it rejects, instead of argparse's usage text."""
+    and exit code 2, like any other input it rejects, instead of argparse's usage text. ``doc`` (the stage module's
+    docstring) gives the description (its first paragraph) and the epilog (the rest: what it does, its examples)."""
+
+    def __init__(self, *args: Any, doc: str | None = None, **kwargs: Any) -> None:
+        if doc:
+            first, _, rest = textwrap.dedent(doc).strip().partition("\n\n")
+            kwargs.setdefault("description", " ".join(first.split()))
+            kwargs.setdefault("epilog", rest.strip("\n") or None)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise StageError(f"{self.prog}: {message}")
@@ -140,5 +162,7 @@ def run_stage(
         result = main(argv)
     except Exception as err:
         _exit_on(err)
-    write_xcom_result(result)
+    written = write_xcom_result(result)
     log.info("result: %s", json.dumps(result, default=str))
+    if not os.environ.get(XCOM_DIR_ENV):  # run by hand: say where the result went
+        log.info("result written to %s", written.resolve())

@@ -369,7 +369,7 @@ def write(frame: pd.DataFrame, output: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = ArgumentParser(prog="python -m ml.synthetic", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.synthetic", doc=__doc__)
     parser.add_argument("--rows", type=int, required=True, help="number of transactions")
     parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed")
     parser.add_argument("--fraud-rate", type=float, default=0.005, help="expected share of frauds")

@@ -14,7 +14,7 @@ the learning curve reaches the MLflow run as it trains.
 The model is logged as a scikit-learn pipeline (encoding + estimator) whose pyfunc predicts probabilities,
 with its signature, an input example and the lineage of the data it learnt from.
 
-    python -m ml.train --prepared-uri data/prepared/x --experiment fraud --run-key manual/1 --model-type xgboost \
+    python -m ml.train --prepared-uri data/prepared/x --experiment fraud --run-key manual/1 --model-type xgboost \\
         ... --tuned '{"params": {"learning_rate": 0.05, "max_depth": 6}}'
 """
 
@@ -694,7 +694,7 @@ def served_model(fit: Fit, train_rows: int, validation_rows: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = ArgumentParser(prog="python -m ml.train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.train", doc=__doc__)
     parser.add_argument("--prepared-uri", required=True, help="folder published by ml.prepare")
     parser.add_argument("--experiment", required=True, help="MLflow experiment name")
     parser.add_argument("--run-key", required=True, help="key of the MLflow run, e.g. <dag_id>/<run_id>")

@@ -374,10 +374,14 @@ def _end_abandoned_trial_runs(parent: Any, numbers: set[int]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = ArgumentParser(prog="python -m ml.tune", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.tune", doc=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in ("worker", "best"):
-        sub = commands.add_parser(command)
+    described = {
+        "worker": "run trials of the study until its budget (trials, minutes) is spent",
+        "best": "the study's best trial: its hyperparameters for train",
+    }
+    for command, what in described.items():
+        sub = commands.add_parser(command, help=what, description=what)
         sub.add_argument("--prepared-uri", required=True, help="folder published by ml.prepare")
         sub.add_argument("--experiment", required=True, help="MLflow experiment name")
         sub.add_argument("--run-key", required=True, help="key of the DAG run's MLflow run")

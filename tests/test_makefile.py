@@ -16,7 +16,9 @@ def phony_targets() -> set[str]:
 
 
 def test_make_with_no_target_lists_every_target_with_what_it_does() -> None:
-    shown = subprocess.run(["make", "--no-print-directory"], cwd=ROOT, capture_output=True, text=True, check=True)
+    shown = subprocess.run(
+        ["make", "--no-print-directory"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     listed = re.findall(r"^  make (\S+)\s+(\S.*)$", shown.stdout, flags=re.MULTILINE)
     names = [name for name, _ in listed]
     assert sorted(names) == sorted(phony_targets()), "each target once, and only targets"

@@ -25,10 +25,14 @@ from ml.runtime import ArgumentParser
 
 
 def _parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="python -m ml.release", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.release", doc=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("deploy", "rollback"):
-        command = commands.add_parser(name)
+    described = {
+        "deploy": "helm upgrade of the release to a model version, unless refused (approval, champion, error budget)",
+        "rollback": "helm rollback to the revision that served the champion (else the one before)",
+    }
+    for name, what in described.items():
+        command = commands.add_parser(name, help=what, description=what)
         command.add_argument("--release", required=True, help="Helm release name")
         command.add_argument("--namespace", required=True)
         command.add_argument("--chart", type=Path, required=True, help="folder of the chart")

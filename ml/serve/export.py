@@ -42,7 +42,7 @@ def export(model_uri: str, output: Path, *, released_alias: str | None = None) -
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = ArgumentParser(prog="python -m ml.serve.export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ml.serve.export", doc=__doc__)
     parser.add_argument(
         "--model-uri",
         type=model_uri,
