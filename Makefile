@@ -140,7 +140,7 @@ mlflow-down:
 	-$(RUN) -m standins.mlflow_server stop --root $(LOCAL)/mlflow
 
 demo: install $(LOCAL)/airflow/airflow.db mlflow-up
-	$(LOCAL_ENV) $(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY)
+	$(LOCAL_ENV) $(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY) --log-file $(LOCAL)/demo.log
 
 # Standalone runs under umask 077, so the files it generates (the UI password file among them) are the owner's
 # only, from the first start; a password file from an older start is made so too.

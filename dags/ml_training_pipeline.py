@@ -20,7 +20,7 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 | `approve` | UI | only with `release.approval.required` (production): a person approves or rejects the release in Airflow's Required actions, seeing the model card's summary; no answer in time rejects. A rejection is recorded on the version and releases nothing |
 | `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's); refuses to start if `champion` moved since evaluation, or while the API's SLOs have spent their error budget (the form can override; the version records it) |
 | `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), slow (alert), or paused by an inconclusive analysis (needs a person: alert, nothing promoted or rolled back) |
-| `promote` | pod, CPU | tags the version with the verdict (promoted, aborted, refused) and figures; on Healthy, moves `champion` by compare-and-set |
+| `promote` | pod, CPU | tags the version with the verdict (promoted, aborted, refused) and figures, logs the canary's report chart (traffic and each metric per step against its threshold) to the version's run; on Healthy, moves `champion` by compare-and-set |
 | `announce_champion` | worker | when `champion` moved: an event on the `<model>@champion` asset (model, version, metrics) |
 | `needs_rollback` | worker | continues when something was released and not promoted (aborted, refused, or `promote` failed) |
 | `rollback` | pod, Helm | Helm rollback to the revision that serves `champion` (else the one before this release) |
@@ -105,10 +105,22 @@ FORM = {
         type="string",
         minLength=1,
         title="Dataset",
+        examples=[
+            "synthetic://card-transactions?rows_per_day=3000&seed=42",
+            "s3://my-bucket/transactions/",
+            "s3://my-bucket/transactions/dt={date}/part.parquet",
+            "data/transactions.csv",
+        ],
         description="CSV or Parquet table (a path or s3://bucket/key), a folder of dt=YYYY-MM-DD partitions, a URI "
         "with a {date} placeholder (one table per day), or synthetic://card-transactions?rows_per_day=N&seed=S",
     ),
-    "target_column": Param("is_fraud", type="string", minLength=1, title="Target column (binary)"),
+    "target_column": Param(
+        "is_fraud",
+        type="string",
+        minLength=1,
+        title="Target column (binary)",
+        description="The column to predict: two values (0/1, true/false, or two labels, the positive one named below)",
+    ),
     "positive_label": Param(
         None,
         type=["null", "string"],
@@ -148,16 +160,47 @@ FORM = {
         "the target and constant columns are left out without being named here (the leakage guard; the "
         "manifest and the model card say which and why)",
     ),
-    "model_type": Param(TRAINING.model_type, enum=list(MODEL_TYPES), title="Model"),
-    "n_estimators": Param(
-        TRAINING.n_estimators, type="integer", minimum=1, maximum=5000, title="Max boosting rounds"
+    "model_type": Param(
+        TRAINING.model_type,
+        enum=list(MODEL_TYPES),
+        title="Model",
+        description="XGBoost's gradient-boosted trees, or a random forest as a baseline to compare with",
+        values_display={
+            "xgboost": "XGBoost (gradient boosting)",
+            "random_forest": "Random forest (baseline)",
+        },
     ),
-    "max_depth": Param(TRAINING.max_depth, type="integer", minimum=1, maximum=16, title="Max tree depth"),
+    "n_estimators": Param(
+        TRAINING.n_estimators,
+        type="integer",
+        minimum=1,
+        maximum=5000,
+        title="Max boosting rounds",
+        description="Most trees XGBoost adds (early stopping usually ends sooner); the random forest's tree count",
+    ),
+    "max_depth": Param(
+        TRAINING.max_depth,
+        type="integer",
+        minimum=1,
+        maximum=16,
+        title="Max tree depth",
+        description="Deeper trees learn more interactions between features, and overfit sooner",
+    ),
     "learning_rate": Param(
-        TRAINING.learning_rate, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"
+        TRAINING.learning_rate,
+        type="number",
+        exclusiveMinimum=0,
+        maximum=1,
+        title="Learning rate",
+        description="How much each new tree corrects the previous ones; lower needs more rounds and generalises better",
     ),
     "early_stopping_rounds": Param(
-        TRAINING.early_stopping_rounds, type="integer", minimum=1, maximum=500, title="Early stopping rounds"
+        TRAINING.early_stopping_rounds,
+        type="integer",
+        minimum=1,
+        maximum=500,
+        title="Early stopping rounds",
+        description="Stop when the validation average precision has not improved for this many rounds",
     ),
     "scale_pos_weight": Param(
         TRAINING.scale_pos_weight,
@@ -174,7 +217,12 @@ FORM = {
         description="Smallest sum of row weights (hessian) in a leaf; larger is more conservative",
     ),
     "subsample": Param(
-        TRAINING.subsample, type="number", exclusiveMinimum=0, maximum=1, title="Row subsample per tree"
+        TRAINING.subsample,
+        type="number",
+        exclusiveMinimum=0,
+        maximum=1,
+        title="Row subsample per tree",
+        description="Share of the training rows each tree sees (below 1: less overfitting)",
     ),
     "colsample_bytree": Param(
         TRAINING.colsample_bytree,
@@ -182,9 +230,22 @@ FORM = {
         exclusiveMinimum=0,
         maximum=1,
         title="Column subsample per tree",
+        description="Share of the features each tree sees",
     ),
-    "reg_alpha": Param(TRAINING.reg_alpha, type="number", minimum=0, title="L1 regularisation"),
-    "reg_lambda": Param(TRAINING.reg_lambda, type="number", minimum=0, title="L2 regularisation"),
+    "reg_alpha": Param(
+        TRAINING.reg_alpha,
+        type="number",
+        minimum=0,
+        title="L1 regularisation",
+        description="L1 penalty on the leaves' weights (drives small ones to zero)",
+    ),
+    "reg_lambda": Param(
+        TRAINING.reg_lambda,
+        type="number",
+        minimum=0,
+        title="L2 regularisation",
+        description="L2 penalty on the leaves' weights (shrinks them)",
+    ),
     "refit": Param(
         TRAINING.refit,
         type="boolean",
@@ -193,11 +254,18 @@ FORM = {
         "validation rows (rounds scaled to the larger set); the threshold stays chosen on the early-stopped "
         "model's validation scores",
     ),
-    "device": Param(TRAINING.device, enum=list(DEVICES), title="Training device"),
+    "device": Param(
+        TRAINING.device,
+        enum=list(DEVICES),
+        title="Training device",
+        description="Where XGBoost trains: a GPU when the train pod sees one (auto), or forced",
+        values_display={"auto": "Auto (the GPU when there is one)", "cpu": "CPU", "cuda": "GPU (CUDA)"},
+    ),
     "distributed": Param(
         TRAINING.distributed,
         enum=list(DISTRIBUTED_MODES),
         title="Distributed training",
+        values_display={"none": "No: in the train pod", "dask": "Dask cluster (xgboost.dask)"},
         description="dask: XGBoost trains with xgboost.dask on a Dask cluster that reads the splits from storage "
         "(in the cluster, one the Dask Kubernetes operator runs, its workers on the GPU preset; on the embedded "
         "defaults, local worker processes); the same model is logged, evaluated and served. none: in the train pod",
@@ -258,9 +326,19 @@ FORM = {
         "trained on other columns) does not fail the gate. Recorded on the version and in the model card",
     ),
     "registered_model_name": Param(
-        REGISTRY.model_name, type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Registered model"
+        REGISTRY.model_name,
+        type="string",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        title="Registered model",
+        description="The MLflow registered model the new version joins (and whose champion the release serves)",
     ),
-    "seed": Param(TRAINING.seed, type="integer", minimum=0, title="Random seed"),
+    "seed": Param(
+        TRAINING.seed,
+        type="integer",
+        minimum=0,
+        title="Random seed",
+        description="Seeds the split, the sampling and the training: the same seed and data give the same model",
+    ),
     "release_despite_spent_error_budget": Param(
         False,
         type="boolean",
@@ -273,10 +351,41 @@ FORM = {
         "auto",
         enum=list(RELEASE_CHOICES),
         title="Release",
+        values_display={
+            "auto": "Auto (the newest interval only)",
+            "always": "Always",
+            "never": "Never (register only)",
+        },
         description="auto: only a run for the newest interval releases (backfills and old intervals register "
         "for the record); always or never: force or forbid the release of this run (a backfill never releases)",
     ),
 }
+
+#: The form's sections, in the order the UI shows them, and the fields in each.
+SECTIONS = {
+    "Data": ("dataset_uri", "target_column", "positive_label", "time_column", "training_window_days",
+             "evaluation_window_days", "drop_columns"),
+    "Model": ("model_type", "n_estimators", "max_depth", "learning_rate", "early_stopping_rounds", "scale_pos_weight",
+              "min_child_weight", "subsample", "colsample_bytree", "reg_alpha", "reg_lambda", "refit", "device",
+              "distributed", "seed"),
+    "Tuning": ("tuning", "tuning_trials", "tuning_minutes", "tuning_workers"),
+    "Quality gate": ("min_average_precision", "min_improvement", "accept_incomparable_champion"),
+    "Release": ("registered_model_name", "release", "release_despite_spent_error_budget"),
+}  # fmt: skip
+
+
+def in_sections(form: dict[str, Param], sections: dict[str, tuple[str, ...]]) -> dict[str, Param]:
+    """The form's fields in their sections' order, each carrying its section for the UI; every field in one."""
+    placed = [name for names in sections.values() for name in names]
+    if sorted(placed) != sorted(form):
+        raise ValueError(f"the form's sections must hold each field once: {sorted(set(form) ^ set(placed))}")
+    for section, names in sections.items():
+        for name in names:
+            form[name].schema["section"] = section
+    return {name: form[name] for name in placed}
+
+
+FORM = in_sections(FORM, SECTIONS)
 
 # -- The stages: pods of the ML stage image, and the decisions taken on the worker ---------------------------
 

@@ -269,6 +269,57 @@ def _figures(
     ax.set_title("Feature importance")
     fig.tight_layout()
     figures["plots/feature_importance.png"] = fig
+    return {**figures, **_decision_figures(labels, scores, threshold, champion_scores)}
+
+
+def _decision_figures(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, champion_scores: Any
+) -> dict[str, Any]:
+    """The plots a fraud team picks a threshold with: precision, recall and F1 against the threshold (the chosen
+    one marked), the scores of each class, and how far the scores are from calibrated probabilities."""
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
+                   where=(precision + recall) > 0)  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for values, name in ((precision, "precision"), (recall, "recall"), (f1, "F1")):
+        ax.plot(thresholds, values[:-1], label=name)
+    ax.axvline(
+        threshold, color="black", linestyle="--", label=f"chosen threshold {threshold:.3f} (on validation)"
+    )
+    ax.set(xlabel="threshold on the score", ylabel="on the test split", ylim=(0, 1.02),
+           title="Precision, recall and F1 against the threshold")  # fmt: skip
+    ax.legend(loc="best")
+    figures = {"plots/threshold_tradeoff.png": fig}
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    bins = [i / 50 for i in range(51)]
+    for value, name in ((0, "negative"), (1, "positive")):
+        ax.hist(
+            scores[labels == value],
+            bins=bins,
+            alpha=0.6,
+            density=True,
+            label=f"{name} ({(labels == value).sum()})",
+        )
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="score", ylabel="density (each class on its own)", yscale="log",
+           title="Scores of each class on the test split")  # fmt: skip
+    ax.legend(loc="best")
+    figures["plots/score_distribution.png"] = fig
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    CalibrationDisplay.from_predictions(
+        labels, scores, n_bins=10, strategy="quantile", name="candidate", ax=ax
+    )
+    if champion_scores is not None:
+        CalibrationDisplay.from_predictions(labels, champion_scores, n_bins=10, strategy="quantile", name="champion",
+                                            ax=ax)  # fmt: skip
+    ax.set_title("Calibration on the test split (deciles of the score)")
+    figures["plots/calibration.png"] = fig
     return figures
 
 

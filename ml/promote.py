@@ -174,6 +174,60 @@ def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> 
     )
 
 
+def canary_report(verdict: dict[str, Any]) -> Any:
+    """The canary's report as a figure: the traffic on the new model at each step, then each analysed metric's
+    measurements at the steps they were taken, against its threshold (None: nothing was measured)."""
+    import re
+
+    measured = [m for m in verdict.get("measurements", []) if isinstance(m.get("value"), int | float)]
+    if not measured:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = sorted({m["metric"] for m in measured})
+    weight, weights = 0, []
+    for step in verdict.get("steps", []):
+        weight = step.get("setWeight", weight)
+        weights.append(weight)
+    fig, axes = plt.subplots(len(metrics) + 1, 1, figsize=(7, 2.2 * (len(metrics) + 1)), sharex=True)
+    axes[0].step(range(len(weights)), weights, where="post", color="black")
+    axes[0].set(
+        ylabel="% traffic",
+        ylim=(0, 105),
+        title=f"Canary of {verdict.get('model_uri', '?')}: {verdict['phase']}",
+    )
+    colours = {"Successful": "tab:green", "Failed": "tab:red", "Inconclusive": "tab:orange"}
+    for ax, metric in zip(axes[1:], metrics, strict=True):
+        points = [m for m in measured if m["metric"] == metric]
+        ax.scatter([m["step"] for m in points], [m["value"] for m in points],
+                   c=[colours.get(m["phase"], "grey") for m in points], zorder=3)  # fmt: skip
+        threshold = re.search(r"([<>]=?)\s*(-?[0-9.eE+-]+)\s*$", points[0]["condition"])
+        if threshold:
+            ax.axhline(float(threshold.group(2)), color="grey", linestyle="--", label=points[0]["condition"])
+            ax.legend(loc="best", fontsize="small")
+        ax.set_ylabel(metric)
+    axes[-1].set_xlabel("canary step")
+    fig.tight_layout()
+    return fig
+
+
+def _log_canary_report(name: str, version: str, verdict: dict[str, Any]) -> None:
+    """The report on the run the version was trained in, beside its evaluation's plots."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    figure = canary_report(verdict)
+    if figure is None:
+        return
+    run_id = tracking.client().get_model_version(name, version).run_id
+    with tracking.active_run(run_id):
+        mlflow.log_figure(figure, "plots/canary_report.png")
+    plt.close(figure)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = ArgumentParser(prog="python -m ml.promote", doc=__doc__)
     parser.add_argument("--name", required=True, help="registered model")
@@ -181,12 +235,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--alias", required=True, help="the production alias to move")
     parser.add_argument("--verdict", required=True, help="the rollout watch's JSON result")
     args = parser.parse_args(argv)
-    promotion = promote(
-        name=args.name,
-        version=args.version,
-        alias=args.alias,
-        verdict=json_object("--verdict", "the rollout watch's result")(args.verdict),
-    )
+    verdict = json_object("--verdict", "the rollout watch's result")(args.verdict)
+    promotion = promote(name=args.name, version=args.version, alias=args.alias, verdict=verdict)
+    _log_canary_report(args.name, args.version, verdict)
     return asdict(promotion)
 
 

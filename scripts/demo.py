@@ -16,9 +16,12 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pendulum
 
@@ -50,17 +53,116 @@ RELEASE_TASKS = (
 )
 
 
-def run_dag(conf: dict[str, Any], dags_folder: Path, interval_end: Any) -> Any:
-    """Run the DAG for the interval that ends at ``interval_end`` (its logical date, as ``dag.test`` infers it)."""
+#: Lines of the log shown when a task fails.
+FAILED_TAIL_LINES = 30
+
+
+def run_dag(conf: dict[str, Any], dags_folder: Path, interval_end: Any, log_file: Path) -> Any:
+    """Run the DAG for the interval that ends at ``interval_end`` (its logical date, as ``dag.test`` infers it).
+    Airflow's log lines (and the stage pods') go to ``log_file``; the terminal gets a line per task as it starts
+    and ends, and the end of the log when one fails."""
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(str(dags_folder))
-    if bag.import_errors:
-        raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    dag = bag.dags[DAG_ID]
-    # run_after too, so that the run id (and the run key of its MLflow run and version) is the interval's: a
-    # second `make demo` re-runs the same runs and registers nothing new.
-    return dag.test(logical_date=interval_end, run_after=interval_end, run_conf=conf)
+    with quiet(log_file) as terminal:
+        bag = DagBag(str(dags_folder))
+        if bag.import_errors:
+            raise SystemExit(f"DAG import errors: {bag.import_errors}")
+        dag = bag.dags[DAG_ID]
+        progress = Progress(terminal, dag_run_id(interval_end), log_file)
+        progress.start()
+        try:
+            # run_after too, so that the run id (and the run key of its MLflow run and version) is the interval's:
+            # a second `make demo` re-runs the same runs and registers nothing new.
+            return dag.test(logical_date=interval_end, run_after=interval_end, run_conf=conf)
+        finally:
+            progress.stop()
+
+
+def dag_run_id(interval_end: Any) -> str:
+    """The run id ``dag.test`` gives a manual run for that logical date."""
+    return f"manual__{interval_end.isoformat()}"
+
+
+@contextmanager
+def quiet(log_file: Path) -> Iterator[TextIO]:
+    """Send this process's stdout and stderr (and so its subprocesses', the local pods') to ``log_file``; yield the
+    terminal's stdout."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(1), "w", buffering=1)
+    with log_file.open("a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            terminal.close()
+
+
+class Progress(threading.Thread):
+    """Prints a line per task of the run as it starts and as it ends (state, duration), from Airflow's database."""
+
+    def __init__(self, terminal: TextIO, run_id: str, log_file: Path) -> None:
+        super().__init__(daemon=True)
+        self.terminal, self.run_id, self.log_file = terminal, run_id, log_file
+        self.seen: dict[str, str] = {}
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
+        self.report()  # the last changes
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            try:
+                self.report()
+            except Exception:  # a busy database (SQLite): the next look gets it
+                continue
+
+    def report(self) -> None:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            rows = (
+                session.query(TaskInstance)
+                .filter(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == self.run_id)
+                .all()
+            )
+            changes = [
+                (
+                    ti.task_id,
+                    ti.map_index,
+                    str(getattr(ti.state, "value", ti.state)),
+                    ti.start_date,
+                    ti.end_date,
+                )
+                for ti in rows
+            ]
+        for task_id, map_index, state, start, end in sorted(changes, key=lambda c: (c[3] is None, c[3] or 0)):
+            name = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+            if state in ("None", "scheduled", "queued") or self.seen.get(name) == state:
+                continue
+            self.seen[name] = state
+            took = f" {(end - start).total_seconds():6.1f} s" if start and end else ""
+            self.terminal.write(f"  {pendulum.now():%H:%M:%S}  {name:<20} {state}{took}\n")
+            if state == "failed":
+                self.terminal.write(tail(self.log_file, FAILED_TAIL_LINES))
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last lines of the log, indented, with where the rest is."""
+    last = path.read_text(errors="replace").splitlines()[-lines:]
+    return "".join(f"      | {line}\n" for line in last) + f"      (the whole log: {path})\n"
 
 
 def summarise(dag_run: Any, tracking_uri: str) -> int:
@@ -199,6 +301,8 @@ def main() -> None:
     parser.add_argument("--rows-per-day", type=int, default=3000, help="daily rows of the synthetic stream")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--conf", default="{}", help="extra DAG run conf as JSON")
+    parser.add_argument("--log-file", type=Path, default=Path(".local/demo.log"),
+                        help="where Airflow's and the stages' log lines go (the terminal shows a line per task)")  # fmt: skip
     args = parser.parse_args()
     conf = {
         "dataset_uri": f"synthetic://card-transactions?rows_per_day={args.rows_per_day}&seed={args.seed}",
@@ -209,12 +313,16 @@ def main() -> None:
     dags_folder = Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", "dags"))
     tracking_uri = os.environ["AIRFLOW_VAR_MLFLOW_TRACKING_URI"]
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the summary's downloads, quietly
     model_name = conf.get("registered_model_name") or load_platform().registry.model_name
+    log_file = args.log_file.resolve()
+    log_file.unlink(missing_ok=True)
+    print(f"Airflow's and the stages' log lines go to {log_file}; a line per task here.")
     if not has_champion(model_name):
         print(f"No champion yet: a run for the week ending {newest.start:%Y-%m-%d %H:%M}, released by hand, makes "
               f"the first one ({DAG_ID} with {json.dumps(conf)})")  # fmt: skip
         started = time.perf_counter()
-        first = run_dag({**conf, "release": "always"}, dags_folder, newest.start)
+        first = run_dag({**conf, "release": "always"}, dags_folder, newest.start, log_file)
         print(f"\nFinished in {time.perf_counter() - started:.0f}s")
         if summarise(first, tracking_uri) != 0:
             sys.exit(1)
@@ -227,7 +335,7 @@ def main() -> None:
         f"Running {DAG_ID} for the newest complete week, ending {newest.end:%Y-%m-%d %H:%M}, with {json.dumps(conf)}"
     )
     started = time.perf_counter()
-    dag_run = run_dag(conf, dags_folder, newest.end)
+    dag_run = run_dag(conf, dags_folder, newest.end, log_file)
     print(f"\nFinished in {time.perf_counter() - started:.0f}s")
     sys.exit(summarise(dag_run, tracking_uri))
 

@@ -320,3 +320,25 @@ def test_the_approver_sees_metrics_against_the_champion_the_windows_and_the_gate
     assert "| ROC-AUC | 0.9300 | - |" in summary(first, {}, registration)
     when = pendulum.datetime(2026, 11, 27, 10, tz="UTC")
     assert json.loads(answer_json({"responded_at": when}))["responded_at"] == "2026-11-27T10:00:00+00:00"
+
+
+def test_the_form_is_in_sections_and_explains_every_field(dagbag) -> None:
+    """Data, Model, Tuning, Quality gate, Release, each field once and in its section's run; a description on every
+    field, readable labels for every choice, examples for the dataset."""
+    params = dagbag.dags["ml_training_pipeline"].params
+    sections = [params.get_param(name).schema.get("section") for name in params]
+    runs = [section for i, section in enumerate(sections) if i == 0 or sections[i - 1] != section]
+    assert runs == ["Data", "Model", "Tuning", "Quality gate", "Release"]
+    for name in params:
+        schema = params.get_param(name).schema
+        assert len(params.get_param(name).description or "") > 20, f"{name} has no description"
+        if "enum" in schema:
+            assert set(schema["values_display"]) == set(schema["enum"]), name
+    assert any(example.startswith("s3://") for example in params.get_param("dataset_uri").schema["examples"])
+
+
+def test_a_field_left_out_of_the_sections_fails_the_dag_at_parse() -> None:
+    from dags.ml_training_pipeline import FORM, in_sections
+
+    with pytest.raises(ValueError, match="each field once"):
+        in_sections(dict(FORM), {"Data": ("dataset_uri",)})

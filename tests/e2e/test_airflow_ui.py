@@ -72,8 +72,14 @@ def open_trigger_form(page: Any, airflow: Airflow) -> Any:
     page.goto(f"{airflow.url}/dags/{DAG_ID}")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
+    open_section(dialog, "Data")
     dialog.locator("#element_dataset_uri").wait_for()
     return dialog
+
+
+def open_section(dialog: Any, name: str) -> None:
+    """Open one of the form's sections (they start collapsed)."""
+    dialog.get_by_role("button", name=name, exact=True).click()
 
 
 def test_an_invalid_form_value_is_refused_with_a_message(page, airflow: Airflow) -> None:
@@ -81,6 +87,13 @@ def test_an_invalid_form_value_is_refused_with_a_message(page, airflow: Airflow)
 
     runs_before = len(airflow.dag_runs())
     dialog = open_trigger_form(page, airflow)
+    # The form comes in sections, each field with its description.
+    for section in ("Data", "Model", "Tuning", "Quality gate", "Release"):
+        expect(dialog.get_by_role("button", name=section, exact=True)).to_be_visible()
+    open_section(dialog, "Model")
+    expect(
+        dialog.get_by_text("Stop when the validation average precision has not improved").first
+    ).to_be_visible()
     # The form's pattern allows sqrt, auto, none or a number.
     dialog.locator("#element_scale_pos_weight").fill("lots")
     dialog.get_by_role("button", name="Trigger").click()
@@ -97,10 +110,12 @@ def test_a_data_scientist_triggers_a_training_run_from_the_form_and_it_succeeds(
 
     dialog = open_trigger_form(page, airflow)
     dialog.locator("#element_dataset_uri").fill(DATASET)
+    open_section(dialog, "Model")
     dialog.get_by_role("combobox", name="Model").click()
-    page.get_by_role("option", name="random_forest").click()
+    page.get_by_role("option", name="Random forest (baseline)").click()
     dialog.locator("input[name=element_max_depth]").fill("6")
     # A small table, so a low floor: this run is about the form and the release, not the model's quality.
+    open_section(dialog, "Quality gate")
     dialog.locator("input[name=element_min_average_precision]").fill("0.1")
     page.screenshot(path=ARTIFACTS / "03-form-filled.png", full_page=True)
     dialog.get_by_role("button", name="Trigger").click()

@@ -126,8 +126,9 @@ def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, ml
     plots = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "plots")}
     assert plots == {
         f"plots/{n}.png"
-        for n in ("precision_recall_curve", "confusion_matrix", "feature_importance", "performance_over_time")
-    }
+        for n in ("precision_recall_curve", "confusion_matrix", "feature_importance", "performance_over_time",
+                  "threshold_tradeoff", "score_distribution", "calibration")
+    }  # fmt: skip
     assert {a.path for a in client.list_artifacts(mlflow_run.info.run_id)} >= {
         "model_card.md",
         "evaluation.json",
@@ -239,6 +240,9 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
         xcom(dag_run, "evaluate")["metrics"]["average_precision"]
     )
     assert MlflowClient().get_model_version(MODEL, version.version).tags[CANARY_VERDICT_TAG] == "promoted"
+    # The canary's report beside the version's evaluation plots.
+    plots = {a.path for a in MlflowClient().list_artifacts(version.run_id, "plots")}
+    assert "plots/canary_report.png" in plots
 
 
 def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(dag, first_run, tmp_path, capfd) -> None:

@@ -71,3 +71,36 @@ def test_a_model_registered_for_the_record_need_not_beat_the_champion_but_must_m
         metrics(0.2), weaker, min_average_precision=0.3, min_improvement=0.01, record_only="old"
     )
     assert decision == FAIL
+
+
+def test_the_decision_plots_mark_the_chosen_threshold_and_show_each_class() -> None:
+    """Precision, recall and F1 against the threshold with the chosen one marked; each class's scores; calibration
+    of the candidate (and the champion's, when there is one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ml.evaluate import _decision_figures
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(2000) < 0.1).astype(int)
+    scores = np.clip(labels * 0.5 + rng.random(2000) * 0.5, 0, 1)
+    figures = _decision_figures(labels, scores, 0.42, champion_scores=scores * 0.9)
+    assert set(figures) == {
+        "plots/threshold_tradeoff.png",
+        "plots/score_distribution.png",
+        "plots/calibration.png",
+    }
+    tradeoff = figures["plots/threshold_tradeoff.png"].axes[0]
+    names = [line.get_label() for line in tradeoff.lines]
+    assert names[:3] == ["precision", "recall", "F1"] and "chosen threshold 0.420" in names[3]
+    assert list(tradeoff.lines[3].get_xdata()) == [0.42, 0.42]
+    f1 = tradeoff.lines[2].get_ydata()
+    assert 0 < max(f1) <= 1
+    legend = [t.get_text() for t in figures["plots/score_distribution.png"].axes[0].get_legend().get_texts()]
+    assert legend[:2] == [f"negative ({(labels == 0).sum()})", f"positive ({(labels == 1).sum()})"]
+    calibration = [line.get_label() for line in figures["plots/calibration.png"].axes[0].lines]
+    assert "candidate" in calibration and "champion" in calibration
+    for figure in figures.values():
+        plt.close(figure)

@@ -118,8 +118,10 @@ def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server,
     assert evaluation["decision"] == "pass"
     artifacts = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "plots")}
     assert artifacts == {
-        f"plots/{n}.png" for n in ("precision_recall_curve", "confusion_matrix", "feature_importance")
-    }
+        f"plots/{n}.png"
+        for n in ("precision_recall_curve", "confusion_matrix", "feature_importance", "threshold_tradeoff",
+                  "score_distribution", "calibration")
+    }  # fmt: skip
 
     first = register(evaluation, run_key="dag/run-b", alias=CHALLENGER)
     second = register(evaluation, run_key="dag/run-b", alias=CHALLENGER)
