@@ -180,6 +180,9 @@ def test_a_release_whose_champion_moved_before_it_started_is_refused_without_a_c
     assert refused.revision == 1 and [r.revision for r in target.history()] == [1]
 
 
+# Long: make test keeps its kin, the budget read on the local API in the pipeline's second release
+# (tests/e2e/test_training_pipeline.py) and the policy against Prometheus (tests/ml/release/test_budget.py).
+@pytest.mark.long
 def test_a_spent_error_budget_refuses_the_release_until_a_person_overrides_it(
     target, local_helm, versions
 ) -> None:
@@ -282,7 +285,11 @@ def test_rolling_back_a_first_release_is_refused(target, versions) -> None:
 
 @pytest.mark.parametrize(
     ("values", "measured_steps"),
-    [("workload:\n  strategy: blueGreen\n", {0}), ("workload:\n  kind: deployment\n", set())],
+    [
+        # Long: make test keeps the deployment's switch here and the blue-green objects' checks (tests/k8s).
+        pytest.param("workload:\n  strategy: blueGreen\n", {0}, marks=pytest.mark.long),
+        ("workload:\n  kind: deployment\n", set()),
+    ],
     ids=["blue-green", "deployment"],
 )
 def test_blue_green_analyses_the_preview_and_a_deployment_switches_when_ready(
