@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -92,7 +92,9 @@ def quiet(log_file: Path) -> Iterator[TextIO]:
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     terminal = os.fdopen(os.dup(1), "w", buffering=1)
-    with log_file.open("a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
+    # At the descriptors, not by swapping sys.stdout: Airflow's loggers keep the stream they first wrote to (a
+    # swapped one would be closed under them by the second run), and the stage pods inherit the descriptors.
+    with log_file.open("a", buffering=1) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +14,22 @@ def test_airflow_and_its_subprocesses_write_to_the_log_file_and_the_terminal_kee
     tmp_path: Path, capfd
 ) -> None:
     log_file = tmp_path / "demo.log"
-    with quiet(log_file) as terminal:
-        print("airflow: a log line")
-        sys.stderr.write("airflow: a warning\n")
-        subprocess.run([sys.executable, "-c", "print('pod: a stage line')"], check=True)
-        terminal.write("  12:00:00  prepare              running\n")
+    for run in (1, 2):  # the demo runs the DAG twice: the second run must find its streams open
+        with quiet(log_file) as terminal:
+            os.write(
+                1, f"airflow: run {run}\n".encode()
+            )  # what Airflow's loggers write to the process's stdout
+            os.write(2, b"airflow: a warning\n")
+            subprocess.run([sys.executable, "-c", "print('pod: a stage line')"], check=True)
+            terminal.write(f"  12:00:0{run}  prepare              running\n")
     shown = capfd.readouterr()
-    assert shown.out == "  12:00:00  prepare              running\n" and shown.err == ""
+    assert shown.out == "  12:00:01  prepare              running\n  12:00:02  prepare              running\n"
+    assert shown.err == ""
     assert log_file.read_text().splitlines() == [
-        "airflow: a log line",
-        "airflow: a warning",
-        "pod: a stage line",
-    ]
-    print("after: the terminal again")
+        "airflow: run 1", "airflow: a warning", "pod: a stage line",
+        "airflow: run 2", "airflow: a warning", "pod: a stage line",
+    ]  # fmt: skip
+    os.write(1, b"after: the terminal again\n")
     assert capfd.readouterr().out == "after: the terminal again\n"
 
 
