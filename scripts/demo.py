@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -121,7 +121,8 @@ class Progress(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=10)
-        self.report()  # the last changes
+        with suppress(Exception):  # the last changes; a busy database must not hide the run's own outcome
+            self.report()
 
     def run(self) -> None:
         while not self.stopping.wait(0.5):
