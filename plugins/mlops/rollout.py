@@ -191,7 +191,14 @@ class RolloutTrigger(BaseTrigger):
                             label_selector=f"rollouts-pod-template-hash={pod_hash}",
                         )  # fmt: skip
                         measurements = analysis_measurements(runs.get("items", []))
-                    yield TriggerEvent({"phase": phase, "message": message, "measurements": measurements})
+                    steps = (
+                        ((workload.get("spec") or {}).get("strategy") or {})
+                        .get("canary", {})
+                        .get("steps", [])
+                    )
+                    yield TriggerEvent(
+                        {"phase": phase, "message": message, "measurements": measurements, "steps": steps}
+                    )
                     return
             if time.time() > self.deadline:
                 yield TriggerEvent({"phase": SLOW, "message": message, "measurements": []})
@@ -356,4 +363,6 @@ class RolloutWatchOperator(BaseOperator):
             "revision": deployment["revision"],
             "model_uri": deployment["model_uri"],
             "measurements": event.get("measurements", []),
+            # The canary's steps (its traffic weights), for promote's report.
+            "steps": event.get("steps", []),
         }

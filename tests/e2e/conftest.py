@@ -49,7 +49,8 @@ class Airflow:
         """The test user's password, as Airflow generated it (the file ``make airflow-ui`` points users at)."""
         return str(json.loads(self.passwords_file.read_text())[USER])
 
-    def api(self, path: str) -> Any:
+    def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET a path of the REST API (v2), or POST ``body`` to it."""
         if self._token is None:
             response = httpx.post(
                 f"{self.url}/auth/token", json={"username": USER, "password": self.password}, timeout=60
@@ -57,11 +58,24 @@ class Airflow:
             response.raise_for_status()
             self._token = response.json()["access_token"]
         # Generous: on 2 busy cores, standalone Airflow can take a while to answer while the run's pods work.
-        response = httpx.get(
-            f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {self._token}"}, timeout=60
+        response = httpx.request(
+            "GET" if body is None else "POST",
+            f"{self.url}/api/v2{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {self._token}"},
+            timeout=60,
         )
         response.raise_for_status()
         return response.json()
+
+    def wait_for_run(self, run_id: str, timeout: float = 600) -> dict[str, Any]:
+        """The run once it has finished (or the timeout passed): its REST resource."""
+        deadline = time.monotonic() + timeout
+        run = self.api(f"/dags/{DAG_ID}/dagRuns/{run_id}")
+        while run["state"] not in ("success", "failed") and time.monotonic() < deadline:
+            time.sleep(3)
+            run = self.api(f"/dags/{DAG_ID}/dagRuns/{run_id}")
+        return dict(run)
 
     def dag_runs(self) -> list[dict[str, Any]]:
         return list(self.api(f"/dags/{DAG_ID}/dagRuns")["dag_runs"])

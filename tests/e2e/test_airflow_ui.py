@@ -1,15 +1,20 @@
-"""The Airflow UI in a real browser: a data scientist triggers the training DAG from its form.
+"""The Airflow UI in a real browser: a data scientist triggers the training DAG from its form, and the README's
+pictures are taken from the pages a second, canaried release leaves.
 
 Airflow runs as the session's ``airflow standalone`` (SQLite, LocalExecutor, the local pod runtime, MLflow on
 loopback); Playwright drives Debian's Chromium (``make test`` installs it). Screenshots of every step are kept
 under ``.local/test-artifacts/browser/`` (CI uploads them). A run triggered from the form has no logical date:
 it covers the newest complete week, so it is the one that releases (after the backfill of past weeks in
 ``test_airflow_backfill.py``, which released nothing).
+
+``make screenshots`` writes the README's pictures into ``docs/images/`` (``MLOPS_SCREENSHOTS_DIR``); any other run
+keeps them with the other screenshots, so a test run never changes the working tree. Each is taken only once its
+page has rendered what it is meant to show: the test fails otherwise.
 """
 
 from __future__ import annotations
 
-import time
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,14 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from contract import RELEASE_PLANNED, RELEASE_REASON_TAG, RELEASE_TAG, RUN_KEY_TAG
+from contract import (
+    CANARY_PROMOTED,
+    CANARY_VERDICT_TAG,
+    RELEASE_PLANNED,
+    RELEASE_REASON_TAG,
+    RELEASE_TAG,
+    RUN_KEY_TAG,
+)
 from mlops.platform_config import load_platform
 from tests.e2e.conftest import DAG_ID, USER, Airflow
 
@@ -36,6 +48,12 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / ".local" / "test-artifacts" / "browser"
 DATASET = "synthetic://card-transactions?rows_per_day=400&seed=7&fraud_rate=0.02"
 RUN_TIMEOUT_S = 600
+#: The README's pictures: docs/images/<name>.png.
+README_PICTURES = ("trigger-form", "dag-graph", "run-grid", "mlflow-run-plots", "canary-report")
+PICTURES = Path(os.environ.get("MLOPS_SCREENSHOTS_DIR") or ARTIFACTS / "readme")
+#: A run for the pictures: the form's table with the platform's default model (XGBoost), released whatever its
+#: score against the form's run (this run is about the canary, not the model's quality).
+CANARY_RUN_CONF = {"dataset_uri": DATASET, "min_average_precision": 0.1, "min_improvement": -1}
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.scheduler]
 
 
@@ -134,10 +152,7 @@ def test_a_data_scientist_triggers_a_training_run_from_the_form_and_it_succeeds(
         "min_average_precision": 0.1,
     }
 
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while run["state"] not in ("success", "failed") and time.monotonic() < deadline:
-        time.sleep(3)
-        run = airflow.api(f"/dags/{DAG_ID}/dagRuns/{run_id}")
+    run = airflow.wait_for_run(run_id, RUN_TIMEOUT_S)
     page.reload()
     page.screenshot(path=ARTIFACTS / "04-run-finished.png", full_page=True)
     tasks = airflow.api(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
@@ -155,3 +170,103 @@ def test_a_data_scientist_triggers_a_training_run_from_the_form_and_it_succeeds(
         and "is the newest complete interval" in champion.tags[RELEASE_REASON_TAG]
     )
     assert champion.tags[RUN_KEY_TAG] == f"{DAG_ID}/{run_id}"
+
+
+def test_a_second_release_canaries_and_the_readme_pictures_show_it(page, airflow: Airflow) -> None:
+    """A run triggered after the form's run canaries against its champion and is promoted; the README's pictures
+    are taken from that run's pages in Airflow and MLflow."""
+    registry = load_platform().registry
+    client = MlflowClient()
+    if not client.search_model_versions(f"name = '{registry.model_name}'"):
+        # Run alone: a first release, so that the next one has a champion to canary against.
+        assert trigger(airflow, CANARY_RUN_CONF)["state"] == "success"
+    run = trigger(airflow, CANARY_RUN_CONF)
+    states = airflow.task_states(run["dag_run_id"])
+    assert run["state"] == "success", states
+    assert {states[t] for t in ("deploy", "watch_rollout", "promote", "announce_champion")} == {"success"}
+    champion = client.get_model_version_by_alias(registry.model_name, registry.production_alias)
+    assert champion.tags[RUN_KEY_TAG] == f"{DAG_ID}/{run['dag_run_id']}"
+    assert champion.tags[CANARY_VERDICT_TAG] == CANARY_PROMOTED
+    assert any(a.path == "plots/canary_report.png" for a in client.list_artifacts(champion.run_id, "plots"))
+
+    PICTURES.mkdir(parents=True, exist_ok=True)
+    picture_trigger_form(page, airflow)
+    picture_run(page, airflow, run["dag_run_id"])
+    experiment = client.get_run(champion.run_id).info.experiment_id
+    mlflow_run = f"{os.environ['MLFLOW_TRACKING_URI']}/#/experiments/{experiment}/runs/{champion.run_id}"
+    picture_artifact(page, mlflow_run, "plots/threshold_tradeoff.png", "mlflow-run-plots")
+    picture_artifact(page, mlflow_run, "plots/canary_report.png", "canary-report", height=1250)
+    pictures = [(PICTURES / f"{name}.png").read_bytes() for name in README_PICTURES]
+    assert len(set(pictures)) == len(pictures), "two pictures are the same page"
+    assert sorted(p.stem for p in PICTURES.glob("*.png")) == sorted(README_PICTURES)
+
+
+def trigger(airflow: Airflow, conf: dict[str, Any]) -> dict[str, Any]:
+    """Trigger the training DAG through the REST API, as the form does (no logical date), and wait for the run."""
+    run = airflow.api(f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    return airflow.wait_for_run(run["dag_run_id"], RUN_TIMEOUT_S)
+
+
+def picture_trigger_form(page: Any, airflow: Airflow) -> None:
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    dialog = open_trigger_form(page, airflow)  # its Data section open
+    expect(dialog.get_by_text("CSV or Parquet table").first).to_be_visible()
+    page.screenshot(path=PICTURES / "trigger-form.png")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+
+def picture_run(page: Any, airflow: Airflow, run_id: str) -> None:
+    """The run's graph (every task of the DAG, coloured by its state) and its grid with the task instances."""
+    from playwright.sync_api import expect
+
+    tasks = airflow.api(f"/dags/{DAG_ID}/tasks")["total_entries"]
+    # The graph is long and flat: taken at twice the pixels, so that its task names stay legible once zoomed.
+    crisp = page.context.browser.new_context(
+        viewport={"width": 1800, "height": 480},
+        device_scale_factor=2,
+        storage_state=page.context.storage_state(),
+    )
+    graph = crisp.new_page()
+    graph.goto(f"{airflow.url}/dags/{DAG_ID}/runs/{run_id}")
+    graph.get_by_role("button", name="Show Graph (Press g)").click()
+    graph.get_by_role("button", name="Collapse Details Panel").click()
+    expect(graph.locator(".react-flow__node")).to_have_count(tasks)
+    expect(graph.locator(".react-flow__node", has_text="promote").get_by_text("success")).to_be_visible()
+    graph.get_by_role("button", name="Fit View").click()
+    graph.mouse.move(0, 0)  # no tooltip over the graph
+    graph.screenshot(path=PICTURES / "dag-graph.png")
+    crisp.close()
+
+    page.set_viewport_size({"width": 1600, "height": 900})
+    page.goto(f"{airflow.url}/dags/{DAG_ID}/runs/{run_id}")
+    page.get_by_role("button", name="Show Grid (Press g)").click()
+    shown = page.get_by_role("button", name="Show Details Panel")
+    if shown.count():  # the panel's state is kept per browser
+        shown.click()
+    expect(page.get_by_text("Task Instances").first).to_be_visible()
+    expect(page.get_by_role("link", name="watch_rollout").first).to_be_visible()
+    page.mouse.move(0, 0)
+    page.screenshot(path=PICTURES / "run-grid.png")
+
+
+def picture_artifact(page: Any, run_url: str, artifact: str, name: str, height: int = 1000) -> None:
+    """An image artifact in the MLflow run page's Artifacts tab, once that image has loaded. A page of its own:
+    MLflow's UI is one page, and a second artifact reached by its address alone would keep showing the first."""
+    from playwright.sync_api import expect
+
+    viewer = page.context.new_page()
+    viewer.set_viewport_size({"width": 1400, "height": height})
+    viewer.goto(f"{run_url}/artifacts/{artifact}")
+    expect(viewer.get_by_text(artifact, exact=True).first).to_be_visible()
+    image = viewer.locator("img[src^='blob:']").first
+    expect(image).to_be_visible()
+    viewer.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=image.element_handle())
+    assistant = viewer.get_by_role("button", name="Close", exact=True)
+    if assistant.count():  # MLflow's assistant panel takes a third of the page
+        assistant.first.click()
+    viewer.mouse.move(0, 0)
+    viewer.screenshot(path=PICTURES / f"{name}.png")
+    viewer.close()

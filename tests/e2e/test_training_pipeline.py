@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pendulum
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from contract import CANARY_MESSAGE_TAG, CANARY_VERDICT_TAG, DECISION_TAG, MODEL_ID_TAG, THRESHOLD_TAG
@@ -222,6 +223,10 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     assert {m["step"] for m in verdict["measurements"] if m["metric"] in analysed} == {1, 3, 5}
     assert {m["step"] for m in verdict["measurements"] if m["metric"] == "champion-unchanged"} == {6}
     assert all(m["phase"] == "Successful" for m in verdict["measurements"])
+    # The rendered Rollout's steps reach promote, whose canary report draws the traffic weights from them.
+    chart_steps = yaml.safe_load((ROOT / "k8s/helm/inference-api/values.yaml").read_text())["canary"]["steps"]
+    weights = [step["setWeight"] for step in chart_steps if "setWeight" in step]
+    assert [step["setWeight"] for step in verdict["steps"] if "setWeight" in step] == weights
     promotion = xcom(dag_run, "promote")
     assert (promotion["promoted"], promotion["previous_champion"]) == (True, previous_champion)
     assert champion() == version.version

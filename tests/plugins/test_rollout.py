@@ -43,6 +43,7 @@ from mlops.rollout import (
 )
 
 MODEL = "models:/card-fraud-detector/7"
+STEPS = [{"setWeight": 10}, {"pause": {"duration": "5m"}}, {"setWeight": 100}]
 
 
 def rollout_object(phase: str, **status: Any) -> dict[str, Any]:
@@ -50,7 +51,10 @@ def rollout_object(phase: str, **status: Any) -> dict[str, Any]:
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Rollout",
         "metadata": {"name": "inference-api", "generation": 4},
-        "spec": {"template": {"metadata": {"annotations": {MODEL_ANNOTATION: MODEL}}}},
+        "spec": {
+            "template": {"metadata": {"annotations": {MODEL_ANNOTATION: MODEL}}},
+            "strategy": {"canary": {"steps": STEPS}},
+        },
         "status": {
             "phase": phase,
             "observedGeneration": "4",
@@ -207,6 +211,7 @@ def test_the_trigger_waits_through_pauses_and_reports_an_abort_with_the_figures(
     event = run_trigger(monkeypatch, [paused, paused, aborted], deadline=time.time() + 60)
     assert event["phase"] == "Degraded" and "latency-p99" in event["message"]
     assert [m["phase"] for m in event["measurements"]] == ["Successful", "Failed"]
+    assert event["steps"] == STEPS  # for promote's canary report
 
 
 def test_the_trigger_calls_a_rollout_still_progressing_at_the_deadline_slow(monkeypatch) -> None:
@@ -262,13 +267,16 @@ def test_slow_is_a_failure_that_rolls_nothing_back_and_superseded_is_final() -> 
         operator._verdict({"phase": "Slow", "message": "Paused at step 3"})
     with pytest.raises(AirflowFailException, match="no verdict for models:/card-fraud-detector/7"):
         operator._verdict({"phase": "Superseded", "message": "rolled back"})
-    verdict = operator._verdict({"phase": "Degraded", "message": "aborted", "measurements": []})
+    verdict = operator._verdict(
+        {"phase": "Degraded", "message": "aborted", "measurements": [], "steps": STEPS}
+    )
     assert verdict == {
         "phase": "Degraded",
         "message": "aborted",
         "revision": 2,
         "model_uri": MODEL,
         "measurements": [],
+        "steps": STEPS,
     }
 
 
