@@ -19,8 +19,6 @@ from typing import Any
 
 #: Environment variable naming the folder a pod writes its result to; the local pod runtime points it elsewhere.
 XCOM_DIR_ENV = "ML_XCOM_DIR"
-#: Where the KubernetesPodOperator's XCom sidecar reads a pod's result (the provider's mount path).
-DEFAULT_XCOM_DIR = "/airflow/xcom"
 XCOM_RESULT_FILE = "return.json"
 #: A stage's exit code says whether trying again can help: 0 is success; EXIT_INVALID_INPUT is a deterministic
 #: rejection of its input (validation, not found, access denied, malformed arguments): the task fails at once;
@@ -68,8 +66,8 @@ HAND_RUN_XCOM_DIR = Path(".local") / "results"
 
 
 def xcom_dir() -> Path:
-    """Where a stage writes its result: the folder its pod (the XCom sidecar's mount, ``DEFAULT_XCOM_DIR``) or the
-    local pod runtime names in ``XCOM_DIR_ENV``, or else, for a stage run by hand, ``HAND_RUN_XCOM_DIR``."""
+    """Where a stage writes its result: the folder its pod (the XCom sidecar's mount) or the local pod runtime
+    names in ``XCOM_DIR_ENV``, or else, for a stage run by hand, ``HAND_RUN_XCOM_DIR``."""
     named = os.environ.get(XCOM_DIR_ENV)
     return Path(named) if named else HAND_RUN_XCOM_DIR
 
@@ -170,6 +168,8 @@ ERROR_BUDGET_ENFORCE, ERROR_BUDGET_OVERRIDE, ERROR_BUDGET_OFF = "enforce", "over
 #: as the version records it (JSON: the answer, who gave it and when, the comment; "nobody" on a timeout).
 APPROVE, REJECT = "Approve", "Reject"
 APPROVAL_TAG = "mlops.approval"
+#: Who the recorded answer names when nobody answered in time (the timeout's Reject): not a person's decision.
+APPROVAL_NOBODY = "nobody"
 #: The error budgets read before a version's release (JSON: the policy, each SLO's figures, whether a spent or
 #: unreadable budget was overridden, and by whom): the release decision's record.
 ERROR_BUDGET_TAG = "mlops.error_budget"

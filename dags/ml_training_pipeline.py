@@ -55,6 +55,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
 from contract import (
+    APPROVAL_NOBODY,
     DASK_CLUSTER_ENV,
     DEVICES,
     DISTRIBUTED_MODES,
@@ -663,7 +664,11 @@ def alert(deployment: Any, verdict: Any, promotion: Any, rolled_back: Any) -> No
     if not deployment or not verdict or (promotion and promotion["verdict"] == "promoted"):
         raise AirflowSkipException("nothing to alert about")
     approval = deployment.get("approval") or {}
-    if deployment.get("refused") and approval.get("approved") is False and approval.get("by") != "nobody":
+    if (
+        deployment.get("refused")
+        and approval.get("approved") is False
+        and approval.get("by") != APPROVAL_NOBODY
+    ):
         raise AirflowSkipException(
             f"not released: {deployment['refused']} (a person's decision, not an alert)"
         )

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from contract import ERROR_PREFIX, EXIT_INVALID_INPUT, EXIT_TRANSIENT, XCOM_DIR_ENV, write_xcom_result
+from contract import ERROR_PREFIX, EXIT_INVALID_INPUT, EXIT_TRANSIENT, HAND_RUN_XCOM_DIR, write_xcom_result
 from ml import faults
 from ml.errors import StageError
 
@@ -164,5 +164,5 @@ def run_stage(
         _exit_on(err)
     written = write_xcom_result(result)
     log.info("result: %s", json.dumps(result, default=str))
-    if not os.environ.get(XCOM_DIR_ENV):  # run by hand: say where the result went
+    if written.parent == HAND_RUN_XCOM_DIR:  # run by hand: say where the result went
         log.info("result written to %s", written.resolve())

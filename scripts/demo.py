@@ -79,8 +79,13 @@ def run_dag(conf: dict[str, Any], dags_folder: Path, interval_end: Any, log_file
 
 
 def dag_run_id(interval_end: Any) -> str:
-    """The run id ``dag.test`` gives a manual run for that logical date."""
-    return f"manual__{interval_end.isoformat()}"
+    """The run id ``dag.test`` gives its run for that logical date (and run-after), by Airflow's own rule."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.types import DagRunType
+
+    return DagRun.generate_run_id(
+        run_type=DagRunType.MANUAL, logical_date=interval_end, run_after=interval_end
+    )
 
 
 @contextmanager

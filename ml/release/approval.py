@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from contract import APPROVE, REJECT
+from contract import APPROVAL_NOBODY, APPROVE, REJECT
 from ml.errors import StageError
 
 
@@ -48,4 +48,4 @@ class Answer:
         return f"rejected by {self.by}" + (f": {self.comment}" if self.comment else "")
 
     def record(self) -> dict[str, Any]:
-        return {**asdict(self), "by": self.by or "nobody"}
+        return {**asdict(self), "by": self.by or APPROVAL_NOBODY}

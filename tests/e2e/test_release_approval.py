@@ -21,7 +21,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from contract import APPROVAL_TAG, APPROVE, CANARY_MESSAGE_TAG, CANARY_VERDICT_TAG, REJECT
+from contract import APPROVAL_NOBODY, APPROVAL_TAG, APPROVE, CANARY_MESSAGE_TAG, CANARY_VERDICT_TAG, REJECT
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,7 +203,7 @@ def test_no_answer_in_time_rejects_the_release_and_alerts(dag, approved, capfd) 
     assert xcom(run, "approve")["chosen_options"] == [REJECT]
     refused = xcom(run, "deploy")["refused"]
     assert refused.startswith("nobody approved the release in time")
-    assert json.loads(tags(xcom(run, "register")["version"])[APPROVAL_TAG])["by"] == "nobody"
+    assert json.loads(tags(xcom(run, "register")["version"])[APPROVAL_TAG])["by"] == APPROVAL_NOBODY
     assert seen["states"]["alert"] == "failed" and run.state == "failed"
     # No alert connection is configured: the notifier logs each alert in the task log. The approver was told.
     out = capfd.readouterr().out

@@ -161,15 +161,6 @@ def test_an_unknown_runtime_is_refused(monkeypatch) -> None:
         pod_runtime()
 
 
-def test_the_contracts_xcom_folder_is_the_one_the_providers_sidecar_reads() -> None:
-    """The pods write where the KubernetesPodOperator's sidecar reads; the contract cannot import Airflow."""
-    from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
-
-    from contract import DEFAULT_XCOM_DIR
-
-    assert DEFAULT_XCOM_DIR == PodDefaults.XCOM_MOUNT_PATH
-
-
 def test_a_local_pod_finds_the_stand_ins_helm_and_where_releases_are_kept(
     operator, tmp_path, monkeypatch
 ) -> None:

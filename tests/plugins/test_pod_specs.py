@@ -50,6 +50,18 @@ def test_pod_runs_the_stage_entrypoint_from_the_platform_image(pods, stage: str)
     assert pods[stage]["spec"]["activeDeadlineSeconds"] == deadline
 
 
+@pytest.mark.parametrize("stage", STAGES)
+def test_pod_writes_its_result_where_the_xcom_sidecar_reads_it(pods, stage: str) -> None:
+    """A pod names the sidecar's folder: a stage without it writes where a person running it by hand reads."""
+    from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
+
+    from contract import XCOM_DIR_ENV
+
+    base = next(c for c in pods[stage]["spec"]["containers"] if c["name"] == "base")
+    assert {"name": XCOM_DIR_ENV, "value": PodDefaults.XCOM_MOUNT_PATH} in base["env"]
+    assert any(c["name"] == PodDefaults.SIDECAR_CONTAINER_NAME for c in pods[stage]["spec"]["containers"])
+
+
 def test_training_pod_requests_a_gpu_tolerates_the_taint_and_selects_the_gpu_nodes(pods) -> None:
     spec = pods["train"]["spec"]
     base = next(c for c in spec["containers"] if c["name"] == "base")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from contract import APPROVE, REJECT
+from contract import APPROVAL_NOBODY, APPROVE, REJECT
 from ml.errors import StageError
 from ml.release.approval import Answer
 
@@ -40,7 +40,7 @@ def test_no_answer_in_time_rejects_and_says_nobody_answered() -> None:
     """On a timeout Airflow takes the default (Reject) with no user."""
     timed_out = Answer.parse(answer([REJECT], user=None))
     assert timed_out.refusal() == "nobody approved the release in time (the approval's timeout rejects it)"
-    assert timed_out.record()["by"] == "nobody"
+    assert timed_out.record()["by"] == APPROVAL_NOBODY
 
 
 @pytest.mark.parametrize(
