@@ -31,9 +31,11 @@ the weeks before it; a run triggered without a logical date covers the latest co
 **Backfills never release.** A backfill or a run for an old interval registers its version for the record and
 skips the release. The release tasks share a one-slot pool (one release step at a time across all runs, backfills
 included); with `max_active_runs=1` for every other run, one run's release at a time.
-**Re-runs are safe.** Outputs are keyed by the data interval and replaced whole; the MLflow run and the
-model version are keyed by the DAG run, so a retried or cleared task never registers a second version. Deploying
-what is deployed, rolling back what is rolled back and promoting what is champion change nothing.
+**Re-runs are safe.** Prepared data is published under the run's own folder (its interval and run id) in a
+folder named by its digest, never replaced: a retry that reads the same rows finds it, and what a model version
+learnt from never changes. The MLflow run and the model version are keyed by the DAG run, so a retried or cleared
+task never registers a second version. Deploying what is deployed, rolling back what is rolled back and promoting
+what is champion change nothing.
 
 **Settings** (Airflow Variables): `mlflow_tracking_uri`, `mlops_data_root` (a path or `s3://` prefix) and
 `mlops_pod_runtime` (`local`, the default, or `kubernetes`). Images, resource presets, the quality gate's
@@ -392,7 +394,8 @@ FORM = in_sections(FORM, SECTIONS)
 
 RUN_KEY = "{{ mlops_run_key(dag.dag_id, run_id) }}"
 PREPARED_URI = "{{ ti.xcom_pull(task_ids='prepare')['prepared_uri'] }}"
-OUTPUT_URI = "{{ var.value.mlops_data_root }}/prepared/{{ dag.dag_id }}/{{ mlops_partition_key(dag_run) }}"
+#: The run's own folder; prepare publishes under it by content (a folder named by the data's digest, never replaced).
+OUTPUT_URI = "{{ var.value.mlops_data_root }}/prepared/{{ dag.dag_id }}/{{ mlops_output_key(dag_run) }}"
 #: Where the embedded defaults keep the tuning studies (without a database: platform.yaml's tuning).
 TUNING_DIR = f"{{{{ var.value.mlops_data_root }}}}/{TUNING.local_dir}/{{{{ dag.dag_id }}}}"
 #: The study's database URL, from the Secret of the platform settings (the worker's environment locally).
@@ -427,7 +430,7 @@ def prepare_stage() -> MLStageOperator:
             "--time-column", "{{ params.time_column or '' }}",
             "--drop-columns", "{{ params.drop_columns | join(',') }}",
             "--positive-label", "{{ params.positive_label or '' }}",
-            "--output", OUTPUT_URI,
+            "--output", OUTPUT_URI, "--by-content",
             "--interval-start", "{{ mlops_interval(dag_run).start.isoformat() }}",
             "--interval-end", "{{ mlops_interval(dag_run).end.isoformat() }}",
             *param_arguments("seed", "training_window_days", "evaluation_window_days"),

@@ -4,9 +4,11 @@ With a time column and a data interval (what the DAG passes), the test split is 
 interval) and the train and validation splits are the training window before it (``ml.windows``); only those
 rows are read from the source (``ml.sources``). With a time column and no interval, the split is by time
 quantiles of the whole table; without a time column, stratified random. The output folder is keyed by the
-caller (the DAG passes the run's data interval), is replaced whole on a re-run, and carries a ``manifest.json``
-that later stages read: the windows, the inputs read, the feature list, the categorical columns, row counts
-and a digest of the split files.
+caller and is replaced whole on a re-run, or, with ``--by-content`` (what the DAG passes, under a folder of the
+run's own: its data interval and run id), published under it in a folder named by the data's digest that is never
+replaced: a retry that reads the same rows finds it, other data gets a folder of its own, and what a model version
+learnt from (its ``mlops.prepared_uri``) stays as it was. It carries a ``manifest.json`` that later stages read: the
+windows, the inputs read, the feature list, the categorical columns, row counts and a digest of the split files.
 
 Memory does not grow with the table: it passes twice, a batch at a time (``prepare`` says what each pass
 decides), and each split is written a row group per batch, its rows in the source's order. A table no larger
@@ -35,7 +37,7 @@ from ml import windows as data_windows
 from ml.errors import DataValidationError, StageError
 from ml.runtime import ArgumentParser, non_negative_int
 from ml.sources import Source, open_source
-from ml.storage import MANIFEST, publish_folder
+from ml.storage import MANIFEST, publish_by_content, publish_folder
 from ml.windows import ANY_SIZE, Minimums, Windows
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class PreparedData:
     #: What was read: the source's files, partitions, or generated range.
     inputs: list[str] = field(default_factory=list)
     digest: str = ""
+    #: Where the split files are published (with ``by_content``, a folder under the output named by the digest).
+    uri: str = ""
 
 
 def _check_columns_exist(
@@ -604,6 +608,7 @@ def prepare(
     windows: Windows | None = None,
     minimums: Minimums = ANY_SIZE,
     positive_label: str | None = None,
+    by_content: bool = False,
 ) -> PreparedData:
     """Read, validate, split and publish a table; return the manifest that was written.
 
@@ -616,7 +621,9 @@ def prepare(
     Args:
         source: A local path, ``s3://`` URI or ``synthetic://`` URI of a CSV or Parquet table.
         target: Name of the binary target column.
-        output: Folder (local path or ``s3://`` prefix) that receives the split files; replaced whole.
+        output: Folder (local path or ``s3://`` prefix) that receives the split files; replaced whole. With
+            ``by_content``, the prefix under which they are published, immutably, in a folder named by their digest
+            (``ml.storage.publish_by_content``; the manifest's ``uri`` says which).
         time_column: If given, split by time on this column; otherwise stratified random.
         feature_columns: Columns to learn from; by default every column but the target and time column.
         drop_columns: Columns to leave out (identifiers, leaky fields).
@@ -626,6 +633,8 @@ def prepare(
         windows: With a time column, read only these; test on the evaluation window, train on the training one.
         minimums: What each window must hold.
         positive_label: The target's positive value, when the target is not 0/1 or true/false.
+        by_content: Publish under ``output`` by content (the pipeline's way: what a model version learnt from never
+            changes), rather than replace ``output``.
     """
     # Long on purpose: the stage's steps in order, each one line or a call.
     if seed < 0:
@@ -664,10 +673,10 @@ def prepare(
         meta.source, meta.inputs = source, read.inputs
         if windows is not None:
             meta.windows = windows.as_dict()
-        _write(read, cleaned, meta, labels, plan, scan.with_missing, output, windows)
+        _write(read, cleaned, meta, labels, plan, scan.with_missing, output, windows, by_content=by_content)
     log.info(
         "published %s: rows %s, positives %s, %d features (%d categorical)%s",
-        output, meta.rows, meta.positives, len(meta.features), len(meta.categorical),
+        meta.uri, meta.rows, meta.positives, len(meta.features), len(meta.categorical),
         f", dropped {meta.dropped_columns}" if meta.dropped_columns else "",
     )  # fmt: skip
     return meta
@@ -751,38 +760,63 @@ def _write(
     with_missing: set[str],
     output: str,
     windows: Windows | None,
+    *,
+    by_content: bool,
 ) -> None:
-    """The second pass: each batch cleaned and its rows appended to their split's file (a row group a batch);
-    then the checks of the splits, and the manifest with their digest. The folder appears whole or not at all."""
+    """The second pass into a staging folder, then the manifest with the splits' digest and where they are
+    published (``meta.uri``). The folder appears whole or not at all."""
+    if by_content:
+        with publish_by_content(output) as publication:
+            _fill(publication.staging, read, cleaned, meta, labels, plan, with_missing, windows)
+            publication.key = meta.digest
+            meta.uri = publication.uri
+            (publication.staging / MANIFEST).write_text(json.dumps(asdict(meta), indent=2))
+        return
+    with publish_folder(output) as staging:
+        _fill(staging, read, cleaned, meta, labels, plan, with_missing, windows)
+        meta.uri = output
+        (staging / MANIFEST).write_text(json.dumps(asdict(meta), indent=2))
+
+
+def _fill(
+    staging: Path,
+    read: Source,
+    cleaned: pd.DataFrame,
+    meta: PreparedData,
+    labels: Labels,
+    plan: Plan,
+    with_missing: set[str],
+    windows: Windows | None,
+) -> None:
+    """Each batch cleaned and its rows appended to their split's file (a row group a batch); then the checks of
+    the splits, their counts and time ranges, and their digest into ``meta``."""
     import pyarrow.parquet as pq
 
     schema = _file_schema(cleaned, meta, with_missing)
     rows = dict.fromkeys(SPLITS, 0)
     positives = dict.fromkeys(SPLITS, 0)
     ranges: dict[str, list[pd.Timestamp]] = {}
-    with publish_folder(output) as staging:
-        writers = {name: pq.ParquetWriter(staging / f"{name}.parquet", schema) for name in SPLITS}
-        try:
-            for batch in read.batches():
-                parts = plan.assign(clean(batch, meta, labels))
-                for name, part in parts.items():
-                    if not len(part):
-                        continue
-                    writers[name].write_table(_arrow(part, meta.time_column).cast(schema))
-                    rows[name] += len(part)
-                    positives[name] += int(part[meta.target].sum())
-                    if meta.time_column:
-                        times = part[meta.time_column]
-                        low, high = ranges.get(name, [times.min(), times.max()])
-                        ranges[name] = [min(low, times.min()), max(high, times.max())]
-        finally:
-            for writer in writers.values():
-                writer.close()
-        _check_splits(rows, positives, meta, windows)
-        meta.rows, meta.positives = rows, positives
-        meta.time_ranges = {name: [t.isoformat() for t in ranges[name]] for name in SPLITS if name in ranges}
-        meta.digest = _digest(staging)
-        (staging / MANIFEST).write_text(json.dumps(asdict(meta), indent=2))
+    writers = {name: pq.ParquetWriter(staging / f"{name}.parquet", schema) for name in SPLITS}
+    try:
+        for batch in read.batches():
+            parts = plan.assign(clean(batch, meta, labels))
+            for name, part in parts.items():
+                if not len(part):
+                    continue
+                writers[name].write_table(_arrow(part, meta.time_column).cast(schema))
+                rows[name] += len(part)
+                positives[name] += int(part[meta.target].sum())
+                if meta.time_column:
+                    times = part[meta.time_column]
+                    low, high = ranges.get(name, [times.min(), times.max()])
+                    ranges[name] = [min(low, times.min()), max(high, times.max())]
+    finally:
+        for writer in writers.values():
+            writer.close()
+    _check_splits(rows, positives, meta, windows)
+    meta.rows, meta.positives = rows, positives
+    meta.time_ranges = {name: [t.isoformat() for t in ranges[name]] for name in SPLITS if name in ranges}
+    meta.digest = _digest(staging)
 
 
 def _file_schema(cleaned: pd.DataFrame, meta: PreparedData, with_missing: set[str]) -> Any:
@@ -840,6 +874,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--source", required=True, help="table URI: path, s3://, or synthetic://")
     parser.add_argument("--target", required=True, help="binary target column")
     parser.add_argument("--output", required=True, help="output folder (path or s3:// prefix)")
+    parser.add_argument(
+        "--by-content",
+        action="store_true",
+        help="publish under --output in a folder named by the data's digest, never replacing published data (the "
+        "pipeline's way: model versions record where they learnt from); the result's prepared_uri names it",
+    )
     parser.add_argument("--time-column", default="", help="split by time on this column (empty: random)")
     parser.add_argument("--features", type=_columns, default=[], help="comma-separated feature columns")
     parser.add_argument("--drop-columns", type=_columns, default=[], help="comma-separated columns to drop")
@@ -880,8 +920,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         windows=windows,
         minimums=Minimums(args.min_training_rows, args.min_evaluation_rows, args.min_evaluation_positives),
         positive_label=args.positive_label or None,
+        by_content=args.by_content,
     )
-    return {"prepared_uri": args.output, **asdict(meta)}
+    return {"prepared_uri": meta.uri, **asdict(meta)}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 A published folder is complete only when its ``manifest.json`` exists: the manifest is written last, and on
 local disk the whole folder appears with one rename. Readers refuse a folder without a manifest, so a crash
 half-way through never leaves output that looks complete.
+
+``publish_folder`` replaces what is at a path (a hand run's output); ``publish_by_content`` publishes immutably
+under a prefix, in a folder named by the content's digest (the pipeline's prepared data, which model versions and
+canaries point at): what was published there never changes afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -103,6 +108,89 @@ def publish_folder(uri: str) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+#: Hex digits of the content's SHA-256 that name a folder ``publish_by_content`` publishes (64 bits: no two
+#: outputs under one prefix share them by chance).
+CONTENT_KEY_DIGITS = 16
+
+
+@dataclass
+class Publication:
+    """A folder being published by content: write into ``staging`` and set ``key`` (the content's digest) before
+    the block ends; ``uri`` then says where it is published."""
+
+    prefix: str
+    staging: Path
+    key: str = ""
+
+    @property
+    def uri(self) -> str:
+        if not self.key:
+            raise RuntimeError(f"no content key was set for the output under {self.prefix}")
+        return f"{self.prefix.rstrip('/')}/{self.key[:CONTENT_KEY_DIGITS]}"
+
+
+@contextmanager
+def publish_by_content(prefix: str) -> Iterator[Publication]:
+    """Yield a ``Publication`` to fill; on success publish it, immutably, at ``<prefix>/<key>``.
+
+    Published data never changes afterwards: model versions record the folder they learnt from, and the local
+    canary replays it. The same content again (a retry that read the same rows) finds its folder complete and
+    leaves it as it is; other content (another run, or a retry after the source changed) gets a folder of its own.
+    The folder appears whole (local disk: one rename) or with its manifest last (S3); on any error nothing at
+    ``prefix`` is touched. One publisher of a prefix at a time (the prefix names a run): leftovers of a killed
+    attempt are removed at the start.
+    """
+    if is_remote(prefix):
+        with tempfile.TemporaryDirectory(prefix="publish-") as local_staging:
+            publication = Publication(prefix, Path(local_staging))
+            yield publication
+            _require_manifest(publication)
+            bucket, key = split_s3(publication.uri.rstrip("/") + "/")
+            if _s3_exists(bucket, key + MANIFEST):
+                log.info("%s is already published (the same content): left as it is", publication.uri)
+                return
+            _publish_s3(publication.staging, publication.uri)
+        return
+
+    folder = Path(prefix)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(folder / CONTENT_STAGING)
+    publication = Publication(prefix, folder / f".{CONTENT_STAGING}.partial-{uuid.uuid4().hex[:8]}")
+    publication.staging.mkdir()
+    try:
+        yield publication
+        _require_manifest(publication)
+        target = Path(publication.uri)
+        if (target / MANIFEST).exists():
+            log.info("%s is already published (the same content): left as it is", target)
+            return
+        shutil.rmtree(target, ignore_errors=True)  # never complete (no manifest), so nothing points at it
+        publication.staging.rename(target)
+    finally:
+        shutil.rmtree(publication.staging, ignore_errors=True)
+
+
+#: The name ``publish_by_content``'s staging folders carry under their prefix.
+CONTENT_STAGING = "content"
+
+
+def _require_manifest(publication: Publication) -> None:
+    if not (publication.staging / MANIFEST).exists():
+        raise RuntimeError(f"refusing to publish under {publication.prefix}: no {MANIFEST} was written")
+
+
+def _s3_exists(bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
 
 
 def remove_stale_staging(target: Path, *, now: float | None = None) -> list[Path]:

@@ -5,13 +5,15 @@ It answers the subcommands the release stage uses, with Helm's flags, JSON outpu
     helm history RELEASE --max N --output json
     helm get values RELEASE --revision N --output json
     helm get manifest RELEASE --revision N
-    helm upgrade --install RELEASE CHART --reset-then-reuse-values --values F ... --history-max N \\
-        --description D --output json
+    helm upgrade --install RELEASE CHART --reset-then-reuse-values --values F ... --set K=V ... \\
+        --set-string K=V ... --set-json K=JSON ... --history-max N --description D --output json
     helm rollback RELEASE REVISION --history-max N
 
 Releases live in files under ``$MLOPS_LOCAL_RELEASES/<release>/`` (``release_store``); the chart is rendered by
-Helm's own Go SDK. Wherever a cluster would act on a release (an upgrade, a rollback, or any look at an existing
-release, as a cluster is always up), the release's local Argo Rollouts controller is started if it is not running.
+Helm's own Go SDK as the revision it becomes (``.Release.Revision``), and ``--set*`` values are parsed by Helm's own
+parser, merged in Helm's order: values files, then ``--set-json``, ``--set``, ``--set-string``. Wherever a cluster
+would act on a release (an upgrade, a rollback, or any look at an existing release, as a cluster is always up), the
+release's local Argo Rollouts controller is started if it is not running.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from contract import LOCAL_CONTROLLER_LOG, LOCAL_CONTROLLER_MODULE, LOCAL_RELEAS
 from ml.release.chart import merge
 from ml.release.helm import Revision
 from standins import rollouts
-from standins.release_store import ReleaseStore, UnreadableRelease
+from standins.release_store import ConcurrentRelease, ReleaseStore, UnreadableRelease
 from standins.render import RenderError, render
 
 #: Where ``standins`` and ``ml`` are imported from.
@@ -123,15 +125,22 @@ def upgrade(args: argparse.Namespace) -> str:
     if current is None and not args.install:
         _fail(f'UPGRADE FAILED: "{args.release}" has no deployed releases')
     values: dict[str, Any] = current.values if current and args.reset_then_reuse_values else {}
-    for path in args.values:
-        values = merge(values, yaml.safe_load(Path(path).read_text()) or {})
+    for given in _given_values(args):
+        values = merge(values, given)
+    number = store.next_number()
     try:
-        objects = render(args.chart, values, release=args.release, namespace=args.namespace)
+        objects = render(args.chart, values, release=args.release, namespace=args.namespace, revision=number)
     except RenderError as err:
         _fail(f"UPGRADE FAILED: {err}")
-    revision = store.record(
-        values, objects, args.description or ("Upgrade complete" if current else "Install complete")
-    )
+    try:
+        revision = store.record(
+            values,
+            objects,
+            args.description or ("Upgrade complete" if current else "Install complete"),
+            number,
+        )
+    except ConcurrentRelease as err:
+        _fail(f"UPGRADE FAILED: {err}")
     store.prune(args.history_max)
     ensure_controller(store)
     released = {
@@ -143,6 +152,26 @@ def upgrade(args: argparse.Namespace) -> str:
         "manifest": yaml.safe_dump_all(objects, sort_keys=False),
     }
     return json.dumps(released) if args.output == "json" else f'Release "{args.release}" has been upgraded.'
+
+
+def _given_values(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The values the command line gives, in the order Helm merges them: the files, then each kind of ``--set``
+    (parsed by Helm's own parser, so a list, an escaped comma or a typed value mean what they mean to Helm)."""
+    import helm_python
+
+    given = [yaml.safe_load(Path(path).read_text()) or {} for path in args.values]
+    parsers = (
+        (args.set_json, helm_python.parse_set_json),
+        (args.set, helm_python.parse_set_string),
+        (args.set_string, helm_python.parse_set_string_values),
+    )
+    for expressions, parse in parsers:
+        for expression in expressions:
+            try:
+                given.append(parse(expression))
+            except helm_python.HelmError as err:
+                _fail(f"failed parsing --set data {expression!r}: {err}")
+    return given
 
 
 def rollback(args: argparse.Namespace) -> str:
@@ -190,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("-i", "--install", action="store_true")
     command.add_argument("--reset-then-reuse-values", action="store_true")
     command.add_argument("-f", "--values", action="append", default=[])
+    command.add_argument("--set", action="append", default=[])
+    command.add_argument("--set-string", action="append", default=[])
+    command.add_argument("--set-json", action="append", default=[])
     command.add_argument("--history-max", type=int, default=10)
     command.add_argument("--description", default="")
     command.add_argument("-o", "--output", choices=("table", "json"), default="table")

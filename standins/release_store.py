@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from contract import write_json
-from ml.release.helm import DEPLOYED, SUPERSEDED, Revision, deployed
+from ml.release.helm import DEPLOYED, SUPERSEDED, Revision, deployed, next_revision
 
 
 class UnreadableRelease(ValueError):
     """A release record exists but is not one (empty, cut short, not JSON, or missing fields)."""
+
+
+class ConcurrentRelease(RuntimeError):
+    """Another upgrade or rollback recorded a revision while this one was being rendered."""
 
 
 class ReleaseStore:
@@ -51,11 +55,28 @@ class ReleaseStore:
     def deployed(self) -> Revision | None:
         return deployed(self.history())
 
-    def record(self, values: dict[str, Any], objects: list[dict[str, Any]], description: str) -> Revision:
-        """Add a new deployed revision and supersede the one deployed before it."""
+    def next_number(self) -> int:
+        """The number the next revision gets, as Helm numbers them."""
+        return next_revision(self.history())
+
+    def record(
+        self,
+        values: dict[str, Any],
+        objects: list[dict[str, Any]],
+        description: str,
+        number: int | None = None,
+    ) -> Revision:
+        """Add a new deployed revision and supersede the one deployed before it. ``number``: the revision the
+        objects were rendered as (``.Release.Revision``); refused if another revision took it meanwhile."""
         with self._locked():
             history = self._history()
-            number = history[-1].revision + 1 if history else 1
+            next_number = next_revision(history)
+            if number is not None and number != next_number:
+                raise ConcurrentRelease(
+                    f"another operation (install/upgrade/rollback) is in progress: revision {number} was "
+                    f"rendered, but {next_number - 1} is the newest now"
+                )
+            number = next_number
             revision = Revision(
                 revision=number,
                 status=DEPLOYED,

@@ -15,13 +15,18 @@ class RenderError(Exception):
     """The values break the chart's schema or a template failed; the message is Helm's."""
 
 
-def render(chart_dir: Path, values: dict[str, Any], *, release: str, namespace: str) -> list[dict[str, Any]]:
-    """Render the chart with ``values`` over its defaults into Kubernetes objects, as an upgrade would."""
+def render(
+    chart_dir: Path, values: dict[str, Any], *, release: str, namespace: str, revision: int = 1
+) -> list[dict[str, Any]]:
+    """Render the chart with ``values`` over its defaults into Kubernetes objects, as an upgrade to ``revision``
+    (``.Release.Revision``) would."""
     import helm_python
 
     try:
         with helm_python.Chart.load(chart_dir) as chart:
-            manifests = chart.render(values, name=release, namespace=namespace, is_upgrade=True)
+            manifests = chart.render(
+                values, name=release, namespace=namespace, revision=revision, is_upgrade=revision > 1
+            )
     except helm_python.HelmError as err:
         raise RenderError(f"rendering {chart_dir} failed: {err}") from err
     documents: list[Any] = []

@@ -56,6 +56,11 @@ def deployed(history: list[Revision]) -> Revision | None:
     return next((r for r in reversed(history) if r.status == DEPLOYED), None)
 
 
+def next_revision(history: list[Revision]) -> int:
+    """The number Helm gives the next revision of a release: its newest revision's plus one."""
+    return max((r.revision for r in history), default=0) + 1
+
+
 def model_of(revision: Revision) -> tuple[str | None, str | None]:
     """The (model URI, image tag) a revision runs: what tells one rollout from another."""
     return revision.values.get("model", {}).get("uri"), revision.values.get("image", {}).get("tag")
@@ -87,10 +92,17 @@ class ChampionCheck:
             f"points at {'v' + self.current if self.current else 'nothing'}"
         )
 
-    def values(self) -> dict[str, Any]:
-        """The chart's ``championCheck`` values: empty (no check in the canary) when there was no champion."""
+    def values(self, revision: int) -> dict[str, Any]:
+        """The chart's ``championCheck`` values, armed for the release revision ``revision`` only (a later upgrade
+        that reuses them runs no check); empty (no check in the canary) when there was no champion."""
         expected = "" if self.expected == "none" else self.expected
-        return {"championCheck": {"alias": self.alias if expected else "", "expectedVersion": expected}}
+        return {
+            "championCheck": {
+                "alias": self.alias if expected else "",
+                "expectedVersion": expected,
+                "revision": revision if expected else 0,
+            }
+        }
 
 
 @dataclass
@@ -113,6 +125,38 @@ class Deployment:
     error_budget: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Release:
+    """What a deploy sets: the model, the image (None: the deployed one), the champion check it arms."""
+
+    model_uri: str
+    image_tag: str | None
+    champion: ChampionCheck | None
+
+    def values(self, revision: int) -> dict[str, Any]:
+        """The values it sets as revision ``revision`` of the release (the one its champion check is armed for)."""
+        wanted: dict[str, Any] = {
+            "model": {"uri": self.model_uri},
+            **(self.champion.values(revision) if self.champion else {}),
+        }
+        if self.image_tag:
+            wanted["image"] = {"tag": self.image_tag}
+        return wanted
+
+    def upgrade(self, target: Helm, armed: int) -> Revision:
+        """``helm upgrade`` to it as revision ``armed``, the release's next."""
+        description = f"deploy {self.model_uri}" + (f" (image {self.image_tag})" if self.image_tag else "")
+        revision = target.upgrade(self.values(armed), description)
+        log.info("revision %s of %s serves %s", revision.revision, target.release, self.model_uri)
+        if self.champion is not None and revision.revision != armed:
+            log.warning(
+                "the champion check was armed for revision %s, but the release became revision %s (another "
+                "upgrade came first): the canary runs without it; promote's compare-and-set still guards %s",
+                armed, revision.revision, self.champion.alias,
+            )  # fmt: skip
+        return revision
+
+
 def deploy(
     target: Helm,
     *,
@@ -133,9 +177,6 @@ def deploy(
     (Helm's ``--reset-then-reuse-values``) and changes the model URI, and the image tag only when one is given.
     A first install gets the chart's default image.
     """
-    values: dict[str, Any] = {"model": {"uri": model_uri}, **(champion.values() if champion else {})}
-    if image_tag:
-        values["image"] = {"tag": image_tag}
     history = target.history()
     current = deployed(history)
     budgets = None
@@ -149,14 +190,12 @@ def deploy(
         if refusal:
             return _refused(target, history, model_uri, refusal, budgets.record() if budgets else None)
     _one_registered_model(target, current, model_uri)
-    if current is not None and chart.merge(current.values, values) == current.values:
+    wanted = Release(model_uri, image_tag, champion)
+    if current is not None and chart.merge(current.values, wanted.values(current.revision)) == current.values:
         log.info("revision %s already serves %s: nothing to deploy", current.revision, model_uri)
         revision, changed = current, False
     else:
-        revision = target.upgrade(
-            values, f"deploy {model_uri}" + (f" (image {image_tag})" if image_tag else "")
-        )
-        log.info("revision %s of %s serves %s", revision.revision, target.release, model_uri)
+        revision = wanted.upgrade(target, next_revision(history))
         history, changed = [*history, revision], True
     previous = rollback_target(history, revision.revision)
     workload = chart.workload(revision.objects or target.objects(revision.revision))
@@ -261,16 +300,28 @@ class Rollback:
     changed: bool
 
 
-def serving(history: list[Revision], model_uri: str) -> Revision | None:
-    """The newest revision of the history that served ``model_uri`` (and did not fail)."""
-    return next((r for r in reversed(history) if model_of(r)[0] == model_uri and r.status != "failed"), None)
+def serving(history: list[Revision], model_uri: str, *, unlike: Revision | None = None) -> Revision | None:
+    """The newest revision of the history that served ``model_uri`` (and did not fail), other than ``unlike``
+    and any revision that ran what it runs (the same model and image)."""
+    return next(
+        (
+            r
+            for r in reversed(history)
+            if model_of(r)[0] == model_uri
+            and r.status != "failed"
+            and (unlike is None or (r.revision != unlike.revision and model_of(r) != model_of(unlike)))
+        ),
+        None,
+    )
 
 
 def rollback(target: Helm, *, revision: int, to_model_uri: str | None = None) -> Rollback:
     """Restore the champion's revision (the newest that served ``to_model_uri``), or else the model that
-    ``revision`` replaced; a no-op when it is already back."""
+    ``revision`` replaced; a no-op when it is already back. The revision being rolled back is never the one
+    restored, nor one that ran the same model and image (an image's canary serves the champion's model too)."""
     history = target.history()
-    restore = serving(history, to_model_uri) if to_model_uri else None
+    failed = next((r for r in history if r.revision == revision), None)
+    restore = serving(history, to_model_uri, unlike=failed) if to_model_uri else None
     if to_model_uri and restore is None:
         log.warning("no revision of %s ever served %s: restoring the model before revision %s instead",
                     target.release, to_model_uri, revision)  # fmt: skip

@@ -45,11 +45,14 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 
 @dataclass(frozen=True)
 class Condition:
-    """``result[0] <op> <number>`` (a Prometheus metric) or ``result <op> "<text>"`` (a web metric)."""
+    """``result[0] <op> <number>`` (a Prometheus metric), or ``result <op> "<text>"`` (a web metric), the latter
+    possibly several joined by ``||`` or ``&&`` (``alternatives``: the further texts, compared with the same op)."""
 
     text: str
     op: str
     operand: float | str
+    alternatives: tuple[str, ...] = ()
+    joiner: str = ""  # "||" or "&&" between the comparisons, when there are alternatives
 
     def holds(self, value: Any) -> bool:
         if isinstance(self.operand, float):
@@ -59,7 +62,8 @@ class Condition:
                 and not math.isnan(value)
                 and _OPERATORS[self.op](value, self.operand)
             )
-        return _OPERATORS[self.op](str(value), self.operand)
+        results = [_OPERATORS[self.op](str(value), operand) for operand in (self.operand, *self.alternatives)]
+        return all(results) if self.joiner == "&&" else any(results)
 
 
 @dataclass(frozen=True)
@@ -115,14 +119,32 @@ class Window:
 
 
 def _condition(metric: str, text: Any, *, web: bool) -> Condition:
-    match = (_TEXT if web else _NUMERIC).match(str(text))
+    if web:
+        return _text_condition(metric, str(text))
+    match = _NUMERIC.match(str(text))
     if match is None:
-        form = "'result == \"<text>\"'" if web else "'result[0] <op> <number>'"
-        raise AnalysisError(f"metric {metric!r}: condition {text!r} is not of the form {form}")
-    operand: float | str = match.group(2) if web else float(match.group(2))
-    left = "result" if web else "result[0]"
-    shown = f'"{operand}"' if web else match.group(2)
-    return Condition(text=f"{left} {match.group(1)} {shown}", op=match.group(1), operand=operand)
+        raise AnalysisError(
+            f"metric {metric!r}: condition {text!r} is not of the form 'result[0] <op> <number>'"
+        )
+    return Condition(
+        text=f"result[0] {match.group(1)} {match.group(2)}", op=match.group(1), operand=float(match.group(2))
+    )
+
+
+def _text_condition(metric: str, text: str) -> Condition:
+    """``result == "a"``, or comparisons of one operator joined by one of ``||`` and ``&&``."""
+    joiner = next((j for j in ("||", "&&") if j in text), "")
+    matches = [_TEXT.match(part) for part in (text.split(joiner) if joiner else [text])]
+    ops = {m.group(1) for m in matches if m is not None}
+    if any(m is None for m in matches) or len(ops) != 1:
+        raise AnalysisError(
+            f"metric {metric!r}: condition {text!r} is not of the form 'result == \"<text>\"' (or several, "
+            "of one operator, joined by || or &&)"
+        )
+    operands = [m.group(2) for m in matches if m is not None]
+    op = ops.pop()
+    shown = f" {joiner} ".join(f'result {op} "{operand}"' for operand in operands)
+    return Condition(text=shown, op=op, operand=operands[0], alternatives=tuple(operands[1:]), joiner=joiner)
 
 
 def metrics_of(template: dict[str, Any]) -> list[Metric]:

@@ -132,6 +132,12 @@ class Controller:
             self.router = Router(self.path, int(leftover["port"]))
             self.router.adopt(int(leftover["pid"]))
             log.info("took over the router (pid %s) on %s", self.router.pid, self.router.url)
+            if self.router.canary is not None:
+                # The dead controller's canary has nobody judging it: its share goes back to stable at once, and
+                # its revision is rolled out again from the start (it was not observed to an end).
+                log.warning("the last controller left %s%% of traffic on a canary: all of it back to stable",
+                            self.router.weight)  # fmt: skip
+                self.router.send_all_to_stable()
         else:
             self.router = Router(self.path, port_or_free(self.pace.port))
             self.router.start()
@@ -309,7 +315,21 @@ class Controller:
         return server
 
     def traffic(self, revision: Revision) -> Traffic | None:
-        return Traffic.for_model(model_uri_of(revision), self.pace.requests_per_second)
+        """What the release's clients send, shaped as production traffic is: records for the stable model (from
+        the data it learnt from), which the new model must serve too; the new model's own only without one."""
+        model_uri = self.stable.model_uri if self.stable is not None else model_uri_of(revision)
+        return Traffic.for_model(model_uri, self.pace.requests_per_second)
+
+    def retire(self, server: Server) -> None:
+        """Take a server that will not become stable out of service, in Argo's order: all traffic back to stable
+        first, then the server stops once what the router already sent it is answered (Argo scales an aborted
+        canary down after ``abortScaleDownDelaySeconds``; the local pace waits one pause). Stopping it first made
+        the router answer 502 to what it still sent there."""
+        self.router.send_all_to_stable()
+        self.status.canaryWeight = 0
+        drain = threading.Timer(self.pace.pause_seconds, server.stop)
+        drain.daemon = True
+        drain.start()
 
     def check_superseded(self, revision: Revision) -> None:
         current = self.deployed()

@@ -1,7 +1,8 @@
 """The Rollout strategies the local controller runs: canary steps and blue-green, with the analysis of each.
 
 Each returns the new revision's server, ready to become stable, or raises ``Aborted`` (an analysis failed, or
-the new API never got ready) or ``Superseded``; the server of a revision that does not become stable is stopped.
+the new API never got ready) or ``Superseded``; the server of a revision that does not become stable is retired:
+all traffic goes back to stable first, and the server stops only once what the router already sent it is answered.
 An inconclusive analysis pauses the rollout as Argo Rollouts does: the new model keeps its share of traffic and
 the status says why, until a newer revision (a rollback, another deploy) supersedes it.
 """
@@ -41,6 +42,8 @@ class Controller(Protocol):
     def write_status(self, message: str) -> None: ...
 
     def local_url(self, url: str, revision: Revision) -> str: ...
+
+    def retire(self, server: Server) -> None: ...
 
 
 #: The replay sends the new model this much more than the template's minimum, so a measurement is not
@@ -90,7 +93,7 @@ def canary(controller: Controller, revision: Revision, workload: dict[str, Any])
                 raise Aborted(f"step {index} {step} is not supported by the local canary")
         return new
     except BaseException:
-        new.stop()
+        controller.retire(new)
         raise
 
 
@@ -111,7 +114,7 @@ def blue_green(controller: Controller, revision: Revision, workload: dict[str, A
         controller.check_superseded(revision)
         return preview
     except BaseException:
-        preview.stop()
+        controller.retire(preview)
         raise
 
 

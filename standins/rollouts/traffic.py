@@ -1,8 +1,10 @@
-"""Traffic for the local canary's pauses: the test split the model was evaluated on, replayed at a steady rate.
+"""Traffic for the local canary's pauses: what the release's clients send, replayed at a steady rate.
 
-A cluster's canary is judged on real requests; on a bare machine there are none, so each pause replays
-single-record ``/predict`` calls built from the test split of the data the new model was trained on (the
-train run's ``mlops.prepared_uri`` tag), typed as clients send them.
+A cluster's canary is judged on real requests, shaped for the model in production; on a bare machine there are
+none, so each pause replays single-record ``/predict`` calls built from the test split of the data the *stable*
+model was trained on (its train run's ``mlops.prepared_uri`` tag), typed as clients send them, to the new and the
+stable model alike. A new model that cannot serve them (trained without an input the clients send) answers 4xx,
+which the analysis's client-errors measures, as it would in production.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def backfilled(standalone) -> dict[str, Any]:
 
 def manifest(standalone, run: dict[str, Any]) -> dict[str, Any]:
     start = pendulum.parse(run["data_interval_start"]).strftime("%Y%m%dT%H%M%S")
-    (path,) = (standalone.data_root / "prepared" / DAG_ID).glob(f"{start}_*/manifest.json")
+    (path,) = (standalone.data_root / "prepared" / DAG_ID).glob(f"{start}_*/*/*/manifest.json")  # run, digest
     return dict(json.loads(path.read_text()))
 
 

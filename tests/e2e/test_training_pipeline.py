@@ -18,7 +18,14 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from contract import CANARY_MESSAGE_TAG, CANARY_VERDICT_TAG, DECISION_TAG, MODEL_ID_TAG, THRESHOLD_TAG
+from contract import (
+    CANARY_MESSAGE_TAG,
+    CANARY_VERDICT_TAG,
+    DECISION_TAG,
+    MODEL_ID_TAG,
+    PREPARED_URI_TAG,
+    THRESHOLD_TAG,
+)
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 from tests.helpers import artifact_folder
 
@@ -77,6 +84,11 @@ def states(dag_run: Any) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
 
 
+def safe(dag_run: Any) -> str:
+    """The run id as its output folder names it."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run.run_id)
+
+
 def keyed_runs(run_key: str) -> list[Any]:
     experiment = MlflowClient().get_experiment_by_name(DAG_ID)
     return MlflowClient().search_runs(
@@ -118,8 +130,12 @@ def test_a_passing_run_logs_to_mlflow_and_registers_the_challenger(first_run, ml
         assert 0 <= metrics[name] <= 1, name
     assert metrics["test_average_precision"] >= CONF["min_average_precision"]
     interval = f"{first_run.data_interval_start:%Y%m%dT%H%M%S}_{first_run.data_interval_end:%Y%m%dT%H%M%S}"
-    prepared = Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / "prepared" / DAG_ID / interval
-    assert (prepared / "manifest.json").exists()
+    run_folder = (
+        Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / "prepared" / DAG_ID / interval / safe(first_run)
+    )
+    (published,) = run_folder.glob("*/manifest.json")  # the run's own folder, named by the data's digest
+    assert mlflow_run.data.tags[PREPARED_URI_TAG] == str(published.parent)
+    assert json.loads(published.read_text())["digest"].startswith(published.parent.name)
     assert mlflow_run.data.params["model_type"] == "xgboost"
     assert mlflow_run.data.params["device_used"] == "cpu"
     assert mlflow_run.data.tags[DECISION_TAG] == "pass"
@@ -379,7 +395,7 @@ def test_a_model_below_the_gate_registers_nothing(dag, first_run, airflow_db) ->
     assert dag_run.state == "success", states(dag_run)
     assert dag_run.data_interval_start is None
     prepared = Path(os.environ["AIRFLOW_VAR_MLOPS_DATA_ROOT"]) / "prepared" / DAG_ID
-    assert (prepared / re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run.run_id) / "manifest.json").exists()
+    assert len(list((prepared / safe(dag_run)).glob("*/manifest.json"))) == 1
     assert states(dag_run)["gate"] == "success" and states(dag_run)["register"] == "skipped"
     (mlflow_run,) = keyed_runs(f"{DAG_ID}/{dag_run.run_id}")
     assert mlflow_run.data.tags[DECISION_TAG] == "fail"

@@ -59,8 +59,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    return render_chart(CHART, values or {}, release=RELEASE.name, namespace=RELEASE.namespace)
+def render(values: dict[str, Any] | None = None, revision: int = 1) -> list[dict[str, Any]]:
+    return render_chart(
+        CHART, values or {}, release=RELEASE.name, namespace=RELEASE.namespace, revision=revision
+    )
 
 
 def kinds(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -155,7 +157,7 @@ def test_the_local_canary_reads_the_analysis_thresholds_from_the_rendered_templa
 def test_the_champion_check_runs_before_the_last_canary_step_and_before_a_blue_green_switch() -> None:
     checked = {
         "model": {"uri": "models:/fraud/7"},
-        "championCheck": {"alias": "champion", "expectedVersion": "5"},
+        "championCheck": {"alias": "champion", "expectedVersion": "5", "revision": 1},
     }
     by_kind = kinds(render(checked))
     steps = by_kind["Rollout"][0]["spec"]["strategy"]["canary"]["steps"]
@@ -171,7 +173,10 @@ def test_the_champion_check_runs_before_the_last_canary_step_and_before_a_blue_g
         check.web["url"]
         == f"{VALUES['mlflow']['trackingUri']}/api/2.0/mlflow/registered-models/alias?name=fraud&alias=champion"
     )
-    assert check.phase("5") == "Successful" and check.phase("6") == "Failed"
+    # Still the champion it was compared with, or already this model (a rollback to the champion's revision
+    # restores this template): go on; anything else: the champion moved, abort.
+    assert check.phase("5") == "Successful" and check.phase("7") == "Successful"
+    assert check.phase("6") == "Failed" and check.phase("error: 401") == "Failed"
     blue_green = kinds(render({**checked, **VALUE_SETS["blue-green"]}))["Rollout"][0]["spec"]["strategy"][
         "blueGreen"
     ]
@@ -179,6 +184,34 @@ def test_the_champion_check_runs_before_the_last_canary_step_and_before_a_blue_g
         -1
     ] == champion_template
     assert len(kinds(render())["AnalysisTemplate"]) == 1  # no expected version, no check
+
+
+def test_a_champion_check_is_run_only_by_the_revision_that_armed_it() -> None:
+    """Values reused from the armed revision (CI/CD's image upgrade with --reset-then-reuse-values, a deploy
+    without --champion-alias) re-render as a later revision: they must not bring the old check along, which would
+    compare today's champion with the version an earlier release expected and abort a good rollout."""
+    armed = {
+        "model": {"uri": "models:/fraud/12"},
+        "championCheck": {"alias": "champion", "expectedVersion": "6", "revision": 4},
+    }
+
+    def champion_checks(objects: list[dict[str, Any]]) -> list[str]:
+        steps = kinds(objects)["Rollout"][0]["spec"]["strategy"]["canary"]["steps"]
+        templates = [t["metadata"]["name"] for t in kinds(objects)["AnalysisTemplate"]]
+        return [name for name in templates if name.endswith("-champion")] + [
+            str(step) for step in steps if "analysis" in step
+        ]
+
+    assert len(champion_checks(render(armed, revision=4))) == 2  # the template and the step before 100 %
+    image_upgrade = {**armed, "image": {"tag": "ci-sha-1234"}}
+    assert champion_checks(render(image_upgrade, revision=5)) == []
+    assert champion_checks(render({**armed, "model": {"uri": "models:/fraud/13"}}, revision=7)) == []
+    # Nothing is checked against a model that no longer pins a version once the check is inherited.
+    assert champion_checks(render({**armed, "model": {"uri": "models:/fraud@champion"}}, revision=5)) == []
+    with pytest.raises(
+        RenderError, match=re.escape("championCheck.revision 4 is ahead of this release's revision 3")
+    ):
+        render(armed, revision=3)
 
 
 def test_promql_names_only_metrics_and_labels_the_api_exports() -> None:
@@ -438,12 +471,16 @@ def test_a_model_or_setting_change_changes_the_pod_template_and_starts_a_rollout
         ({"canary": {"steps": [{"setWeight": 150}]}}, "maximum: got 150"),
         ({"replicas": 3}, "additional properties 'replicas' not allowed"),
         (
-            {"championCheck": {"alias": "champion", "expectedVersion": "5"}},
+            {"championCheck": {"alias": "champion", "expectedVersion": "5", "revision": 1}},
             "needs model.uri to pin a version",
         ),
         (
-            {"model": {"uri": "models:/m/7"}, "championCheck": {"expectedVersion": "5"}},
+            {"model": {"uri": "models:/m/7"}, "championCheck": {"expectedVersion": "5", "revision": 1}},
             "needs championCheck.alias",
+        ),
+        (
+            {"model": {"uri": "models:/m/7"}, "championCheck": {"alias": "champion", "expectedVersion": "5"}},
+            "needs championCheck.revision: the release revision that arms the check (this one is 1)",
         ),
     ],
 )

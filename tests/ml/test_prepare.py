@@ -13,8 +13,8 @@ import pytest
 
 from contract import XCOM_DIR_ENV, XCOM_RESULT_FILE
 from ml.errors import DataValidationError, StageError
-from ml.prepare import SPLITS, prepare, split, validate
-from ml.storage import MANIFEST, publish_folder, read_manifest, read_published_table
+from ml.prepare import SPLITS, _digest, prepare, split, validate
+from ml.storage import MANIFEST, publish_by_content, publish_folder, read_manifest, read_published_table
 from ml.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,6 +156,47 @@ def test_a_crash_mid_publish_leaves_the_previous_output_untouched(tmp_path: Path
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
 
 
+def test_published_by_content_data_never_changes_and_a_retry_finds_its_own(tmp_path: Path) -> None:
+    """Two runs of one week with other settings used to share the interval's folder: the second replaced what the
+    first run's model version learnt from (its digest no longer matched). By content, each keeps its own; a retry
+    with the same rows finds its folder complete and writes nothing."""
+    source = "synthetic://card-transactions?rows=4000&seed=1"
+    week = tmp_path / "prepared" / "pipeline" / "20260302T000000_20260309T000000"
+    first = prepare(source, "is_fraud", str(week / "manual__1"), seed=1, by_content=True)
+    assert first.uri == str(week / "manual__1" / first.digest[:16])
+    published = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(first.uri).iterdir()}
+
+    retry = prepare(source, "is_fraud", str(week / "manual__1"), seed=1, by_content=True)
+    assert (retry.uri, retry.digest) == (first.uri, first.digest)
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(first.uri).iterdir()} == published
+
+    other = prepare(
+        source, "is_fraud", str(week / "manual__2"), seed=2, drop_columns=["amount"], by_content=True
+    )
+    assert other.uri != first.uri and other.digest != first.digest
+    assert read_manifest(first.uri)["digest"] == first.digest == _digest(Path(first.uri))
+    assert "amount" in read_manifest(first.uri)["features"]
+    # A retry after the source changed publishes beside the first output, which stays as it was.
+    changed = prepare(
+        "synthetic://card-transactions?rows=4500&seed=1", "is_fraud", str(week / "manual__1"), seed=1,
+        by_content=True,
+    )  # fmt: skip
+    assert changed.uri != first.uri and _digest(Path(first.uri)) == first.digest
+    assert sorted(p.name for p in (week / "manual__1").iterdir()) == sorted(
+        [first.digest[:16], changed.digest[:16]]
+    )  # no staging folder left
+
+
+def test_a_crash_mid_publish_by_content_publishes_nothing(tmp_path: Path) -> None:
+    with (
+        pytest.raises(RuntimeError, match="disk full"),
+        publish_by_content(str(tmp_path / "run")) as publication,
+    ):
+        (publication.staging / "train.parquet").write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert list((tmp_path / "run").iterdir()) == []
+
+
 def test_a_folder_without_manifest_is_not_complete(tmp_path: Path) -> None:
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "train.parquet").write_bytes(b"")
@@ -185,3 +226,18 @@ def test_s3_source_and_output_with_moto(tmp_path: Path, monkeypatch: pytest.Monk
         assert len(read_published_table("s3://data/prepared/run1", "test.parquet")) > 0
         with pytest.raises(StageError, match=r"input table 's3://data/raw/missing\.parquet' does not exist"):
             prepare("s3://data/raw/missing.parquet", "is_fraud", "s3://data/prepared/run2")
+
+        # By content: a retry with the same rows finds the published objects and uploads nothing again.
+        first = prepare("s3://data/raw/tx.parquet", "is_fraud", "s3://data/prepared/run3", by_content=True)
+        assert first.uri == f"s3://data/prepared/run3/{first.digest[:16]}"
+        listed = {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket="data", Prefix="prepared/run3/")[
+            "Contents"
+        ]}  # fmt: skip
+        assert sorted(listed) == sorted(f"prepared/run3/{first.digest[:16]}/{n}" for n in [MANIFEST, *(
+            f"{s}.parquet" for s in SPLITS)])  # fmt: skip
+        s3.delete_object(Bucket="data", Key=f"prepared/run3/{first.digest[:16]}/test.parquet")
+        again = prepare("s3://data/raw/tx.parquet", "is_fraud", "s3://data/prepared/run3", by_content=True)
+        assert again.uri == first.uri  # complete by its manifest: left as it is, not uploaded again
+        assert f"prepared/run3/{first.digest[:16]}/test.parquet" not in {
+            o["Key"] for o in s3.list_objects_v2(Bucket="data", Prefix="prepared/run3/")["Contents"]
+        }

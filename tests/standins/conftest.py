@@ -38,9 +38,14 @@ def _version_of(source: str, run_id: str, model_id: str, champion_at_evaluation:
     return str(version.version)
 
 
+#: The input the ``narrow`` challenger was trained without (its data's ``drop_columns``).
+NARROW_WITHOUT = "distance_from_home_km"
+
+
 def _faulty(fault: str, encoder: Any, experiment: str, prepared: str) -> tuple[str, str, str]:
     """A model that fails as ``fault`` says; ``contract``: a new required input the clients do not send (every
-    request is a 422)."""
+    request is a 422); ``narrow``: trained without an input the clients send (``NARROW_WITHOUT``, left out of its
+    prepared data), so it refuses their requests as having an unknown field."""
     import copy
 
     import mlflow
@@ -50,7 +55,10 @@ def _faulty(fault: str, encoder: Any, experiment: str, prepared: str) -> tuple[s
     if fault == "contract":
         encoder = copy.deepcopy(encoder)
         encoder.features = [*encoder.features, "merchant_risk_score"]
-    classifier = FaultyClassifier(fault="low" if fault == "contract" else fault).fit(None, None)
+    if fault == "narrow":
+        encoder = copy.deepcopy(encoder)
+        encoder.features = [f for f in encoder.features if f != NARROW_WITHOUT]
+    classifier = FaultyClassifier(fault="low" if fault in ("contract", "narrow") else fault).fit(None, None)
     pipeline = Pipeline([("encode", encoder), ("model", classifier)])
     # Not mlflow.set_experiment: it would leave this experiment active for the other tests' runs.
     with mlflow.start_run(
@@ -64,10 +72,12 @@ def _faulty(fault: str, encoder: Any, experiment: str, prepared: str) -> tuple[s
 
 
 @pytest.fixture(scope="package")
-def versions(trained_model: dict[str, Any]) -> dict[str, Any]:
+def versions(trained_model: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """v1 (the champion), v2 (a good challenger), and challengers that error, are slow, changed their input
-    contract or flag everything, all compared to v1."""
+    contract, flag everything or were trained without an input, all compared to v1."""
     import mlflow.sklearn
+
+    from ml.prepare import prepare
 
     prepared, trained = trained_model["prepared"], trained_model["trained"]
     evaluation, first = register_evaluated(prepared, trained, MODEL, run_key="release/1")
@@ -78,6 +88,10 @@ def versions(trained_model: dict[str, Any]) -> dict[str, Any]:
         fault: _version_of(*_faulty(fault, encoder, "release", prepared), first, "0.5")
         for fault in ("error", "slow", "contract", "high")
     }
+    narrow = str(tmp_path_factory.mktemp("narrow") / "prepared")
+    prepare("synthetic://card-transactions?rows=3000&seed=8", "is_fraud", narrow, time_column="timestamp",
+            drop_columns=["transaction_id", NARROW_WITHOUT])  # fmt: skip
+    faulty["narrow"] = _version_of(*_faulty("narrow", encoder, "release", narrow), first, "0.5")
     return {"prepared": prepared, "first": first, "good": good, **faulty}
 
 

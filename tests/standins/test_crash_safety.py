@@ -19,7 +19,7 @@ from ml.release import helm
 from standins import rollouts
 from standins.release_store import ReleaseStore
 from standins.rollouts.controller import ATTEMPTS
-from standins.rollouts.router import ROUTES_FILE, Router, Routes
+from standins.rollouts.router import ROUTES_FILE, Router, Routes, read_routes
 from standins.rollouts.traffic import Traffic
 from tests.standins.test_local_canary import IMAGE_TAG, outcome, uri
 
@@ -175,3 +175,33 @@ def test_a_controller_killed_with_sigkill_leaves_stable_serving_and_the_next_one
     assert not [pid for pid, command in pids if runs_module(pid, command)]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{endpoint}/health", timeout=2)
+
+
+def test_a_controller_that_takes_over_sends_a_dead_ones_canary_traffic_back_to_stable_at_once(
+    target, local_helm, versions
+) -> None:
+    """A controller killed mid-canary leaves the router sending the canary its share with nobody judging it. The
+    controller that takes over sends all of it back to stable before anything else (it left 7.5-16 % there while
+    it restored stable, up to the next deploy), then rolls the revision out again from its first step."""
+    record = _release(target, local_helm, versions)
+    deployment = helm.deploy(target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
+    routes = local_helm / ROUTES_FILE
+    deadline = time.monotonic() + 120
+    while not (read_routes(routes) or {}).get("weight"):
+        assert time.monotonic() < deadline, "the canary never got traffic"
+        time.sleep(0.05)
+    os.kill(rollouts.running_pid(local_helm) or 0, signal.SIGKILL)
+    time.sleep(0.5)
+    assert (read_routes(routes) or {}).get("weight"), "the dead controller's canary share is what is tested"
+
+    target.history()  # any helm command starts a controller, which takes over
+    taken_over = time.monotonic()
+    while (read_routes(routes) or {}).get("weight"):
+        assert time.monotonic() - taken_over < 2, (
+            f"traffic still on the orphaned canary: {read_routes(routes)}"
+        )
+        time.sleep(0.05)
+    assert (read_routes(routes) or {})["canary"] is None
+    assert _answers(local_helm, record) == versions["first"]
+    assert outcome(local_helm, deployment.revision)["phase"] == "Healthy"  # rolled out again, to its end
+    assert _answers(local_helm, record) == versions["good"]

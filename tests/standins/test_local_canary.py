@@ -4,6 +4,9 @@ the weighted router, judged by the chart's own analysis."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from ml.release import helm
 from standins import rollouts
 from standins.rollouts.traffic import Traffic
 from tests.helpers import CHAMPION
-from tests.standins.conftest import CHART, MODEL
+from tests.standins.conftest import CHART, MODEL, ROOT
 
 IMAGE_TAG = "0.1.0"
 METRICS = ("success-rate", "latency-p99", "client-errors", "positive-share-shift")
@@ -66,8 +69,13 @@ def first_release(target: helm.Helm, local_helm: Path, versions: dict[str, Any])
 def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
     target, local_helm, versions, first_release
 ) -> None:
+    """The pipeline's release (the champion check armed), its promotion, then CI/CD's image upgrade of the same
+    release: the image's canary must not inherit the model release's champion check (after the promotion it would
+    compare the new champion with the one the model was compared with, and abort a good rollout)."""
     assert served_version(local_helm, first_release["record"]) == versions["first"]
-    deployment = helm.deploy(target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
+    deployment = helm.deploy(
+        target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG, champion=check(versions["first"])
+    )
     assert (deployment.revision, deployment.previous_revision) == (2, 1)
     result = outcome(local_helm, deployment.revision)
 
@@ -76,9 +84,13 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
     assert [s.get("setWeight") for s in steps if "setWeight" in s] == [10, 30, 60, 100]
     measured = {(m["step"], m["metric"]) for m in result["measurements"]}
     pauses = [i for i, s in enumerate(steps) if "pause" in s]
-    assert measured == {(i, metric) for i in pauses for metric in METRICS}
+    checked = [i for i, s in enumerate(steps) if "analysis" in s]
+    assert measured == {(i, metric) for i in pauses for metric in METRICS} | {
+        (checked[0], "champion-unchanged")
+    }
     # Every measurement saw the template's minimum of requests to the new model, even at 10 % of the traffic.
-    assert all(m["phase"] == "Successful" and m["requests"] >= MIN_REQUESTS for m in result["measurements"])
+    assert all(m["phase"] == "Successful" for m in result["measurements"])
+    assert all(m["requests"] >= MIN_REQUESTS for m in result["measurements"] if m["metric"] in METRICS)
     assert served_version(local_helm, first_release["record"]) == versions["good"]
 
     promotion = promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=result)
@@ -98,8 +110,56 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
         versions["first"],
         versions["good"],
     )
-    redeploy = helm.deploy(target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
+    redeploy = helm.deploy(
+        target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG, champion=check(versions["first"])
+    )
     assert (redeploy.revision, redeploy.changed) == (2, False)
+
+    ci_cd_image_upgrade(image_tag="ci-sha-1234")
+    upgraded = outcome(local_helm, 3)
+    assert upgraded["phase"] == "Healthy", upgraded["message"]
+    assert "champion-unchanged" not in {m["metric"] for m in upgraded["measurements"]}
+    assert helm.model_of(target.history()[-1]) == (uri(versions["good"]), "ci-sha-1234")
+    assert served_version(local_helm, first_release["record"]) == versions["good"]
+
+
+class Clients:
+    """Clients calling the release's endpoint (the router) without pause, from two threads: what they were
+    answered, by status."""
+
+    def __init__(self, endpoint: str, record: dict[str, Any]) -> None:
+        self.endpoint, self.record = endpoint, record
+        self.statuses: dict[int, int] = {}
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._call) for _ in range(2)]
+
+    def __enter__(self) -> Clients:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
+
+    def _call(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self.stopping.is_set():
+                status = client.post(f"{self.endpoint}/predict", json=self.record).status_code
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
+def ci_cd_image_upgrade(image_tag: str) -> None:
+    """The CI/CD workflow's own `helm upgrade` step (.github/workflows/ci-cd.yaml), run as it is written, through
+    the `helm` first on PATH (the stand-in here)."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci-cd.yaml").read_text())
+    (script,) = [
+        step["run"] for step in workflow["jobs"]["deploy"]["steps"] if step.get("name") == "helm upgrade"
+    ]
+    env = {**os.environ, "INFERENCE_API_IMAGE": "ghcr.io/example/inference-api", "GITHUB_SHA": image_tag}
+    done = subprocess.run(["bash", "-eu", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize(
@@ -115,13 +175,21 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
 def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
     target, local_helm, versions, first_release, fault, failed_metric, tmp_path
 ) -> None:
+    """Clients calling the release all along never see the router fail to reach the canary (502): at the abort,
+    traffic goes back to stable before the canary stops (it stopped first: 22 x 502 within 175 ms). A model that
+    raises while scoring ("error") makes its server close the connection after the 500, which the router answers
+    502 on its own; only the others show the abort's order."""
     release = target
     if fault == "slow":  # it answers one request at a time: a smaller minimum keeps the window short
         values = tmp_path / "few.yaml"
         values.write_text("analysis:\n  minRequests: 10\n")
         release = helm.Helm(target.chart_dir, target.release, target.namespace, (values,))
-    deployment = helm.deploy(release, model_uri=uri(versions[fault]), image_tag=IMAGE_TAG)
-    result = outcome(local_helm, deployment.revision)
+    with Clients(rollouts.read_status(local_helm)["endpoint"], first_release["record"]) as clients:
+        deployment = helm.deploy(release, model_uri=uri(versions[fault]), image_tag=IMAGE_TAG)
+        result = outcome(local_helm, deployment.revision)
+        time.sleep(1.5)  # past the abort, while the canary drains and stops
+    assert fault == "error" or clients.statuses.get(502, 0) == 0, clients.statuses
+    assert clients.statuses.get(200, 0) > 50, clients.statuses
 
     assert result["phase"] == "Degraded" and result["abort"] is True
     assert f'Metric "{failed_metric}" assessed Failed' in result["message"]
@@ -140,6 +208,22 @@ def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
     recorded = promote(name=MODEL, version=versions[fault], alias=CHAMPION, verdict=result)
     assert (recorded.promoted, recorded.verdict, champion()) == (False, "aborted", versions["first"])
     assert tracking.client().get_model_version(MODEL, versions[fault]).tags[CANARY_VERDICT_TAG] == "aborted"
+
+
+def test_the_canary_replays_what_the_stable_models_clients_send(
+    target, local_helm, versions, first_release
+) -> None:
+    """A challenger trained without an input its clients send (accepted on purpose as incomparable) is judged on
+    production's traffic, which the stable model serves: it refuses every request, and is aborted. Replaying the
+    challenger's own test split instead made the stable model refuse every request: client-errors measured -1.0
+    and passed, positive-share-shift had no stable decisions (Inconclusive), and the rollout paused at 10 %."""
+    deployment = helm.deploy(target, model_uri=uri(versions["narrow"]), image_tag=IMAGE_TAG)
+    result = outcome(local_helm, deployment.revision)
+
+    assert result["phase"] == "Degraded", result["message"]
+    (failed,) = [m for m in result["measurements"] if m["phase"] == "Failed"]
+    assert (failed["metric"], failed["value"]) == ("client-errors", 1.0)
+    assert served_version(local_helm, first_release["record"]) == versions["first"]
 
 
 def test_a_champion_moved_during_the_canary_stops_it_before_full_traffic_and_the_release_ends_on_it(

@@ -116,6 +116,19 @@ def test_rollback_restores_the_previous_model_once_with_the_cli(calls) -> None:
     assert sum(call[0] == "rollback" for call in calls()) == 1
 
 
+def test_rolling_back_an_image_canary_of_the_champion_restores_the_revision_before_it(calls) -> None:
+    """Mock of the cluster: a fake helm binary answers. CI/CD's new image canaries the champion's own model: the
+    failed revision serves the champion too, and must never be the one restored (it was, with "changed false",
+    which left the canary paused)."""
+    helm.deploy(target(), model_uri="models:/m/1", image_tag="0.1.0")
+    image_canary = helm.deploy(target(), model_uri="models:/m/1", image_tag="ci-sha-1234")
+    rolled = helm.rollback(target(), revision=image_canary.revision, to_model_uri="models:/m/1")
+    assert (rolled.revision, rolled.restored_revision, rolled.changed) == (3, 1, True)
+    assert helm.model_of(helm.deployed(target().history())) == ("models:/m/1", "0.1.0")
+    again = helm.rollback(target(), revision=image_canary.revision, to_model_uri="models:/m/1")
+    assert (again.revision, again.restored_revision, again.changed) == (3, 3, False)
+
+
 def test_helm_failures_name_the_command_and_keep_helms_message(calls, monkeypatch) -> None:
     """Mock of the cluster: a fake helm binary answers."""
     with pytest.raises(StageError, match=r"revision 4 is not in the release's history \[\]"):

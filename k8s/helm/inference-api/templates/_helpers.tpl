@@ -104,12 +104,32 @@ namespace="{{ .Release.Namespace }}",service="{{ include "inference-api.fullname
 {{- regexReplaceAll "^models:/([^/@]+)/[0-9]+$" .Values.model.uri "${1}" }}
 {{- end }}
 
+{{/* The version of a pinned model URI (models:/<name>/<version>). */}}
+{{- define "inference-api.modelVersion" -}}
+{{- regexReplaceAll "^models:/[^/@]+/([0-9]+)$" .Values.model.uri "${1}" }}
+{{- end }}
+
+{{/* "true" when this revision runs the champion check: the check is set and was armed by this very revision. Values
+  reused from an earlier revision (an image upgrade with --reset-then-reuse-values) carry that revision's number,
+  so the check they inherit is not run: it was about another release's champion. */}}
+{{- define "inference-api.championCheckArmed" -}}
+{{- $check := .Values.championCheck }}
+{{- if and $check.expectedVersion (eq (int $check.revision) (int .Release.Revision)) }}true{{ end }}
+{{- end }}
+
 {{/* Cross-field rules, checked at render time with a message rather than at deploy time. */}}
 {{- define "inference-api.validate" -}}
-{{- if and .Values.championCheck.expectedVersion (not (regexMatch "^models:/[^/@]+/[0-9]+$" .Values.model.uri)) }}
+{{- $check := .Values.championCheck }}
+{{- if and $check.expectedVersion (not (int $check.revision)) }}
+{{- fail (printf "championCheck.expectedVersion needs championCheck.revision: the release revision that arms the check (this one is %d)" (int .Release.Revision)) }}
+{{- end }}
+{{- if and $check.expectedVersion (gt (int $check.revision) (int .Release.Revision)) }}
+{{- fail (printf "championCheck.revision %d is ahead of this release's revision %d" (int $check.revision) (int .Release.Revision)) }}
+{{- end }}
+{{- if and (include "inference-api.championCheckArmed" .) (not (regexMatch "^models:/[^/@]+/[0-9]+$" .Values.model.uri)) }}
 {{- fail "championCheck.expectedVersion needs model.uri to pin a version (models:/<name>/<version>)" }}
 {{- end }}
-{{- if and .Values.championCheck.expectedVersion (not .Values.championCheck.alias) }}
+{{- if and (include "inference-api.championCheckArmed" .) (not $check.alias) }}
 {{- fail "championCheck.expectedVersion needs championCheck.alias: the alias to check" }}
 {{- end }}
 {{- if and (include "inference-api.isCanary" .) (not .Values.ingress.enabled) }}
