@@ -106,6 +106,9 @@ DASK_SCHEDULER_ENV = "MLOPS_DASK_SCHEDULER"
 #: (a JSON object: workers, pod specs of the workers and the scheduler), from the platform settings.
 DASK_CLUSTER_ENV = "MLOPS_DASK_CLUSTER"
 
+#: The longest training or evaluation window, in days: ten years (the form's bound and the stage's).
+MAX_WINDOW_DAYS = 3660
+
 # -- The quality gate ---------------------------------------------------------------------------------------
 
 #: The evaluate stage's decisions; the gate continues on PASS, registers nothing on FAIL, fails on anything else.
@@ -126,6 +129,9 @@ TRAIN_RESULT_TAG = "mlops.train_result"
 #: The prepared data a run learnt from (a folder published by ``ml.prepare``) and its digest.
 PREPARED_URI_TAG = "mlops.prepared_uri"
 DATA_DIGEST_TAG = "mlops.data_digest"
+#: The features a version learnt from although the leakage guard found something (JSON: column -> finding):
+#: near copies of the label and columns that follow the time, which it keeps, and columns kept as the run asked.
+LEAKAGE_FLAGS_TAG = "mlops.leakage_flags"
 #: The evaluation's decision (run) and the decision threshold chosen on validation (run and version).
 DECISION_TAG = "mlops.decision"
 THRESHOLD_TAG = "mlops.decision_threshold"

@@ -65,6 +65,7 @@ from contract import (
     ERROR_BUDGET_OFF,
     ERROR_BUDGET_OVERRIDE,
     FAIL,
+    MAX_WINDOW_DAYS,
     MODEL_TYPES,
     PASS,
     TUNING_STORAGE_ENV,
@@ -141,7 +142,7 @@ FORM = {
         RETRAINING.training_days,
         type="integer",
         minimum=1,
-        maximum=3660,
+        maximum=MAX_WINDOW_DAYS,
         title="Training window (days)",
         description="The model learns from these days before the evaluation window (their latest part validates it)",
     ),
@@ -149,7 +150,7 @@ FORM = {
         RETRAINING.evaluation_days,
         type="integer",
         minimum=0,
-        maximum=3660,
+        maximum=MAX_WINDOW_DAYS,
         title="Evaluation window (days)",
         description="0: the run's data interval. A run triggered without a logical date covers the latest "
         "complete interval of the schedule",
@@ -162,6 +163,24 @@ FORM = {
         description="Columns to leave out of the features. Row identifiers, counters of time, columns that copy "
         "the target and constant columns are left out without being named here (the leakage guard; the "
         "manifest and the model card say which and why)",
+    ),
+    "keep_columns": Param(
+        [],
+        type="array",
+        items={"type": "string"},
+        title="Columns to keep",
+        description="Columns to learn from even if the leakage guard would leave them out (an amount it took for "
+        "an identifier, say). Its finding is kept with them: on the version (mlops.leakage_flags) and, loudly, in "
+        "the model card",
+    ),
+    "features": Param(
+        [],
+        type="array",
+        items={"type": "string"},
+        title="Features (all when empty)",
+        description="Learn from exactly these columns, each kept whatever the leakage guard finds (its findings "
+        "recorded as for Columns to keep); empty: every column but the target and the time column, screened by "
+        "the guard",
     ),
     "model_type": Param(
         TRAINING.model_type,
@@ -367,7 +386,7 @@ FORM = {
 #: The form's sections, in the order the UI shows them, and the fields in each.
 SECTIONS = {
     "Data": ("dataset_uri", "target_column", "positive_label", "time_column", "training_window_days",
-             "evaluation_window_days", "drop_columns"),
+             "evaluation_window_days", "drop_columns", "keep_columns", "features"),
     "Model": ("model_type", "n_estimators", "max_depth", "learning_rate", "early_stopping_rounds", "scale_pos_weight",
               "min_child_weight", "subsample", "colsample_bytree", "reg_alpha", "reg_lambda", "refit", "device",
               "distributed", "seed"),
@@ -429,6 +448,8 @@ def prepare_stage() -> MLStageOperator:
             "--target", "{{ params.target_column }}",
             "--time-column", "{{ params.time_column or '' }}",
             "--drop-columns", "{{ params.drop_columns | join(',') }}",
+            "--keep-columns", "{{ params.keep_columns | join(',') }}",
+            "--features", "{{ params.features | join(',') }}",
             "--positive-label", "{{ params.positive_label or '' }}",
             "--output", OUTPUT_URI, "--by-content",
             "--interval-start", "{{ mlops_interval(dag_run).start.isoformat() }}",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -92,6 +92,9 @@ class Evaluation:
     incomparable_champion_accepted: str = ""
     #: Which model the train stage logged (refit on training + validation rows, or early-stopped), in a sentence.
     served_model: str = ""
+    #: The features kept although the leakage guard found something (``prepare``'s flagged columns): each with the
+    #: finding; register records them on the version.
+    leakage_flags: dict[str, str] = field(default_factory=dict)
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -350,6 +353,7 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
         "",
         *(f"- {reason}" for reason in evaluation.reasons),
         "",
+        *_flag_lines(manifest),
         "## Data",
         f"- Source: `{manifest['source']}`; target `{manifest['target']}` (positive: "
         f"`{manifest.get('positive_label', '1')}`); split {split}",
@@ -382,15 +386,25 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _flag_lines(manifest: dict[str, Any]) -> list[str]:
+    """The features the model learnt from although the leakage guard found something: first thing after the
+    decision, so that nobody reads the metrics without knowing (a near copy of the label makes them too good)."""
+    flagged = manifest.get("flagged_columns") or {}
+    if not flagged:
+        return []
+    return [
+        "> **Warning: learnt from columns the leakage guard flagged.** Check that each is known when a row is scored;",
+        "> a copy of the label makes every metric below look better than production will be.",
+        *(f"> - `{column}`: {reason}" for column, reason in flagged.items()),
+        "",
+    ]
+
+
 def _column_lines(manifest: dict[str, Any]) -> list[str]:
     """What was left out of the features and why (the leakage guard's findings among them)."""
     lines = ["## Columns left out"]
-    dropped, flagged = manifest.get("dropped_columns", {}), manifest.get("flagged_columns", {})
+    dropped = manifest.get("dropped_columns", {})
     lines += [f"- `{column}`: {reason}" for column, reason in dropped.items()] or ["- none"]
-    lines += [
-        f"- kept, named as a feature, although flagged: `{column}`: {reason}"
-        for column, reason in flagged.items()
-    ]
     return lines
 
 
@@ -483,6 +497,7 @@ def evaluate(
         release_plan=plan,
         incomparable_champion_accepted=champion.reason if accepted else "",
         served_model=tracking.client().get_run(run_id).data.tags.get(tracking.SERVED_MODEL_TAG, ""),
+        leakage_flags=dict(manifest.get("flagged_columns") or {}),
     )
 
     _log_evidence(evaluation, manifest, labels, scores, pipeline, champion_scores)

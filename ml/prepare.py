@@ -21,6 +21,7 @@ than ``leakage.SAMPLE_ROWS`` rows is decided on whole; a larger one on a uniform
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,10 +33,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contract import MAX_WINDOW_DAYS
 from ml import leakage
 from ml import windows as data_windows
 from ml.errors import DataValidationError, StageError
-from ml.runtime import ArgumentParser, non_negative_int
+from ml.runtime import ArgumentParser, bounded_int, non_negative_int
 from ml.sources import Source, open_source
 from ml.storage import MANIFEST, publish_by_content, publish_folder
 from ml.windows import ANY_SIZE, Minimums, Windows
@@ -65,7 +67,8 @@ class PreparedData:
     positives: dict[str, int]
     #: Columns left out of the features, each with the reason (asked, an identifier, a leak, ...).
     dropped_columns: dict[str, str] = field(default_factory=dict)
-    #: Columns named as features that the leakage guard flags: kept, as asked, with the warning.
+    #: Columns kept although the leakage guard found something: those it only flags (a near copy of the label,
+    #: a column that follows the time), and those named as features or to keep; each with the finding.
     flagged_columns: dict[str, str] = field(default_factory=dict)
     #: The target's value that is the positive class (1), as it is written in the source.
     positive_label: str = "1"
@@ -85,9 +88,16 @@ def _check_columns_exist(
     time_column: str | None,
     feature_columns: Sequence[str],
     drop_columns: Sequence[str],
+    keep_columns: Sequence[str] = (),
 ) -> None:
-    """Every column the caller names is in the table; otherwise the error names it and lists the table's."""
-    for name, role in [(target, "target"), *((c, "feature") for c in feature_columns)]:
+    """Every column the caller names is in the table, and none is named for two roles; otherwise the error names
+    it (and lists the table's columns)."""
+    named = [
+        (target, "target"),
+        *((c, "feature") for c in feature_columns),
+        *((c, "kept") for c in keep_columns),
+    ]
+    for name, role in named:
         if name not in available:
             raise DataValidationError(name, f"{role} column not found; the table has {available}")
     if time_column and time_column not in available:
@@ -95,6 +105,16 @@ def _check_columns_exist(
     missing_drops = [c for c in drop_columns if c not in available]
     if missing_drops:
         raise DataValidationError(missing_drops[0], f"asked to drop it, but the table has {available}")
+    for column in keep_columns:
+        if column in drop_columns or column in (target, time_column):
+            role = (
+                "dropped"
+                if column in drop_columns
+                else "the target"
+                if column == target
+                else "the time column"
+            )
+            raise DataValidationError(column, f"asked to keep it as a feature, but it is also {role}")
 
 
 @dataclass(frozen=True)
@@ -180,6 +200,7 @@ def validate(
     time_column: str | None = None,
     feature_columns: Sequence[str] | None = None,
     drop_columns: Sequence[str] = (),
+    keep_columns: Sequence[str] = (),
     positive_label: str | None = None,
     labels: Labels | None = None,
 ) -> tuple[pd.DataFrame, PreparedData]:
@@ -202,7 +223,9 @@ def validate(
         )
     frame = frame.copy(deep=False)
     frame.columns = [str(c) for c in frame.columns]
-    _check_columns_exist(list(frame.columns), target, time_column, feature_columns or (), drop_columns)
+    _check_columns_exist(
+        list(frame.columns), target, time_column, feature_columns or (), drop_columns, keep_columns
+    )
     if labels is None:
         _no_missing_labels(int(frame[target].isna().sum()), len(frame), target)
         labels = Labels.of(pd.Series(pd.unique(_label_values(frame[target]))), target, positive_label)
@@ -212,7 +235,7 @@ def validate(
     categorical: list[str] = []
     dropped: dict[str, str] = {c: "asked to drop" for c in drop_columns}
     for column in candidates:
-        kind = _feature_kind(frame[column], column, explicit=bool(feature_columns))
+        kind = _feature_kind(frame[column], column, explicit=bool(feature_columns) or column in keep_columns)
         if kind == "drop":
             dropped[column] = (
                 "timestamp column that is not the time column"
@@ -290,8 +313,20 @@ def _time_values(values: pd.Series, name: str) -> pd.Series:
             )
     if parsed.isna().any():
         raise DataValidationError(name, f"time column has {int(parsed.isna().sum())} missing value(s)")
-    # Times without a zone are UTC, as the data interval's bounds are.
-    return parsed.dt.tz_localize("UTC") if parsed.dt.tz is None else parsed
+    if parsed.dt.tz is not None:
+        return parsed
+    _naive_times(name)
+    return parsed.dt.tz_localize("UTC")
+
+
+@functools.cache
+def _naive_times(name: str) -> None:
+    """Say once that a time column without a zone is read as UTC (a local time read so is off by its offset)."""
+    log.warning(
+        "time column '%s' has no time zone: its times are taken as UTC, as the data interval's bounds are; if "
+        "they are local times, write them with their offset (e.g. 2026-03-02T09:00:00+01:00)",
+        name,
+    )
 
 
 def _feature_kind(values: pd.Series, name: str, *, explicit: bool) -> str:
@@ -602,6 +637,7 @@ def prepare(
     time_column: str | None = None,
     feature_columns: Sequence[str] | None = None,
     drop_columns: Sequence[str] = (),
+    keep_columns: Sequence[str] = (),
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 42,
@@ -627,6 +663,8 @@ def prepare(
         time_column: If given, split by time on this column; otherwise stratified random.
         feature_columns: Columns to learn from; by default every column but the target and time column.
         drop_columns: Columns to leave out (identifiers, leaky fields).
+        keep_columns: Columns to learn from whatever the leakage guard finds (its finding is kept as a flag, in
+            the manifest and the model card); the guard still screens the others.
         val_fraction: Share of rows (or of the time range's rows) for validation.
         test_fraction: Share of rows for the test split.
         seed: Seed of the random split and of the sample.
@@ -664,10 +702,11 @@ def prepare(
             labels = Labels.of(scan.labels, target, positive_label)
         cleaned, meta = validate(
             sample, target, time_column=time_column, feature_columns=feature_columns, drop_columns=drop_columns,
-            positive_label=positive_label, labels=labels,
+            keep_columns=keep_columns, positive_label=positive_label, labels=labels,
         )  # fmt: skip
         assert labels is not None
-        _guard_leaks(cleaned, meta, windows, explicit=bool(feature_columns), seed=seed)
+        kept = set(feature_columns or ()) | set(keep_columns)
+        _guard_leaks(cleaned, meta, windows, kept=kept, seed=seed)
         cleaned = cleaned[[*meta.features, target, *([time_column] if time_column else [])]]
         plan = _plan(scan, cleaned, meta, labels, windows, minimums, val_fraction, test_fraction, seed)
         meta.source, meta.inputs = source, read.inputs
@@ -683,10 +722,11 @@ def prepare(
 
 
 def _guard_leaks(
-    frame: pd.DataFrame, meta: PreparedData, windows: Windows | None, *, explicit: bool, seed: int
+    frame: pd.DataFrame, meta: PreparedData, windows: Windows | None, *, kept: set[str], seed: int
 ) -> None:
-    """Leave out the features the leakage guard flags on the training rows (``ml.leakage``), each with its
-    reason; columns the caller named as features stay, with the warning recorded."""
+    """Leave out the features the leakage guard drops on the training rows (``ml.leakage``), each with its
+    reason; what it only flags, and the columns the caller named as features or to keep (``kept``), stay, with
+    the finding recorded."""
     training = frame
     if windows is not None and meta.time_column:
         times = frame[meta.time_column]
@@ -699,22 +739,27 @@ def _guard_leaks(
         time_column=meta.time_column,
         seed=seed,
     )
+    left_out = set()
     for finding in findings:
-        if explicit:
-            meta.flagged_columns[finding.column] = finding.reason
-            log.warning("keeping '%s', named as a feature, although it looks like a leak: %s",
+        if finding.column in kept:
+            meta.flagged_columns[finding.column] = f"kept as asked, although: {finding.reason}"
+            log.warning("keeping '%s', as asked, although the leakage guard found: %s",
                         finding.column, finding.reason)  # fmt: skip
+        elif not finding.drops:
+            meta.flagged_columns[finding.column] = finding.reason
+            log.warning("keeping '%s', flagged by the leakage guard: %s", finding.column, finding.reason)
         else:
             meta.dropped_columns[finding.column] = finding.reason
+            left_out.add(finding.column)
             log.warning("dropping column '%s': %s", finding.column, finding.reason)
-    if not explicit and findings:
-        left_out = {f.column for f in findings}
+    if left_out:
         meta.features = [c for c in meta.features if c not in left_out]
         meta.categorical = [c for c in meta.categorical if c not in left_out]
         if not meta.features:
             raise DataValidationError(
                 None,
-                f"no feature columns are left to learn from: the leakage guard left out {sorted(left_out)}",
+                f"no feature columns are left to learn from: the leakage guard left out {sorted(left_out)} (name "
+                "the ones to learn from anyway in keep_columns)",
             )
 
 
@@ -856,20 +901,22 @@ def _window_arguments(window: Any) -> None:
     window.add_argument("--interval-start", default="", help="the run's data interval start (ISO-8601)")
     window.add_argument("--interval-end", default="", help="the run's data interval end (ISO-8601)")
     window.add_argument(
-        "--training-window-days", type=int, help="days trained on before evaluation (with an interval)"
+        "--training-window-days",
+        type=bounded_int(1, MAX_WINDOW_DAYS),
+        help=f"days trained on before evaluation (with an interval; 1 to {MAX_WINDOW_DAYS})",
     )
     window.add_argument(
         "--evaluation-window-days",
-        type=int,
+        type=bounded_int(0, MAX_WINDOW_DAYS),
         default=0,
-        help="days evaluated on before the end (0: the interval)",
+        help=f"days evaluated on before the end (0: the interval; at most {MAX_WINDOW_DAYS})",
     )
     window.add_argument("--min-training-rows", type=non_negative_int, default=1)
     window.add_argument("--min-evaluation-rows", type=non_negative_int, default=1)
     window.add_argument("--min-evaluation-positives", type=non_negative_int, default=1)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m ml.prepare", doc=__doc__)
     parser.add_argument("--source", required=True, help="table URI: path, s3://, or synthetic://")
     parser.add_argument("--target", required=True, help="binary target column")
@@ -883,6 +930,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--time-column", default="", help="split by time on this column (empty: random)")
     parser.add_argument("--features", type=_columns, default=[], help="comma-separated feature columns")
     parser.add_argument("--drop-columns", type=_columns, default=[], help="comma-separated columns to drop")
+    parser.add_argument(
+        "--keep-columns",
+        type=_columns,
+        default=[],
+        help="comma-separated columns to learn from whatever the leakage guard finds (recorded as flags)",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=non_negative_int, default=42)
@@ -892,7 +945,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="the target's positive value when it is not 0/1 or true/false (e.g. '>50K')",
     )
     _window_arguments(parser.add_argument_group("data windows (with a time column)"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = _parser().parse_args(argv)
     if bool(args.interval_start) != bool(args.interval_end):
         raise StageError("give both --interval-start and --interval-end, or neither")
     if args.interval_start and args.training_window_days is None:
@@ -914,6 +971,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         time_column=args.time_column or None,
         feature_columns=args.features or None,
         drop_columns=args.drop_columns,
+        keep_columns=args.keep_columns,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         seed=args.seed,

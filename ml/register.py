@@ -12,6 +12,7 @@ never create a second version. It refuses (non-zero exit, nothing written) anyth
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from contract import (
     CHAMPION_AT_EVALUATION_TAG,
     INCOMPARABLE_CHAMPION_ACCEPTED_TAG,
     INTERVAL_TAG,
+    LEAKAGE_FLAGS_TAG,
     MODEL_ID_TAG,
     PASS,
     RELEASE_PLANNED,
@@ -140,6 +142,11 @@ def _create_version(name: str, evaluation: dict[str, Any], run_key: str) -> Any:
         **(
             {INCOMPARABLE_CHAMPION_ACCEPTED_TAG: evaluation["incomparable_champion_accepted"][:5000]}
             if evaluation.get("incomparable_champion_accepted")
+            else {}
+        ),
+        **(
+            {LEAKAGE_FLAGS_TAG: json.dumps(evaluation["leakage_flags"])[:5000]}
+            if evaluation.get("leakage_flags")
             else {}
         ),
         **{

@@ -99,6 +99,21 @@ def non_negative_int(value: str) -> int:
     return number
 
 
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type=`` for a whole number from ``low`` to ``high``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from err
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {number}")
+        return number
+
+    return parse
+
+
 def check_tracking_uri() -> None:
     """Refuse credentials inside ``MLFLOW_TRACKING_URI``: MLflow prints the URI in its "View run" lines and
     Airflow keeps it in the task's rendered fields. They belong in ``MLFLOW_TRACKING_USERNAME`` and

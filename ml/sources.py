@@ -16,11 +16,13 @@ Partitions are days in UTC. What was read is reported as ``Source.inputs``, for 
 ``open_source`` hands the rows out a batch at a time (at most ``BATCH_ROWS``), as often as they are asked for:
 Parquet is scanned a row group at a time, so a table of any size passes in the memory of one batch. CSV has no
 row groups and no types: it is parsed whole (with pandas' type inference), then handed out in batches; a table
-too large for that belongs in Parquet. ``read_source`` reads a whole source into one frame.
+too large for that belongs in Parquet; its separator (a comma, a semicolon, a tab or a bar) is read from its first
+lines. ``read_source`` reads a whole source into one frame.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterator
@@ -37,6 +39,8 @@ import pyarrow.dataset as ds
 from ml.errors import StageError
 from ml.storage import SYNTHETIC_SCHEME, is_remote, s3_client, split_s3, table_format
 from ml.windows import Window
+
+log = logging.getLogger(__name__)
 
 DATE_PLACEHOLDER = re.compile(r"\{date(?::[^{}]*)?\}")
 _HIVE_DATE = re.compile(r"^(?P<key>[A-Za-z_]\w*)=(?P<day>\d{4}-\d{2}-\d{2})$")
@@ -205,13 +209,31 @@ def _parquet(paths: list[Path], time_column: str | None, window: Window | None, 
     return Source(batches, columns, uris)
 
 
+#: Separators a CSV file may use; the one its first lines use is taken (and logged when it is not a comma).
+CSV_SEPARATORS = ",;\t|"
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
+    files = sorted(path.glob("*.csv*")) if path.is_dir() else [path]
     try:
-        if path.is_dir():
-            return pd.concat([pd.read_csv(p, low_memory=False) for p in sorted(path.glob("*.csv*"))])
-        return pd.read_csv(path, low_memory=False)
+        return pd.concat([pd.read_csv(p, sep=_separator(p), low_memory=False) for p in files])
     except (ValueError, OSError, pd.errors.ParserError) as err:
         raise StageError(f"cannot parse '{path}' as csv: {err}") from err
+
+
+def _separator(path: Path) -> str:
+    """The separator of a CSV file's columns, from its first lines (a comma unless they say otherwise)."""
+    import csv
+
+    with pd.io.common.get_handle(path, "r", compression="infer", errors="replace") as handle:
+        head = handle.handle.read(64 * 1024)
+    try:
+        separator = csv.Sniffer().sniff("\n".join(head.splitlines()[:20]), delimiters=CSV_SEPARATORS)
+    except csv.Error:
+        return ","
+    if separator.delimiter != ",":
+        log.info("%s: columns separated by %r", path, separator.delimiter)
+    return str(separator.delimiter)
 
 
 def _time_filter(schema: pa.Schema, column: str, window: Window) -> ds.Expression | None:

@@ -298,6 +298,11 @@ def _intercept_for_rate(logit: np.ndarray, rate: float) -> float:
     return (low + high) / 2
 
 
+#: The one data set ``synthetic://`` generates: ``synthetic://card-transactions?...``.
+DATASET = "card-transactions"
+#: What ``--output`` may end with: the formats ``write`` writes.
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+
 URI_OPTIONS = {
     "rows": "a fixed-size table of this many rows over `days` days from `start`",
     "rows_per_day": f"the stream's daily volume (default {DEFAULT_ROWS_PER_DAY})",
@@ -317,7 +322,13 @@ def generate_from_uri(
     ``rows_per_day`` rows a day from ``start`` on, ending after ``days`` days only if ``days`` is given. A
     window outside the data's days is empty, and so is an error the caller can name.
     """
-    options = {key: values[-1] for key, values in parse_qs(urlparse(uri).query).items()}
+    parsed = urlparse(uri)
+    if parsed.netloc != DATASET or parsed.path not in ("", "/"):
+        raise StageError(
+            f"'{uri}' names no synthetic data set: the one there is is synthetic://{DATASET}?<options> "
+            f"(options: {sorted(URI_OPTIONS)})"
+        )
+    options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
     unknown = sorted(set(options) - set(URI_OPTIONS))
     if unknown:
         raise StageError(f"unknown option(s) {unknown} in '{uri}'; known: {sorted(URI_OPTIONS)}")
@@ -375,7 +386,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fraud-rate", type=float, default=0.005, help="expected share of frauds")
     parser.add_argument("--output", type=Path, required=True, help="a .parquet or .csv path")
     args = parser.parse_args(argv)
-    if args.output.suffix != ".csv":  # Parquet: written as it is generated, a row group at a time
+    if args.output.suffix not in OUTPUT_SUFFIXES:
+        raise StageError(
+            f"--output {args.output}: name a {' or '.join(OUTPUT_SUFFIXES)} file (the suffix says the format)"
+        )
+    if args.output.suffix == ".parquet":  # written as it is generated, a row group at a time
         write_generated(args.rows, args.output, seed=args.seed, fraud_rate=args.fraud_rate)
         import pyarrow.compute as pc
         import pyarrow.parquet as pq

@@ -15,6 +15,7 @@ from datetime import date, timedelta
 
 import pandas as pd
 
+from contract import MAX_WINDOW_DAYS
 from ml.errors import StageError
 
 
@@ -82,10 +83,10 @@ def plan(start: str, end: str, *, training_days: int, evaluation_days: int = 0) 
         raise StageError(f"the data interval {interval} is empty: its start must be before its end")
     whole_days = interval.end - interval.start >= pd.Timedelta(days=1)
     cut = Window(interval.start.floor("D"), interval.end.floor("D")) if whole_days else interval
-    if training_days < 1 or evaluation_days < 0:
+    if not (1 <= training_days <= MAX_WINDOW_DAYS and 0 <= evaluation_days <= MAX_WINDOW_DAYS):
         raise StageError(
-            f"the training window needs at least 1 day (got {training_days}) and the evaluation window 0 or "
-            f"more (got {evaluation_days}; 0 is the data interval)"
+            f"the training window needs 1 to {MAX_WINDOW_DAYS} days (got {training_days}) and the evaluation "
+            f"window 0 to {MAX_WINDOW_DAYS} (got {evaluation_days}; 0 is the data interval)"
         )
     evaluation = Window(cut.end - pd.Timedelta(days=evaluation_days), cut.end) if evaluation_days else cut
     training = Window(evaluation.start - pd.Timedelta(days=training_days), evaluation.start)

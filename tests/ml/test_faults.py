@@ -77,6 +77,17 @@ def error_line(done: subprocess.CompletedProcess[str]) -> str:
                      "--verdict", "[" * 50_000 + "]" * 50_000], "nested too deeply", id="deeply-nested-json"),
         pytest.param("ml.prepare", ["--source", "synthetic://card-transactions?rows=20000000000", "--target",
                      "is_fraud", "--output", "o"], "at most 200,000,000", id="too-many-rows"),
+        # It exited 1 (retried) on an OutOfBoundsTimedelta traceback; 36,500 days went through without a word.
+        *(pytest.param("ml.prepare", ["--source", "synthetic://card-transactions?rows_per_day=10", "--target",
+                       "is_fraud", "--output", "o", "--time-column", "timestamp", "--interval-start", "2026-03-02",
+                       "--interval-end", "2026-03-09", "--training-window-days", days],
+                       f"--training-window-days: must be from 1 to 3660, got {days}", id=f"window-{days}-days")
+          for days in ("1000000000", "36500")),
+        pytest.param("ml.prepare", ["--source", "synthetic://nope-typo?rows=100", "--target", "is_fraud",
+                     "--output", "o"], "names no synthetic data set: the one there is is synthetic://card-"
+                     "transactions", id="synthetic-typo"),
+        pytest.param("ml.synthetic", ["--rows", "100", "--output", "s.txt"], "name a .parquet or .csv file",
+                     id="synthetic-output-suffix"),
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_with_one_error_line_before_touching_anything(

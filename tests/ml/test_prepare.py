@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,19 @@ def test_prepare_publishes_splits_and_a_manifest(tmp_path: Path, suffix: str) ->
     assert "transaction_id" not in manifest["features"]
     assert set(manifest["categorical"]) == {"merchant_category", "channel", "country"}
     assert list(read_published_table(str(out), "test.parquet").columns)[-2:] == ["is_fraud", "timestamp"]
+
+
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_a_csv_separated_otherwise_than_by_commas_is_read_with_its_separator(
+    tmp_path: Path, separator: str, caplog
+) -> None:
+    """A ';'-separated CSV failed with pandas' "Expected 1 fields in line 3, saw 2", naming no separator."""
+    caplog.set_level(logging.INFO, logger="ml.sources")
+    raw = generate(3_000, seed=2)
+    raw.to_csv(tmp_path / "raw.csv", sep=separator, index=False)
+    meta = prepare(str(tmp_path / "raw.csv"), "is_fraud", str(tmp_path / "out"), time_column="timestamp")
+    assert sum(meta.rows.values()) == 3_000 and "amount" in meta.features
+    assert f"columns separated by {separator!r}" in caplog.text
 
 
 def test_rerun_replaces_the_output_whole(tmp_path: Path) -> None:

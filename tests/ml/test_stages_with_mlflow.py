@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from contract import (
     INCOMPARABLE_CHAMPION_ACCEPTED_TAG,
     INTERVAL_TAG,
+    LEAKAGE_FLAGS_TAG,
     RELEASE_REASON_TAG,
     RELEASE_SKIPPED,
     RELEASE_TAG,
@@ -141,6 +142,13 @@ def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server,
         register(other_model, run_key="dag/run-b", alias=CHALLENGER)
     assert len(client.search_model_versions("name = 'stage-model'")) == 1
 
+    # What the model learnt from although the leakage guard found something is on its version.
+    flags = {"review_flag": "NEAR COPY OF THE LABEL? alone it ranks the classes with ROC-AUC 0.960"}
+    flagged = register({**evaluation, "leakage_flags": flags}, run_key="dag/run-d", alias=CHALLENGER)
+    tags = client.get_model_version("stage-model", flagged.version).tags
+    assert json.loads(tags[LEAKAGE_FLAGS_TAG]) == flags
+    assert LEAKAGE_FLAGS_TAG not in client.get_model_version("stage-model", first.version).tags
+
 
 def test_evaluation_compares_with_the_champion_on_the_same_rows(
     mlflow_server, prepared, tmp_path: Path
@@ -267,3 +275,11 @@ def test_a_refit_model_is_thresholded_on_the_early_stopped_scores_and_the_card_s
     )
     with pytest.raises(StageError, match="other prepared data"):
         tracking.early_stopped_validation_scores(trained.run_id, len(validation) + 1)
+    # Flagged columns come first, before any metric, loudly; none, no warning.
+    assert "leakage guard flagged" not in card
+    flagged = {**read_manifest(prepared), "flagged_columns": {"review_flag": "NEAR COPY OF THE LABEL? ..."}}
+    loud = model_card(evaluation, flagged)
+    assert loud.index("**Warning: learnt from columns the leakage guard flagged.**") < loud.index(
+        "## Test metrics"
+    )
+    assert "> - `review_flag`: NEAR COPY OF THE LABEL? ..." in loud

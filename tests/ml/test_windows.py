@@ -153,7 +153,7 @@ def test_a_parquet_table_is_filtered_in_the_reader_and_a_csv_after_parsing(tmp_p
     assert from_csv.rows == from_parquet.rows and from_csv.rows["test"] == 7 * 200
 
 
-def test_times_without_a_zone_are_utc(tmp_path: Path) -> None:
+def test_times_without_a_zone_are_utc_and_the_log_says_so_once(tmp_path: Path, caplog) -> None:
     frame = generate_range(week(1), week(5), rows_per_day=200, seed=6)
     frame.assign(**{TIME_COLUMN: frame[TIME_COLUMN].dt.tz_localize(None)}).to_parquet(
         tmp_path / "naive.parquet"
@@ -162,6 +162,10 @@ def test_times_without_a_zone_are_utc(tmp_path: Path) -> None:
     meta = prepare(str(tmp_path / "naive.parquet"), "is_fraud", str(tmp_path / "out"), time_column=TIME_COLUMN,
                    windows=windows)  # fmt: skip
     assert meta.rows["test"] == 7 * 200 and meta.windows["evaluation"][0] == week(4).isoformat()
+    said = [r.message for r in caplog.records if "has no time zone" in r.message]
+    assert said == [f"time column '{TIME_COLUMN}' has no time zone: its times are taken as UTC, as the data "
+                    "interval's bounds are; if they are local times, write them with their offset (e.g. "
+                    "2026-03-02T09:00:00+01:00)"]  # fmt: skip
 
 
 def write_partitions(root: Path, first: pd.Timestamp, days: int, skip: tuple[int, ...] = ()) -> None:
