@@ -20,7 +20,7 @@ against Prometheus, and `champion` moves to the new version only if the canary e
 | `approve` | UI | only with `release.approval.required` (production): a person approves or rejects the release in Airflow's Required actions, seeing the model card's summary; no answer in time rejects. A rejection is recorded on the version and releases nothing |
 | `deploy` | pod, Helm | `helm upgrade --install` of the inference API chart with the new model version (the image is CI/CD's); refuses to start if `champion` moved since evaluation, or while the API's SLOs have spent their error budget (the form can override; the version records it) |
 | `watch_rollout` | triggerer | waits for the Rollout: Healthy, Degraded (aborted by analysis), slow (alert), or paused by an inconclusive analysis (needs a person: alert, nothing promoted or rolled back) |
-| `promote` | pod, CPU | tags the version with the verdict (promoted, aborted, refused) and figures, logs the canary's report chart (traffic and each metric per step against its threshold) to the version's run; on Healthy, moves `champion` by compare-and-set |
+| `promote` | pod, CPU | tags the version with the verdict (promoted, aborted, refused) and figures, logs the canary's report chart (traffic and each metric per step against its threshold) to the version's run; on Healthy, moves `champion` by compare-and-set; otherwise takes `challenger` off the version |
 | `announce_champion` | worker | when `champion` moved: an event on the `<model>@champion` asset (model, version, metrics) |
 | `needs_rollback` | worker | continues when something was released and not promoted (aborted, refused, or `promote` failed) |
 | `rollback` | pod, Helm | Helm rollback to the revision that serves `champion` (else the one before this release) |
@@ -605,6 +605,7 @@ def promote_stage() -> MLStageOperator:
             "--name", REGISTERED_NAME,
             "--version", REGISTERED_VERSION,
             "--alias", REGISTRY.production_alias,
+            "--candidate-alias", REGISTRY.candidate_alias,
             "--verdict", "{{ ti.xcom_pull(task_ids='watch_rollout') | tojson }}",
         ],
     )  # fmt: skip

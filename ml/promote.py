@@ -72,7 +72,8 @@ def _check_verdict(verdict: dict[str, Any], name: str, version: str) -> None:
 
 def verdict_tags(verdict: dict[str, Any], outcome: str, reason: str = "") -> dict[str, str]:
     """The outcome, its reason and the analysis figures as version tags (``mlops.canary.<metric>.step<n>``)."""
-    message = "; ".join(part for part in (reason, str(verdict.get("message", ""))) if part)
+    said = str(verdict.get("message", ""))
+    message = "; ".join(part for part in (reason, "" if said in reason else said) if part)
     tags = {
         CANARY_VERDICT_TAG: outcome,
         CANARY_MESSAGE_TAG: message[:5000],
@@ -112,11 +113,15 @@ def _not_promoted(version: str, outcome: str, verdict: dict[str, Any]) -> str:
     return f"the release of v{version} was {outcome}"
 
 
-def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> Promotion:
+def promote(
+    *, name: str, version: str, alias: str, verdict: dict[str, Any], candidate_alias: str = ""
+) -> Promotion:
     """Tag ``version`` with the release's outcome; on a Healthy canary, move ``alias`` to it by compare-and-set.
 
     The outcome is ``promoted``, ``aborted`` (the canary failed) or ``refused`` (the compare-and-set failed, now
-    or before the release started): the two last leave the alias where it is.
+    or before the release started): the two last leave the alias where it is, and take ``candidate_alias`` (the
+    registry's mark of the version being released, ``challenger``) off the version, if it is still there: a
+    version that failed its release is nobody's candidate any more.
     """
     _check_verdict(verdict, name, version)
     client = tracking.client()
@@ -162,6 +167,9 @@ def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> 
     if move:
         client.set_registered_model_alias(name, alias, version)
         log.info("%s@%s: v%s -> v%s", name, alias, current, version)
+    if outcome != VERDICTS[HEALTHY] and candidate_alias and current_alias(name, candidate_alias) == version:
+        client.delete_registered_model_alias(name, candidate_alias)
+        log.info("%s@%s taken off v%s, whose release was %s", name, candidate_alias, version, outcome)
     return Promotion(
         name=name,
         version=version,
@@ -233,10 +241,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--name", required=True, help="registered model")
     parser.add_argument("--version", required=True, help="the version the canary released")
     parser.add_argument("--alias", required=True, help="the production alias to move")
+    parser.add_argument(
+        "--candidate-alias", default="", help="the alias of the version being released: taken off if it fails"
+    )
     parser.add_argument("--verdict", required=True, help="the rollout watch's JSON result")
     args = parser.parse_args(argv)
     verdict = json_object("--verdict", "the rollout watch's result")(args.verdict)
-    promotion = promote(name=args.name, version=args.version, alias=args.alias, verdict=verdict)
+    promotion = promote(
+        name=args.name,
+        version=args.version,
+        alias=args.alias,
+        verdict=verdict,
+        candidate_alias=args.candidate_alias,
+    )
     _log_canary_report(args.name, args.version, verdict)
     return asdict(promotion)
 

@@ -240,9 +240,17 @@ def summarise_data(instances: dict[str, Any]) -> None:
 def print_budgets(checked: dict[str, Any]) -> None:
     """The error budgets the deploy step read before releasing (none on a first release)."""
     if checked.get("budgets"):
-        left = ", ".join(f"{b['slo']} {b['remaining']:.0%} left" for b in checked["budgets"])
+        left = ", ".join(budget_left(b["slo"], b["remaining"]) for b in checked["budgets"])
         overridden = " (overridden)" if checked["overridden"] else ""
         print(f"  error budgets ({checked['source']}): {left}{overridden}")
+
+
+def budget_left(slo: str, remaining: float) -> str:
+    """What is left of an SLO's error budget: a share of it, or, once it is spent, how many times over."""
+    if remaining > 0:
+        return f"{slo} {remaining:.0%} left"
+    used = 1 - remaining
+    return f"{slo} spent, {used:,.0f}x" if used >= 10 else f"{slo} spent, {used:.1f}x"
 
 
 def summarise_release(dag_run: Any) -> None:
@@ -298,10 +306,26 @@ def summarise_release(dag_run: Any) -> None:
     rollback = results.get("rollback")
     if rollback:
         print(f"  rolled back to revision {rollback['restored_revision']} ({rollback['restored_model_uri']})")
-    if status:
+    # What serves once the release's last revision has settled (the rollback's, when there was one): the local
+    # controller restores the champion's server after `helm rollback` returns, as Argo Rollouts does.
+    settled = settle(state_dir / deployment["release"], (rollback or deployment)["revision"])
+    if settled:
         print(
-            f"  serving {status['stableModelUri']} at {status['endpoint']} (POST /predict; stop: make release-down)"
+            f"  serving {settled['stableModelUri']} at {settled['endpoint']} (POST /predict; stop: make release-down)"
         )
+
+
+def settle(release_dir: Path, revision: int, timeout_s: float = 120) -> dict[str, Any] | None:
+    """The release's status once ``revision``'s rollout has an outcome (None if it has none in time)."""
+    from standins.rollouts import read_result, read_status
+
+    deadline = time.monotonic() + timeout_s
+    while read_result(release_dir, revision) is None:
+        if time.monotonic() > deadline:
+            print(f"  revision {revision} has no outcome after {timeout_s:.0f}s: see {release_dir}")
+            return None
+        time.sleep(0.5)
+    return read_status(release_dir)
 
 
 def main() -> None:
@@ -334,7 +358,12 @@ def main() -> None:
         print(f"\nFinished in {time.perf_counter() - started:.0f}s")
         if summarise(first, tracking_uri) != 0:
             sys.exit(1)
-        print("\n" + "=" * 100 + "\nNow a new model, canaried against that champion\n" + "=" * 100)
+        then = (
+            "Now a new model, canaried against that champion"
+            if has_champion(model_name)
+            else "The first run made no champion (see its decision): the newest week's model is a first release too"
+        )
+        print("\n" + "=" * 100 + f"\n{then}\n" + "=" * 100)
     # One more week of data is a small gain, and on ~100 frauds a week the measured difference is noisy: by the
     # calendar week the demo happens to run in, a retrained model can score a little below the champion. The
     # demo tolerates that much, so that it always shows the canary; the platform's default requires no loss.

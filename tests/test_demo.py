@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.demo import quiet, tail
+from scripts.demo import budget_left, quiet, tail
 
 
 def test_airflow_and_its_subprocesses_write_to_the_log_file_and_the_terminal_keeps_the_progress(
@@ -38,3 +38,10 @@ def test_a_failed_task_shows_the_end_of_the_log_and_where_the_rest_is(tmp_path: 
     log_file.write_text("".join(f"line {i}\n" for i in range(100)))
     shown = tail(log_file, 3)
     assert shown == f"      | line 97\n      | line 98\n      | line 99\n      (the whole log: {log_file})\n"
+
+
+def test_a_spent_error_budget_says_spent_and_how_many_times_over() -> None:
+    """It printed "availability -20082% left"."""
+    assert budget_left("availability", 0.25) == "availability 25% left"
+    assert budget_left("availability", -200.82) == "availability spent, 202x"
+    assert budget_left("latency", -0.4) == "latency spent, 1.4x"

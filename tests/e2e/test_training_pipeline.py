@@ -27,7 +27,7 @@ from contract import (
     THRESHOLD_TAG,
 )
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
-from tests.helpers import artifact_folder
+from tests.helpers import CHALLENGER, artifact_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "ml_training_pipeline"
@@ -266,8 +266,11 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     assert "plots/canary_report.png" in plots
 
 
-def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(dag, first_run, tmp_path, capfd) -> None:
-    """Real model, real canary; only the threshold is made unreachable (p99 under 1 microsecond)."""
+def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(
+    dag, first_run, mlflow_server, tmp_path, capfd
+) -> None:
+    """Real model, real canary; only the threshold is made unreachable (p99 under 1 microsecond). The demo's
+    summary says what serves once the rollback has settled (it said the aborted model, read too early)."""
     strict = tmp_path / "strict.yaml"
     strict.write_text("analysis:\n  maxLatencyP99Seconds: 0.000001\n")
     for task_id in ("deploy", "rollback"):
@@ -298,6 +301,13 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(dag, first_r
     assert alerts, "the notifier sent no alert"
     assert "latency-p99" in alerts[-1]
     assert f"Rolled back to revision {rolled_back['restored_revision']}" in alerts[-1]
+    assert CHALLENGER not in MlflowClient().get_model_version(MODEL, version.version).aliases
+
+    from scripts.demo import summarise
+
+    assert summarise(dag_run, mlflow_server) == 1
+    serving = [line for line in capfd.readouterr().out.splitlines() if line.startswith("  serving ")]
+    assert serving and serving[-1].startswith(f"  serving models:/{MODEL}/{previous_champion} at "), serving
 
 
 def test_a_champion_moved_by_hand_before_promotion_is_refused_and_the_release_ends_on_the_champion(

@@ -15,14 +15,14 @@ import httpx
 import pytest
 import yaml
 
-from contract import CANARY_VERDICT_TAG, INCONCLUSIVE_PAUSE
+from contract import CANARY_MESSAGE_TAG, CANARY_VERDICT_TAG, INCONCLUSIVE_PAUSE
 from ml import tracking
 from ml.errors import StageError
 from ml.promote import promote
 from ml.release import helm
 from standins import rollouts
 from standins.rollouts.traffic import Traffic
-from tests.helpers import CHAMPION
+from tests.helpers import CHALLENGER, CHAMPION
 from tests.standins.conftest import CHART, MODEL, ROOT
 
 IMAGE_TAG = "0.1.0"
@@ -205,9 +205,14 @@ def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
     assert (again.revision, again.changed) == (3, False)
     assert [r.status for r in target.history()] == ["superseded", "superseded", "deployed"]
 
-    recorded = promote(name=MODEL, version=versions[fault], alias=CHAMPION, verdict=result)
+    tracking.client().set_registered_model_alias(MODEL, CHALLENGER, versions[fault])  # as register set it
+    recorded = promote(
+        name=MODEL, version=versions[fault], alias=CHAMPION, verdict=result, candidate_alias=CHALLENGER
+    )
     assert (recorded.promoted, recorded.verdict, champion()) == (False, "aborted", versions["first"])
-    assert tracking.client().get_model_version(MODEL, versions[fault]).tags[CANARY_VERDICT_TAG] == "aborted"
+    aborted = tracking.client().get_model_version(MODEL, versions[fault])
+    assert aborted.tags[CANARY_VERDICT_TAG] == "aborted"
+    assert CHALLENGER not in aborted.aliases  # it stayed on the failed version
 
 
 def test_the_canary_replays_what_the_stable_models_clients_send(
@@ -262,6 +267,16 @@ def test_a_release_whose_champion_moved_before_it_started_is_refused_without_a_c
     refused = helm.deploy(target, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG, champion=moved)
     assert refused.refused.startswith("the champion moved since evaluation") and not refused.changed
     assert refused.revision == 1 and [r.revision for r in target.history()] == [1]
+    # The watch's verdict on a refused release, then promote: the refusal is said once on the version.
+    verdict = {
+        "phase": "Refused",
+        "model_uri": uri(versions["good"]),
+        "message": refused.refused,
+        "measurements": [],
+    }
+    assert promote(name=MODEL, version=versions["good"], alias=CHAMPION, verdict=verdict).verdict == "refused"
+    message = tracking.client().get_model_version(MODEL, versions["good"]).tags[CANARY_MESSAGE_TAG]
+    assert message.count(refused.refused) == 1, message
 
 
 # Long: make test keeps its kin, the budget read on the local API in the pipeline's second release
