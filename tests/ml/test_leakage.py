@@ -131,7 +131,7 @@ def case_table(rows: int = 16_800, seed: int = 7) -> pd.DataFrame:
             "dispute_age_days": np.where(fraud, rng.integers(0, 60, rows), np.nan),
             "currency": "EUR",
             "session_uuid": [f"{x:032x}" for x in rng.integers(0, 2**62, rows)],
-            "amount_cents": np.round(np.exp(rng.normal(12.5 + 1.7 * label, 1.5))).astype(np.int64),
+            "amount_cents": np.round(np.exp(rng.normal(13 + 2.05 * label, 1.8))).astype(np.int64),
             "merchant_id": merchant,
             "account_age_days": np.floor(days - opened).astype(int),
             "risk_score": rng.normal(1.81 * label, 1.0),
