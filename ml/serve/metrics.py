@@ -63,6 +63,10 @@ CLIENT_CLOSED = 499
 #: Answers whose duration is the client's, not the server's (its body timed out, or it left): not observed in
 #: the latency histogram, which the latency alert and the canary's p99 read.
 CLIENT_PACED = frozenset({408, CLIENT_CLOSED})
+#: The key of a request's ASGI scope ``state`` where ``ml.serve.limits`` leaves the ``time.perf_counter()`` at which
+#: it stopped waiting for the body (all of it came, or it was refused): the histogram times a request from there,
+#: so a client's slow upload is not the server's latency. A request without a body is timed from its headers.
+BODY_READ_AT = "ml.serve.body_read_at"
 
 
 def observe_many(histogram: Any, values: Any) -> None:
@@ -88,7 +92,8 @@ class RequestMetrics:
     """ASGI middleware counting requests and timing them (cheaper than a Starlette BaseHTTPMiddleware).
 
     A request whose client disconnects before its body has arrived is counted with status 499 and logged; it is
-    not an error of the server (no traceback, no 500).
+    not an error of the server (no traceback, no 500). A request is timed from the end of its body (``BODY_READ_AT``),
+    not from its headers: how long the client took to send it is the client's time.
     """
 
     def __init__(self, app: Any) -> None:
@@ -118,4 +123,5 @@ class RequestMetrics:
         finally:
             HTTP_REQUESTS.labels(method=method, path=path, status=str(status["code"])).inc()
             if status["code"] not in CLIENT_PACED:
+                started = scope.get("state", {}).get(BODY_READ_AT, started)
                 HTTP_DURATION.labels(method=method, path=path).observe(time.perf_counter() - started)

@@ -66,10 +66,13 @@ class Settings(ServingRules):
     # Largest request line and headers in bytes: beyond it, 431 and the connection closes.
     max_header_bytes: PositiveInt = 64 * 1024
     # Seconds from the end of the headers to the end of the body: a slower body gets 408 and the connection closes.
+    # While it arrives, a body holds no slot of max_concurrent_requests, and its time is not the server's latency.
     body_timeout_s: PositiveFloat = 15.0
     # Seconds an idle keep-alive connection stays open (uvicorn's --timeout-keep-alive).
     keep_alive_timeout_s: PositiveInt = 5
-    # Requests handled at once; beyond it, 503 with Retry-After (the probes and /metrics are never refused).
+    # Requests handled at once, each from the end of its body; beyond it, 503 with Retry-After (the probes and
+    # /metrics are never refused). The bodies still arriving may hold this many times max_body_bytes in all (128 MB
+    # by default); a chunk beyond gets 429 with Retry-After (the connection limit alone would allow 2 GB).
     max_concurrent_requests: PositiveInt = 64
     # Open connections at most (uvicorn's --limit-concurrency, a backstop: uvicorn answers 503 beyond it, to the
     # probes too, and its 503s are not in /metrics).
