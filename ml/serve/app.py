@@ -151,7 +151,10 @@ def protocol_bodies(
         bodies[path] = {
             "required": True,
             "description": "Open Inference Protocol v2: a tensor per feature (BYTES for categories); with the "
-            "binary tensor extension, application/octet-stream and Inference-Header-Content-Length.",
+            "binary tensor extension, application/octet-stream and Inference-Header-Content-Length. A body that "
+            "cannot be read is a 400: malformed JSON, or binary tensors whose bytes do not hold exactly the values "
+            "their shape declares, or bytes after the last tensor's; a body that reads but breaks the schema or "
+            "the model's inputs is a 422. Either names the tensor.",
             "content": {"application/json": {"schema": infer},
                         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         }  # fmt: skip

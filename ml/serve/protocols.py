@@ -14,10 +14,19 @@
   tensor extension (``Inference-Header-Content-Length``), outputs ``probability`` (FP64) and ``decision`` (BOOL).
 
 Every shape goes through the checks of the record path with its words (``ml.serve.columns``).
+
+A body that cannot be read as its shape is a 400 (malformed JSON, not an Arrow stream, binary tensors whose bytes do
+not frame as the JSON header declares them); a body that reads but breaks the model's contract or the shape's schema
+is a 422. With binary tensors, the header is the schema (a ``binary_data_size`` that is not a size is a 422) and the
+bytes after it are the framing: each tensor's bytes must hold exactly the values its ``shape`` declares (every
+``BYTES`` element's length within them, nothing left over; a number tensor's size the item size times the count),
+and the body must end where the last tensor's bytes end. Each such 400 names the tensor as ``inputs[i] ('name')``:
+a binary tensor is found by its position as much as by its name.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -232,47 +241,97 @@ def model_metadata(service: Service) -> dict[str, Any]:
 
 
 def _tensor_values(tensor: dict[str, Any], raw: bytes | None, where: str) -> list[Any]:
-    """A tensor's values as a flat list: from its JSON ``data`` or its bytes (binary tensor extension)."""
+    """A tensor's values as a flat list: from its JSON ``data`` or its bytes (binary tensor extension).
+
+    Args:
+        tensor: The tensor's JSON object.
+        raw: Its bytes when it came as binary data, else None.
+        where: How messages name the tensor.
+
+    Raises:
+        Problem: 422 when the tensor's JSON breaks the schema, 400 when its bytes do not hold what it declares.
+    """
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
         raise Problem(422, f"{where}.shape: must be a list of sizes")
-    count = int(np.prod(shape)) if shape else 1
     if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
         raise Problem(422, f"{where}.shape: a feature is one value a row: [rows] or [rows, 1], not {shape}")
-    values: list[Any] | None
+    if datatype != "BYTES" and datatype not in NUMBER_TYPES:
+        raise Problem(422, f"{where}.datatype: {datatype!r} is not a number type nor BYTES")
+    count = math.prod(shape)
     if raw is not None:
-        if datatype == "BYTES":
-            values, offset = [], 0
-            while offset < len(raw):
-                if offset + 4 > len(raw):
-                    raise Problem(422, f"{where}: its bytes end inside an element's length")
-                (size,) = struct.unpack_from("<I", raw, offset)
-                values.append(raw[offset + 4 : offset + 4 + size].decode("utf-8", "replace"))
-                offset += 4 + size
-        elif datatype in NUMBER_TYPES:
-            kind = np.dtype(NUMBER_TYPES[datatype])
-            if len(raw) % kind.itemsize:
-                raise Problem(422, f"{where}: {len(raw)} bytes are not a whole number of {datatype} values")
-            values = np.frombuffer(raw, dtype=kind).astype(np.float64).tolist()
-        else:
-            raise Problem(422, f"{where}.datatype: {datatype!r} is not a number type nor BYTES")
-    else:
-        data = tensor.get("data")
-        values = np.asarray(data, dtype=object).ravel().tolist() if isinstance(data, list) else None
-        if values is None:
-            raise Problem(422, f"{where}.data: must be a list of values")
+        return (
+            _bytes_values(raw, count, where)
+            if datatype == "BYTES"
+            else _number_values(raw, datatype, count, where)
+        )
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise Problem(422, f"{where}.data: must be a list of values")
+    values: list[Any] = np.asarray(data, dtype=object).ravel().tolist()
     if len(values) != count:
         raise Problem(422, f"{where}: has {len(values)} values for the shape {shape}")
-    if datatype == "BOOL" or (datatype != "BYTES" and datatype not in NUMBER_TYPES):
-        raise Problem(422, f"{where}.datatype: {datatype!r} is not a number type nor BYTES")
     return values
+
+
+def _bytes_values(raw: bytes, count: int, where: str) -> list[str]:
+    """The ``count`` elements of a binary ``BYTES`` tensor, each a 4-byte little-endian length and its bytes.
+
+    Raises:
+        Problem: 400 when the bytes end before ``count`` elements, an element's length runs past them, or bytes
+            are left over after the last element.
+    """
+    values, offset = [], 0
+    for element in range(count):
+        if offset + 4 > len(raw):
+            raise Problem(
+                400,
+                f"{where}: its {len(raw)} bytes end at element {element} of the {count} its shape declares",
+            )
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if size > len(raw) - offset:
+            raise Problem(
+                400,
+                f"{where}: element {element}'s length {size} runs past its bytes ({len(raw) - offset} left)",
+            )
+        values.append(raw[offset : offset + size].decode("utf-8", "replace"))
+        offset += size
+    if offset != len(raw):
+        raise Problem(400, f"{where}: {len(raw) - offset} bytes are left over after its {count} elements")
+    return values
+
+
+def _number_values(raw: bytes, datatype: str, count: int, where: str) -> list[float]:
+    """The ``count`` values of a binary number tensor.
+
+    Raises:
+        Problem: 400 when the bytes are not exactly ``count`` values of ``datatype``.
+    """
+    kind = np.dtype(NUMBER_TYPES[datatype])
+    if len(raw) != count * kind.itemsize:
+        raise Problem(
+            400, f"{where}: {len(raw)} bytes are not the {count} {datatype} values ({count * kind.itemsize} "
+            "bytes) its shape declares",
+        )  # fmt: skip
+    return np.frombuffer(raw, dtype=kind).astype(np.float64).tolist()
 
 
 async def infer(
     service: Service, body: bytes, header_length: str | None
 ) -> tuple[dict[str, Any], list[bytes]]:
     """``POST /v2/models/{name}/infer``: the JSON answer, and the outputs' bytes when they were asked for
-    binary (then the answer's JSON is followed by them)."""
+    binary (then the answer's JSON is followed by them).
+
+    Args:
+        service: The model served.
+        body: The request's body: its JSON, then (with the binary tensor extension) the tensors' bytes.
+        header_length: ``Inference-Header-Content-Length``: where the JSON ends, if the body has binary tensors.
+
+    Raises:
+        Problem: 400 when the body cannot be read (its JSON, or its binary tensors' framing), 422 when it breaks
+            the schema or the model's contract.
+    """
     if header_length is not None:
         try:
             split = int(header_length)
@@ -288,18 +347,12 @@ async def infer(
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
         raise Problem(422, "inputs: must be a list of tensors")
-    columns: dict[str, list[Any]] = {}
-    offset = 0
-    for tensor in inputs:
-        name = tensor.get("name")
-        where = f"inputs.{name}"
-        size = _parameters(tensor).get("binary_data_size")
-        raw = None
-        if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise Problem(422, f"{where}.parameters.binary_data_size: {size!r} runs past the body")
-            raw, offset = binary[offset : offset + size], offset + size
-        columns[str(name)] = _tensor_values(tensor, raw, where)
+    wheres = [f"inputs[{position}] ({tensor.get('name')!r})" for position, tensor in enumerate(inputs)]
+    raws = _binary_tensors(inputs, binary, wheres)
+    columns = {
+        str(tensor.get("name")): _tensor_values(tensor, raw, where)
+        for tensor, raw, where in zip(inputs, raws, wheres, strict=True)
+    }
     names = [str(t.get("name")) for t in inputs]
     check_names(names, service.scorer, lambda name, row: f"inputs.{name}")
     rows = {len(values) for values in columns.values()}
@@ -312,6 +365,40 @@ async def infer(
     scores = await service.score(matrix, lambda row, name: f"inputs.{name}[{row}]: {columns[name][row]}")
     decisions = scores >= service.card.threshold
     return _answer(service, request, scores, decisions)
+
+
+def _binary_tensors(inputs: list[dict[str, Any]], binary: bytes, wheres: list[str]) -> list[bytes | None]:
+    """Each tensor's share of the bytes after the JSON header, in order (None for a tensor sent as JSON).
+
+    Args:
+        inputs: The request's tensors.
+        binary: The body's bytes after its JSON header.
+        wheres: How messages name each tensor.
+
+    Raises:
+        Problem: 422 for a ``binary_data_size`` that is not a size; 400 when the sizes run past the bytes, or
+            bytes are left after the last tensor's.
+    """
+    raws: list[bytes | None] = []
+    offset, last = 0, None
+    for tensor, where in zip(inputs, wheres, strict=True):
+        size = _parameters(tensor).get("binary_data_size")
+        if size is None:
+            raws.append(None)
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise Problem(422, f"{where}.parameters.binary_data_size: {size!r} is not a size in bytes")
+        if size > len(binary) - offset:
+            raise Problem(
+                400, f"{where}.parameters.binary_data_size: {size} bytes from byte {offset} run past the "
+                f"{len(binary)} bytes of binary data",
+            )  # fmt: skip
+        raws.append(binary[offset : offset + size])
+        offset, last = offset + size, where
+    if offset != len(binary):
+        after = f"the last binary tensor, {last}," if last else "the JSON header, and no tensor is binary,"
+        raise Problem(400, f"the body has {len(binary) - offset} bytes after {after} that no tensor declares")
+    return raws
 
 
 def _parameters(part: dict[str, Any]) -> dict[str, Any]:

@@ -337,6 +337,7 @@ class Controller:
             raise Superseded()
 
     def promote(self, revision: Revision, template: str, server: Server | None) -> None:
+        self.router.apply_ingress(revision.objects)  # bodies are held to the stable revision's Ingress limit
         previous = self.stable
         if server is not None:
             self.stable, self.stable_template = server, template

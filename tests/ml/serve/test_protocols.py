@@ -4,12 +4,14 @@ Inference Protocol v2, each against a real registered model; the protocols throu
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -217,8 +219,8 @@ def test_tritons_http_client_speaks_the_open_inference_protocol(server, client, 
         triton_client.infer(MODEL, [wrong])
 
 
-def v2_inputs(registered: dict[str, Any]) -> list[dict[str, Any]]:  # noqa: F811
-    record = registered["records"][0]
+def v2_inputs(registered: dict[str, Any], record: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # noqa: F811
+    record = record or registered["records"][0]
     categorical = set(registered["manifest"]["categorical"])
     return [{"name": name, "shape": [1], "datatype": "BYTES" if name in categorical else "FP64",
              "data": [record[name]]} for name in registered["manifest"]["features"]]  # fmt: skip
@@ -251,14 +253,110 @@ def test_a_broken_inference_request_is_a_4xx_naming_the_part(client, registered,
     assert message in response.json()["error"]
 
 
-def test_binary_tensors_that_end_early_are_a_4xx(client, registered) -> None:  # noqa: F811
-    import orjson
+def binary_features(registered: dict[str, Any]) -> tuple[str, str]:  # noqa: F811
+    """A category (a BYTES tensor) and a number (FP64) among the model's features."""
+    categorical = registered["manifest"]["categorical"]
+    return categorical[0], next(n for n in registered["manifest"]["features"] if n not in categorical)
 
-    inputs = v2_inputs(registered)
-    inputs[0] = {**inputs[0], "parameters": {"binary_data_size": 2}}
-    inputs[0].pop("data")
+
+def binary_body(
+    registered: dict[str, Any],  # noqa: F811
+    raws: dict[str, bytes],
+    tail: bytes = b"",
+    sizes: dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """A binary-extension request of ``record`` (the first by default): the tensors named in ``raws`` sent as
+    those bytes (declared as their length, or as ``sizes`` says), the others as JSON, then ``tail``."""
+    inputs = v2_inputs(registered, record)
+    for tensor in inputs:
+        if tensor["name"] in raws:
+            tensor.pop("data")
+            size = (sizes or {}).get(tensor["name"], len(raws[tensor["name"]]))
+            tensor["parameters"] = {"binary_data_size": size}
     header = orjson.dumps({"inputs": inputs})
-    response = client.post(f"/v2/models/{MODEL}/infer", content=header + b"\x07\x00",
-                           headers={"Content-Type": "application/octet-stream",
-                                    "Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    body = header + b"".join(raws[t["name"]] for t in inputs if t["name"] in raws) + tail
+    return body, {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+
+
+def element(text: str) -> bytes:
+    """One element of a binary BYTES tensor: its length (4 bytes, little-endian), then its bytes."""
+    return struct.pack("<I", len(text.encode())) + text.encode()
+
+
+def test_well_formed_binary_tensors_mixed_with_json_ones_are_scored(client, registered) -> None:  # noqa: F811
+    """The control for the malformed bodies below: the same request, its bytes as they should be."""
+    category, number = binary_features(registered)
+    record = next(r for r in registered["records"] if r[category] is not None and r[number] is not None)
+    raws = {category: element(record[category]), number: struct.pack("<d", record[number])}
+    body, headers = binary_body(registered, raws, record=record)
+    response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["outputs"][0]["data"], expected(client, [record]), rtol=1e-9)
+
+
+#: Binary tensors whose bytes do not frame as their JSON header declares: the category's bytes, the number's bytes
+#: (None: sent as JSON), what follows them, the number's declared size (None: its bytes' length), and the message
+#: that must name the tensor at fault ({last}: the later of the two in the request).
+MALFORMED_BINARY = {
+    "an element's length runs past the tensor": (
+        struct.pack("<I", 0xFFFFFFF0) + b"x" * 11, None, b"", None,
+        "{category}: element 0's length 4294967280 runs past its bytes (11 left)",
+    ),
+    "bytes left inside a BYTES tensor after its elements": (
+        element("online") + b"xyz", None, b"", None, "{category}: 3 bytes are left over after its 1 elements",
+    ),
+    "a BYTES tensor that ends inside an element's length": (
+        b"\x06\x00", None, b"", None, "{category}: its 2 bytes end at element 0 of the 1 its shape declares",
+    ),
+    "a BYTES tensor with fewer elements than its shape": (
+        b"", None, b"", None, "{category}: its 0 bytes end at element 0 of the 1 its shape declares",
+    ),
+    "a number tensor that is not a whole number of values": (
+        None, b"\x07\x00", b"", None, "{number}: 2 bytes are not the 1 FP64 values (8 bytes) its shape declares",
+    ),
+    "a number tensor of more values than its shape": (
+        None, struct.pack("<2d", 1.0, 2.0), b"", None, "{number}: 16 bytes are not the 1 FP64 values",
+    ),
+    "a binary_data_size that runs past the body": (
+        None, struct.pack("<d", 1.0)[:4], b"", 8,
+        "{number}.parameters.binary_data_size: 8 bytes from byte 0 run past the 4 bytes of binary data",
+    ),
+    "junk after the last tensor's bytes": (
+        element("online"), struct.pack("<d", 1.0), b"\xff" * 1000, None,
+        "the body has 1000 bytes after the last binary tensor, {last},",
+    ),
+    "bytes after the JSON header and no binary tensor": (
+        None, None, b"junk", None, "the body has 4 bytes after the JSON header, and no tensor is binary",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MALFORMED_BINARY)
+def test_malformed_binary_tensors_are_a_400_naming_the_tensor(client, registered, case) -> None:  # noqa: F811
+    category, number = binary_features(registered)
+    category_raw, number_raw, tail, number_size, message = MALFORMED_BINARY[case]
+    raws = {name: raw for name, raw in ((category, category_raw), (number, number_raw)) if raw is not None}
+    body, headers = binary_body(registered, raws, tail, {number: number_size} if number_size else None)
+    response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    features = registered["manifest"]["features"]
+    where = {name: f"inputs[{features.index(name)}] ({name!r})" for name in (category, number)}
+    last = where[max((category, number), key=features.index)]
+    assert (
+        message.format(category=where[category], number=where[number], last=last) in response.json()["error"]
+    )
+
+
+@pytest.mark.parametrize("size", ["8", -1, True, 1.5])
+def test_a_binary_data_size_that_is_no_size_is_a_422_naming_the_tensor(client, registered, size) -> None:  # noqa: F811
+    """The JSON header is the schema: a size that is no size is a 422, as any other field of the wrong type."""
+    _, number = binary_features(registered)
+    body, headers = binary_body(registered, {number: struct.pack("<d", 1.0)}, sizes={number: size})
+    response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
     assert response.status_code == 422, response.text
+    where = f"inputs[{registered['manifest']['features'].index(number)}] ({number!r})"
+    assert f"{where}.parameters.binary_data_size: {size!r} is not a size in bytes" in response.json()["error"]
