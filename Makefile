@@ -134,6 +134,12 @@ $(LOCAL)/airflow/airflow.db: | install
 	umask 077; $(LOCAL_ENV) $(VENV)/bin/airflow db migrate > $(LOCAL)/airflow/migrate.log
 	$(LOCAL_ENV) $(RUN) -m mlops.pools 2>> $(LOCAL)/airflow/migrate.log
 
+# The local MLflow runs MLflow's basic-auth app, as compose does; its accounts (admin, pipeline, reader) are
+# generated once into $(MLFLOW_CREDENTIALS), mode 0600. WITH_MLFLOW runs a command with an account in its
+# environment (never on a command line or the terminal): --user for the command's own MLflow client,
+# --airflow-connection for the stages (the pipeline's account as platform.yaml's connection, mlflow_default).
+MLFLOW_CREDENTIALS := $(LOCAL)/mlflow/credentials.json
+WITH_MLFLOW = $(RUN) -m standins.mlflow_server exec --root $(LOCAL)/mlflow --port $(MLFLOW_PORT)
 mlflow-up: install
 	$(RUN) -m standins.mlflow_server start --root $(LOCAL)/mlflow --port $(MLFLOW_PORT) --host $(BIND_HOST) \
 		$(if $(filter 1,$(MLFLOW_EXTERNAL)),--external-ok)
@@ -142,17 +148,18 @@ mlflow-down:
 	-$(RUN) -m standins.mlflow_server stop --root $(LOCAL)/mlflow
 
 demo: install $(LOCAL)/airflow/airflow.db mlflow-up
-	$(LOCAL_ENV) $(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY) --log-file $(LOCAL)/demo.log
+	$(LOCAL_ENV) $(WITH_MLFLOW) --user reader --airflow-connection -- \
+		$(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY) --log-file $(LOCAL)/demo.log
 
 # Standalone runs under umask 077, so the files it generates (the UI password file among them) are the owner's
 # only, from the first start; a password file from an older start is made so too.
 AIRFLOW_PASSWORDS := $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated
 airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
 	$(LOCAL_ENV) $(RUN) -m mlops.pools
-	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)"
+	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT) (users and passwords in $(MLFLOW_CREDENTIALS))"
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(AIRFLOW_PASSWORDS))"
 	[ ! -f $(AIRFLOW_PASSWORDS) ] || chmod 600 $(AIRFLOW_PASSWORDS)
-	umask 077; $(LOCAL_ENV) $(VENV)/bin/airflow standalone
+	umask 077; $(LOCAL_ENV) $(WITH_MLFLOW) --airflow-connection -- $(VENV)/bin/airflow standalone
 
 $(CHECKOV): | $(UV)
 	$(PYTHON) -m venv $(TOOLS)/checkov
@@ -272,7 +279,7 @@ bench-serve: install $(MLSERVER)
 
 serve: install mlflow-up
 	MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) PYTHONPATH=$(CURDIR):$(CURDIR)/plugins \
-		$(RUN) -m scripts.serve --alias $(ALIAS)
+		$(WITH_MLFLOW) --user reader -- $(RUN) -m scripts.serve --alias $(ALIAS)
 
 $(KIND): | $(UV)
 	curl -fsSLo $@ https://kind.sigs.k8s.io/dl/$(KIND_VERSION)/kind-$(OS)-$(ARCH) && chmod +x $@

@@ -42,8 +42,9 @@ def wait_until_idle(
 
 @contextmanager
 def settled_mlflow(work: Path) -> Iterator[str]:
-    """Run a tracking server under ``work``, wait until it is idle, point MLFLOW_TRACKING_URI at it."""
-    from standins.mlflow_server import start
+    """Run a tracking server under ``work`` as ``make mlflow-up`` does (its basic-auth app), wait until it is idle,
+    point MLFLOW_TRACKING_URI at it and use the pipeline's account (the stages run as the pipeline)."""
+    from standins.mlflow_server import credentials_env, start
     from tests.conftest import free_port
 
     port = free_port()
@@ -51,6 +52,7 @@ def settled_mlflow(work: Path) -> Iterator[str]:
     print(f"MLflow server up; settled after {wait_until_idle(server.pid):.0f} s", flush=True)
     url = f"http://127.0.0.1:{port}"
     os.environ["MLFLOW_TRACKING_URI"] = url
+    os.environ.update(credentials_env(work / "mlflow", port, user="pipeline", airflow_connection=False))
     try:
         yield url
     finally:

@@ -196,12 +196,12 @@ def compare_with_champion(
         manifest["target"],
     )
     try:
-        version = tracking.client().get_model_version_by_alias(name, alias)
+        version = tracking.alias_version(name, alias)
     except MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            log.info("no '%s' alias on '%s' yet: nothing to compare with", alias, name)
-            return ChampionComparison(version=None, comparable=False, reason="no champion"), None
         raise ChampionUnavailable(f"the registry failed while looking up {name}@{alias}: {err}") from err
+    if version is None:
+        log.info("no '%s' alias on '%s' yet: nothing to compare with", alias, name)
+        return ChampionComparison(version=None, comparable=False, reason="no champion"), None
     number = str(version.version)
     try:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{number}")

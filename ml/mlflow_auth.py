@@ -5,8 +5,9 @@ read-only user, creates the pipeline's experiments and registered models if they
 the pipeline ``EDIT`` on them (runs, artifacts, model versions, alias moves such as ``champion``) and the
 read-only user ``READ``. With the auth config's ``default_permission = READ``, every other user can only read.
 
-docker-compose.yaml runs it as the ``mlflow-auth-init`` service; on a cluster it runs as a Job with the ML stage
-image, which carries it (``python -m ml.mlflow_auth``). Secrets come from the environment only:
+docker-compose.yaml runs it as the ``mlflow-auth-init`` service, the embedded default's MLflow on every start (with
+the same arguments); on a cluster it runs as a Job with the ML stage image, which carries it
+(``python -m ml.mlflow_auth``). Secrets come from the environment only:
 
 * ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``: the server and its admin;
 * ``MLFLOW_PIPELINE_USERNAME``, ``MLFLOW_PIPELINE_PASSWORD``: the pipeline's service account;

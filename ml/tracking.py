@@ -78,6 +78,39 @@ def find_keyed_run(experiment: str, run_key: str) -> Any | None:
     return runs[0] if runs else None
 
 
+def alias_version(name: str, alias: str) -> Any | None:
+    """The version ``name@alias`` points at, or None when the registered model or the alias does not exist.
+
+    Behind MLflow's basic-auth app an alias of a registered model that does not exist is refused (403
+    ``PERMISSION_DENIED``: the permission check finds no model to check) rather than not found: that answer is
+    told from a real refusal by asking for the model itself, which is not found (404) when it does not exist.
+    """
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client()
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        if err.error_code == "PERMISSION_DENIED" and not registered(name):
+            return None
+        raise
+
+
+def registered(name: str) -> bool:
+    """Whether the registered model exists (a refusal to read it is raised, not taken for an answer)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
 def find_keyed_version(name: str, run_key: str) -> Any | None:
     """Return the version of registered model ``name`` that the run ``run_key`` registered, or None."""
     from mlflow.exceptions import MlflowException

@@ -39,23 +39,28 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow tracking server on loopback (SQLite backend, local artifact root)."""
-    from standins.mlflow_server import start
+def mlflow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's MLflow keeps its data and accounts (tests that break its artifact store find it)."""
+    return tmp_path_factory.mktemp("mlflow", numbered=False)
 
-    root = tmp_path_factory.mktemp(
-        "mlflow", numbered=False
-    )  # tests that break its artifact store find it there
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_root: Path) -> Iterator[str]:
+    """A real MLflow tracking server on loopback as ``make mlflow-up`` runs it (the basic-auth app, SQLite backend,
+    local artifact root). This process, and the stages and servers it starts, use the pipeline's account, as the
+    stages get it from the Airflow connection under ``make demo``."""
+    from standins.mlflow_server import credentials_env, start
+
     port = free_port()
-    process = start(root, port)
+    process = start(mlflow_root, port)
     url = f"http://127.0.0.1:{port}"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    yield url
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", url)
+        for name, value in credentials_env(
+            mlflow_root, port, user="pipeline", airflow_connection=False
+        ).items():
+            patch.setenv(name, value)
+        yield url
     os.killpg(process.pid, 15)
     process.wait(timeout=30)
 

@@ -10,6 +10,7 @@ the status says why, until a newer revision (a rollback, another deploy) superse
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Any, Protocol
 
@@ -236,11 +237,26 @@ def _web_value(controller: Controller, metric: analysis.Metric, revision: Revisi
     """What the web metric's URL answers at its JSON path (an error, as in Argo, is a failed measurement)."""
     url = controller.local_url(metric.web["url"], revision)
     try:
-        answer = httpx.get(url, timeout=float(metric.web.get("timeoutSeconds", 10)))
+        answer = httpx.get(
+            url, timeout=float(metric.web.get("timeoutSeconds", 10)), auth=_mlflow_account(url)
+        )
         answer.raise_for_status()
         return analysis.json_path(answer.json(), metric.web["jsonPath"])
     except (httpx.HTTPError, ValueError) as err:
         return f"error: {err}"
+
+
+def _mlflow_account(url: str) -> tuple[str, str] | None:
+    """The account this process has for this machine's MLflow (``MLFLOW_TRACKING_USERNAME`` and ``_PASSWORD``, the
+    pipeline's, from the release stage), for a URL of that MLflow only: no other URL gets it."""
+    local = os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
+    username, password = (
+        os.environ.get("MLFLOW_TRACKING_USERNAME"),
+        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+    )
+    if local and username and password and url.startswith(f"{local}/"):
+        return username, password
+    return None
 
 
 def pause_for_a_person(controller: Controller, revision: Revision, reason: str) -> None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -168,15 +169,26 @@ class Launch:
 
 
 @pytest.fixture(scope="session")
-def standalone_launch(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
+def standalone_launch(
+    mlflow_server: str, mlflow_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Launch]:
     """Start ``airflow standalone`` (in the background) on a free port, with its own AIRFLOW_HOME, the test's
-    user (Airflow generates its password) and the pools ``make airflow-ui`` creates; stop it at the end of the
+    user (Airflow generates its password), the pools ``make airflow-ui`` creates and, as it gives them, the
+    pipeline's MLflow account as the Airflow connection the stages get theirs from; stop it at the end of the
     session."""
+    from standins.mlflow_server import credentials_env
+
     home = tmp_path_factory.mktemp("airflow-standalone")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
+        # Not this process's MLflow account: as under `make airflow-ui`, the stages get the pipeline's from the
+        # Airflow connection (below).
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+        },
         # What `make airflow-ui` sets, on this session's own home, port and MLflow server.
         "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
         "AIRFLOW_HOME": str(home),
@@ -195,6 +207,7 @@ def standalone_launch(mlflow_server: str, tmp_path_factory: pytest.TempPathFacto
         "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(home / "data"),
         "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+        **credentials_env(mlflow_root, urlsplit(mlflow_server).port or 0, user=None, airflow_connection=True),
     }
     launch = Launch(home, url, env)
     yield launch

@@ -64,14 +64,25 @@ def airflow(standalone: Airflow) -> Airflow:
 
 
 @pytest.fixture()
-def page(airflow: Airflow) -> Iterator[Any]:
-    """A Chromium page logged in to the Airflow UI."""
+def page(airflow: Airflow, mlflow_server: str, mlflow_root: Path) -> Iterator[Any]:
+    """A Chromium page logged in to the Airflow UI, which signs in to MLflow's UI as its read-only user (the
+    basic-auth app asks the browser for a user; the credentials go to MLflow's origin only)."""
     from playwright.sync_api import sync_playwright
 
+    from standins.mlflow_server import account
+
+    reader = account(mlflow_root, "reader")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context = browser.new_context(
+            viewport={"width": 1400, "height": 1000},
+            http_credentials={
+                "username": reader.username,
+                "password": reader.password,
+                "origin": mlflow_server,
+            },
+        )
         page = context.new_page()
         page.set_default_timeout(60_000)
         page.goto(airflow.url)

@@ -150,6 +150,20 @@ def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server,
     assert LEAKAGE_FLAGS_TAG not in client.get_model_version("stage-model", first.version).tags
 
 
+def test_a_model_never_registered_has_no_champion_though_the_auth_app_refuses_its_alias(
+    mlflow_server,
+) -> None:
+    """MLflow's basic-auth app answers an alias of a model that does not exist with 403, not 404: evaluate's
+    first run for a new model must still see "no champion", not a failing registry."""
+    from mlflow.exceptions import MlflowException
+
+    from ml import tracking
+
+    with pytest.raises(MlflowException, match="403"):
+        MlflowClient().get_model_version_by_alias("never-registered", CHAMPION)
+    assert tracking.alias_version("never-registered", CHAMPION) is None
+
+
 def test_evaluation_compares_with_the_champion_on_the_same_rows(
     mlflow_server, prepared, tmp_path: Path
 ) -> None:

@@ -138,7 +138,8 @@ def test_mlflow_credentials_come_from_the_airflow_connection_and_stay_out_of_the
 
 
 def test_without_a_connection_or_secret_the_stage_runs_without_credentials(operator, monkeypatch) -> None:
-    """An MLflow without authentication (the embedded default) needs none: the Secret's keys are optional."""
+    """An MLflow without authentication (one a user points the pipeline at) needs none: the Secret's keys are
+    optional."""
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     env = operator._local_environment(operator.build_pod_request_obj(dry_run=True).spec.containers[0].env)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -114,6 +116,36 @@ def test_a_web_metric_compares_the_answer_at_its_json_path() -> None:
     (check,) = analysis.metrics_of(template)
     assert analysis.json_path({"model_version": {"version": "3"}}, check.web["jsonPath"]) == "3"
     assert check.phase("3") == "Successful" and check.phase("4") == "Failed"
+
+
+def test_the_champion_check_reads_this_machines_mlflow_with_the_controllers_account_only(
+    mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's web metric against the embedded MLflow (basic-auth app): the controller answers it with the
+    account it runs with (the release stage's, the pipeline's), which goes to that MLflow and to no other URL."""
+    from mlflow import MlflowClient
+
+    from standins.rollouts import strategies
+
+    client, name = MlflowClient(), "web-metric-model"
+    client.create_registered_model(name)
+    run = client.create_run(client.create_experiment(name))
+    client.log_text(run.info.run_id, "flavors: {}\n", "model/MLmodel")
+    client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
+    client.set_registered_model_alias(name, "champion", "1")
+    url = f"{mlflow_server}/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion"
+    template = {"spec": {"metrics": [{
+        "name": "champion-unchanged", "successCondition": 'result == "1"', "failureCondition": 'result != "1"',
+        "provider": {"web": {"url": url, "jsonPath": "{$.model_version.version}"}},
+    }]}}  # fmt: skip
+    (check,) = analysis.metrics_of(template)
+    here = cast(Any, SimpleNamespace(local_url=lambda url, revision: url))
+    assert strategies._web_value(here, check, cast(Any, None)) == "1"
+    assert (
+        strategies._mlflow_account("http://elsewhere.example/api/2.0/mlflow/registered-models/alias") is None
+    )
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    assert "401" in str(strategies._web_value(here, check, cast(Any, None)))
 
 
 @pytest.mark.parametrize(
