@@ -148,15 +148,8 @@ def promote(
         reason = _not_promoted(version, outcome, verdict)
     promoted = outcome == VERDICTS[HEALTHY] and moved_from is not None
     if outcome != VERDICTS[HEALTHY]:
-        log.warning(
-            "%s v%s %s: %s stays on v%s (%s)",
-            name,
-            version,
-            outcome,
-            alias,
-            current,
-            reason or verdict.get("message"),
-        )
+        log.warning("%s v%s %s: %s stays on v%s (%s)", name, version, outcome, alias, current,
+                    reason or verdict.get("message"))  # fmt: skip
     # The verdict first, the alias after: the inference API serves the alias only on a "promoted" verdict, so an
     # API (re)loading the alias between the two calls must find the verdict already there.
     tags = verdict_tags(verdict, outcome, reason)
@@ -167,9 +160,8 @@ def promote(
     if move:
         client.set_registered_model_alias(name, alias, version)
         log.info("%s@%s: v%s -> v%s", name, alias, current, version)
-    if outcome != VERDICTS[HEALTHY] and candidate_alias and current_alias(name, candidate_alias) == version:
-        client.delete_registered_model_alias(name, candidate_alias)
-        log.info("%s@%s taken off v%s, whose release was %s", name, candidate_alias, version, outcome)
+    if outcome != VERDICTS[HEALTHY] and candidate_alias:
+        _withdraw(name, version, candidate_alias, outcome)
     return Promotion(
         name=name,
         version=version,
@@ -180,6 +172,13 @@ def promote(
         champion=version if outcome == VERDICTS[HEALTHY] else current,
         reason=reason,
     )
+
+
+def _withdraw(name: str, version: str, candidate_alias: str, outcome: str) -> None:
+    """Take the candidate alias off a version whose release failed, if it is still there."""
+    if current_alias(name, candidate_alias) == version:
+        tracking.client().delete_registered_model_alias(name, candidate_alias)
+        log.info("%s@%s taken off v%s, whose release was %s", name, candidate_alias, version, outcome)
 
 
 def canary_report(verdict: dict[str, Any]) -> Any:
