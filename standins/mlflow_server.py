@@ -75,6 +75,8 @@ EXTERNAL_OK_SETTING = "MLFLOW_EXTERNAL=1"
 #: of an older version had them 0644 and 0755. SQLite's journals (``-wal``, ``-shm``, ``-journal``) are made so too.
 PRIVATE_FILES = (TRACKING_DB, AUTH_DB, CREDENTIALS_FILE, AUTH_CONFIG_FILE, SERVER_LOG, PID_FILE)
 PRIVATE_UMASK = 0o077
+#: MLflow's switch for its server's job runner, off (compose's MLflow sets it too).
+JOB_EXECUTION_SETTING = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 
 def healthy(url: str) -> bool:
@@ -182,6 +184,9 @@ def start(root: Path, port: int, host: str = "127.0.0.1", timeout_s: float = 120
         "MLFLOW_AUTH_CONFIG_PATH": str(root / AUTH_CONFIG_FILE),
         "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,  # read when the user database is created
         "MLFLOW_FLASK_SERVER_SECRET_KEY": server["flask_secret_key"],
+        # MLflow's job runner (GenAI evaluation jobs, trace roll-ups, which the platform does not use) polls its
+        # queues from seven worker processes that burn about a core and a half while the server is idle.
+        JOB_EXECUTION_SETTING: "false",
     }
     with open(root / SERVER_LOG, "ab", opener=_private) as server_log:
         process = subprocess.Popen(
