@@ -88,6 +88,45 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+class ServerErrors:
+    """ASGI middleware answering an exception the app did not handle (a model that fails to score) with a 500 and
+    the traceback in the log, the connection kept open.
+
+    Without it Starlette's own handler answers 500 and raises the exception on, and uvicorn then closes the
+    connection: a proxy that kept it alive (nginx, the local router) finds it closed under its next request and
+    answers that client 502, so one failing request made another fail too. An exception after the answer started
+    is raised on: the answer is cut, and only closing the connection says so.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except ClientDisconnect:
+            raise
+        except Exception:
+            if started:
+                raise
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            body = b'{"detail":"internal server error: the server failed to answer this request"}'
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+
+
 class RequestMetrics:
     """ASGI middleware counting requests and timing them (cheaper than a Starlette BaseHTTPMiddleware).
 

@@ -404,3 +404,70 @@ def test_observing_a_batchs_scores_at_once_equals_observing_them_one_by_one() ->
     total = samples["one"].pop(("sum", None))
     assert samples["many"].pop(("sum", None)) == pytest.approx(total, rel=1e-12)
     assert samples["one"] == samples["many"]  # every bucket's count, and the count
+
+
+def test_a_request_the_model_fails_on_is_a_500_and_its_connection_serves_the_next(
+    registered, monkeypatch, capfd
+) -> None:
+    """A model that raises while scoring: a 500 with the traceback in the log, counted as the server's error, and
+    the kept-alive connection still answers the next request. Before, uvicorn closed it after the 500 and the local
+    router, which keeps its connections to the API alive, answered the next client 502."""
+    import http.client
+
+    import uvicorn
+
+    from ml.serve.server import config
+    from tests.conftest import free_port
+
+    settings = Settings(model_uri=f"models:/{MODEL}@{CHAMPION}")
+    app, port = create_app(settings), free_port()
+    server_config = config(settings, port=port)
+    server_config.app, server_config.factory = app, False
+    server = uvicorn.Server(server_config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while app.state.holder.service is None or not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.1)
+
+        def fail(matrix: Any) -> Any:
+            raise RuntimeError("the model cannot score this")
+
+        service = app.state.holder.service
+        monkeypatch.setattr(service.scorer, "predict", fail)
+        monkeypatch.setattr(service.batcher, "predict", fail)  # the batcher holds the scorer's
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        body = orjson.dumps(registered["records"][0])
+        answers = []
+        for _ in range(3):
+            connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            answers.append((answer.status, answer.read()))
+            time.sleep(0.2)  # the time a closed connection takes to be seen closed
+        socket_used = connection.sock
+        connection.request("GET", "/ready")
+        assert connection.getresponse().status == 200
+        assert connection.sock is socket_used
+        assert [(status, orjson.loads(body)) for status, body in answers] == [
+            (500, {"detail": "internal server error: the server failed to answer this request"})
+        ] * 3
+        assert "RuntimeError: the model cannot score this" in "".join(capfd.readouterr())  # the API's log
+        metrics = connection_metrics(port)
+        assert metrics[("POST", "/predict", "500")] >= 3
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def connection_metrics(port: int) -> dict[tuple[str, str, str], float]:
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        (s.labels["method"], s.labels["path"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "http_requests_total"
+    }
