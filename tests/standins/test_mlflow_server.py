@@ -168,7 +168,7 @@ def test_the_servers_data_and_accounts_are_its_owners_only(mlflow_server: str, m
     )
 
 
-@pytest.mark.e2e  # a second real server (half a minute on 2 cores)
+@pytest.mark.long  # a second real server (about 20 s on 2 cores); its kin: the owner-only test above
 def test_a_root_of_an_older_version_is_tightened_on_start_and_its_accounts_are_generated_once(
     tmp_path: Path,
 ) -> None:
