@@ -98,3 +98,39 @@ def test_the_architecture_diagram_renders_with_mermaid_in_chromium() -> None:
         browser.close()
     assert svg.startswith("<svg") and "Syntax error" not in svg
     assert labels and [label for label in labels if label.strip() not in svg] == []
+
+
+def tables() -> list[tuple[int, list[str]]]:
+    """Each run of table rows in the README's prose, with the number of its first line."""
+    found: list[tuple[int, list[str]]] = []
+    fenced = False
+    for number, line in enumerate(README.read_text().splitlines(), start=1):
+        fenced ^= line.startswith("```")
+        if not fenced and line.startswith("|"):
+            if found and found[-1][0] + len(found[-1][1]) == number:
+                found[-1][1].append(line)
+            else:
+                found.append((number, [line]))
+    return found
+
+
+def cells(row: str) -> int:
+    """How many cells GitHub reads in a table row: the pipes between them, an escaped one (``\\|``) not counted."""
+    return len(re.findall(r"(?<!\\)\|", row.strip().strip("|"))) + 1
+
+
+def test_every_table_of_the_readme_is_whole() -> None:
+    """A table is a header, its delimiter row and rows of as many cells, after a blank line: a paragraph between
+    two of its rows makes GitHub render the rows after it as text (as the DAG parse time table once was)."""
+    assert tables(), "the README has no table"
+    lines = README.read_text().splitlines()
+    broken = []
+    for first, rows in tables():
+        width = cells(rows[0])
+        if len(rows) < 2 or not re.fullmatch(r"\|(\s*:?-{3,}:?\s*\|)+", rows[1].strip()):
+            broken.append(f"line {first}: no delimiter row under its header")
+        elif cells(rows[1]) != width or any(cells(row) != width for row in rows[2:]):
+            broken.append(f"line {first}: rows of other widths than its header's {width} cells")
+        elif first > 1 and lines[first - 2].strip():
+            broken.append(f"line {first}: no blank line before it")
+    assert broken == []
