@@ -3,8 +3,8 @@ with the values schema, the platform settings and the API's own metrics.
 
 Rendering and linting use Helm's own Go SDK (helm-python-sdk); no cluster runs here, so objects are validated
 against the Kubernetes 1.33 OpenAPI schema. kubernetes-validate does not know Argo's or the Prometheus
-Operator's CRDs: the Rollout's pod template is validated as the template of a Deployment, and the CRD objects
-are checked field by field.
+Operator's CRDs: the Rollout's pod template is validated as the template of a Deployment here, the Argo objects
+against Argo's own CRD schemas in ``test_argo_crds.py``, and the Prometheus Operator's objects field by field.
 """
 
 from __future__ import annotations
