@@ -80,6 +80,17 @@ def test_the_terraform_image_runs_the_drift_check_at_the_tested_terraform_versio
     assert 'CMD ["mlops.drift.check"' in text
 
 
+def test_the_terraform_image_carries_what_the_cluster_stacks_providers_run() -> None:
+    """Refreshing the cluster stack runs its Helm provider's exec (``aws eks get-token``): the image installs that
+    command, pinned."""
+    commands = re.findall(r'command\s+= "([^"]+)"', (ROOT / "terraform" / "cluster" / "main.tf").read_text())
+    assert commands == ["aws"]
+    text = (ROOT / "docker" / "terraform-drift.Dockerfile").read_text()
+    version = re.search(r"^ARG AWSCLI_VERSION=(\d+\.\d+\.\d+)$", text, re.M)
+    assert version and 'RUN pip install --no-cache-dir "awscli==${AWSCLI_VERSION}"' in text
+    assert text.index("awscli") < text.index("USER ${APP_UID}")
+
+
 def test_the_build_context_holds_what_the_dockerfiles_copy() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}

@@ -213,3 +213,23 @@ module "irsa" {
     }
   }
 }
+
+# Refreshing the cluster stack reads its Helm releases, which Helm keeps as Secrets in their namespace: the drift
+# check's role may read that namespace, Secrets included, and nothing else in the cluster (EKS's AdminView access
+# policy is read-only; its scope is the one namespace). It signs in with `aws eks get-token`, the AWS CLI of its
+# image, as the cluster stack's Helm provider does.
+resource "aws_eks_access_entry" "drift_check" {
+  cluster_name  = var.cluster_name
+  principal_arn = module.irsa["terraform-drift"].iam_role_arn
+}
+
+resource "aws_eks_access_policy_association" "drift_check" {
+  cluster_name  = var.cluster_name
+  principal_arn = aws_eks_access_entry.drift_check.principal_arn
+  policy_arn    = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy"
+
+  access_scope {
+    type       = "namespace"
+    namespaces = [var.cluster_addons_namespace]
+  }
+}

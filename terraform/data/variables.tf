@@ -25,6 +25,20 @@ variable "oidc_provider_arn" {
   description = "ARN of the cluster's OIDC provider (output oidc_provider_arn of the cluster stack)."
 }
 
+variable "cluster_name" {
+  type        = string
+  description = "Name of the EKS cluster (output cluster_name of the cluster stack), whose add-ons the drift check reads."
+}
+
+# The namespace of the cluster stack's Helm releases (the cluster autoscaler, the NVIDIA device plugin): Helm keeps
+# each release as Secrets there, which the drift check reads when it refreshes that stack. A test keeps it in step
+# with the stack.
+variable "cluster_addons_namespace" {
+  type        = string
+  description = "Namespace of the cluster stack's Helm releases, which the drift check may read."
+  default     = "kube-system"
+}
+
 variable "state_bucket_name" {
   type        = string
   description = "Bucket of the Terraform state (output state_bucket of the bootstrap stack), read by the drift check."

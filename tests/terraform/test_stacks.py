@@ -118,6 +118,47 @@ def test_service_account_roles_are_for_the_pods_service_accounts() -> None:
     assert default("drift_check_service_account") == f"{namespace}:{PLATFORM.terraform_drift.service_account}"
 
 
+def test_the_drift_check_may_read_the_cluster_stacks_helm_releases_and_nothing_else_in_the_cluster() -> None:
+    """Refreshing ``cluster`` reads its Helm releases, kept as Secrets in their namespace: the check's role has an
+    access entry with a read-only policy scoped to that namespace, the one every release of the stack is in."""
+    data = (TERRAFORM / "data" / "main.tf").read_text()
+    cluster = (TERRAFORM / "cluster" / "main.tf").read_text()
+    variables = blocks((TERRAFORM / "data" / "variables.tf").read_text(), "variable")
+    namespace = re.search(r'default\s+= "([^"]+)"', variables["cluster_addons_namespace"]).group(1)  # type: ignore[union-attr]
+    releases = blocks(cluster, 'resource "helm_release"')
+    assert releases, "the cluster stack has no Helm release"
+    in_namespace = {name: re.search(r"^  namespace\s+= (.+)$", body, re.M) for name, body in releases.items()}
+    resolved = {
+        name: cluster_namespace(found.group(1), cluster) if found else None
+        for name, found in in_namespace.items()
+    }
+    assert set(resolved.values()) == {namespace}, resolved
+    entry = blocks(data, 'resource "aws_eks_access_entry"')["drift_check"]
+    assert 'principal_arn = module.irsa["terraform-drift"].iam_role_arn' in entry
+    association = blocks(data, 'resource "aws_eks_access_policy_association"')["drift_check"]
+    assert "principal_arn = aws_eks_access_entry.drift_check.principal_arn" in association
+    assert re.search(
+        r'policy_arn\s+= "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy"', association
+    )
+    assert re.search(r'type\s+= "namespace"\s+namespaces = \[var\.cluster_addons_namespace\]', association)
+    assert "cluster_name" in variables and "cluster_name" in blocks(
+        (TERRAFORM / "cluster" / "outputs.tf").read_text(), "output"
+    )
+
+
+def cluster_namespace(expression: str, cluster: str) -> str:
+    """A namespace of the cluster stack: a string, or the local it names."""
+    expression = expression.strip()
+    if expression.startswith('"'):
+        return expression.strip('"')
+    local = expression.removeprefix("local.")
+    found = re.search(rf"^  {local.split('.')[0]} = \{{\n(.*?)^  \}}", cluster, re.M | re.S)
+    assert found, f"no local {local} in the cluster stack"
+    value = re.search(rf'{local.split(".")[1]}\s+= "([^"]+)"', found.group(1))
+    assert value, f"no {local} in the cluster stack"
+    return value.group(1)
+
+
 def test_the_data_bucket_is_encrypted_versioned_and_private() -> None:
     data = (TERRAFORM / "data" / "main.tf").read_text()
     assert 'sse_algorithm     = "aws:kms"' in data and 'status = "Enabled"' in data
