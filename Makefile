@@ -134,9 +134,10 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 install: $(VENV)/.synced
 
 $(LOCAL)/airflow/airflow.db: | install
-	mkdir -p $(LOCAL)/airflow
-	umask 077; $(LOCAL_ENV) $(VENV)/bin/airflow db migrate > $(LOCAL)/airflow/migrate.log
-	$(LOCAL_ENV) $(RUN) -m mlops.pools 2>> $(LOCAL)/airflow/migrate.log
+	@mkdir -p $(LOCAL)/airflow
+	@echo "Airflow's database: $@ (airflow db migrate, then the pools; log: $(LOCAL)/airflow/migrate.log)"
+	@umask 077; $(LOCAL_ENV) $(VENV)/bin/airflow db migrate > $(LOCAL)/airflow/migrate.log
+	@$(LOCAL_ENV) $(RUN) -m mlops.pools 2>> $(LOCAL)/airflow/migrate.log
 
 # The local MLflow runs MLflow's basic-auth app, as compose does; its accounts (admin, pipeline, reader) are
 # generated once into $(MLFLOW_CREDENTIALS), mode 0600. WITH_MLFLOW runs a command with an account in its
@@ -145,14 +146,14 @@ $(LOCAL)/airflow/airflow.db: | install
 MLFLOW_CREDENTIALS := $(LOCAL)/mlflow/credentials.json
 WITH_MLFLOW = $(RUN) -m standins.mlflow_server exec --root $(LOCAL)/mlflow --port $(MLFLOW_PORT)
 mlflow-up: install
-	$(RUN) -m standins.mlflow_server start --root $(LOCAL)/mlflow --port $(MLFLOW_PORT) --host $(BIND_HOST) \
+	@$(RUN) -m standins.mlflow_server start --root $(LOCAL)/mlflow --port $(MLFLOW_PORT) --host $(BIND_HOST) \
 		$(if $(filter 1,$(MLFLOW_EXTERNAL)),--external-ok)
 
 mlflow-down:
 	-$(RUN) -m standins.mlflow_server stop --root $(LOCAL)/mlflow
 
 demo: install $(LOCAL)/airflow/airflow.db mlflow-up
-	$(LOCAL_ENV) $(WITH_MLFLOW) --user reader --airflow-connection -- \
+	@$(LOCAL_ENV) $(WITH_MLFLOW) --user reader --airflow-connection -- \
 		$(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY) --log-file $(LOCAL)/demo.log
 
 # Standalone runs under umask 077, so the files it generates (the UI password file among them) are the owner's

@@ -173,17 +173,21 @@ def tail(path: Path, lines: int) -> str:
     return "".join(f"      | {line}\n" for line in last) + f"      (the whole log: {path})\n"
 
 
-def summarise(dag_run: Any, tracking_uri: str) -> int:
+def summarise(dag_run: Any, tracking_uri: str, took_s: float | None = None) -> int:
+    """What the run did, section by section; 1 when it did not succeed. The tasks were shown as they ended: here
+    only the DAG run's outcome, and the tasks that neither succeeded nor were skipped."""
     from mlflow import MlflowClient
 
     from contract import run_key
     from ml import tracking
 
-    print("\n== Tasks ==")
+    took = f" in {took_s:.0f}s" if took_s is not None else ""
+    print(f"\n== Run ==\n  {dag_run.state}{took} ({dag_run.run_id})")
     instances = {ti.task_id: ti for ti in dag_run.get_task_instances()}
     for task_id in (*STAGE_TASKS, *RELEASE_TASKS):
-        print(f"  {task_id:<17} {getattr(instances.get(task_id), 'state', None)}")
-    print(f"  DAG run    {dag_run.state}  ({dag_run.run_id})")
+        state = getattr(instances.get(task_id), "state", None)
+        if state not in ("success", "skipped"):
+            print(f"  {task_id:<17} {state}")
     summarise_data(instances)
 
     client = MlflowClient(tracking_uri)
@@ -193,10 +197,8 @@ def summarise(dag_run: Any, tracking_uri: str) -> int:
         print("\nNo MLflow run was recorded for this DAG run.")
         return 1
     print("\n== MLflow run ==")
-    print(f"  {tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
-    print(
-        f"  model type {run.data.params.get('model_type')}, trained on {run.data.params.get('device_used')}"
-    )
+    print(f"  {tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id} "
+          f"({run.data.params.get('model_type')}, trained on {run.data.params.get('device_used')})")  # fmt: skip
     print("\n== Test metrics ==")
     for metric in sorted(
         k for k in run.data.metrics if k.startswith(("test_", "champion_test_", "decision_"))
@@ -355,8 +357,7 @@ def main() -> None:
               f"the first one ({DAG_ID} with {json.dumps(conf)})")  # fmt: skip
         started = time.perf_counter()
         first = run_dag({**conf, "release": "always"}, dags_folder, newest.start, log_file)
-        print(f"\nFinished in {time.perf_counter() - started:.0f}s")
-        if summarise(first, tracking_uri) != 0:
+        if summarise(first, tracking_uri, time.perf_counter() - started) != 0:
             sys.exit(1)
         then = (
             "Now a new model, canaried against that champion"
@@ -373,8 +374,7 @@ def main() -> None:
     )
     started = time.perf_counter()
     dag_run = run_dag(conf, dags_folder, newest.end, log_file)
-    print(f"\nFinished in {time.perf_counter() - started:.0f}s")
-    sys.exit(summarise(dag_run, tracking_uri))
+    sys.exit(summarise(dag_run, tracking_uri, time.perf_counter() - started))
 
 
 def has_champion(model_name: str) -> bool:
