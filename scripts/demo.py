@@ -199,11 +199,7 @@ def summarise(dag_run: Any, tracking_uri: str, took_s: float | None = None) -> i
     print("\n== MLflow run ==")
     print(f"  {tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id} "
           f"({run.data.params.get('model_type')}, trained on {run.data.params.get('device_used')})")  # fmt: skip
-    print("\n== Test metrics ==")
-    for metric in sorted(
-        k for k in run.data.metrics if k.startswith(("test_", "champion_test_", "decision_"))
-    ):
-        print(f"  {metric:<32} {run.data.metrics[metric]:.4f}")
+    print_metrics(run.data.metrics)
     print("\n== Decision ==")
     evaluation = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation.json")).read_text())
     print(f"  {evaluation['decision'].upper()}")
@@ -220,6 +216,22 @@ def summarise(dag_run: Any, tracking_uri: str, took_s: float | None = None) -> i
     print(f"  {tracking_uri}/#/models/{name}/versions/{version.version}")
     summarise_release(dag_run)
     return 0 if dag_run.state == "success" else 1
+
+
+#: The test metrics the summary shows, in its order: (row, this model's metric, the champion's on the same rows).
+TEST_METRICS = [(name, f"test_{name}", f"champion_test_{name}")
+                for name in ("average_precision", "roc_auc", "precision", "recall", "f1")]  # fmt: skip
+TEST_METRICS.append(("decision threshold", "decision_threshold", "champion_test_threshold"))
+
+
+def print_metrics(metrics: dict[str, float]) -> None:
+    """The new model's test metrics, beside the champion's on the same rows when there was one."""
+    champion = any(theirs in metrics for _, _, theirs in TEST_METRICS)
+    print(f"\n== Test metrics ==\n  {'':<20} {'this model':>10}" + (f" {'champion':>10}" if champion else ""))
+    for row, ours, theirs in TEST_METRICS:
+        if ours in metrics:
+            line = f"  {row:<20} {metrics[ours]:>10.4f}"
+            print(line + (f" {metrics[theirs]:>10.4f}" if theirs in metrics else ""))
 
 
 def summarise_data(instances: dict[str, Any]) -> None:
