@@ -114,8 +114,13 @@ def quiet(log_file: Path) -> Iterator[TextIO]:
             terminal.close()
 
 
+#: A task still running after this long gets a line saying so; a shorter one only its end line.
+RUNNING_LINE_AFTER_S = 1.0
+
+
 class Progress(threading.Thread):
-    """Prints a line per task of the run as it starts and as it ends (state, duration), from Airflow's database."""
+    """Prints a line per task of the run as it ends (state, duration), and before that as it runs if it takes a
+    while, from Airflow's database."""
 
     def __init__(self, terminal: TextIO, run_id: str, log_file: Path) -> None:
         super().__init__(daemon=True)
@@ -160,6 +165,9 @@ class Progress(threading.Thread):
             name = task_id if map_index < 0 else f"{task_id}[{map_index}]"
             if state in ("None", "scheduled", "queued") or self.seen.get(name) == state:
                 continue
+            running_s = (pendulum.now() - start).total_seconds() if start else None
+            if state == "running" and running_s is not None and running_s < RUNNING_LINE_AFTER_S:
+                continue  # a short task gets its end line only
             self.seen[name] = state
             took = f" {(end - start).total_seconds():6.1f} s" if start and end else ""
             self.terminal.write(f"  {pendulum.now():%H:%M:%S}  {name:<20} {state}{took}\n")
