@@ -88,43 +88,12 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-class ServerErrors:
-    """ASGI middleware answering an exception the app did not handle (a model that fails to score) with a 500 and
-    the traceback in the log, the connection kept open.
-
-    Without it Starlette's own handler answers 500 and raises the exception on, and uvicorn then closes the
-    connection: a proxy that kept it alive (nginx, the local router) finds it closed under its next request and
-    answers that client 502, so one failing request made another fail too. An exception after the answer started
-    is raised on: the answer is cut, and only closing the connection says so.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watch(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        except ClientDisconnect:
-            raise
-        except Exception:
-            if started:
-                raise
-            log.exception("%s %s failed", scope["method"], scope["path"])
-            body = b'{"detail":"internal server error: the server failed to answer this request"}'
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})  # fmt: skip
-            await send({"type": "http.response.body", "body": body})
+#: The answer to a request the app failed on.
+SERVER_ERROR = b'{"detail":"internal server error: the server failed to answer this request"}'
+SERVER_ERROR_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(SERVER_ERROR)).encode()),
+]
 
 
 class RequestMetrics:
@@ -133,6 +102,12 @@ class RequestMetrics:
     A request whose client disconnects before its body has arrived is counted with status 499 and logged; it is
     not an error of the server (no traceback, no 500). A request is timed from the end of its body (``BODY_READ_AT``),
     not from its headers: how long the client took to send it is the client's time.
+
+    An exception the app did not handle (a model that fails to score) is answered here with a 500, its traceback
+    in the log, and the connection stays open. Left to Starlette, the 500 is sent and the exception raised on, and
+    uvicorn then closes the connection: a proxy that kept it alive (nginx, the local router) finds it closed under
+    its next request and answers that client 502. An exception after the answer started is raised on: the answer
+    is cut, and only closing the connection says so.
     """
 
     def __init__(self, app: Any) -> None:
@@ -143,7 +118,7 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = {"code": 500}
+        status: dict[str, int] = {}  # the answer's, once it started
 
         async def capture(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -159,7 +134,14 @@ class RequestMetrics:
         except ClientDisconnect:
             status["code"] = CLIENT_CLOSED
             log.info("%s %s: the client closed the connection before its request was read", method, path)
+        except Exception:
+            if status:
+                raise
+            log.exception("%s %s failed", method, scope["path"])
+            await capture({"type": "http.response.start", "status": 500, "headers": SERVER_ERROR_HEADERS})
+            await capture({"type": "http.response.body", "body": SERVER_ERROR})
         finally:
+            status.setdefault("code", 500)
             HTTP_REQUESTS.labels(method=method, path=path, status=str(status["code"])).inc()
             if status["code"] not in CLIENT_PACED:
                 started = scope.get("state", {}).get(BODY_READ_AT, started)
