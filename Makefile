@@ -2,11 +2,14 @@
 # `make` (or `make help`) lists the targets below, one line each.
 #
 # Start here
-#   make demo        run the training DAG end to end on the embedded defaults (twice: a first release, then a canary)
+#   make demo        train and release every model of dags/models/ on the embedded defaults (the card-fraud model
+#                    twice: a first release, then a canary; the income model once)
 #   make test        the test suite (what CI runs), but for the runs on a real Airflow scheduler and the drills
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
-#   make serve       the inference API on the registry's champion (ALIAS=challenger for the candidate)
-#   make release-down stop the local release (the inference API the demo leaves serving)
+#   make serve       the inference API on a model's champion (MODEL=card_fraud; ALIAS=challenger for the candidate)
+#   make release-down stop the local releases (the inference APIs the demo leaves serving, one per model)
+#   make models-check validate the model files (dags/models/*.yaml)
+#   make model-releases "<release> <namespace>" of each model's release, a line each (what CI/CD deploys to)
 #   make clean       stop everything and delete what the targets built (.local/, .venv/, .tools/)
 # Tests and checks
 #   make test-scheduler  the runs on a real `airflow standalone` and the fault drills (CI runs them after `make test`)
@@ -25,7 +28,7 @@
 #   make bench-scale prepare and train on 10M and 100M rows: peak memory and linear time (ARGS="--sizes ...")
 #   make bench-gpu   the train stage against its fit on a GPU, 20M rows (ARGS="--device cpu" without one)
 #   make bench-quality the default training against scikit-learn baselines (UCI Adult, the synthetic stream; ARGS="--help")
-#   make bench-parse DAG parse time of each DAG file (target: the training DAG in 50 ms)
+#   make bench-parse DAG parse time of each DAG file (target: 50 ms per model, with the shipped models and 20 more)
 # Parts and clusters
 #   make install     the locked Python environment (.venv, from uv.lock)
 #   make test-tools  what the tests need beside .venv: terraform on PATH, checkov, trivy, the fixture provider, promtool
@@ -114,8 +117,10 @@ HELM := $(TOOLS)/bin/helm
 QUIETLY := scripts/quietly
 # Values from plugins/mlops/platform.yaml, read where they are defined rather than copied here.
 PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform_config import load_platform; p = load_platform(); print($(1))'
+# The model files (dags/models/): `$(call MODELS,list --format '{release[name]}')`, one line per model.
+MODELS = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m mlops.models $(1)
 
-.PHONY: help install demo airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
+.PHONY: help install demo models-check model-releases airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
 	drift-check browser prometheus screenshots actionlint mermaid bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
@@ -295,7 +300,7 @@ bench-serve: install $(MLSERVER)
 
 serve: install mlflow-up
 	MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) PYTHONPATH=$(CURDIR):$(CURDIR)/plugins \
-		$(WITH_MLFLOW) --user reader -- $(RUN) -m scripts.serve --alias $(ALIAS)
+		$(WITH_MLFLOW) --user reader -- $(RUN) -m scripts.serve --alias $(ALIAS) $(if $(MODEL),--model $(MODEL))
 
 $(KIND): | $(UV)
 	curl -fsSLo $@ https://kind.sigs.k8s.io/dl/$(KIND_VERSION)/kind-$(OS)-$(ARCH) && chmod +x $@
@@ -335,8 +340,11 @@ kind-up: install $(KIND) $(KUBECTL) $(HELM)
 	$(HELM) upgrade --install dask-operator dask-kubernetes-operator \
 		--repo https://helm.dask.org --version $(DASK_OPERATOR_VERSION) \
 		--namespace dask-operator --create-namespace --wait --timeout 5m --values k8s/dask-operator/values.yaml
-	$(HELM) upgrade --install "$$($(call PLATFORM,p.release.name))" "$$($(call PLATFORM,p.release.chart))" \
-		--namespace "$$($(call PLATFORM,p.release.namespace))" --values k8s/kind/inference-api-values.yaml
+	chart=$$($(call PLATFORM,p.release.chart)); \
+	$(call MODELS,list --format '{release[name]} {release[namespace]}') | while read -r release namespace; do \
+		$(HELM) upgrade --install "$$release" "$$chart" --namespace "$$namespace" --create-namespace \
+			--values k8s/kind/inference-api-values.yaml || exit 1; \
+	done
 	mkdir -p $(LOCAL)/kube
 	namespace=$$($(call PLATFORM,p.kubernetes.namespace)); \
 	token=$$($(KUBECTL) -n "$$namespace" create token $(POD_LAUNCHER) --duration=24h); \
@@ -363,11 +371,19 @@ kind-down: $(KIND)
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 	rm -rf $(LOCAL)/kube $(LOCAL)/kind.env
 
-# The demo's release keeps serving the champion on loopback, as a cluster would, until stopped here.
+# The demo's releases (one per model) keep serving their champions on loopback, as a cluster would, until stopped
+# here: every local release under the data root.
 release-down:
 	-PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m standins.rollouts stop \
-		--state-dir "$(LOCAL)/data/$$($(call PLATFORM,p.release.local.state_dir))" \
-		--release "$$($(call PLATFORM,p.release.name))"
+		--state-dir "$(LOCAL)/data/$$($(call PLATFORM,p.release.local.state_dir))"
+
+# Validate every model file (dags/models/*.yaml): its schema, its references, and what two models must not share.
+models-check: install
+	@$(call MODELS,check)
+
+# "<release> <namespace>" of every model's release, one per line (CI/CD deploys an image to each).
+model-releases: install
+	@$(call MODELS,list --format '{release[name]} {release[namespace]}')
 
 clean: release-down mlflow-down
 	rm -rf $(LOCAL) $(VENV) $(TOOLS)

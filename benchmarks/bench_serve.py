@@ -135,10 +135,12 @@ def run(
     from ml.schema import to_model_input
     from ml.storage import read_manifest, read_published_table
     from ml.train import TrainConfig, train
+    from mlops.models import load_models
     from mlops.platform_config import load_platform
 
     platform = load_platform()
-    name = platform.registry.model_name
+    # The card-fraud model's registered name: what it serves is that model, trained on the synthetic stream.
+    name = load_models().get("card_fraud").registered_model
     rows = 20_000 if abuse_only else 200_000
     print(f"training the model to serve ({rows:,} synthetic rows)", flush=True)
     prepared = str(work / "prepared")

@@ -202,6 +202,9 @@ MODEL_ANNOTATION = "mlops.airflow-mlops.io/model-uri"
 
 #: Environment variable naming the folder of local release histories; the local pod runtime sets it.
 LOCAL_RELEASES_ENV = "MLOPS_LOCAL_RELEASES"
+#: Environment variable of the release stage naming the loopback port its model's local release serves on (from
+#: the model file); the local ``helm`` hands it to the release's controller, the cluster's ignores it.
+LOCAL_RELEASE_PORT_ENV = "MLOPS_LOCAL_RELEASE_PORT"
 #: The Airflow plugins folder (where the platform settings live), which the local pod runtime hands the stand-ins.
 PLUGINS_FOLDER_ENV = "MLOPS_PLUGINS_FOLDER"
 #: Files under ``<local releases>/<release>/``: the Rollout's status, each revision's final outcome

@@ -13,7 +13,10 @@ the same arguments); on a cluster it runs as a Job with the ML stage image, whic
 * ``MLFLOW_PIPELINE_USERNAME``, ``MLFLOW_PIPELINE_PASSWORD``: the pipeline's service account;
 * ``MLFLOW_READER_USERNAME``, ``MLFLOW_READER_PASSWORD``: the read-only account (the inference API).
 
-    python -m ml.mlflow_auth --experiment ml_training_pipeline --registered-model card-fraud-detector
+    python -m ml.mlflow_auth --experiment train_card_fraud --registered-model card-fraud-detector \
+        --experiment train_adult_income --registered-model adult-income-classifier
+
+``python -m mlops.models mlflow-auth`` runs it with every model file's experiment and registered model.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Registration is keyed by the orchestrator's run (tag ``mlops.run_key`` on the mo
 for the same DAG run finds the version it made and only re-asserts the alias, so retries and cleared tasks
 never create a second version. It refuses (non-zero exit, nothing written) anything but a ``pass`` decision.
 
-    python -m ml.register --evaluation "$(cat evaluation.json)" --run-key ml_training_pipeline/manual__1
+    python -m ml.register --evaluation "$(cat evaluation.json)" --run-key train_card_fraud/manual__1
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Serve a registered model with the inference API on this machine.
 
-    python -m scripts.serve --alias champion --port 8000
+    python -m scripts.serve --model card_fraud --alias champion --port 8000
     curl -s localhost:8000/predict -H 'content-type: application/json' -d @record.json
 
-The registered model's name comes from plugins/mlops/platform.yaml; MLFLOW_TRACKING_URI points at the registry.
+The registered model's name comes from its model file (dags/models/<model>.yaml);
+MLFLOW_TRACKING_URI points at the registry.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import os
 
 from ml.serve.server import serve
+from mlops.models import load_models
 from mlops.platform_config import load_platform
 
 
@@ -41,14 +43,19 @@ def check(model_uri: str, model_name: str) -> None:
 def main() -> None:
     registry = load_platform().registry
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="the model file's key (needed when there are several)")
     parser.add_argument("--alias", default=registry.production_alias, help="registry alias to serve")
     parser.add_argument("--model-uri", help="serve this models:/ URI instead of <model name>@<alias>")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    model_uri = args.model_uri or f"models:/{registry.model_name}@{args.alias}"
-    check(model_uri, registry.model_name)
+    models = load_models()
+    if args.model is None and len(models.models) != 1:
+        raise SystemExit(f"which model? --model (make serve MODEL=...) one of {[m.key for m in models]}")
+    name = (models.get(args.model) if args.model else models.models[0]).registered_model
+    model_uri = args.model_uri or f"models:/{name}@{args.alias}"
+    check(model_uri, name)
     os.environ["SERVE_MODEL_URI"] = model_uri
     serve(host=args.host, port=args.port, workers=args.workers)  # the limits: SERVE_* (ml/serve/settings.py)
 

@@ -30,7 +30,13 @@ from typing import Any, NoReturn
 
 import yaml
 
-from contract import LOCAL_CONTROLLER_LOG, LOCAL_CONTROLLER_MODULE, LOCAL_RELEASES_ENV, PLUGINS_FOLDER_ENV
+from contract import (
+    LOCAL_CONTROLLER_LOG,
+    LOCAL_CONTROLLER_MODULE,
+    LOCAL_RELEASE_PORT_ENV,
+    LOCAL_RELEASES_ENV,
+    PLUGINS_FOLDER_ENV,
+)
 from ml.release.chart import merge
 from ml.release.helm import Revision
 from standins import rollouts
@@ -85,7 +91,7 @@ def ensure_controller(store: ReleaseStore) -> None:
     with log_path.open("a") as log_file:
         subprocess.Popen(
             [sys.executable, "-m", LOCAL_CONTROLLER_MODULE, "run", "--state-dir", str(store.path.parent),
-             "--release", store.release],
+             "--release", store.release, "--port", os.environ.get(LOCAL_RELEASE_PORT_ENV) or "0"],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": controller_pythonpath()},
             start_new_session=True,  # outlives the command that started it, like a controller in the cluster

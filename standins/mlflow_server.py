@@ -7,9 +7,9 @@ server proxies S3: stages need only ``MLFLOW_TRACKING_URI``, never direct access
 Authentication is compose's: ``--app-name basic-auth`` with compose/mlflow-basic-auth.ini (every user reads, only
 a grant writes), its user database moved to SQLite beside the tracking store. Three accounts are generated once,
 with random passwords, into ``credentials.json`` (mode 0600) under the root: the server's admin, the pipeline's
-and a reader. On every start the one-shot compose runs as ``mlflow-auth-init`` (``python -m ml.mlflow_auth``, with
-its arguments) creates the pipeline's and the reader's users and grants: the pipeline's may write runs, versions
-and aliases of its experiment and registered model (``EDIT``), the reader may read. Anything else than ``/health``
+and a reader. On every start the one-shot compose runs as ``mlflow-auth-init`` (``python -m mlops.models mlflow-auth``: ``ml.mlflow_auth``
+with every model file's experiment and registered model) creates the pipeline's and the reader's users and grants:
+the pipeline's may write runs, versions and aliases of each model's experiment and registered model (``EDIT``), the reader may read. Anything else than ``/health``
 asks for a user (401), so that only the pipeline moves the ``champion`` alias or sets the version tags the
 inference API trusts. ``exec`` runs a command with an account in its environment, never on a command line.
 
@@ -214,12 +214,14 @@ def start(root: Path, port: int, host: str = "127.0.0.1", timeout_s: float = 120
 
 
 def create_users_and_grants(root: Path, url: str) -> None:
-    """Run compose's one-shot (``python -m ml.mlflow_auth`` with ``mlflow-auth-init``'s arguments) as the admin,
+    """Run compose's one-shot (``mlflow-auth-init``'s command: every model's grants) as the admin,
     with the accounts of the credentials file. Idempotent: it runs on every start."""
     accounts = load_credentials(root)
     init = yaml.safe_load(COMPOSE_FILE.read_text())["services"][AUTH_INIT_SERVICE]
     env = {
         **os.environ,
+        # The one-shot reads the model files (mlops.models) for each model's experiment and registered model.
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")]),
         "MLFLOW_TRACKING_URI": url,
         "MLFLOW_TRACKING_USERNAME": accounts["admin"].username,
         "MLFLOW_TRACKING_PASSWORD": accounts["admin"].password,

@@ -82,13 +82,13 @@ def trained_model(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def quick_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The platform settings with a shorter local canary pause and any free port for the stable API."""
+    """The platform settings with a shorter local canary pause."""
     import yaml
 
     from mlops.platform_config import PLATFORM_FILE
 
     raw = yaml.safe_load(PLATFORM_FILE.read_text())
-    raw["release"]["local"].update(pause_seconds=1, port=0)
+    raw["release"]["local"].update(pause_seconds=1)
     path = tmp_path_factory.mktemp("platform") / "platform.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

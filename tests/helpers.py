@@ -18,6 +18,31 @@ from mlops.platform_config import load_platform
 
 CHAMPION = load_platform().registry.production_alias
 CHALLENGER = load_platform().registry.candidate_alias
+#: The shipped card-fraud model's file: what the tests' own model files start from.
+CARD_FRAUD_FILE = Path(__file__).resolve().parents[1] / "dags" / "models" / "card_fraud.yaml"
+
+
+def write_model(folder: Path, key: str, registered_model: str, port: int, **changes: Any) -> Path:
+    """A model file of the tests in ``folder`` (its models folder): the card-fraud model's file under another key,
+    registered model, Helm release (``<registered model>-api``), local port and source asset, with ``changes``
+    (dotted keys: ``{"release.approval": {...}}``) on top. Returns the folder."""
+    import yaml
+
+    raw = yaml.safe_load(CARD_FRAUD_FILE.read_text())
+    raw["registered_model"] = registered_model
+    raw["release"].update(name=f"{registered_model}-api", local_port=port)
+    raw["dataset"]["asset"] = f"{registered_model}-source"
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{key}.yaml").write_text(yaml.safe_dump(raw))
+    return folder
 
 
 def train_config(**overrides: Any) -> TrainConfig:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mlops.models import load_models
 from mlops.platform_config import load_platform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,7 +192,10 @@ def test_every_setting_from_env_is_documented_in_the_example_and_the_real_file_i
 def test_the_inference_api_serves_the_registry_champion(services) -> None:
     registry = load_platform().registry
     env = environment(services["inference-api"])
-    assert env["SERVE_MODEL_URI"] == f"models:/{registry.model_name}@{registry.production_alias}"
+    # The stack's own API serves one model's champion (each model's release serves its own).
+    assert env["SERVE_MODEL_URI"] in {
+        f"models:/{m.registered_model}@{registry.production_alias}" for m in load_models()
+    }
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert services["inference-api"]["build"]["dockerfile"] == "docker/inference-api.Dockerfile"
 
@@ -323,12 +327,13 @@ def test_mlflow_runs_its_basic_auth_app_with_the_config_and_users_the_init_job_c
     assert init_env["MLFLOW_TRACKING_USERNAME"] == auth["admin_username"]
     assert init_env["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
     assert init["depends_on"]["mlflow"] == {"condition": "service_healthy"}
-    args = init["command"]
-    registry = load_platform().registry
-    from tests.e2e.conftest import DAG_ID
-
-    assert args[args.index("--registered-model") + 1] == registry.model_name
-    assert args[args.index("--experiment") + 1] == DAG_ID  # the training DAG logs to the experiment of its id
+    # Every model file's experiment and registered model, read from the files it mounts (none named here).
+    assert (init["entrypoint"], init["command"]) == (["python", "-m", "mlops.models"], ["mlflow-auth"])
+    assert (
+        "./dags:/opt/airflow/dags:ro" in init["volumes"]
+        and "./plugins:/opt/airflow/plugins:ro" in init["volumes"]
+    )
+    assert init_env["MLOPS_MODELS_DIR"] == "/opt/airflow/dags/models"
 
 
 def test_the_pipeline_writes_as_its_user_and_the_inference_api_reads_as_the_read_only_one(

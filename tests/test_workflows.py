@@ -116,12 +116,16 @@ def test_deploys_wait_for_the_production_approval_and_use_the_chart(workflow) ->
     assert job["needs"] == ["images"]
     helm = next(s for s in steps(job) if "helm upgrade" in s.get("run", ""))
     release = load_platform().release
-    assert f"helm upgrade --install {release.name} {release.chart}" in helm["run"]
-    assert f"--namespace {release.namespace}" in helm["run"] and "$GITHUB_SHA" in helm["run"]
+    # Every model's release (the model files' list, from the Makefile), not a name copied here.
+    listing = next(s for s in steps(job) if "model-releases" in s.get("run", ""))
+    assert 'make -s model-releases > "$RUNNER_TEMP/releases"' in listing["run"]
+    assert f'helm upgrade --install "$release" {release.chart}' in helm["run"]
+    assert '--namespace "$namespace"' in helm["run"] and "$GITHUB_SHA" in helm["run"]
+    assert 'done < "$RUNNER_TEMP/releases"' in helm["run"]
     # The pipeline's pinned model survives an image deploy; Helm's --wait cannot judge a Rollout.
     assert "--reset-then-reuse-values" in helm["run"] and "--wait" not in helm["run"]
-    watch = "\n".join(s.get("run", "") for s in steps(job))
-    assert f"get rollout {release.name}" in watch and "Degraded" in watch
+    watch = next(s for s in steps(job) if "get rollout" in s.get("run", ""))["run"]
+    assert 'get rollout "$1"' in watch and "Degraded" in watch and 'done < "$RUNNER_TEMP/releases"' in watch
 
 
 def test_ci_tests_with_the_terraform_the_drift_image_runs(workflow) -> None:

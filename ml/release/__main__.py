@@ -37,6 +37,12 @@ def _parser() -> ArgumentParser:
         command.add_argument("--namespace", required=True)
         command.add_argument("--chart", type=Path, required=True, help="folder of the chart")
         command.add_argument("--values", action="append", default=[], help="extra values file (repeatable)")
+        command.add_argument(
+            "--values-json",
+            type=_values_object,
+            default={},
+            help="the model's values (a JSON object), over the values files",
+        )
     deploy = commands.choices["deploy"]
     deploy.add_argument("--model-name", required=True, help="registered model")
     deploy.add_argument("--model-version", required=True, help="version to serve")
@@ -73,6 +79,18 @@ def _parser() -> ArgumentParser:
     return parser
 
 
+def _values_object(text: str) -> dict[str, Any]:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON object of chart values, got {type(values).__name__}"
+        )
+    return values
+
+
 def _helm(args: argparse.Namespace) -> helm.Helm:
     values_files = tuple(Path(path) for path in args.values)
     for path in values_files:
@@ -80,7 +98,7 @@ def _helm(args: argparse.Namespace) -> helm.Helm:
             raise StageError(f"values file {path} does not exist")
     if not (args.chart / "Chart.yaml").is_file():
         raise StageError(f"{args.chart} is not a Helm chart (no Chart.yaml)")
-    return helm.Helm(args.chart, args.release, args.namespace, values_files)
+    return helm.Helm(args.chart, args.release, args.namespace, values_files, args.values_json)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

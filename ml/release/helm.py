@@ -353,7 +353,12 @@ class Helm:
     runtime's stand-in."""
 
     def __init__(
-        self, chart_dir: Path, release: str, namespace: str, values_files: tuple[Path, ...] = ()
+        self,
+        chart_dir: Path,
+        release: str,
+        namespace: str,
+        values_files: tuple[Path, ...] = (),
+        model_values: dict[str, Any] | None = None,
     ) -> None:
         self.chart_dir, self.release, self.namespace, self.values_files = (
             chart_dir,
@@ -361,6 +366,8 @@ class Helm:
             namespace,
             values_files,
         )
+        #: The model file's values of the chart: over the values files, under what each upgrade sets.
+        self.model_values = model_values or {}
         helm = shutil.which("helm")
         if helm is None:
             raise StageError("the release stage needs helm on PATH (the ML stage image has it)")
@@ -418,10 +425,17 @@ class Helm:
         return revisions
 
     def upgrade(self, values: dict[str, Any], description: str) -> Revision:
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as values_file:
+        with (
+            tempfile.NamedTemporaryFile("w", suffix=".json") as model_file,
+            tempfile.NamedTemporaryFile("w", suffix=".json") as values_file,
+        ):
+            json.dump(self.model_values, model_file)
+            model_file.flush()
             json.dump(values, values_file)
             values_file.flush()
             files = [arg for path in self.values_files for arg in ("--values", str(path))]
+            if self.model_values:
+                files += ["--values", model_file.name]
             out = self._run(
                 "upgrade", "--install", self.release, str(self.chart_dir), "--reset-then-reuse-values",
                 *files, "--values", values_file.name,

@@ -1,7 +1,7 @@
-"""The pipeline's Airflow assets: the transactions it reads, the prepared windows and the champion it serves.
+"""A model's Airflow assets: the table it reads, the prepared windows and the champion it serves.
 
-- ``transactions`` (platform.yaml ``retraining.source_asset``): the source table, the ``prepare`` task's inlet.
-  With ``retraining.trigger: asset`` the training DAG is scheduled on it instead of the weekly cron: an
+- its source (the model file's ``dataset.asset``, ``transactions`` for card fraud): the ``prepare`` task's inlet.
+  With ``retraining.trigger: asset`` the model's training DAG is scheduled on it instead of the cron: an
   ingestion job marks each day it lands as a partition (key ``YYYY-MM-DD``), and once all seven days of a week
   are in, the DAG runs for that week (its partition key is the Monday; ``mlops.intervals`` turns it into the
   run's data interval).

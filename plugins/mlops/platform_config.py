@@ -34,7 +34,7 @@ class PlatformError(ValueError):
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Images(_Settings):
@@ -144,10 +144,21 @@ class Tuning(_Settings):
 
 
 class Retraining(_Settings):
-    trigger: Literal["cron", "asset"]
+    #: ``cron``: a run per interval of ``schedule``; ``asset``: a run per week of the source asset's daily
+    #: partitions; ``manual``: runs only when triggered (``schedule`` still cuts the intervals a run covers).
+    trigger: Literal["cron", "asset", "manual"]
     schedule: str
     timezone: str
-    source_asset: str
+
+    @field_validator("schedule")
+    @classmethod
+    def _a_cron_expression(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday)")
+        return value
+
     training_days: int = Field(ge=1)
     evaluation_days: int = Field(ge=0)
     min_training_rows: int = Field(ge=1)
@@ -170,7 +181,6 @@ class RegistryCredentials(_Settings):
 
 
 class Registry(_Settings):
-    model_name: str
     candidate_alias: str
     production_alias: str
     credentials: RegistryCredentials
@@ -182,7 +192,6 @@ class LocalRelease(_Settings):
     state_dir: str
     pause_seconds: float = Field(gt=0)
     requests_per_second: float = Field(gt=0)
-    port: int = Field(ge=0, le=65535)
 
 
 class Approval(_Settings):
@@ -194,14 +203,15 @@ class Approval(_Settings):
 
 
 class Release(_Settings):
-    name: str
-    namespace: str
+    """What every model's release shares; each model's own release is in its model file (``mlops.models``)."""
+
     chart: str
-    values_files: tuple[str, ...] = ()
+    #: The prefix of the release pools: one one-slot pool per model's Helm release.
     pool: str
     watch_timeout_minutes: int = Field(gt=0)
     poll_seconds: float = Field(gt=0)
     error_budget_gate: bool
+    #: The default of every model's ``release.approval`` (a model file overrides it key by key).
     approval: Approval
     local: LocalRelease
 

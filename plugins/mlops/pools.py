@@ -1,4 +1,5 @@
-"""Create the Airflow pools the DAGs use, from platform.yaml; run once after ``airflow db migrate``.
+"""Create the Airflow pools the DAGs use, from platform.yaml and the model files; run once after
+``airflow db migrate`` (and after adding a model).
 
     python -m mlops.pools
 
@@ -12,17 +13,20 @@ import shutil
 import subprocess
 import sys
 
+from mlops.models import load_models
 from mlops.platform_config import load_platform
 
 
 def pools() -> dict[str, tuple[int, str]]:
-    """Name -> (slots, description) of every pool the DAGs name."""
-    release = load_platform().release
+    """Name -> (slots, description) of every pool the DAGs name: one per model's release."""
+    platform = load_platform()
     return {
-        release.pool: (
+        model.pool(platform): (
             1,
-            f"Releases of {release.name}: one deploy, watch, promote or rollback at a time, all runs",
-        ),
+            f"Releases of {model.registered_model} ({model.release.namespace}/{model.release.name}): one deploy, "
+            "watch, promote or rollback at a time, all runs",
+        )
+        for model in load_models()
     }
 
 

@@ -3,9 +3,11 @@
     python -m standins.rollouts run --state-dir .local/data/releases --release inference-api
     python -m standins.rollouts status --state-dir .local/data/releases --release inference-api
     python -m standins.rollouts stop --state-dir .local/data/releases --release inference-api
+    python -m standins.rollouts stop --state-dir .local/data/releases     # every release (make release-down)
 
-``run`` is what the ``helm`` stand-in starts; the pace of the canary and the router's port come from
-``release.local`` in the platform settings.
+``run`` is what the ``helm`` stand-in starts; the pace of the canary comes from ``release.local`` in the platform
+settings, the router's port from the model file (the release stage's environment hands it to ``helm``; 0 or
+taken: any free port).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from standins.rollouts import read_status, running_pid, stop
 
 
-def run(state_dir: Path, release: str) -> None:
+def run(state_dir: Path, release: str, port: int = 0) -> None:
     from mlops.platform_config import load_platform
     from standins.rollouts.controller import AlreadyRunning, Controller
     from standins.rollouts.state import Pace
@@ -30,9 +32,7 @@ def run(state_dir: Path, release: str) -> None:
         logging.info("a controller for %s is already running", release)
         return
     local = load_platform().release.local
-    pace = Pace(
-        pause_seconds=local.pause_seconds, requests_per_second=local.requests_per_second, port=local.port
-    )
+    pace = Pace(pause_seconds=local.pause_seconds, requests_per_second=local.requests_per_second, port=port)
     controller = Controller(state_dir, release, pace)
     signal.signal(signal.SIGTERM, lambda *_: controller.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: controller.stop_requested.set())
@@ -57,13 +57,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--state-dir", type=local_folder, required=True, help="folder of the local release histories"
     )
-    parser.add_argument("--release", required=True)
+    parser.add_argument("--release", help="the release (stop: all of them when not given)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="run: the loopback port to serve on (0: any free one)"
+    )
     args = parser.parse_args(argv)
+    if args.release is None and args.command != "stop":
+        parser.error(f"{args.command} needs --release")
+    if args.command == "stop" and args.release is None:
+        folders = sorted(p for p in args.state_dir.iterdir() if p.is_dir()) if args.state_dir.is_dir() else []
+        halted = [folder.name for folder in folders if stop(folder)]
+        said = f"stopped the local releases {', '.join(halted)}" if halted else "no local release was running"
+        print(said)  # noqa: T201
+        return 0
     if args.command == "run":
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
         )
-        run(args.state_dir, args.release)
+        run(args.state_dir, args.release, args.port)
     elif args.command == "status":
         print(json.dumps(read_status(args.state_dir / args.release) or {}, indent=2))  # noqa: T201
     else:

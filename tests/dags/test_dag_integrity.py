@@ -13,6 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
+MODELS_DIR = ROOT / "dags" / "models"
+#: The shipped card-fraud model's training DAG: the tests of one model's DAG use it.
+TRAINING = "train_card_fraud"
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +76,46 @@ def test_dags_have_owner_retries_tags_and_docs(dagbag) -> None:
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
 
 
-def test_training_pipeline_shape(dagbag) -> None:
+def models() -> Any:
+    from mlops.models import load_models
+
+    return load_models(MODELS_DIR)
+
+
+def copy_models(folder: Path, **changes: dict[str, Any]) -> Path:
+    """The shipped model files in ``folder``, each model's raw file updated with ``changes[<key>]`` (nested keys
+    as dotted paths)."""
+    import yaml
+
+    for path in MODELS_DIR.glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        for dotted, value in changes.get(path.stem, {}).items():
+            *parents, key = dotted.split(".")
+            node = raw
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[key] = value
+        (folder / path.name).write_text(yaml.safe_dump(raw))
+    return folder
+
+
+def test_every_model_file_has_its_training_and_scoring_dags(dagbag) -> None:
+    shipped = models()
+    assert shipped.broken == {} and len(shipped.models) >= 2
+    training = {dag_id for dag_id in dagbag.dags if dag_id.startswith("train_")}
+    scoring = {dag_id for dag_id in dagbag.dags if dag_id.startswith("score_")}
+    assert training == {m.training_dag_id for m in shipped}
+    assert scoring == {m.scoring_dag_id for m in shipped}
+
+
+@pytest.mark.parametrize("key", [path.stem for path in sorted(MODELS_DIR.glob("*.yaml"))])
+def test_training_pipeline_shape(dagbag, key: str) -> None:
     from mlops.platform_config import load_platform
 
-    dag = dagbag.dags["ml_training_pipeline"]
+    model = models().get(key)
+    dag = dagbag.dags[model.training_dag_id]
     assert dag.max_active_runs == 1
     assert dag.get_task("prepare").downstream_task_ids == {"tuning_plan", "train"}
     assert dag.get_task("tuning_plan").downstream_task_ids == {"tune"}
@@ -93,9 +132,9 @@ def test_training_pipeline_shape(dagbag) -> None:
     assert dag.get_task("watch_rollout").downstream_task_ids == {"promote", "needs_rollback", "alert"}
     assert dag.get_task("promote").downstream_task_ids == {"needs_rollback", "announce_champion", "alert"}
     platform = load_platform()
-    champion = f"{platform.registry.model_name}@{platform.registry.production_alias}"
+    champion = f"{model.registered_model}@{platform.registry.production_alias}"
     assert [a.name for a in dag.get_task("announce_champion").outlets] == [champion]
-    assert [a.name for a in dag.get_task("prepare").inlets] == [platform.retraining.source_asset]
+    assert [a.name for a in dag.get_task("prepare").inlets] == [model.dataset.asset]
     assert dag.get_task("rollback").upstream_task_ids == {"needs_rollback"}
     assert dag.get_task("alert").upstream_task_ids == {"deploy", "watch_rollout", "promote", "rollback"}
     # Whatever promote did (refused, failed), the rollback decision and the alert still run.
@@ -113,7 +152,7 @@ def test_training_pipeline_shape(dagbag) -> None:
     ):
         task = dag.get_task(task_id)
         assert task.retry_exponential_backoff, f"{task_id} retries without backoff"
-    release = platform.release.pool
+    release = model.pool(platform)
     assert {t.task_id for t in dag.tasks if t.pool == release} == {
         "deploy",
         "watch_rollout",
@@ -131,7 +170,6 @@ def test_training_pipeline_shape(dagbag) -> None:
         ("min_average_precision", 1.5, "1.5 is greater than the maximum of 1"),
         ("dataset_uri", "", "should be non-empty"),
         ("scale_pos_weight", "lots", "does not match"),
-        ("registered_model_name", "bad name!", "does not match"),
         ("device", "tpu", "'tpu' is not one of"),
         ("training_window_days", 0, "0 is less than the minimum of 1"),
         ("evaluation_window_days", -1, "-1 is less than the minimum of 0"),
@@ -141,14 +179,14 @@ def test_training_pipeline_shape(dagbag) -> None:
 def test_the_form_refuses_invalid_values(dagbag, param: str, value: Any, message: str) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
-    params = copy.deepcopy(dagbag.dags["ml_training_pipeline"].params)
+    params = copy.deepcopy(dagbag.dags[TRAINING].params)
     with pytest.raises(ParamValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
         params[param] = value
         params.validate()
 
 
 def test_the_form_defaults_are_valid_and_time_column_may_be_empty(dagbag) -> None:
-    params = copy.deepcopy(dagbag.dags["ml_training_pipeline"].params)
+    params = copy.deepcopy(dagbag.dags[TRAINING].params)
     params["time_column"] = None
     assert params.validate()["time_column"] is None
 
@@ -160,7 +198,7 @@ def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, task_id: str
     import subprocess
     import sys
 
-    task = dagbag.dags["ml_training_pipeline"].get_task(task_id)
+    task = dagbag.dags[TRAINING].get_task(task_id)
     flags = {part for part in task.arguments if part.startswith("--")}
     # The release and tune stages' first argument is a subcommand, which has its own flags.
     subcommand = [task.arguments[0]] if task.module in ("release", "tune") else []
@@ -174,7 +212,7 @@ def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, task_id: str
 def test_train_reports_its_progress_as_often_as_the_platform_settings_say(dagbag) -> None:
     from mlops.platform_config import load_platform
 
-    arguments = dagbag.dags["ml_training_pipeline"].get_task("train").arguments
+    arguments = dagbag.dags[TRAINING].get_task("train").arguments
     every = load_platform().stage("train").progress_every_rounds
     assert every is not None and arguments[arguments.index("--progress-every") + 1] == str(every)
 
@@ -186,7 +224,7 @@ def test_train_gets_the_dask_cluster_of_the_platform_settings_for_distributed_da
     from mlops.dask_cluster import dask_cluster
     from mlops.platform_config import load_platform
 
-    task = dagbag.dags["ml_training_pipeline"].get_task("train")
+    task = dagbag.dags[TRAINING].get_task("train")
     env = {var.name: var.value for var in task.env_vars}
     assert json.loads(env[DASK_CLUSTER_ENV]) == dask_cluster(load_platform())
     assert "--distributed" in task.arguments
@@ -196,7 +234,7 @@ def test_form_choices_and_defaults_match_what_the_stages_accept(dagbag) -> None:
     from ml.train import DEVICES, DISTRIBUTED_MODES, MODEL_TYPES, TrainConfig
     from mlops.platform_config import load_platform
 
-    params = dagbag.dags["ml_training_pipeline"].params
+    params = dagbag.dags[TRAINING].params
     assert params.get_param("model_type").schema["enum"] == list(MODEL_TYPES)
     assert params.get_param("device").schema["enum"] == list(DEVICES)
     assert params.get_param("distributed").schema["enum"] == list(DISTRIBUTED_MODES)
@@ -212,8 +250,10 @@ def test_the_champion_consumer_reads_the_new_champion_from_the_event(dagbag) -> 
     from mlops.platform_config import load_platform
 
     registry = load_platform().registry
-    asset = champion_asset(registry.model_name, registry.production_alias)
-    dag = dagbag.dags["champion_batch_scoring"]
+    model = models().get("card_fraud")
+    asset = champion_asset(model.registered_model, registry.production_alias)
+    other = champion_asset(models().get("adult_income").registered_model, registry.production_alias)
+    dag = dagbag.dags[model.scoring_dag_id]
     assert [a.name for a in dag.timetable.asset_condition.objects] == [asset.name]
     extra = {
         "model_uri": "models:/m/3",
@@ -222,46 +262,49 @@ def test_the_champion_consumer_reads_the_new_champion_from_the_event(dagbag) -> 
         "metrics": {"average_precision": 0.6},
     }
     events = {asset: [SimpleNamespace(extra={**extra, "version": "2"}), SimpleNamespace(extra=extra)]}
-    assert dag.get_task("new_champion").python_callable(triggering_asset_events=events) == extra
+    new_champion = dag.get_task("new_champion")
+    assert new_champion.python_callable(*new_champion.op_args, triggering_asset_events=events) == extra
     with pytest.raises(ValueError, match="no event on"):
-        dag.get_task("new_champion").python_callable(triggering_asset_events={})
+        new_champion.python_callable(*new_champion.op_args, triggering_asset_events={})
+    # Another model's new champion is not this DAG's.
+    with pytest.raises(ValueError, match="no event on"):
+        new_champion.python_callable(
+            *new_champion.op_args, triggering_asset_events={other: [SimpleNamespace(extra=extra)]}
+        )
 
 
 def test_with_the_asset_trigger_the_pipeline_runs_per_week_of_daily_partitions(tmp_path, monkeypatch) -> None:
-    import yaml
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk import PartitionedAssetTimetable
 
-    from mlops.platform_config import PLATFORM_FILE, PLATFORM_FILE_ENV
+    from mlops.models import MODELS_DIR_ENV
 
-    raw = yaml.safe_load(PLATFORM_FILE.read_text())
-    raw["retraining"]["trigger"] = "asset"
-    (tmp_path / "platform.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv(PLATFORM_FILE_ENV, str(tmp_path / "platform.yaml"))
+    monkeypatch.setenv(MODELS_DIR_ENV, str(copy_models(tmp_path, card_fraud={"retraining.trigger": "asset"})))
     bag = DagBag(str(ROOT / "dags"), safe_mode=False)
     assert bag.import_errors == {}
-    timetable = bag.dags["ml_training_pipeline"].timetable
+    timetable = bag.dags[TRAINING].timetable
     assert isinstance(timetable, PartitionedAssetTimetable)
-    assert [a.name for a in [timetable.asset_condition]] == [raw["retraining"]["source_asset"]]
+    assert [a.name for a in [timetable.asset_condition]] == [models().get("card_fraud").dataset.asset]
+    # A model that retrains only when triggered has no schedule.
+    assert bag.dags["train_adult_income"].schedule is None
 
 
 def test_with_approval_on_a_person_approves_between_the_release_gate_and_deploy(
     tmp_path, monkeypatch
 ) -> None:
-    import yaml
     from airflow.dag_processing.dagbag import DagBag
     from airflow.providers.standard.operators.hitl import HITLOperator
 
     from contract import APPROVE, REJECT
-    from mlops.platform_config import PLATFORM_FILE, PLATFORM_FILE_ENV
+    from mlops.models import MODELS_DIR_ENV
 
-    raw = yaml.safe_load(PLATFORM_FILE.read_text())
-    raw["release"]["approval"] = {"required": True, "timeout_hours": 12, "approvers": ["risk-officer"]}
-    (tmp_path / "platform.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv(PLATFORM_FILE_ENV, str(tmp_path / "platform.yaml"))
+    approval = {"release.approval": {"required": True, "timeout_hours": 12, "approvers": ["risk-officer"]}}
+    monkeypatch.setenv(MODELS_DIR_ENV, str(copy_models(tmp_path, card_fraud=approval)))
     bag = DagBag(str(ROOT / "dags"), safe_mode=False)
     assert bag.import_errors == {}
-    dag = bag.dags["ml_training_pipeline"]
+    # Approvals are the model's: the other model releases without one.
+    assert "approve" not in bag.dags["train_adult_income"].task_ids
+    dag = bag.dags[TRAINING]
     approve = dag.get_task("approve")
     assert isinstance(approve, HITLOperator)
     assert dag.get_task("release_gate").downstream_task_ids == {"approve"}
@@ -280,7 +323,7 @@ def test_with_approval_on_a_person_approves_between_the_release_gate_and_deploy(
 
 
 def test_without_approval_there_is_no_approve_task(dagbag) -> None:
-    dag = dagbag.dags["ml_training_pipeline"]
+    dag = dagbag.dags[TRAINING]
     assert "approve" not in dag.task_ids and "--approval" not in dag.get_task("deploy").arguments
 
 
@@ -325,7 +368,7 @@ def test_the_approver_sees_metrics_against_the_champion_the_windows_and_the_gate
 def test_the_form_is_in_sections_and_explains_every_field(dagbag) -> None:
     """Data, Model, Tuning, Quality gate, Release, each field once and in its section's run; a description on every
     field, readable labels for every choice, examples for the dataset."""
-    params = dagbag.dags["ml_training_pipeline"].params
+    params = dagbag.dags[TRAINING].params
     sections = [params.get_param(name).schema.get("section") for name in params]
     runs = [section for i, section in enumerate(sections) if i == 0 or sections[i - 1] != section]
     assert runs == ["Data", "Model", "Tuning", "Quality gate", "Release"]
@@ -338,7 +381,84 @@ def test_the_form_is_in_sections_and_explains_every_field(dagbag) -> None:
 
 
 def test_a_field_left_out_of_the_sections_fails_the_dag_at_parse() -> None:
-    from dags.ml_training_pipeline import FORM, in_sections
+    from dags.model_dags import form, in_sections
 
     with pytest.raises(ValueError, match="each field once"):
-        in_sections(dict(FORM), {"Data": ("dataset_uri",)})
+        in_sections(dict(form(models().get("card_fraud"))), {"Data": ("dataset_uri",)})
+
+
+#: The flags that carry a model's identity to its stages: (task, flag, the model's value).
+IDENTITY = [
+    ("evaluate", "--registered-model-name", lambda m: m.registered_model),
+    ("deploy", "--model-name", lambda m: m.registered_model),
+    ("deploy", "--release", lambda m: m.release.name),
+    ("deploy", "--namespace", lambda m: m.release.namespace),
+    ("promote", "--name", lambda m: m.registered_model),
+    ("rollback", "--model-name", lambda m: m.registered_model),
+    ("rollback", "--release", lambda m: m.release.name),
+    ("rollback", "--namespace", lambda m: m.release.namespace),
+]
+
+
+def test_a_models_identity_is_its_files_and_no_run_can_change_it(dagbag) -> None:
+    """A run of one model can never register, deploy, promote or roll back another's: every flag that names the
+    registered model, the release or its namespace is the model file's literal value (no template a run's form or
+    conf could fill), the form has no field for them, and each model's release steps have a pool of their own."""
+    from mlops.platform_config import load_platform
+
+    shipped = list(models())
+    for model in shipped:
+        dag = dagbag.dags[model.training_dag_id]
+        for task_id, flag, value_of in IDENTITY:
+            arguments = dag.get_task(task_id).arguments
+            assert arguments[arguments.index(flag) + 1] == value_of(model), (model.key, task_id, flag)
+        assert not {"registered_model_name", "release_name", "namespace"} & set(dag.params), model.key
+        # The promotion moves this model's aliases; the champion asset is this model's.
+        promote = dag.get_task("promote").arguments
+        assert all("{{" not in promote[promote.index(flag) + 1] for flag in ("--name", "--alias"))
+    pools = {model.pool(load_platform()) for model in shipped}
+    assert len(pools) == len(shipped), "two models share a release pool: one would wait for the other"
+    releases = {(m.release.namespace, m.release.name) for m in shipped}
+    assert len(releases) == len(shipped)
+
+
+def test_the_form_defaults_are_the_model_files(dagbag) -> None:
+    for model in models():
+        params = dagbag.dags[model.training_dag_id].params
+        assert params["dataset_uri"] == model.dataset.uri
+        assert (params["target_column"], params["positive_label"], params["time_column"]) == (
+            model.dataset.target, model.dataset.positive_label, model.dataset.time_column
+        )  # fmt: skip
+        assert params["drop_columns"] == list(model.dataset.drop_columns)
+        assert params["min_average_precision"] == model.quality_gate.min_average_precision
+        assert params["training_window_days"] == model.retraining.training_days
+        assert {name: params[name] for name in model.training.model_dump()} == model.training.model_dump()
+
+
+def test_a_broken_model_file_is_an_import_error_naming_it_and_the_other_models_load(
+    tmp_path, monkeypatch
+) -> None:
+    """Airflow's own DagBag: the broken file's problem (file and key) is the training DAG file's import error,
+    and every other model's DAGs load."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from mlops.models import MODELS_DIR_ENV
+
+    (tmp_path / "models").mkdir()
+    folder = copy_models(tmp_path / "models", adult_income={"release.local_port": "eighty"})
+    monkeypatch.setenv(MODELS_DIR_ENV, str(folder))
+    bag = DagBag(str(ROOT / "dags"), safe_mode=False)
+    assert len(bag.import_errors) == 1 and next(iter(bag.import_errors)).endswith("dags/model_dags.py")
+    error = next(iter(bag.import_errors.values()))
+    assert "models/adult_income.yaml: release.local_port: Input should be a valid integer" in error
+    assert {"train_card_fraud", "score_card_fraud"} <= set(bag.dags)
+    assert not {"train_adult_income", "score_adult_income"} & set(bag.dags)
+    # Two broken files: both named in the one error, the good model still loads.
+    raw = (folder / "card_fraud.yaml").read_text()
+    (folder / "zz_copy.yaml").write_text(raw)  # the same registered model, release, port and asset
+    bag = DagBag(str(ROOT / "dags"), safe_mode=False)
+    error = next(iter(bag.import_errors.values()))
+    assert "adult_income.yaml: release.local_port" in error
+    assert "models/zz_copy.yaml: registered model 'card-fraud-detector' is already" in error
+    assert error.endswith("models/card_fraud.yaml's")
+    assert "train_card_fraud" in bag.dags and "train_zz_copy" not in bag.dags

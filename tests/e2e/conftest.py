@@ -25,7 +25,9 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-DAG_ID = "ml_training_pipeline"
+#: The shipped card-fraud model's training DAG: what the tests on `airflow standalone` run (its model file's).
+MODEL_KEY = "card_fraud"
+DAG_ID = f"train_{MODEL_KEY}"
 USER = "data-scientist"
 STARTUP_TIMEOUT_S = 300
 #: What ``make airflow-ui`` sets (``BIND_HOST``'s default) and the umask it runs standalone under.
@@ -69,13 +71,13 @@ class Airflow:
         response.raise_for_status()
         return response.json()
 
-    def wait_for_run(self, run_id: str, timeout: float = 600) -> dict[str, Any]:
+    def wait_for_run(self, run_id: str, timeout: float = 600, dag_id: str = DAG_ID) -> dict[str, Any]:
         """The run once it has finished (or the timeout passed): its REST resource."""
         deadline = time.monotonic() + timeout
-        run = self.api(f"/dags/{DAG_ID}/dagRuns/{run_id}")
+        run = self.api(f"/dags/{dag_id}/dagRuns/{run_id}")
         while run["state"] not in ("success", "failed") and time.monotonic() < deadline:
             time.sleep(3)
-            run = self.api(f"/dags/{DAG_ID}/dagRuns/{run_id}")
+            run = self.api(f"/dags/{dag_id}/dagRuns/{run_id}")
         return dict(run)
 
     def dag_runs(self) -> list[dict[str, Any]]:
@@ -219,11 +221,12 @@ def standalone_launch(
         except subprocess.TimeoutExpired:
             os.killpg(launch.process.pid, signal.SIGKILL)
             launch.process.wait(timeout=30)
+    from mlops.models import load_models
     from mlops.platform_config import load_platform
     from standins.rollouts import stop
 
-    release = load_platform().release
-    stop(home / "data" / release.local.state_dir / release.name)
+    for model in load_models():
+        stop(home / "data" / load_platform().release.local.state_dir / model.release.name)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,19 +16,20 @@ from mlflow import MlflowClient
 
 from contract import INTERVAL_TAG, RELEASE_REASON_TAG, RELEASE_SKIPPED, RELEASE_TAG
 from mlops.intervals import latest_complete
+from mlops.models import load_models
 from mlops.platform_config import load_platform
-from tests.e2e.conftest import DAG_ID
+from tests.e2e.conftest import DAG_ID, MODEL_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 PLATFORM = load_platform()
-MODEL = PLATFORM.registry.model_name
+MODEL = load_models().get(MODEL_KEY)
 CONF = {
     "dataset_uri": "synthetic://card-transactions?rows_per_day=300&seed=11&fraud_rate=0.02",
     "training_window_days": 14,
     "n_estimators": 30,
     "min_average_precision": 0.05,
 }
-NEWEST = latest_complete(PLATFORM.retraining.schedule, PLATFORM.retraining.timezone, pendulum.now("UTC"))
+NEWEST = latest_complete(MODEL.retraining.schedule, MODEL.retraining.timezone, pendulum.now("UTC"))
 #: The three weeks before the newest, oldest first (their logical dates are their starts).
 WEEKS = [NEWEST.start.subtract(weeks=k) for k in (3, 2, 1)]
 RELEASE_TASKS = (
@@ -43,7 +44,8 @@ RELEASE_TASKS = (
 
 
 def versions() -> list[Any]:
-    return sorted(MlflowClient().search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version))
+    found = MlflowClient().search_model_versions(f"name = '{MODEL.registered_model}'")
+    return sorted(found, key=lambda v: int(v.version))
 
 
 def finished(runs: list[dict[str, Any]]) -> bool:
@@ -98,7 +100,7 @@ def test_each_backfilled_week_trains_on_its_own_window_and_registers_without_rel
 def test_a_backfill_deploys_nothing(standalone, backfilled) -> None:
     from standins.release_store import ReleaseStore
 
-    store = ReleaseStore(standalone.data_root / PLATFORM.release.local.state_dir, PLATFORM.release.name)
+    store = ReleaseStore(standalone.data_root / PLATFORM.release.local.state_dir, MODEL.release.name)
     assert store.history() == []
 
 

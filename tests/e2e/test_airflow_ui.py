@@ -31,8 +31,9 @@ from contract import (
     RELEASE_TAG,
     RUN_KEY_TAG,
 )
+from mlops.models import load_models
 from mlops.platform_config import load_platform
-from tests.e2e.conftest import DAG_ID, USER, Airflow
+from tests.e2e.conftest import DAG_ID, MODEL_KEY, USER, Airflow
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -176,7 +177,9 @@ def test_a_data_scientist_triggers_a_training_run_from_the_form_and_it_succeeds(
         states[t] for t in ("release_gate", "deploy", "watch_rollout", "promote", "announce_champion")
     } == {"success"}
     registry = load_platform().registry
-    champion = MlflowClient().get_model_version_by_alias(registry.model_name, registry.production_alias)
+    champion = MlflowClient().get_model_version_by_alias(
+        load_models().get(MODEL_KEY).registered_model, registry.production_alias
+    )
     assert (
         champion.tags[RELEASE_TAG] == RELEASE_PLANNED
         and "is the newest complete interval" in champion.tags[RELEASE_REASON_TAG]
@@ -190,7 +193,9 @@ def test_a_second_release_canaries_and_the_readme_pictures_show_it(page, airflow
     registry = load_platform().registry
     client = MlflowClient()
     try:
-        client.get_model_version_by_alias(registry.model_name, registry.production_alias)
+        client.get_model_version_by_alias(
+            load_models().get(MODEL_KEY).registered_model, registry.production_alias
+        )
     except MlflowException:
         # Run alone: a first release, so that the next one has a champion to canary against.
         assert trigger(airflow, CANARY_RUN_CONF)["state"] == "success"
@@ -198,7 +203,9 @@ def test_a_second_release_canaries_and_the_readme_pictures_show_it(page, airflow
     states = airflow.task_states(run["dag_run_id"])
     assert run["state"] == "success", states
     assert {states[t] for t in ("deploy", "watch_rollout", "promote", "announce_champion")} == {"success"}
-    champion = client.get_model_version_by_alias(registry.model_name, registry.production_alias)
+    champion = client.get_model_version_by_alias(
+        load_models().get(MODEL_KEY).registered_model, registry.production_alias
+    )
     assert champion.tags[RUN_KEY_TAG] == f"{DAG_ID}/{run['dag_run_id']}"
     assert champion.tags[CANARY_VERDICT_TAG] == CANARY_PROMOTED
     assert any(a.path == "plots/canary_report.png" for a in client.list_artifacts(champion.run_id, "plots"))

@@ -18,14 +18,17 @@ from typing import Any
 
 import pendulum
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from contract import APPROVAL_NOBODY, APPROVAL_TAG, APPROVE, CANARY_MESSAGE_TAG, CANARY_VERDICT_TAG, REJECT
+from mlops.models import MODELS_DIR_ENV
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
+from tests.conftest import free_port
+from tests.helpers import write_model
 
 ROOT = Path(__file__).resolve().parents[2]
-DAG_ID = "ml_training_pipeline"
+#: The tests' own model file, with approvals on: its DAG.
+DAG_ID = "train_e2e_approval"
 MODEL = "e2e-approval-model"
 APPROVER = "risk-officer"
 #: The approval's time: long enough to answer in, short enough to time out within the test.
@@ -33,7 +36,6 @@ TIMEOUT_HOURS = 20 / 3600
 CONF = {
     "dataset_uri": "synthetic://card-transactions?rows_per_day=600&seed=5",
     "training_window_days": 14,
-    "registered_model_name": MODEL,
     "min_average_precision": 0.05,
     "min_improvement": -1.0,
     "n_estimators": 40,
@@ -50,23 +52,23 @@ def dag(
 
     from standins.rollouts import stop
 
-    raw = yaml.safe_load(quick_platform.read_text())
-    raw["release"]["approval"] = {"required": True, "timeout_hours": TIMEOUT_HOURS, "approvers": [APPROVER]}
-    platform = tmp_path_factory.mktemp("approval") / "platform.yaml"
-    platform.write_text(yaml.safe_dump(raw))
+    approval = {"required": True, "timeout_hours": TIMEOUT_HOURS, "approvers": [APPROVER]}
+    models = write_model(tmp_path_factory.mktemp("approval") / "models", "e2e_approval", MODEL, free_port(),
+                         **{"release.approval": approval})  # fmt: skip
     data_root = tmp_path_factory.mktemp("data-root")
     settings = {
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": mlflow_server,
         "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(data_root),
         "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
-        PLATFORM_FILE_ENV: str(platform),
+        PLATFORM_FILE_ENV: str(quick_platform),
+        MODELS_DIR_ENV: str(models),
     }
     os.environ.update(settings)
     dag = DagBag(str(ROOT / "dags")).dags[DAG_ID]
     for task in dag.tasks:
         task.retries = 0
     yield dag
-    stop(data_root / load_platform().release.local.state_dir / load_platform().release.name)
+    stop(data_root / load_platform().release.local.state_dir / f"{MODEL}-api")
     for key in settings:
         os.environ.pop(key, None)
 

@@ -26,18 +26,20 @@ from contract import (
     PREPARED_URI_TAG,
     THRESHOLD_TAG,
 )
+from mlops.models import MODELS_DIR_ENV
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
-from tests.helpers import CHALLENGER, artifact_folder
+from tests.conftest import free_port
+from tests.helpers import CHALLENGER, artifact_folder, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
-DAG_ID = "ml_training_pipeline"
-RELEASE = load_platform().release.name
-RELEASE_TASKS = ("deploy", "watch_rollout", "promote", "needs_rollback", "rollback", "alert")
+#: The tests' own model file (the card-fraud model's, under another name and release): its DAG.
+DAG_ID = "train_e2e_fraud"
 MODEL = "e2e-fraud-model"
+RELEASE = f"{MODEL}-api"
+RELEASE_TASKS = ("deploy", "watch_rollout", "promote", "needs_rollback", "rollback", "alert")
 CONF = {
     "dataset_uri": "synthetic://card-transactions?rows_per_day=1000&seed=3",
     "training_window_days": 21,
-    "registered_model_name": MODEL,
     "min_average_precision": 0.1,
     "n_estimators": 100,
     # These runs are for past weeks, which would register for the record only: release them as a person can.
@@ -60,6 +62,9 @@ def dag(
         "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(data_root),
         "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
         PLATFORM_FILE_ENV: str(quick_platform),  # the chart's canary steps with 1 s pauses
+        MODELS_DIR_ENV: str(
+            write_model(tmp_path_factory.mktemp("e2e") / "models", "e2e_fraud", MODEL, free_port())
+        ),
     }
     os.environ.update(settings)
     dag = DagBag(str(ROOT / "dags")).dags[DAG_ID]
@@ -248,12 +253,12 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     promotion = xcom(dag_run, "promote")
     assert (promotion["promoted"], promotion["previous_champion"]) == (True, previous_champion)
     assert champion() == version.version
-    # The new champion is announced on its asset, for the DAGs scheduled on it.
+    # The new champion is announced on the model's own asset, for the DAGs scheduled on it.
     registry = load_platform().registry
     with sqlite3.connect(airflow_db / "airflow.db") as db:
         rows = db.execute(
             "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ? order by e.id",
-            (f"{registry.model_name}@{registry.production_alias}",),
+            (f"{MODEL}@{registry.production_alias}",),
         ).fetchall()
     announced = json.loads(rows[-1][0])
     assert (announced["model_name"], announced["version"], announced["previous_version"]) == (

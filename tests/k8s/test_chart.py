@@ -23,6 +23,7 @@ import yaml
 
 from ml.release import chart
 from ml.serve import metrics
+from mlops.models import load_models
 from mlops.platform_config import load_platform
 from standins.render import RenderError
 from standins.render import render as render_chart
@@ -32,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "k8s" / "helm" / "inference-api"
 KUBERNETES_VERSION = "1.33.0"
 PLATFORM = load_platform()
-RELEASE = PLATFORM.release
+#: The card-fraud model's release (its model file): the name and namespace the chart is rendered with.
+RELEASE = load_models().get("card_fraud").release
 CRD_KINDS = {"Rollout", "AnalysisTemplate", "ServiceMonitor", "PrometheusRule"}
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())

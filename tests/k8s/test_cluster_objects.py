@@ -16,6 +16,7 @@ import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 
+from mlops.models import load_models
 from mlops.platform_config import load_platform
 from tests.helpers import dask_operator_chart
 
@@ -25,6 +26,9 @@ KUBERNETES_VERSION = "1.33.0"
 MANIFESTS = sorted((ROOT / "k8s" / "cluster").glob("*.yaml"))
 KIND_CONFIG = ROOT / "k8s" / "kind" / "cluster.yaml"
 PLATFORM = load_platform()
+MODELS = load_models()
+#: The namespaces the models release into (their files): the cluster objects must grant the deployer each one.
+SERVING = sorted({model.release.namespace for model in MODELS})
 #: Airflow's own service account, which launches the pods (and watches the inference API's rollout).
 LAUNCHER = "airflow-pod-launcher"
 
@@ -80,13 +84,12 @@ def test_the_pod_namespace_and_service_account_are_the_platforms() -> None:
     assert account["automountServiceAccountToken"] is False
     namespaced = [o for o in objects() if o["kind"] not in ("Namespace", "PriorityClass")]
     # Everything lives in the pipeline's namespace, but the release's access to the serving namespace.
-    assert {o["metadata"]["namespace"] for o in namespaced} == {
-        cluster.namespace,
-        PLATFORM.release.namespace,
-    }
-    assert {
-        o["metadata"]["name"] for o in namespaced if o["metadata"]["namespace"] == PLATFORM.release.namespace
-    } == {PLATFORM.stage("release").service_account, "rollout-watcher"}
+    assert {o["metadata"]["namespace"] for o in namespaced} == {cluster.namespace, *SERVING}
+    for serving in SERVING:
+        assert {o["metadata"]["name"] for o in namespaced if o["metadata"]["namespace"] == serving} == {
+            PLATFORM.stage("release").service_account,
+            "rollout-watcher",
+        }, f"a model releases into {serving}: the deployer and the watcher need their Roles there"
 
 
 def test_every_namespace_enforces_the_restricted_pod_security_standard() -> None:
@@ -268,7 +271,7 @@ def test_gpu_training_runs_with_the_gpu_priority_class() -> None:
         PLATFORM.preset(PLATFORM.stage("train").preset).priority_class == priority_class["metadata"]["name"]
     )
     assert priority_class["globalDefault"] is False
-    dag = DagBag(str(ROOT / "dags")).dags["ml_training_pipeline"]
+    dag = DagBag(str(ROOT / "dags")).dags["train_card_fraud"]
     assert dag.get_task("train").priority_class_name == priority_class["metadata"]["name"]
     assert dag.get_task("prepare").priority_class_name is None
 
@@ -292,7 +295,8 @@ def test_make_kind_up_uses_these_names_and_pinned_versions() -> None:
     assert settings["KIND_CLUSTER"] == yaml.safe_load(KIND_CONFIG.read_text())["name"]
     assert settings["POD_LAUNCHER"] == one("RoleBinding", LAUNCHER)["subjects"][0]["name"]
     assert settings["POD_LAUNCHER"] == LAUNCHER
-    one("Namespace", PLATFORM.release.namespace)
+    for serving in SERVING:
+        one("Namespace", serving)
     assert re.fullmatch(r"kindest/node:v[\d.]+@sha256:[0-9a-f]{64}", settings["KIND_NODE_IMAGE"])
     for key in ("KIND_VERSION", "KUBECTL_VERSION", "HELM_VERSION", "ARGO_ROLLOUTS_VERSION"):
         assert re.fullmatch(r"v\d+\.\d+\.\d+", settings[key]), key
@@ -302,13 +306,15 @@ def test_make_kind_up_uses_these_names_and_pinned_versions() -> None:
 
 
 def test_the_release_stage_may_manage_every_object_the_chart_renders_and_nothing_else() -> None:
-    """The deployer's Role covers each kind of each strategy's render, in the serving namespace only."""
+    """The deployer's Role covers each kind of each strategy's render of each model's release, in the serving
+    namespace only."""
+    from ml.release.chart import merge
     from standins.render import render
 
-    release = PLATFORM.release
+    chart = ROOT / PLATFORM.release.chart
     deployer = PLATFORM.stage("release").service_account
     role = one("Role", deployer)
-    assert role["metadata"]["namespace"] == release.namespace
+    assert [role["metadata"]["namespace"]] == SERVING
     binding = one("RoleBinding", deployer)
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": deployer, "namespace": PLATFORM.kubernetes.namespace}
@@ -316,8 +322,10 @@ def test_the_release_stage_may_manage_every_object_the_chart_renders_and_nothing
     one("ServiceAccount", deployer)
     permissions = granted(role)
     rendered = set()
-    for values in ({}, {"workload": {"strategy": "blueGreen"}}, {"workload": {"kind": "deployment"}}):
-        for obj in render(ROOT / release.chart, values, release=release.name, namespace=release.namespace):
+    strategies = ({}, {"workload": {"strategy": "blueGreen"}}, {"workload": {"kind": "deployment"}})
+    for model, strategy in ((model, strategy) for model in MODELS for strategy in strategies):
+        values, release = merge(dict(model.release.values), strategy), model.release
+        for obj in render(chart, values, release=release.name, namespace=release.namespace):
             group = obj["apiVersion"].rpartition("/")[0]
             kind = obj["kind"].lower()
             plural = kind[:-1] + "ies" if kind.endswith("y") else kind + ("es" if kind.endswith("s") else "s")
@@ -330,7 +338,7 @@ def test_the_release_stage_may_manage_every_object_the_chart_renders_and_nothing
 
 def test_the_rollout_watcher_only_reads_the_workload_and_its_analysis() -> None:
     role = one("Role", "rollout-watcher")
-    assert role["metadata"]["namespace"] == PLATFORM.release.namespace
+    assert [role["metadata"]["namespace"]] == SERVING
     assert granted(role) == {
         ("argoproj.io", "rollouts"): {"get", "list"},
         ("argoproj.io", "analysisruns"): {"get", "list"},

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from mlops.models import MODELS_DIR_ENV, load_models
 from mlops.platform_config import load_platform
 from tests.conftest import free_port
 from tests.helpers import wait_until_answering
@@ -95,18 +96,16 @@ def configured(auth_server: str) -> dict[str, str]:
         **os.environ,
         **compose_environment(INIT),
         "MLFLOW_TRACKING_URI": auth_server,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+        MODELS_DIR_ENV: str(ROOT / "dags" / "models"),  # where compose mounts them, on this machine
     }
     command = [sys.executable, "-m", *INIT["entrypoint"][2:], *INIT["command"]]
     assert INIT["entrypoint"][:2] == ["python", "-m"]
     for _ in range(2):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr[-3000:]
-    args = INIT["command"]
-    return {
-        "experiment": args[args.index("--experiment") + 1],
-        "model": args[args.index("--registered-model") + 1],
-    }
+    model = load_models().get("card_fraud")
+    return {"experiment": model.training_dag_id, "model": model.registered_model}
 
 
 def rest(url: str, method: str, path: str, user: str | None = None, **kwargs: Any) -> httpx.Response:

@@ -32,7 +32,7 @@ def changed(path: str, value: Any) -> dict[str, Any]:
 
 def test_the_committed_file_loads_into_typed_settings() -> None:
     platform = load_platform()
-    assert platform.release.local.port == RAW["release"]["local"]["port"]
+    assert platform.release.local.pause_seconds == RAW["release"]["local"]["pause_seconds"]
     assert platform.stage("train").preset == RAW["stages"]["train"]["preset"]
     assert platform.node_group_of(platform.preset("gpu")) is platform.node_groups["gpu"]
 
@@ -40,8 +40,13 @@ def test_the_committed_file_loads_into_typed_settings() -> None:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("release.namespac", "x", "release.namespac: Extra inputs are not permitted"),
-        ("release.local.port", "eighty", "release.local.port: Input should be a valid integer"),
+        ("release.namespace", "x", "release.namespace: Extra inputs are not permitted"),
+        ("release.local.state_dir", 8, "release.local.state_dir: Input should be a valid string"),
+        (
+            "retraining.schedule",
+            "weekly",
+            "retraining.schedule: Value error, 'weekly' is not a cron expression",
+        ),
         ("release.local.pause_seconds", 0, "release.local.pause_seconds: Input should be greater than 0"),
         ("training.device", "tpu", "training.device: Value error, must be one of ('auto', 'cpu', 'cuda')"),
         (
@@ -67,11 +72,11 @@ def test_a_missing_section_is_named() -> None:
 
 def test_another_environments_file_is_chosen_by_the_environment(tmp_path, monkeypatch) -> None:
     other = tmp_path / "platform.yaml"
-    other.write_text(yaml.safe_dump(changed("release.name", "inference-api-staging")))
+    other.write_text(yaml.safe_dump(changed("release.chart", "charts/inference-api-staging")))
     monkeypatch.setenv(PLATFORM_FILE_ENV, str(other))
-    assert load_platform().release.name == "inference-api-staging"
+    assert load_platform().release.chart == "charts/inference-api-staging"
     monkeypatch.delenv(PLATFORM_FILE_ENV)
-    assert load_platform().release.name == RAW["release"]["name"]
+    assert load_platform().release.chart == RAW["release"]["chart"]
     monkeypatch.setenv(PLATFORM_FILE_ENV, str(tmp_path / "missing.yaml"))
     with pytest.raises(FileNotFoundError):
         load_platform()

@@ -26,7 +26,7 @@ def pods() -> dict[str, dict[str, Any]]:
         patch.setenv(
             "AIRFLOW_CONN_KUBERNETES_DEFAULT", '{"conn_type": "kubernetes", "extra": {"in_cluster": false}}'
         )
-        dag = DagBag(str(ROOT / "dags")).dags["ml_training_pipeline"]
+        dag = DagBag(str(ROOT / "dags")).dags["train_card_fraud"]
         built = {}
         for stage in STAGES:
             task = dag.get_task(stage)
@@ -103,5 +103,5 @@ def test_every_container_meets_the_restricted_pod_security_standard(pods, stage:
 def test_in_the_cluster_the_wait_for_a_pod_is_deferred_to_the_triggerer() -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    dag = DagBag(str(ROOT / "dags")).dags["ml_training_pipeline"]
+    dag = DagBag(str(ROOT / "dags")).dags["train_card_fraud"]
     assert all(dag.get_task(stage).deferrable for stage in STAGES)

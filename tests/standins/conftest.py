@@ -15,15 +15,16 @@ from contract import CHAMPION_AT_EVALUATION_TAG, LOCAL_RELEASES_ENV, PREPARED_UR
 from ml import tracking
 from ml.release import helm
 from ml.train import pip_requirements
+from mlops.models import load_models
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 from standins import rollouts
 from tests.helpers import CHAMPION, register_evaluated
 from tests.standins.faulty_models import TRUSTED_TYPES, FaultyClassifier
 
 MODEL = "release-test-model"
-RELEASE = load_platform().release
+RELEASE = load_models().get("card_fraud").release
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / RELEASE.chart
+CHART = ROOT / load_platform().release.chart
 STAND_IN_TOOLS = ROOT / "standins" / "bin"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_a_good_canary_follows_the_charts_steps_and_is_promoted(
     )
     assert (redeploy.revision, redeploy.changed) == (2, False)
 
-    ci_cd_image_upgrade(image_tag="ci-sha-1234")
+    ci_cd_image_upgrade(target, image_tag="ci-sha-1234")
     upgraded = outcome(local_helm, 3)
     assert upgraded["phase"] == "Healthy", upgraded["message"]
     assert "champion-unchanged" not in {m["metric"] for m in upgraded["measurements"]}
@@ -150,15 +151,21 @@ class Clients:
                 self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
-def ci_cd_image_upgrade(image_tag: str) -> None:
+def ci_cd_image_upgrade(target: helm.Helm, image_tag: str) -> None:
     """The CI/CD workflow's own `helm upgrade` step (.github/workflows/ci-cd.yaml), run as it is written, through
-    the `helm` first on PATH (the stand-in here)."""
+    the `helm` first on PATH (the stand-in here), over the releases its step before lists (`make -s model-releases`:
+    "<release> <namespace>" per model; here the release under test)."""
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci-cd.yaml").read_text())
     (script,) = [
         step["run"] for step in workflow["jobs"]["deploy"]["steps"] if step.get("name") == "helm upgrade"
     ]
-    env = {**os.environ, "INFERENCE_API_IMAGE": "ghcr.io/example/inference-api", "GITHUB_SHA": image_tag}
-    done = subprocess.run(["bash", "-eu", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as runner_temp:
+        (Path(runner_temp) / "releases").write_text(f"{target.release} {target.namespace}\n")
+        env = {**os.environ, "INFERENCE_API_IMAGE": "ghcr.io/example/inference-api", "GITHUB_SHA": image_tag,
+               "RUNNER_TEMP": runner_temp}  # fmt: skip
+        done = subprocess.run(
+            ["bash", "-eu", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+        )
     assert done.returncode == 0, done.stderr
 
 

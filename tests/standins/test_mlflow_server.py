@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from contract import CANARY_PROMOTED, CANARY_VERDICT_TAG
+from mlops.models import load_models
 from mlops.platform_config import load_platform
 from standins.mlflow_server import (
     CREDENTIALS_FILE,
@@ -189,7 +190,7 @@ def test_a_root_of_an_older_version_is_tightened_on_start_and_its_accounts_are_g
         } == dict.fromkeys(("mlflow.db", "auth.db", CREDENTIALS_FILE), 0o600)
         pipeline = account(root, "pipeline")
         answer = httpx.get(f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get",
-                           params={"name": load_platform().registry.model_name},
+                           params={"name": load_models().models[0].registered_model},
                            auth=(pipeline.username, pipeline.password), timeout=30)  # fmt: skip
         assert answer.status_code == 200, answer.text
     finally:

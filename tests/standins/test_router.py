@@ -21,6 +21,7 @@ import pytest
 
 from benchmarks._abuse import HEAD, read_until_closed, upload_chunked
 from ml.release.helm import Revision
+from mlops.models import load_models
 from mlops.platform_config import load_platform
 from standins.render import render
 from standins.rollouts.controller import Controller
@@ -37,7 +38,7 @@ from standins.rollouts.router import (
 from standins.rollouts.state import Pace
 from tests.conftest import ROOT, free_port
 
-RELEASE = load_platform().release
+RELEASE = load_models().get("card_fraud").release
 #: What the chart's default values let through its Ingress: serve.maxBodyBytes (2,000,000) as "2001k".
 CHART_LIMIT = 2001 * 1024
 #: How much the router's memory may grow while a body far larger than that goes through it.
@@ -46,7 +47,8 @@ RSS_GROWTH_LIMIT = 50_000_000
 
 def rendered(values: dict[str, Any]) -> list[dict[str, Any]]:
     """The chart's objects with ``values`` over its defaults, as the release's revision records them."""
-    return render(ROOT / RELEASE.chart, values, release=RELEASE.name, namespace=RELEASE.namespace)
+    chart = ROOT / load_platform().release.chart
+    return render(chart, values, release=RELEASE.name, namespace=RELEASE.namespace)
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,13 @@ import yaml
 from contract import LOCAL_RELEASES_ENV
 from ml.errors import TransientError
 from ml.release import budget
+from mlops.models import load_models
 from mlops.platform_config import load_platform
 from standins.render import render
 
-RELEASE = load_platform().release
-CHART = Path(__file__).resolve().parents[3] / RELEASE.chart
+#: The card-fraud model's release (its model file).
+RELEASE = load_models().get("card_fraud").release
+CHART = Path(__file__).resolve().parents[3] / load_platform().release.chart
 SLO = yaml.safe_load((CHART / "values.yaml").read_text())["monitoring"]["slo"]
 ERRORS = budget.record_name("errors", SLO["windowDays"])
 SLOW = budget.record_name("slow", SLO["windowDays"])
