@@ -157,7 +157,9 @@ mlflow-up: install
 mlflow-down:
 	-$(RUN) -m standins.mlflow_server stop --root $(LOCAL)/mlflow
 
-demo: install $(LOCAL)/airflow/airflow.db mlflow-up
+# Airflow's database and the MLflow server start side by side (each mostly its own migrations).
+demo: install
+	@$(MAKE) --no-print-directory -j2 $(LOCAL)/airflow/airflow.db mlflow-up
 	@$(LOCAL_ENV) $(WITH_MLFLOW) --user reader --airflow-connection -- \
 		$(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY) --log-file $(LOCAL)/demo.log
 

@@ -128,8 +128,8 @@ RUNNING_LINE_AFTER_S = 1.0
 
 
 class Progress(threading.Thread):
-    """Prints a line per task of the run as it ends (state, duration), and before that as it runs if it takes a
-    while, from Airflow's database."""
+    """Prints a line per task of the run as it ends (state, duration; not the skipped ones), and before that as it
+    runs if it takes a while, from Airflow's database."""
 
     def __init__(self, terminal: TextIO, dag_id: str, run_id: str, log_file: Path) -> None:
         super().__init__(daemon=True)
@@ -174,7 +174,8 @@ class Progress(threading.Thread):
             ]
         for task_id, map_index, state, start, end in sorted(changes, key=lambda c: (c[3] is None, c[3] or 0)):
             name = task_id if map_index < 0 else f"{task_id}[{map_index}]"
-            if state in ("None", "scheduled", "queued") or self.seen.get(name) == state:
+            # Skipped tasks (tuning off, no rollback needed) are what a run does not do: the summary says so.
+            if state in ("None", "scheduled", "queued", "skipped") or self.seen.get(name) == state:
                 continue
             if end is not None and end < self.since:
                 continue  # an earlier attempt's outcome, about to be cleared
@@ -396,7 +397,7 @@ def main() -> None:
 
 
 def banner(text: str) -> None:
-    print("\n" + "=" * 100 + f"\n{text}\n" + "=" * 100)
+    print(f"\n{'=' * 4} {text} {'=' * max(4, 94 - len(text))}")
 
 
 def demo_model(

@@ -9,9 +9,11 @@ the compose stack's init) runs this. Setting a pool again only resets its slots 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import tempfile
 
 from mlops.models import load_models
 from mlops.platform_config import load_platform
@@ -32,10 +34,16 @@ def pools() -> dict[str, tuple[int, str]]:
 
 def main() -> None:
     airflow = shutil.which("airflow") or "airflow"
-    for name, (slots, description) in pools().items():
-        # --include-deferred: a deferred watch keeps its slot, so no other run's release starts meanwhile.
-        subprocess.run([airflow, "pools", "set", name, str(slots), description, "--include-deferred"], check=True,
-                       stdout=sys.stderr)  # fmt: skip
+    # include_deferred: a deferred watch keeps its slot, so no other run's release starts meanwhile. One import of
+    # all of them: each `airflow` command pays the CLI's start-up (seconds), whatever the number of models.
+    wanted = {
+        name: {"slots": slots, "description": description, "include_deferred": True}
+        for name, (slots, description) in pools().items()
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(wanted, file)
+        file.flush()
+        subprocess.run([airflow, "pools", "import", file.name], check=True, stdout=sys.stderr)
 
 
 if __name__ == "__main__":
