@@ -22,6 +22,17 @@ CHALLENGER = load_platform().registry.candidate_alias
 CARD_FRAUD_FILE = Path(__file__).resolve().parents[1] / "dags" / "models" / "card_fraud.yaml"
 
 
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``raw["a"]["b"]`` for ``"a.b"``, making the mappings on the way (a model file's ``retraining: {}``)."""
+    *parents, last = dotted.split(".")
+    node = raw
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = value
+
+
 def write_model(folder: Path, key: str, registered_model: str, port: int, **changes: Any) -> Path:
     """A model file of the tests in ``folder`` (its models folder): the card-fraud model's file under another key,
     registered model, Helm release (``<registered model>-api``), local port and source asset, with ``changes``
@@ -33,13 +44,7 @@ def write_model(folder: Path, key: str, registered_model: str, port: int, **chan
     raw["release"].update(name=f"{registered_model}-api", local_port=port)
     raw["dataset"]["asset"] = f"{registered_model}-source"
     for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        node = raw
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[last] = value
+        set_dotted(raw, dotted, value)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{key}.yaml").write_text(yaml.safe_dump(raw))
     return folder

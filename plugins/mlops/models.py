@@ -42,6 +42,7 @@ from mlops.platform_config import (
     Retraining,
     Training,
     load_platform,
+    problems,
 )
 
 #: Where the model files are: ``dags/models/`` beside the DAG files; ``MLOPS_MODELS_DIR`` names another folder.
@@ -192,11 +193,7 @@ def parse_model(raw: object, key: str, file: str, platform: Platform | None = No
     try:
         model = Model.model_validate({**document, "key": key, "file": file})
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
-            for error in err.errors()
-        )
-        raise ModelError(f"{file}: {problems}") from None
+        raise ModelError(f"{file}: {problems(err)}") from None
     _check_chart_values(model, platform)
     return model
 

@@ -302,11 +302,15 @@ def parse_platform(raw: object, source: str = "platform.yaml") -> Platform:
     try:
         return Platform.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
-            for error in err.errors()
-        )
-        raise PlatformError(f"{source}: {problems}") from None
+        raise PlatformError(f"{source}: {problems(err)}") from None
+
+
+def problems(err: ValidationError) -> str:
+    """Each problem of a validation as ``key.path: message``, joined: what a settings file's error says."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+        for error in err.errors()
+    )
 
 
 @cache

@@ -87,16 +87,12 @@ def copy_models(folder: Path, **changes: dict[str, Any]) -> Path:
     as dotted paths)."""
     import yaml
 
+    from tests.helpers import set_dotted
+
     for path in MODELS_DIR.glob("*.yaml"):
         raw = yaml.safe_load(path.read_text())
         for dotted, value in changes.get(path.stem, {}).items():
-            *parents, key = dotted.split(".")
-            node = raw
-            for part in parents:
-                if not isinstance(node.get(part), dict):
-                    node[part] = {}
-                node = node[part]
-            node[key] = value
+            set_dotted(raw, dotted, value)
         (folder / path.name).write_text(yaml.safe_dump(raw))
     return folder
 

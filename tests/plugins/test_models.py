@@ -15,6 +15,7 @@ import yaml
 
 from mlops.models import MODELS_DIR, ModelError, load_models, parse_model
 from mlops.platform_config import load_platform
+from tests.helpers import set_dotted
 
 ROOT = Path(__file__).resolve().parents[2]
 CARD = yaml.safe_load((MODELS_DIR / "card_fraud.yaml").read_text())
@@ -22,11 +23,7 @@ CARD = yaml.safe_load((MODELS_DIR / "card_fraud.yaml").read_text())
 
 def changed(path: str, value: Any, raw: dict[str, Any] = CARD) -> dict[str, Any]:
     raw = copy.deepcopy(raw)
-    *parents, key = path.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[key] = value
+    set_dotted(raw, path, value)
     return raw
 
 
