@@ -43,13 +43,12 @@ from mlops.platform_config import (
     Training,
     load_platform,
     problems,
+    project_dir,
 )
 
 #: Where the model files are: ``dags/models/`` beside the DAG files; ``MLOPS_MODELS_DIR`` names another folder.
 MODELS_DIR = Path(__file__).resolve().parents[2] / "dags" / "models"
-#: The folder the chart's path (platform.yaml ``release.chart``) is relative to: the project (the local pod
-#: runtime's working directory, where the Airflow image carries the chart).
-PROJECT_DIR_ENV = "MLOPS_LOCAL_WORKDIR"
+
 MODELS_DIR_ENV = "MLOPS_MODELS_DIR"
 #: A model's key is its file's name: lower-case words joined by underscores (it names the model's DAGs).
 KEY = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
@@ -215,8 +214,7 @@ def _check_chart_values(model: Model, platform: Platform) -> None:
     fails here, naming the file and the key, not at the release)."""
     if not model.release.values:
         return
-    root = Path(os.environ.get(PROJECT_DIR_ENV) or Path(__file__).resolve().parents[2])
-    chart = _chart(root / platform.release.chart)
+    chart = _chart(project_dir() / platform.release.chart)
     if chart is None:
         return
     defaults, validator = chart
@@ -246,9 +244,6 @@ class Models:
                 return model
         known = [m.key for m in self.models]
         raise KeyError(f"no model {key!r}; the model files define {known}" + self._and_broken())
-
-    def by_release(self, release: str) -> Model | None:
-        return next((m for m in self.models if m.release.name == release), None)
 
     def _and_broken(self) -> str:
         return f" (and these files are broken: {sorted(self.broken)})" if self.broken else ""

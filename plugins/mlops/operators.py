@@ -51,7 +51,7 @@ from contract import (
     XCOM_DIR_ENV,
     XCOM_RESULT_FILE,
 )
-from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
+from mlops.platform_config import PLATFORM_FILE_ENV, load_platform, project_dir
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -63,7 +63,6 @@ DATA_ROOT_VARIABLE = "mlops_data_root"
 #: Worker variables the local runtime hands to the stage, standing in for what a pod gets from its
 #: service account (cloud credentials) and its image (locale).
 LOCAL_PASSTHROUGH_PREFIXES = ("AWS_", "LANG", "LC_", "TZ")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: The folder this package is imported from: Airflow's plugins folder.
 PLUGINS_FOLDER = Path(__file__).resolve().parents[1]
 #: The stand-ins' commands (``helm``), relative to the local workdir: first on a local pod's PATH.
@@ -86,7 +85,7 @@ def pod_runtime() -> str:
 
 def local_workdir() -> Path:
     """The folder the local runtime runs pods in: what the image's working directory holds."""
-    return Path(os.environ.get("MLOPS_LOCAL_WORKDIR", PROJECT_ROOT))
+    return project_dir()
 
 
 def local_releases_dir() -> str | None:

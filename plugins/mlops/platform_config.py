@@ -27,6 +27,14 @@ from contract import DEVICES, DISTRIBUTED_MODES, MODEL_TYPES
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
 PLATFORM_FILE_ENV = "MLOPS_PLATFORM_FILE"
+#: The project's folder on the worker (``contract/``, ``ml/``, ``standins/``, the chart): where the local pod
+#: runtime runs pods, and what the paths of the settings (``release.chart``) are relative to.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_DIR_ENV = "MLOPS_LOCAL_WORKDIR"
+
+
+def project_dir() -> Path:
+    return Path(os.environ.get(PROJECT_DIR_ENV) or PROJECT_ROOT)
 
 
 class PlatformError(ValueError):
