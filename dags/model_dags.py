@@ -789,7 +789,10 @@ def training_dag(model: Model) -> DAG:
         releasing = release_gate(register.output)
         gate(evaluate.output) >> register >> releasing
         if model.release.approval.required:  # a person approves first (production); rejected, deploy refuses
-            releasing >> approval_task(model.release.approval) >> deploy
+            approve = approval_task(
+                model.release.approval, model.registered_model, model.release.alert_connection
+            )
+            releasing >> approve >> deploy
         else:
             releasing >> deploy
         deploy >> watch_rollout >> promote

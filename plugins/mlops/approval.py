@@ -78,8 +78,9 @@ def _duration(hours: float) -> str:
     return f"{seconds / 60:g} minutes" if seconds < 7200 else f"{hours:g} hours"
 
 
-def approval_task(settings: Approval) -> HITLOperator:
-    """The ``approve`` task: Approve or Reject (the default, taken on timeout), with a comment."""
+def approval_task(settings: Approval, model_name: str, alert_connection: str | None = None) -> HITLOperator:
+    """The ``approve`` task of a model's release: Approve or Reject (the default, taken on timeout), with a
+    comment; the approvers are alerted through the model's alert connection (else the platform's)."""
     from airflow.providers.standard.operators.hitl import HITLOperator  # only with approvals on: parse time
 
     return HITLOperator(
@@ -103,9 +104,10 @@ def approval_task(settings: Approval) -> HITLOperator:
         response_timeout=timedelta(hours=settings.timeout_hours),
         notifiers=[
             AlertNotifier(
-                title="Release of {{ params.registered_model_name }} awaits approval",
+                title=f"Release of {model_name} awaits approval",
                 message="{{ dag.dag_id }} {{ run_id }}: approve or reject it in Airflow's Required actions "
                 f"within {_duration(settings.timeout_hours)} (no answer rejects it).",
+                **({"conn_id": alert_connection} if alert_connection else {}),
             )
         ],
     )

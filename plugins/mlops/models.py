@@ -8,7 +8,7 @@ beside the DAGs because they are read where the DAGs are parsed and travel with 
 versioned with the code that reads them.
 
 Each file loads into a frozen, typed :class:`Model`: an unknown key, a value of the wrong type or a reference
-that does not exist fails with the file and the key's path (``models/x.yaml: release.local_port: ...``). What two
+that does not exist fails with the file and the key's path (``dags/models/x.yaml: release.local_port: ...``). What two
 files must not share (a registered model, a Helm release, a local port, a source asset) is checked across them:
 the later file, by name, is the one refused. A broken file never hides the others: :func:`load_models` returns
 the good ones and the problems of the broken ones, and the training DAG file shows the problems as an import
@@ -48,13 +48,12 @@ from mlops.platform_config import (
 
 #: Where the model files are: ``dags/models/`` beside the DAG files; ``MLOPS_MODELS_DIR`` names another folder.
 MODELS_DIR = Path(__file__).resolve().parents[2] / "dags" / "models"
-
 MODELS_DIR_ENV = "MLOPS_MODELS_DIR"
 #: A model's key is its file's name: lower-case words joined by underscores (it names the model's DAGs).
 KEY = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 #: A Kubernetes object name (DNS-1123 label); a Helm release name is at most 53 characters long.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-#: A registered model name the form and the REST API accept (MLflow's own rule is looser).
+#: A registered model name safe in a URI (``models:/<name>/<version>``) and an asset name (MLflow's rule is looser).
 REGISTERED_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -222,10 +221,10 @@ def _check_chart_values(model: Model, platform: Platform) -> None:
         validator.iter_errors(_merged(defaults, model.release.values)), key=lambda e: list(e.path)
     )
     if errors:
-        problems = "; ".join(
+        found = "; ".join(
             f"release.values{''.join(f'.{part}' for part in error.path)}: {error.message}" for error in errors
         )
-        raise ModelError(f"{model.file}: {problems} (the chart's values.schema.json)")
+        raise ModelError(f"{model.file}: {found} (the chart's values.schema.json)")
 
 
 @dataclass(frozen=True)
