@@ -178,3 +178,35 @@ def test_a_release_serves_one_registered_model_and_refuses_another(calls) -> Non
         helm.registered_name("models:/a.b/c/7") == "a.b/c"
         and helm.registered_name("models:/m@champion") == "m"
     )
+
+
+def test_a_models_own_chart_values_go_between_the_environments_and_the_runs(calls, tmp_path) -> None:
+    """Mock of the cluster: the model file's values (``--values-json``) over the environment's values file, under
+    what the deploy sets (the model version): each a ``--values`` file, in that order."""
+    extra = tmp_path / "prod.yaml"
+    extra.write_text("ingress:\n  host: income.example.com\n")
+    model_values = {"analysis": {"maxPositiveShareShift": 0.2}, "workload": {"replicas": 2}}
+    release = helm.Helm(CHART, "adult-income-api", "ml-serving", (extra,), model_values)
+    helm.deploy(release, model_uri="models:/adult-income-classifier/1", image_tag="0.1.0")
+    upgrade = next(call for call in calls() if call[0] == "upgrade")
+    files = [upgrade[i + 1] for i, arg in enumerate(upgrade) if arg == "--values"]
+    assert files[0] == str(extra) and len(files) == 3
+    deployed = json.loads((tmp_path / "state.json").read_text())["revisions"][-1]["values"]
+    assert deployed["analysis"] == {"maxPositiveShareShift": 0.2} and deployed["workload"] == {"replicas": 2}
+    assert deployed["model"]["uri"] == "models:/adult-income-classifier/1"
+    assert deployed["ingress"] == {"host": "income.example.com"}
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"), [("[1, 2]", "must be a JSON object"), ("{replicas", "not JSON")]
+)
+def test_values_json_that_is_not_an_object_is_refused_before_helm_runs(
+    calls, given: str, problem: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ml.release", "deploy", "--release", "r", "--namespace", "n", "--chart", str(CHART),
+         "--values-json", given, "--model-name", "m", "--model-version", "1"],
+        capture_output=True, text=True, check=False, cwd=CHART.parents[2],
+    )  # fmt: skip
+    assert done.returncode == 2 and problem in done.stderr
+    assert calls() == []
