@@ -448,22 +448,21 @@ def synthetic_conf(model: Model, rows_per_day: int, seed: int) -> dict[str, Any]
 
 #: Tables a shipped model reads under the data root (``{data_root}/<path>`` in its file), which the demo writes
 #: there from what the repository holds, as a user would bring them: UCI Adult as Parquet with named columns.
-DEMO_TABLES = {"tables/adult.parquet": "benchmarks.bench_quality:adult_table"}
+DEMO_TABLES = ("tables/adult.parquet",)
 
 
 def prepare_table(model: Model, data_root: Path) -> None:
     """Write the model's table under the data root the first time, when it is one of the demo's tables."""
-    import importlib
-
     relative = model.dataset.uri.removeprefix("{data_root}/")
     target = data_root / relative
     if relative not in DEMO_TABLES or target.exists():
         return
-    module, _, function = DEMO_TABLES[relative].partition(":")
+    from benchmarks.bench_quality import adult_table  # the one demo table: writes <folder>/adult.parquet
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    written = getattr(importlib.import_module(module), function)(target.parent)
-    if Path(written) != target:
-        raise SystemExit(f"{DEMO_TABLES[relative]} wrote {written}, not {target}")
+    written = adult_table(target.parent)
+    if written != target:
+        raise SystemExit(f"the Adult table went to {written}, not {target}")
     print(f"{model.key}'s table from the repository: {target}")
 
 

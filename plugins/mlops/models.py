@@ -44,6 +44,7 @@ from mlops.platform_config import (
     load_platform,
     problems,
     project_dir,
+    yaml_loader,
 )
 
 #: Where the model files are: ``dags/models/`` beside the DAG files; ``MLOPS_MODELS_DIR`` names another folder.
@@ -205,7 +206,9 @@ def _chart(chart_dir: Path) -> tuple[dict[str, Any], Any] | None:
         return None
     from jsonschema import Draft7Validator  # the chart's schema is draft-07, as Helm reads it
 
-    return yaml.load(values.read_text(), Loader=_loader()), Draft7Validator(json.loads(schema.read_text()))
+    return yaml.load(values.read_text(), Loader=yaml_loader()), Draft7Validator(
+        json.loads(schema.read_text())
+    )
 
 
 def _check_chart_values(model: Model, platform: Platform) -> None:
@@ -257,11 +260,6 @@ UNIQUE = (
 )
 
 
-def _loader() -> Any:
-    # libyaml's loader when PyYAML has it: the files are read on every DAG parse.
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 @cache
 def _load(folder: Path, stamp: tuple[tuple[str, float, int], ...]) -> Models:
     platform = load_platform()
@@ -272,7 +270,7 @@ def _load(folder: Path, stamp: tuple[tuple[str, float, int], ...]) -> Models:
         path = folder / name
         file = f"{folder.parent.name}/{folder.name}/{name}"
         try:
-            model = parse_model(yaml.load(path.read_text(), Loader=_loader()), path.stem, file, platform)
+            model = parse_model(yaml.load(path.read_text(), Loader=yaml_loader()), path.stem, file, platform)
             for what, value_of in UNIQUE:
                 owner = taken.get((what, value_of(model)))
                 if owner is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -321,11 +321,15 @@ def problems(err: ValidationError) -> str:
     )
 
 
+def yaml_loader() -> Any:
+    """libyaml's safe loader when PyYAML has it: the settings files are read on every DAG parse, and it is ten
+    times faster."""
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @cache
 def _load(path: Path) -> Platform:
-    # libyaml's loader when PyYAML has it: the file is read on every DAG parse, and it is ten times faster.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return parse_platform(yaml.load(path.read_text(), Loader=loader), str(path))
+    return parse_platform(yaml.load(path.read_text(), Loader=yaml_loader()), str(path))
 
 
 def load_platform(path: Path | None = None) -> Platform:
