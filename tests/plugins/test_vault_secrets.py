@@ -1,11 +1,7 @@
 """Vault as Airflow's secrets backend: the hashicorp provider's ``VaultBackend`` (and its real hvac client), with the
-cluster's and the compose stack's settings, against ``VaultKvStandIn``.
-
-No Vault server package exists here: ``VaultKvStandIn`` is a loopback HTTP server that speaks the two parts of
-Vault's API the backend uses, the kubernetes auth method's login (``POST /v1/auth/<mount>/login``: a role and a
-service-account JWT in, a client token out) and the KV v2 engine's read (``GET /v1/<mount>/data/<path>`` with
-``X-Vault-Token``: ``{"data": {"data": {...}, "metadata": {...}}}``, 404 ``{"errors": []}`` for a missing path,
-403 for a wrong token)."""
+cluster's and the compose stack's settings, against OpenBao's server (Vault's API): set up with the Vault-side
+commands ``k8s/airflow/values.yaml`` lists for operators, logged in with the kubernetes auth method (a service
+account token, vouched for by a mock of the cluster's TokenReview: no cluster runs here), read from KV v2."""
 
 from __future__ import annotations
 
@@ -13,73 +9,34 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import hvac.exceptions
 import pytest
 import yaml
 
+from tests.conftest import free_port
+from tests.openbao import BAO, OpenBao
+
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_VALUES = ROOT / "k8s" / "airflow" / "values.yaml"
-ROLE, SERVICE_ACCOUNT_JWT, TOKEN = "airflow", "eyJhbGciOi.service-account.jwt", "hvs.stand-in-token"
+#: Where Airflow's pods run, and one of the service accounts the documented role binds.
+NAMESPACE, SERVICE_ACCOUNT = "airflow", "airflow-worker"
 
 
-class VaultKvStandIn:
-    """A stand-in for Vault's kubernetes login and KV v2 read API on loopback (named so: no Vault runs here)."""
-
-    def __init__(self, mount: str) -> None:
-        self.mount = mount
-        self.secrets: dict[str, dict[str, Any]] = {}
-        self.reads: list[str] = []
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def answer(self, status: int, body: dict[str, Any]) -> None:
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_POST(self) -> None:
-                sent = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                if self.path == "/v1/auth/kubernetes/login" and sent == {
-                    "role": ROLE,
-                    "jwt": SERVICE_ACCOUNT_JWT,
-                }:
-                    self.answer(
-                        200, {"auth": {"client_token": TOKEN, "lease_duration": 3600, "renewable": True}}
-                    )
-                else:
-                    self.answer(400, {"errors": ["invalid role name or service account"]})
-
-            def do_GET(self) -> None:
-                if self.headers.get("X-Vault-Token") != TOKEN:
-                    self.answer(403, {"errors": ["permission denied"]})
-                    return
-                prefix = f"/v1/{stand_in.mount}/data/"
-                path = self.path.split("?")[0].removeprefix(prefix)
-                stand_in.reads.append(path)
-                if not self.path.startswith(prefix) or path not in stand_in.secrets:
-                    self.answer(404, {"errors": []})
-                    return
-                metadata = {
-                    "version": 1,
-                    "deletion_time": "",
-                    "destroyed": False,
-                    "created_time": "2026-11-27T00:00:00Z",
-                }
-                self.answer(200, {"data": {"data": stand_in.secrets[path], "metadata": metadata}})
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+def documented_setup() -> str:
+    """The Vault-side commands of ``k8s/airflow/values.yaml``'s header, as a shell script."""
+    lines = CLUSTER_VALUES.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "Set up on the Vault side" in line)
+    commands = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("#   "):
+            break
+        commands.append(line.removeprefix("#   "))
+    assert commands and commands[0].startswith("vault "), "no Vault-side commands in the values' header"
+    return "\n".join(commands)
 
 
 def cluster_kwargs() -> dict[str, Any]:
@@ -95,36 +52,76 @@ def compose_kwargs() -> dict[str, Any]:
     return dict(json.loads(line.split("=", 1)[1]))
 
 
-@pytest.fixture()
-def vault(tmp_path: Path) -> Iterator[VaultKvStandIn]:
-    kwargs = cluster_kwargs()
-    stand_in = VaultKvStandIn(kwargs["mount_point"])
-    conn_path, var_path = kwargs["connections_path"], kwargs["variables_path"]
-    stand_in.secrets[f"{conn_path}/mlops_alerts"] = {
-        "conn_type": "slackwebhook", "host": "127.0.0.1:9/services", "schema": "http", "password": "T0/B0/X"
-    }  # fmt: skip
-    stand_in.secrets[f"{var_path}/mlops_data_root"] = {"value": "s3://mlops-data"}
-    thread = threading.Thread(target=stand_in.server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield stand_in
-    stand_in.server.shutdown()
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
+    """OpenBao set up as an operator sets up Vault for Airflow (the values' commands, the ``vault`` CLI being
+    OpenBao's ``bao``), its kubernetes auth pointed at the cluster's (the mock), with a connection and a variable."""
+    server = OpenBao(free_port(), tmp_path_factory.mktemp("openbao"))
+    try:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", f'vault() {{ "{BAO}" "$@"; }}\n{documented_setup()}'],
+            env={**os.environ, **server.env}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        server.use_kubernetes_mock()
+        kwargs = cluster_kwargs()
+        mount, conn_path, var_path = (
+            kwargs["mount_point"],
+            kwargs["connections_path"],
+            kwargs["variables_path"],
+        )
+        server.cli("kv", "put", f"-mount={mount}", f"{conn_path}/mlops_alerts", "conn_type=slackwebhook",
+                   "host=127.0.0.1:9/services", "schema=http", "password=T0/B0/X")  # fmt: skip
+        server.cli("kv", "put", f"-mount={mount}", f"{var_path}/mlops_data_root", "value=s3://mlops-data")
+        yield server
+    finally:
+        server.stop()
+
+
+def backend(vault: OpenBao, tmp_path: Path, namespace: str, service_account: str) -> Any:
+    """The cluster's ``VaultBackend``, logging in with the token of ``namespace/service_account``."""
+    from airflow.providers.hashicorp.secrets.vault import VaultBackend
+
+    jwt = tmp_path / "token"
+    jwt.write_text(vault.kubernetes.issue(namespace, service_account))
+    return VaultBackend(**{**cluster_kwargs(), "url": vault.url, "kubernetes_jwt_path": str(jwt)})
 
 
 def test_the_clusters_settings_log_in_with_the_service_account_and_read_connections_and_variables(
     vault, tmp_path
 ) -> None:
-    from airflow.providers.hashicorp.secrets.vault import VaultBackend
-
-    jwt = tmp_path / "token"
-    jwt.write_text(SERVICE_ACCOUNT_JWT)
-    backend = VaultBackend(**{**cluster_kwargs(), "url": vault.url, "kubernetes_jwt_path": str(jwt)})
-    conn = backend.get_connection("mlops_alerts")
+    reads = len(vault.reads())
+    secrets = backend(vault, tmp_path, NAMESPACE, SERVICE_ACCOUNT)
+    conn = secrets.get_connection("mlops_alerts")
     assert conn is not None and (conn.conn_type, conn.password) == ("slackwebhook", "T0/B0/X")
-    assert backend.get_variable("mlops_data_root") == "s3://mlops-data"
-    assert backend.get_variable("not_in_vault") is None  # Airflow then looks in its own database
-    assert (
-        backend.get_config("anything") is None and "config/anything" not in vault.reads
-    )  # config_path: null
+    assert secrets.get_variable("mlops_data_root") == "s3://mlops-data"
+    assert secrets.get_variable("not_in_vault") is None  # Airflow then looks in its own database
+    assert secrets.get_config("anything") is None  # config_path: null
+    mount = cluster_kwargs()["mount_point"]
+    assert vault.reads()[reads:] == [
+        f"{mount}/data/connections/mlops_alerts",
+        f"{mount}/data/variables/mlops_data_root",
+        f"{mount}/data/variables/not_in_vault",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("namespace", "service_account"),
+    [("airflow", "inference-api"), ("default", SERVICE_ACCOUNT)],
+    ids=["a service account the role does not bind", "the right name in another namespace"],
+)
+def test_a_service_account_outside_the_role_is_refused(vault, tmp_path, namespace, service_account) -> None:
+    """The provider refuses to go on unauthenticated; the server says why (its login answer to the same token)."""
+    secrets = backend(vault, tmp_path, namespace, service_account)
+    with pytest.raises(hvac.exceptions.VaultError, match="Authentication Error"):
+        secrets.get_variable("mlops_data_root")
+    token = (tmp_path / "token").read_text()
+    role = cluster_kwargs()["kubernetes_role"]
+    with pytest.raises(
+        RuntimeError,
+        match=f"{'namespace' if namespace != NAMESPACE else 'service account name'} not authorized",
+    ):
+        vault.cli("write", "auth/kubernetes/login", f"role={role}", f"jwt={token}")
 
 
 def test_the_compose_stack_uses_the_clusters_layout() -> None:
@@ -140,7 +137,8 @@ def test_airflow_configured_as_the_compose_stack_resolves_its_variables_and_aler
         "AIRFLOW__SECRETS__BACKEND": "airflow.providers.hashicorp.secrets.vault.VaultBackend",
         "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(compose_kwargs()),
         "VAULT_ADDR": vault.url,
-        "VAULT_TOKEN": TOKEN,
+        # What .env.example asks for: a token whose policy reads airflow/data/* (the documented policy).
+        "VAULT_TOKEN": vault.cli("token", "create", "-policy=airflow", "-field=token").strip(),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
     }
     env.pop("AIRFLOW_VAR_MLOPS_DATA_ROOT", None)
@@ -155,4 +153,7 @@ def test_airflow_configured_as_the_compose_stack_resolves_its_variables_and_aler
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["s3://mlops-data", "slackwebhook"]
-    assert {"variables/mlops_data_root", "connections/mlops_alerts"} <= set(vault.reads)
+    mount = cluster_kwargs()["mount_point"]
+    assert {f"{mount}/data/variables/mlops_data_root", f"{mount}/data/connections/mlops_alerts"} <= set(
+        vault.reads()
+    )

@@ -35,7 +35,7 @@ from mlops.models import load_models
 from mlops.platform_config import load_platform
 from tests.e2e.conftest import DAG_ID, MODEL_KEY, USER, Airflow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
