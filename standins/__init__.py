@@ -7,8 +7,9 @@ Each speaks the interface of the part it replaces, so the code that uses it is t
   chart with Helm's own Go SDK. The local pod runtime puts ``bin/`` first on a pod's ``PATH``, so the release
   stage (``python -m ml.release``) runs unchanged.
 - ``rollouts``: the Argo Rollouts controller for those releases: the stable and new inference API on loopback
-  behind a weighted router, traffic replayed from the test split, the chart's AnalysisTemplate evaluated on the
-  new model's own ``/metrics``. Started by the ``helm`` stand-in; ``python -m standins.rollouts stop`` ends it.
+  behind a weighted router, traffic replayed from the test split, the chart's AnalysisTemplate queries run verbatim
+  on a real Prometheus (Debian's) that scrapes the APIs with the cluster's labels and loads the chart's rules.
+  Started by the ``helm`` stand-in; ``python -m standins.rollouts stop`` ends it.
 - ``mlflow_server``: the MLflow tracking server on loopback (SQLite, local artifacts) behind MLflow's basic-auth
   app as compose runs it, with accounts generated once for the pipeline and a reader; ``exec`` hands a command
   one in its environment.

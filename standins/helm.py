@@ -82,7 +82,7 @@ def _revision(store: ReleaseStore, number: int | None) -> Revision:
     return found
 
 
-def ensure_controller(store: ReleaseStore) -> None:
+def ensure_controller(store: ReleaseStore, namespace: str) -> None:
     """Start the release's local rollouts controller unless it runs, and wait until it does."""
     if rollouts.running_pid(store.path) is not None:
         return
@@ -91,7 +91,8 @@ def ensure_controller(store: ReleaseStore) -> None:
     with log_path.open("a") as log_file:
         subprocess.Popen(
             [sys.executable, "-m", LOCAL_CONTROLLER_MODULE, "run", "--state-dir", str(store.path.parent),
-             "--release", store.release, "--port", os.environ.get(LOCAL_RELEASE_PORT_ENV) or "0"],
+             "--release", store.release, "--port", os.environ.get(LOCAL_RELEASE_PORT_ENV) or "0",
+             "--namespace", namespace],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": controller_pythonpath()},
             start_new_session=True,  # outlives the command that started it, like a controller in the cluster
@@ -108,7 +109,7 @@ def history(args: argparse.Namespace) -> str:
     revisions = store.history()
     if not revisions:
         _fail("release: not found")
-    ensure_controller(store)
+    ensure_controller(store, args.namespace)
     entries = [
         {"revision": r.revision, "updated": r.updated, "status": r.status, "description": r.description}
         for r in revisions[-args.max :]
@@ -148,7 +149,7 @@ def upgrade(args: argparse.Namespace) -> str:
     except ConcurrentRelease as err:
         _fail(f"UPGRADE FAILED: {err}")
     store.prune(args.history_max)
-    ensure_controller(store)
+    ensure_controller(store, args.namespace)
     released = {
         "name": args.release,
         "namespace": args.namespace,
@@ -189,7 +190,7 @@ def rollback(args: argparse.Namespace) -> str:
     restored = _revision(store, number)
     store.record(restored.values, restored.objects, f"Rollback to {restored.revision}")
     store.prune(args.history_max)
-    ensure_controller(store)
+    ensure_controller(store, args.namespace)
     return "Rollback was a success! Happy Helming!"
 
 

@@ -6,8 +6,8 @@ them is read where it is measured:
 - in the cluster, from Prometheus (``analysis.prometheusAddress``, the one the canary analysis queries): the
   chart's recording rules of the bad-request ratios over the SLO window, ``inference_api:slo_<sli>:ratio_rate<N>d``,
   for this release's series;
-- on the embedded defaults, from the served API's own ``/metrics`` (the local release's endpoint): its counters
-  since it started stand in for the window.
+- on the embedded defaults, from the same recording rules on the local release's own Prometheus (which scrapes
+  its APIs since the release's controller started: that history stands in for the window).
 
 A budget is spent when the bad-request ratio reached what the objective allows (``1 - objective``). A budget that
 cannot be read (no recording rules deployed, Prometheus without the series) is not a budget that is left: the
@@ -176,17 +176,18 @@ def check(
     if policy not in POLICIES:
         raise StageError(f"error-budget policy {policy!r} is not one of {POLICIES}")
     local = os.environ.get(LOCAL_RELEASES_ENV)
-    source = "the local API's /metrics" if local else "Prometheus"
+    source = "the local release's Prometheus" if local else "Prometheus"
     if not objects:
         return BudgetCheck(policy, source, requested_by=requested_by)
     defaults = yaml.safe_load((chart_dir / "values.yaml").read_text()) or {}
     settings = chart.merge(defaults, values)
     try:
-        budgets = (
-            _local(Path(local) / release, settings, objects)
+        address = (
+            _local_prometheus(Path(local) / release)
             if local
-            else _prometheus(namespace, settings, objects)
+            else str(settings.get("analysis", {}).get("prometheusAddress", ""))
         )
+        budgets = _prometheus(address.rstrip("/"), namespace, settings, objects)
     except BudgetUnreadable as err:
         return BudgetCheck(policy, source, unreadable=str(err), requested_by=requested_by)
     return BudgetCheck(policy, source, budgets, requested_by=requested_by)
@@ -209,13 +210,14 @@ def _objectives(settings: dict[str, Any], objects: list[dict[str, Any]]) -> dict
     return slo
 
 
-def _prometheus(namespace: str, settings: dict[str, Any], objects: list[dict[str, Any]]) -> list[Budget]:
+def _prometheus(
+    address: str, namespace: str, settings: dict[str, Any], objects: list[dict[str, Any]]
+) -> list[Budget]:
     """The recording rules' ratios over the SLO window, for this release's series (its namespace and one of its
-    Services)."""
+    Services), from the Prometheus at ``address``."""
     import requests
 
     slo = _objectives(settings, objects)
-    address = str(settings.get("analysis", {}).get("prometheusAddress", "")).rstrip("/")
     services = {o["metadata"]["name"] for o in objects if o.get("kind") == "Service"}
     days = int(slo["windowDays"])
     budgets = []
@@ -251,54 +253,12 @@ def _prometheus(namespace: str, settings: dict[str, Any], objects: list[dict[str
     return budgets
 
 
-def _local(release_dir: Path, settings: dict[str, Any], objects: list[dict[str, Any]]) -> list[Budget]:
-    """The served API's counters since it started, over the same scoring paths as the recording rules."""
-    import requests
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from ml.serve.metrics import SCORING_PATHS
-
-    slo = _objectives(settings, objects)
+def _local_prometheus(release_dir: Path) -> str:
+    """The local release's Prometheus, as its controller's status names it."""
     try:
-        endpoint = json.loads((release_dir / LOCAL_STATUS_FILE).read_text()).get("endpoint")
+        address = json.loads((release_dir / LOCAL_STATUS_FILE).read_text()).get("prometheus")
     except (OSError, ValueError) as err:
         raise BudgetUnreadable(f"the local release's status cannot be read: {err}") from err
-    if not endpoint:
-        raise BudgetUnreadable(f"the local release {release_dir.name} serves no endpoint")
-
-    def scrape() -> str:
-        answer = requests.get(f"{endpoint}/metrics", timeout=TIMEOUT_SECONDS)
-        answer.raise_for_status()
-        return answer.text
-
-    exposition = faults.retry(
-        scrape,
-        what=f"the local API's metrics at {endpoint}",
-        transient=lambda err: faults.classify(err) == faults.TRANSIENT,
-        attempts=READ_ATTEMPTS,
-    )
-    le = float(slo["latencySeconds"])
-    requests_total = errors = timed = fast = 0.0
-    found_bucket = False
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.labels.get("path") not in SCORING_PATHS:
-                continue
-            if sample.name == "http_requests_total":
-                requests_total += sample.value
-                errors += sample.value if sample.labels.get("status", "").startswith("5") else 0.0
-            elif sample.name == "http_request_duration_seconds_count":
-                timed += sample.value
-            elif sample.name == "http_request_duration_seconds_bucket" and float(sample.labels["le"]) == le:
-                fast += sample.value
-                found_bucket = True
-    if timed and not found_bucket:
-        raise BudgetUnreadable(
-            f"monitoring.slo.latencySeconds {le} is not a bucket of the API's latency histogram"
-        )
-    window = "since the local API started"
-    return [
-        Budget("availability", float(slo["availability"]), errors / requests_total if requests_total else math.nan,
-               window),
-        Budget("latency", float(slo["latency"]), 1.0 - fast / timed if timed else math.nan, window),
-    ]  # fmt: skip
+    if not address:
+        raise BudgetUnreadable(f"the local release {release_dir.name} runs no Prometheus")
+    return str(address)

@@ -57,6 +57,12 @@ V2_INFER = "/v2/models/{name}/infer"
 #: The paths that score: what the availability and latency SLOs count (the chart's ``inference-api.sloSelector``
 #: matches exactly these labels; a test holds them equal).
 SCORING_PATHS = frozenset({"/predict", "/invocations", V2_INFER})
+# Exported from the start (at 0) for the scoring paths and the answers the SLOs and the canary count: a series born
+# at its first request has no sample before it, so increase() and rate() would never see that first count.
+for _path in SCORING_PATHS:
+    HTTP_DURATION.labels(method="POST", path=_path)
+    for _status in ("200", "422", "500"):
+        HTTP_REQUESTS.labels(method="POST", path=_path, status=_status)
 #: The status label of a request whose client went away before the answer (nginx's "client closed request"):
 #: not a server error, so neither the error-rate alert nor the canary's success rate counts it as one.
 CLIENT_CLOSED = 499

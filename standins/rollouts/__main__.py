@@ -23,7 +23,7 @@ from pathlib import Path
 from standins.rollouts import read_status, running_pid, stop
 
 
-def run(state_dir: Path, release: str, port: int = 0) -> None:
+def run(state_dir: Path, release: str, port: int = 0, namespace: str = "default") -> None:
     from mlops.platform_config import load_platform
     from standins.rollouts.controller import AlreadyRunning, Controller
     from standins.rollouts.state import Pace
@@ -33,7 +33,7 @@ def run(state_dir: Path, release: str, port: int = 0) -> None:
         return
     local = load_platform().release.local
     pace = Pace(pause_seconds=local.pause_seconds, requests_per_second=local.requests_per_second, port=port)
-    controller = Controller(state_dir, release, pace)
+    controller = Controller(state_dir, release, pace, namespace)
     signal.signal(signal.SIGTERM, lambda *_: controller.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: controller.stop_requested.set())
     try:
@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, default=0, help="run: the loopback port to serve on (0: any free one)"
     )
+    parser.add_argument(
+        "--namespace", default="default", help="run: the release's namespace (a label of its APIs' series)"
+    )
     args = parser.parse_args(argv)
     if args.release is None and args.command != "stop":
         parser.error(f"{args.command} needs --release")
@@ -74,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
         )
-        run(args.state_dir, args.release, args.port)
+        run(args.state_dir, args.release, args.port, args.namespace)
     elif args.command == "status":
         print(json.dumps(read_status(args.state_dir / args.release) or {}, indent=2))  # noqa: T201
     else:

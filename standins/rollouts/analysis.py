@@ -1,13 +1,12 @@
-"""The canary analysis of the chart's AnalysisTemplates, evaluated on the APIs' own metrics.
+"""The canary analysis of the chart's AnalysisTemplates, as Argo Rollouts runs it.
 
-In the cluster, Argo Rollouts runs the templates' PromQL against Prometheus and their web metrics against the
-MLflow registry. The local canary scrapes ``/metrics`` of the new model and of the stable one at the start and end
-of each window and computes the same quantities the queries compute (``increase()`` ratios are ratios of counter
-differences; ``histogram_quantile`` interpolates in the same buckets), and asks the registry the same question as
-the web metric. The conditions, the minimum traffic and the URLs are read from the rendered templates: one source
-for both. A measurement is Successful when its success condition holds, Failed when its failure condition holds,
-and Inconclusive when neither does (as Argo decides; a window with too little traffic is NaN, which satisfies
-neither).
+A Prometheus metric's query runs verbatim, the template's arguments filled in as Argo fills them (``new-hash``,
+``stable-hash`` of the pods, ``min-requests`` from the template), against the release's Prometheus
+(``prometheus``), which scrapes the APIs with the cluster's labels and loads the chart's rules. A web metric asks
+its URL (the MLflow registry) the same question Argo asks. The conditions, the arguments and the URLs are read from
+the rendered templates: one source for both worlds. A measurement is Successful when its success condition holds,
+Failed when its failure condition holds, and Inconclusive when neither does (as Argo decides; the queries give NaN
+for a window with too little traffic, which satisfies neither).
 """
 
 from __future__ import annotations
@@ -19,9 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-SCORED_PATH = "/predict"
 SUCCESSFUL, FAILED, INCONCLUSIVE = "Successful", "Failed", "Inconclusive"
 #: The template argument that sets the fewest requests a measurement needs.
 MIN_REQUESTS_ARG = "min-requests"
@@ -78,6 +74,8 @@ class Metric:
     web: dict[str, Any] = field(
         default_factory=dict
     )  # the web provider's url and jsonPath; empty: Prometheus
+    query: str = ""  # the Prometheus provider's query, its ``{{args.*}}`` not yet filled in
+    args: dict[str, str] = field(default_factory=dict)  # the template's arguments that have a value
 
     @property
     def condition(self) -> str:
@@ -94,28 +92,6 @@ class Metric:
         if self.failure is None or self.failure.holds(value):
             return FAILED
         return INCONCLUSIVE
-
-
-@dataclass(frozen=True)
-class Scrape:
-    """The counters of one ``/metrics`` exposition that the analysis needs."""
-
-    requests: float
-    errors: float  # 5xx
-    client_errors: float  # 4xx
-    buckets: tuple[tuple[float, float], ...]  # (upper bound, cumulative count), sorted by bound
-    positives: float = 0.0
-    decisions: float = 0.0
-
-
-@dataclass(frozen=True)
-class Window:
-    """The new and the stable model's counters at the start and the end of one analysis window."""
-
-    before: Scrape
-    after: Scrape
-    stable_before: Scrape | None = None
-    stable_after: Scrape | None = None
 
 
 def _condition(metric: str, text: Any, *, web: bool) -> Condition:
@@ -148,17 +124,22 @@ def _text_condition(metric: str, text: str) -> Condition:
 
 
 def metrics_of(template: dict[str, Any]) -> list[Metric]:
-    """Read the metrics, conditions and minimum traffic of a rendered AnalysisTemplate; refuse what this analysis
-    cannot judge."""
-    args = {a["name"]: a.get("value") for a in template.get("spec", {}).get("args", [])}
+    """Read the metrics, conditions, queries and arguments of a rendered AnalysisTemplate; refuse what this
+    analysis cannot run."""
+    args = {
+        a["name"]: str(a["value"])
+        for a in template.get("spec", {}).get("args", [])
+        if a.get("value") is not None
+    }
     min_requests = int(float(args.get(MIN_REQUESTS_ARG) or 0))
     metrics = []
     for spec in template.get("spec", {}).get("metrics", []):
         name = spec["name"]
-        web = spec.get("provider", {}).get("web") or {}
-        if not web and name not in MEASURES:
+        provider = spec.get("provider", {})
+        web, query = provider.get("web") or {}, (provider.get("prometheus") or {}).get("query", "")
+        if not web and not query:
             raise AnalysisError(
-                f"the local canary cannot evaluate metric {name!r}; it knows {sorted(MEASURES)} and web metrics"
+                f"the local canary cannot evaluate metric {name!r}: it runs Prometheus queries and web metrics"
             )
         metrics.append(
             Metric(
@@ -170,115 +151,32 @@ def metrics_of(template: dict[str, Any]) -> list[Metric]:
                 failure_limit=int(spec.get("failureLimit", 0)),
                 min_requests=0 if web else min_requests,
                 web=web,
+                query=query,
+                args=args,
             )
         )
     return metrics
 
 
-def parse(exposition: str) -> Scrape:
-    """Extract the scoring endpoint's request, error and latency-bucket counters, and the decisions."""
-    requests = errors = client_errors = positives = decisions = 0.0
-    buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == "predictions_total":
-                decisions += sample.value
-                positives += sample.value if sample.labels.get("decision") == "positive" else 0.0
-                continue
-            if sample.labels.get("path") != SCORED_PATH:
-                continue
-            if sample.name == "http_requests_total":
-                requests += sample.value
-                status = sample.labels.get("status", "")
-                errors += sample.value if status.startswith("5") else 0.0
-                client_errors += sample.value if status.startswith("4") else 0.0
-            elif sample.name == "http_request_duration_seconds_bucket":
-                bound = float(sample.labels["le"])
-                buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    return Scrape(requests, errors, client_errors, tuple(sorted(buckets.items())), positives, decisions)
+_ARG = re.compile(r"\{\{\s*args\.([A-Za-z0-9_-]+)\s*\}\}")
 
 
-def _share(part: float, whole: float) -> float:
-    return part / whole if whole > 0 else math.nan
+def filled(metric: Metric, args: dict[str, str]) -> str:
+    """The metric's query with its arguments filled in: the template's own values, then ``args`` (the ones Argo
+    takes from the Rollout: the pods' template hashes)."""
+    values = {**metric.args, **args}
+    missing = sorted({name for name in _ARG.findall(metric.query) if name not in values})
+    if missing:
+        raise AnalysisError(f"metric {metric.name!r}: no value for the argument(s) {', '.join(missing)}")
+    return _ARG.sub(lambda match: values[match.group(1)], metric.query)
 
 
-def success_rate(window: Window) -> float:
-    """Share of requests in the window that did not end in a 5xx (NaN without requests)."""
-    before, after = window.before, window.after
-    total = after.requests - before.requests
-    return _share(total - (after.errors - before.errors), total)
-
-
-def latency_p99(window: Window) -> float:
-    return histogram_quantile(0.99, _increase(window.before.buckets, window.after.buckets))
-
-
-def client_errors(window: Window) -> float:
-    """The new model's share of 4xx answers minus the stable's, over the same window (NaN without both)."""
-    if window.stable_before is None or window.stable_after is None:
+def value_of(result: list[dict[str, Any]]) -> float:
+    """``result[0]`` of an instant query's vector, as Argo reads it: the first sample's value (NaN when the vector is
+    empty: no data)."""
+    if not result:
         return math.nan
-    new = _share(
-        window.after.client_errors - window.before.client_errors,
-        window.after.requests - window.before.requests,
-    )
-    old = _share(
-        window.stable_after.client_errors - window.stable_before.client_errors,
-        window.stable_after.requests - window.stable_before.requests,
-    )
-    return new - old
-
-
-def positive_share_shift(window: Window) -> float:
-    """How far the new model's share of positive decisions is from the stable's (NaN without both)."""
-    if window.stable_before is None or window.stable_after is None:
-        return math.nan
-    new = _share(
-        window.after.positives - window.before.positives, window.after.decisions - window.before.decisions
-    )
-    old = _share(
-        window.stable_after.positives - window.stable_before.positives,
-        window.stable_after.decisions - window.stable_before.decisions,
-    )
-    return abs(new - old)
-
-
-def requests_in(window: Window) -> int:
-    return int(window.after.requests - window.before.requests)
-
-
-def measure(metric: Metric, window: Window) -> float:
-    """The metric's value over the window; NaN when the new model got fewer requests than the template asks."""
-    if requests_in(window) < metric.min_requests:
-        return math.nan
-    return MEASURES[metric.name](window)
-
-
-def _increase(
-    before: tuple[tuple[float, float], ...], after: tuple[tuple[float, float], ...]
-) -> list[tuple[float, float]]:
-    earlier = dict(before)
-    return [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
-
-
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
-    """Prometheus's ``histogram_quantile``: linear interpolation inside the bucket holding the rank."""
-    if not buckets or buckets[-1][0] != math.inf:
-        return math.nan
-    total = buckets[-1][1]
-    if total <= 0:
-        return math.nan
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for index, (bound, count) in enumerate(buckets):
-        if count >= rank:
-            if bound == math.inf:
-                # The rank falls above the highest finite bucket: Prometheus answers that bucket's bound.
-                return buckets[index - 1][0] if index > 0 else math.nan
-            if index == 0 and bound <= 0:
-                return bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
-        lower_bound, lower_count = bound, count
-    return math.nan
+    return float(result[0]["value"][1])
 
 
 def json_path(document: Any, path: str) -> Any:
@@ -289,11 +187,3 @@ def json_path(document: Any, path: str) -> Any:
             raise AnalysisError(f"no {path} in the answer")
         value = value[key]
     return value
-
-
-MEASURES: dict[str, Callable[[Window], float]] = {
-    "success-rate": success_rate,
-    "latency-p99": latency_p99,
-    "client-errors": client_errors,
-    "positive-share-shift": positive_share_shift,
-}

@@ -15,6 +15,7 @@ stop (``python -m standins.rollouts stop``: SIGTERM) stops them.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from standins.rollouts import (
     strategies,
     terminate,
 )
+from standins.rollouts.prometheus import Prometheus, Target
 from standins.rollouts.router import Router
 from standins.rollouts.server import NotReady, Server, port_or_free
 from standins.rollouts.state import Aborted, Pace, Status, Superseded
@@ -72,6 +74,20 @@ def template_of(workload: dict[str, Any]) -> str:
     return json.dumps(workload["spec"]["template"], sort_keys=True)
 
 
+def template_hash(workload: dict[str, Any]) -> str:
+    """The pod template's hash, as Argo Rollouts labels a revision's pods (``rollouts-pod-template-hash``)."""
+    return hashlib.sha256(template_of(workload).encode()).hexdigest()[:10]
+
+
+def metrics_service(objects: list[dict[str, Any]]) -> str:
+    """The chart's Service that its ServiceMonitor scrapes: its name is the ``service`` label of the series."""
+    return next(
+        (o["metadata"]["name"] for o in objects if o.get("kind") == "Service"
+         and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "metrics"),
+        "",
+    )  # fmt: skip
+
+
 def strategy_of(workload: dict[str, Any]) -> str:
     strategy = workload["spec"].get("strategy", {})
     return next((name for name in ("canary", "blueGreen") if name in strategy), "rollingUpdate")
@@ -80,8 +96,11 @@ def strategy_of(workload: dict[str, Any]) -> str:
 class Controller:
     """Rolls out the release's revisions one by one; the stable API serves behind the router meanwhile."""
 
-    def __init__(self, state_dir: Path, release: str, pace: Pace) -> None:
+    def __init__(self, state_dir: Path, release: str, pace: Pace, namespace: str = "default") -> None:
         self.store = ReleaseStore(state_dir, release)
+        self.namespace = namespace  # the release's, as its series are labelled in the cluster
+        self.prometheus: Prometheus | None = None
+        self.service = ""  # the deployed revision's metrics Service (its series' ``service`` label)
         self.path = self.store.path
         self.pace = pace
         self.stop_requested = threading.Event()
@@ -110,7 +129,9 @@ class Controller:
             with replacing(self.path / LOCAL_PID_FILE) as partial:
                 partial.write_text(str(os.getpid()))
             try:
-                self.start_router()
+                leftovers = read_processes(self.path)  # read once: each start below records what runs
+                self.start_prometheus(leftovers)
+                self.start_router(leftovers)
                 while not self.stop_requested.is_set():
                     self.tick()
                     self.stop_requested.wait(0.5)
@@ -119,9 +140,8 @@ class Controller:
                 raise
             self.shut_down()
 
-    def start_router(self) -> None:
+    def start_router(self, leftovers: dict[str, Any]) -> None:
         """Take over the router a previous controller left serving, or start one."""
-        leftovers = read_processes(self.path)
         self.leftover_servers = [
             server
             for server in leftovers.get("servers", [])
@@ -145,6 +165,20 @@ class Controller:
         self.status.endpoint = self.router.url
         self.record_processes()
 
+    def start_prometheus(self, leftovers: dict[str, Any]) -> None:
+        """Take over the Prometheus a previous controller left running, or start one."""
+        leftover = leftovers.get("prometheus") or {}
+        folder = self.path / "prometheus"
+        if leftover:
+            adopted = Prometheus(folder, int(leftover["port"]), int(leftover["pid"]))
+            if adopted.alive():
+                self.prometheus = adopted
+                log.info("took over prometheus (pid %s) on %s", adopted.pid, adopted.url)
+        if self.prometheus is None:
+            self.prometheus = Prometheus(folder, port_or_free(0))
+            self.prometheus.start()
+        self.status.prometheus = self.prometheus.url
+
     def tick(self) -> None:
         """One pass of the loop; an error is logged and the next tick tries again, with everything serving."""
         try:
@@ -164,6 +198,8 @@ class Controller:
     def shut_down(self) -> None:
         """The explicit stop: the router and every server stop, and the release has no controller."""
         self.router.stop()
+        if self.prometheus is not None:
+            self.prometheus.stop()
         for server in self.servers:
             server.stop()
         for leftover in self.leftover_servers:
@@ -175,14 +211,43 @@ class Controller:
     def record_processes(self) -> None:
         """Record the router and the live servers, so that ``stop`` and a later controller find them."""
         self.servers = [server for server in self.servers if server.process.poll() is None]
+        servers = [
+            {"pid": s.process.pid, "revision": s.revision, "url": s.url, "hash": s.template_hash}
+            for s in self.servers
+        ] + self.leftover_servers
         processes = {
             "router": {"pid": self.router.pid, "port": self.router.port} if self.router.pid else None,
-            "servers": [{"pid": s.process.pid, "revision": s.revision, "url": s.url} for s in self.servers]
-            + self.leftover_servers,
+            "prometheus": self.prometheus.record() if self.prometheus else None,
+            "servers": servers,
         }
         if processes != self._recorded:
             write_json(self.path / PROCESSES_FILE, processes)
             self._recorded = processes
+            self.update_targets(servers)
+
+    def update_targets(self, servers: list[dict[str, Any]]) -> None:
+        """What Prometheus scrapes: each live API, labelled as the cluster labels its pod's series."""
+        if self.prometheus is None:
+            return
+        self.prometheus.set_targets([
+            Target(server["url"], {
+                "namespace": self.namespace,
+                "service": self.service,
+                "pod": f"{self.store.release}-{server.get('hash', '')}-{server['pid']}",
+                "rollouts_pod_template_hash": server.get("hash", ""),
+            })
+            for server in servers
+        ])  # fmt: skip
+
+    def load_rules(self, revision: Revision) -> None:
+        """The revision's PrometheusRule into Prometheus, and its metrics Service's name onto the series, as the
+        upgrade applies them in the cluster."""
+        self.service = metrics_service(revision.objects) or self.service
+        rule = chart.find(revision.objects, "PrometheusRule")
+        if self.prometheus is not None:
+            self.prometheus.set_rules(rule["spec"].get("groups", []) if rule else [])
+        self._recorded = {}  # the labels may have changed: the targets are written again
+        self.record_processes()
 
     def deployed(self) -> Revision | None:
         """The deployed revision; the last one read whole while the history cannot be read (logged once)."""
@@ -209,6 +274,7 @@ class Controller:
 
     def _roll_out(self, revision: Revision) -> None:
         workload = chart.workload(revision.objects)
+        self.load_rules(revision)
         self.status = Status(
             release=self.store.release,
             observedRevision=revision.revision,
@@ -218,6 +284,7 @@ class Controller:
             strategy=strategy_of(workload),
             steps=workload["spec"].get("strategy", {}).get("canary", {}).get("steps", []),
             endpoint=self.router.url,
+            prometheus=self.status.prometheus,
         )
         try:
             self.promote(revision, template_of(workload), self._next_stable(revision, workload))
@@ -285,6 +352,7 @@ class Controller:
             if result is None or result["phase"] != HEALTHY:
                 continue
             workload = chart.workload(revision.objects)
+            self.load_rules(revision)
             try:
                 server = self.start(revision, workload)
             except Aborted as err:
@@ -302,9 +370,8 @@ class Controller:
 
     def start(self, revision: Revision, workload: dict[str, Any]) -> Server:
         """Start the revision's API (a pod) and wait for it to be ready, within the progress deadline."""
-        server = Server(
-            revision.revision, model_uri_of(revision), self._pod_env(revision), self.path / "servers"
-        )
+        server = Server(revision.revision, model_uri_of(revision), self._pod_env(revision), self.path / "servers",
+                        template_hash(workload))  # fmt: skip
         self.servers.append(server)
         self.record_processes()
         try:

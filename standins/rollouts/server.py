@@ -11,7 +11,10 @@ from pathlib import Path
 
 import httpx
 
-from standins.rollouts import SERVER_COMMAND, analysis
+from standins.rollouts import SERVER_COMMAND
+
+#: The scoring endpoint the canary's replayed traffic goes to.
+SCORED_PATH = "/predict"
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,12 @@ class Server:
     """``python -m ml.serve`` (the image's command: uvicorn with the API's limits) for one revision, with the pod's
     environment."""
 
-    def __init__(self, revision: int, model_uri: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, revision: int, model_uri: str, env: dict[str, str], log_dir: Path, template_hash: str = ""
+    ) -> None:
         self.revision = revision
         self.model_uri = model_uri
+        self.template_hash = template_hash  # the pod's rollouts-pod-template-hash: its series' label
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -75,8 +81,17 @@ class Server:
             time.sleep(0.3)
         raise NotReady(f"the API for revision {self.revision} was not ready within {timeout_s:.0f}s: {last}")
 
-    def scrape(self) -> analysis.Scrape:
-        return analysis.parse(httpx.get(f"{self.url}/metrics", timeout=5).text)
+    def requests_served(self) -> float:
+        """How many scoring requests this API has answered (its own counter): what paces the replayed traffic."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        exposition = httpx.get(f"{self.url}/metrics", timeout=5).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+            if sample.name == "http_requests_total" and sample.labels.get("path") == SCORED_PATH
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:

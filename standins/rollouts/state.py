@@ -36,6 +36,9 @@ class Status:
     measurements: list[dict[str, Any]] = field(default_factory=list)
     pauseConditions: list[dict[str, Any]] = field(default_factory=list)
     endpoint: str = ""
+    prometheus: str = (
+        ""  # the release's Prometheus (what the error-budget gate reads on the embedded defaults)
+    )
     updated: str = ""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -19,6 +21,7 @@ import httpx
 from contract import INCONCLUSIVE_PAUSE, PAUSED, PROGRESSING
 from ml.release.helm import Revision
 from standins.rollouts import analysis
+from standins.rollouts.prometheus import Prometheus, PrometheusUnavailable
 from standins.rollouts.router import Router
 from standins.rollouts.server import Server
 from standins.rollouts.state import Aborted, Pace, Status
@@ -33,6 +36,7 @@ class Controller(Protocol):
     status: Status
     stop_requested: threading.Event
     stable: Server | None
+    prometheus: Prometheus | None
 
     def start(self, revision: Revision, workload: dict[str, Any]) -> Server: ...
 
@@ -60,7 +64,7 @@ def canary(controller: Controller, revision: Revision, workload: dict[str, Any])
     from ``startingStep`` on, is one measurement of the AnalysisTemplate's metrics; an ``analysis`` step runs its
     templates once."""
     spec = workload["spec"]["strategy"]["canary"]
-    metrics, starting_step = analysis_of(revision, spec.get("analysis"))
+    background = analysis_of(revision, spec.get("analysis"))
     traffic = controller.traffic(revision)
     new = controller.start(revision, workload)
     router, status = controller.router, controller.status
@@ -82,13 +86,19 @@ def canary(controller: Controller, revision: Revision, workload: dict[str, Any])
                     f"step {index}: pause (chart: {step['pause'].get('duration', 'until promoted')}; "
                     f"local: {controller.pace.pause_seconds:.0f}s of replayed traffic)"
                 )
-                analysed = bool(metrics) and index >= starting_step
-                measured = window(controller, new, router.url, traffic, metrics if analysed else [])
+                analysed = bool(background.metrics) and index >= background.starting_step
+                measured = window(
+                    controller, new, router.url, traffic, background.metrics if analysed else []
+                )
                 if analysed:
-                    measure(controller, revision, index, metrics, measured, failures)
+                    measure(controller, revision, index, background, measured, failures)
             elif "analysis" in step:
-                inline, _ = analysis_of(revision, step["analysis"])
-                once = window(controller, new, router.url, traffic, inline) if _prometheus(inline) else None
+                inline = analysis_of(revision, step["analysis"])
+                once = (
+                    window(controller, new, router.url, traffic, inline.metrics)
+                    if inline.queries_prometheus
+                    else None
+                )
                 measure(controller, revision, index, inline, once, {})
             else:
                 raise Aborted(f"step {index} {step} is not supported by the local canary")
@@ -102,16 +112,20 @@ def blue_green(controller: Controller, revision: Revision, workload: dict[str, A
     """Analyse the preview before switching to it; the replayed traffic goes to the preview and the stable
     model alike, so that the comparisons between them are on the same requests."""
     spec = workload["spec"]["strategy"]["blueGreen"]
-    metrics, _ = analysis_of(revision, spec.get("prePromotionAnalysis"))
+    pre_promotion = analysis_of(revision, spec.get("prePromotionAnalysis"))
     traffic = controller.traffic(revision)
     preview = controller.start(revision, workload)
     try:
-        if metrics:
+        if pre_promotion.metrics:
             controller.status.phase = PAUSED
             controller.write_status(f"pre-promotion analysis of revision {revision.revision} on the preview")
             urls = [preview.url, *([controller.stable.url] if controller.stable else [])]
-            measured = window(controller, preview, urls, traffic, metrics) if _prometheus(metrics) else None
-            measure(controller, revision, 0, metrics, measured, {})
+            measured = (
+                window(controller, preview, urls, traffic, pre_promotion.metrics)
+                if pre_promotion.queries_prometheus
+                else None
+            )
+            measure(controller, revision, 0, pre_promotion, measured, {})
         controller.check_superseded(revision)
         return preview
     except BaseException:
@@ -119,10 +133,33 @@ def blue_green(controller: Controller, revision: Revision, workload: dict[str, A
         raise
 
 
-def analysis_of(revision: Revision, spec: dict[str, Any] | None) -> tuple[list[analysis.Metric], int]:
-    """The metrics of the AnalysisTemplates a strategy names, and the step the analysis starts at."""
+@dataclass(frozen=True)
+class Analysis:
+    """The metrics of the templates a strategy names, the step they start at, and the arguments the Rollout gives
+    them (a value, or the template hash of the ``Latest`` or ``Stable`` pods)."""
+
+    metrics: list[analysis.Metric] = field(default_factory=list)
+    starting_step: int = 0
+    args: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def queries_prometheus(self) -> bool:
+        return any(not m.web for m in self.metrics)
+
+    def arguments(self, new: Server, stable: Server | None) -> dict[str, str]:
+        """The Rollout's arguments as Argo fills them for these pods."""
+        hashes = {"Latest": new.template_hash, "Stable": stable.template_hash if stable else ""}
+        values = {}
+        for arg in self.args:
+            source = (arg.get("valueFrom") or {}).get("podTemplateHashValue")
+            values[arg["name"]] = hashes[source] if source in hashes else str(arg.get("value", ""))
+        return values
+
+
+def analysis_of(revision: Revision, spec: dict[str, Any] | None) -> Analysis:
+    """The analysis a strategy's ``analysis`` (or ``prePromotionAnalysis``) names."""
     if not spec:
-        return [], 0
+        return Analysis()
     templates = {
         obj["metadata"]["name"]: obj for obj in revision.objects if obj.get("kind") == "AnalysisTemplate"
     }
@@ -135,11 +172,16 @@ def analysis_of(revision: Revision, spec: dict[str, Any] | None) -> tuple[list[a
             metrics += analysis.metrics_of(template)
         except analysis.AnalysisError as err:
             raise Aborted(str(err)) from err
-    return metrics, int(spec.get("startingStep", 0))
+    return Analysis(metrics, int(spec.get("startingStep", 0)), list(spec.get("args", [])))
 
 
-def _prometheus(metrics: list[analysis.Metric]) -> bool:
-    return any(not m.web for m in metrics)
+@dataclass(frozen=True)
+class Window:
+    """One analysis window: the pods measured, and how many scoring requests the new one answered in it."""
+
+    new: Server
+    stable: Server | None
+    requests: int
 
 
 def window(
@@ -148,12 +190,12 @@ def window(
     url: str | list[str],
     traffic: Traffic | None,
     metrics: list[analysis.Metric],
-) -> analysis.Window:
-    """One analysis window: the new and the stable server's counters before and after a pause of replayed traffic
-    to ``url`` (the router; for blue-green, the preview and the stable server), with enough requests for the
-    new model to meet the metrics' minimum at the router's current weight."""
+) -> Window:
+    """One analysis window: a pause of replayed traffic to ``url`` (the router; for blue-green, the preview and the
+    stable server), with enough requests for the new model to meet the metrics' minimum at the router's current
+    weight; then, for Prometheus metrics, until Prometheus has scraped both pods since the traffic ended."""
     stable = controller.stable
-    before, stable_before = new.scrape(), stable.scrape() if stable else None
+    before = new.requests_served()
     pause = controller.pace.pause_seconds
     if traffic is None:
         controller.stop_requested.wait(pause)
@@ -171,30 +213,41 @@ def window(
             )
             budget -= max(needed, int(controller.pace.requests_per_second * seconds), 1)
             traffic.replay(url, seconds, controller.stop_requested, requests=needed)
-            shortfall, seconds = minimum - analysis.requests_in(analysis.Window(before, new.scrape())), 0.0
+            shortfall, seconds = minimum - int(new.requests_served() - before), 0.0
             if shortfall <= 0:
                 break
-    return analysis.Window(before, new.scrape(), stable_before, stable.scrape() if stable else None)
+    requests = int(new.requests_served() - before)
+    if any(not m.web for m in metrics):
+        _prometheus_of(controller).wait_scraped(
+            [new.url, *([stable.url] if stable else [])], since=time.time()
+        )
+    return Window(new, stable, requests)
+
+
+def _prometheus_of(controller: Controller) -> Prometheus:
+    if controller.prometheus is None:
+        raise Aborted("the local canary has no Prometheus to query")
+    return controller.prometheus
 
 
 def measure(
     controller: Controller,
     revision: Revision,
     step: int,
-    metrics: list[analysis.Metric],
-    measured: analysis.Window | None,
+    spec: Analysis,
+    measured: Window | None,
     failures: dict[str, int],
 ) -> None:
     """Record one measurement of each metric. Abort once a metric failed more often than its failureLimit;
     pause (until superseded) when one is inconclusive."""
-    requests = analysis.requests_in(measured) if measured else None
+    requests = measured.requests if measured else None
     failed, inconclusive = [], []
-    for metric in metrics:
+    for metric in spec.metrics:
         if metric.web:
             value: Any = _web_value(controller, metric, revision)
         else:
             assert measured is not None, "a Prometheus metric is measured over a window"
-            value = analysis.measure(metric, measured)
+            value = _prometheus_value(controller, metric, spec.arguments(measured.new, measured.stable))
         phase = metric.phase(value)
         shown_value = None if isinstance(value, float) and math.isnan(value) else value
         controller.status.measurements.append(
@@ -231,6 +284,14 @@ def measure(
         raise Aborted("; ".join(failed))
     if inconclusive:
         pause_for_a_person(controller, revision, "; ".join(inconclusive))
+
+
+def _prometheus_value(controller: Controller, metric: analysis.Metric, args: dict[str, str]) -> float:
+    """The metric's query, its arguments filled in, as Prometheus answers it: ``result[0]``."""
+    try:
+        return analysis.value_of(_prometheus_of(controller).query(analysis.filled(metric, args)))
+    except (analysis.AnalysisError, PrometheusUnavailable) as err:
+        raise Aborted(f'Metric "{metric.name}": {err}') from err
 
 
 def _web_value(controller: Controller, metric: analysis.Metric, revision: Revision) -> Any:

@@ -217,7 +217,8 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     dag, first_run, airflow_db, mlflow_server, capsys
 ) -> None:
     """A later week's model; the gate lets any improvement through, so the canary decides. The error budgets of the
-    served champion were read first (the local API's metrics), and the demo's summary shows them."""
+    served champion were read first (the recording rules on the local release's Prometheus), and the demo's summary
+    shows them."""
     from scripts.demo import summarise
 
     previous_champion = champion()
@@ -229,14 +230,15 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     checked = deployment["error_budget"]
     assert (checked["policy"], checked["source"], checked["spent"]) == (
         "enforce",
-        "the local API's /metrics",
+        "the local release's Prometheus",
         [],
     )
     assert [b["slo"] for b in checked["budgets"]] == ["availability", "latency"]
     capsys.readouterr()
     summarise(dag_run, mlflow_server)
     assert (
-        "error budgets (the local API's /metrics): availability 100% left, latency" in capsys.readouterr().out
+        "error budgets (the local release's Prometheus): availability 100% left, latency"
+        in capsys.readouterr().out
     )
     verdict = xcom(dag_run, "watch_rollout")
     assert verdict["phase"] == "Healthy", verdict["message"]

@@ -1,101 +1,134 @@
-"""The local canary's analysis: what the chart's PromQL computes, computed from scrapes of /metrics."""
+"""The local canary's analysis: the chart's AnalysisTemplate queries, run verbatim (Argo's arguments filled in) by
+a real Prometheus that scrapes two APIs' expositions labelled as the cluster labels a canary's and a stable pod's
+series."""
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from mlops.models import load_models
+from mlops.platform_config import load_platform
+from standins.render import render
 from standins.rollouts import analysis
+from standins.rollouts.controller import metrics_service
+from standins.rollouts.prometheus import Prometheus, Target
+from tests.conftest import free_port
 
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE = load_models().get("card_fraud").release
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 
 
-def scrape(
-    ok: int,
-    errors: int,
-    latencies: list[float],
-    other_path: int = 0,
-    *,
-    client_errors: int = 0,
-    positives: int = 0,
-    negatives: int = 0,
-) -> analysis.Scrape:
-    """An exposition written by prometheus_client with the API's metric names, parsed back."""
-    registry = CollectorRegistry()
-    requests = Counter("http_requests", "", ["method", "path", "status"], registry=registry)
-    duration = Histogram(
-        "http_request_duration_seconds", "", ["method", "path"], buckets=BUCKETS, registry=registry
+class Pod:
+    """An API's metrics as prometheus_client exposes them (the API's metric names), served on loopback."""
+
+    def __init__(self, template_hash: str) -> None:
+        self.hash, registry = template_hash, CollectorRegistry()
+        self.requests = Counter("http_requests", "", ["method", "path", "status"], registry=registry)
+        self.duration = Histogram("http_request_duration_seconds", "", ["method", "path"], buckets=BUCKETS,
+                                  registry=registry)  # fmt: skip
+        self.decisions = Counter("predictions", "", ["decision"], registry=registry)
+        for status in ("200", "422", "500"):  # the series exist before traffic, as the counters start at 0
+            self.requests.labels("POST", "/predict", status)
+        self.duration.labels("POST", "/predict")
+        for decision in ("positive", "negative"):
+            self.decisions.labels(decision)
+        self.port = free_port()
+        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=registry)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def serve(self, ok: int = 0, errors: int = 0, client_errors: int = 0, latency: float = 0.001,
+              positives: int = 0) -> None:  # fmt: skip
+        """Answer requests: ``ok`` 200s (``positives`` of them positive decisions), 5xx and 4xx."""
+        for status, count in (("200", ok), ("500", errors), ("422", client_errors)):
+            self.requests.labels("POST", "/predict", status).inc(count)
+        for _ in range(ok + errors + client_errors):
+            self.duration.labels("POST", "/predict").observe(latency)
+        self.decisions.labels("positive").inc(positives)
+        self.decisions.labels("negative").inc(ok - positives)
+        self.requests.labels("GET", "/health", "200").inc(50)  # not scored traffic: never counted
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[tuple[Prometheus, Pod, Pod, list[analysis.Metric]]]:
+    """Prometheus scraping a stable and a new pod; the chart's analysis metrics for this release."""
+    objects = render(
+        ROOT / load_platform().release.chart, {}, release=RELEASE.name, namespace=RELEASE.namespace
     )
-    decisions = Counter("predictions", "", ["decision"], registry=registry)
-    requests.labels("POST", "/predict", "200").inc(ok)
-    requests.labels("POST", "/predict", "500").inc(errors)
-    requests.labels("POST", "/predict", "422").inc(client_errors)
-    requests.labels("GET", "/health", "200").inc(other_path)  # not scored traffic: ignored
-    decisions.labels("positive").inc(positives)
-    decisions.labels("negative").inc(negatives)
-    for latency in latencies:
-        duration.labels("POST", "/predict").observe(latency)
-    duration.labels("GET", "/health").observe(9.0)
-    return analysis.parse(generate_latest(registry).decode())
+    (template,) = [o for o in objects if o["kind"] == "AnalysisTemplate"]
+    stable, new = Pod("stablehash"), Pod("newhash001")
+    prometheus = Prometheus(tmp_path / "prometheus", free_port())
+    prometheus.start()
+    labels = {"namespace": RELEASE.namespace, "service": metrics_service(objects)}
+    prometheus.set_targets([Target(pod.url, {**labels, "pod": pod.hash, "rollouts_pod_template_hash": pod.hash})
+                            for pod in (stable, new)])  # fmt: skip
+    assert prometheus.wait_scraped([stable.url, new.url], since=time.time(), timeout_s=30)
+    yield prometheus, stable, new, analysis.metrics_of(template)
+    prometheus.stop()
+    for pod in (stable, new):
+        pod.server.shutdown()
 
 
-def window(
-    before: analysis.Scrape,
-    after: analysis.Scrape,
-    stable_before: analysis.Scrape | None = None,
-    stable_after: analysis.Scrape | None = None,
-) -> analysis.Window:
-    return analysis.Window(before, after, stable_before, stable_after)
+def measured(
+    prometheus: Prometheus, stable: Pod, new: Pod, metrics: list[analysis.Metric]
+) -> dict[str, float]:
+    """Each metric's value once both pods' last counters are scraped, as the local canary measures."""
+    assert prometheus.wait_scraped([stable.url, new.url], since=time.time())
+    args = {"new-hash": new.hash, "stable-hash": stable.hash}
+    return {m.name: analysis.value_of(prometheus.query(analysis.filled(m, args))) for m in metrics}
 
 
-EMPTY = scrape(0, 0, [])
+def test_the_charts_queries_measure_the_new_pod_against_the_stable_one(cluster) -> None:
+    prometheus, stable, new, metrics = cluster
+    stable.serve(ok=449, client_errors=1, positives=9)
+    # The new model: 190 answers, 10 errors (5xx), 40 client errors (422), 9 of its 190 answers positive; 5 of its
+    # 240 requests slow (0.2 s), the rest under 5 ms.
+    new.serve(ok=185, errors=10, client_errors=40, positives=9)
+    new.serve(ok=5, latency=0.2)
+    values = measured(prometheus, stable, new, metrics)
+    assert values["success-rate"] == pytest.approx(230 / 240, rel=1e-6)
+    assert values["client-errors"] == pytest.approx(40 / 240 - 1 / 450, rel=1e-6)
+    assert values["positive-share-shift"] == pytest.approx(abs(9 / 190 - 9 / 449), rel=1e-6)
+    # histogram_quantile: rank 0.99 * 240 = 237.6 falls in the (0.1, 0.25] bucket holding ranks 236-240, so
+    # 0.1 + 0.15 * (237.6 - 235) / 5.
+    assert values["latency-p99"] == pytest.approx(0.1 + 0.15 * 2.6 / 5, rel=1e-6)
+    phases = {m.name: m.phase(values[m.name]) for m in metrics}
+    assert phases == {"success-rate": "Failed", "latency-p99": "Successful", "client-errors": "Failed",
+                      "positive-share-shift": "Successful"}  # fmt: skip
 
 
-def test_success_rate_is_the_share_of_non_5xx_in_the_window() -> None:
-    measured = window(scrape(100, 0, [], other_path=50), scrape(290, 10, [], other_path=80))
-    assert analysis.success_rate(measured) == pytest.approx(190 / 200)
-    assert analysis.requests_in(measured) == 200
+def test_a_pod_that_answers_only_5xx_fails_the_success_rate_instead_of_giving_no_data(cluster) -> None:
+    """Without the chart's "or vector(0)", a model with no answer but 5xx has no series to divide: NaN, which Argo
+    takes for too little traffic (a pause for a person) instead of a failure."""
+    prometheus, stable, new, metrics = cluster
+    stable.serve(ok=100)
+    new.serve(errors=120)
+    assert measured(prometheus, stable, new, metrics)["success-rate"] == 0.0
 
 
-def test_p99_interpolates_inside_the_bucket_like_histogram_quantile() -> None:
-    # 100 requests in the window: 98 under 5 ms, 2 between 0.1 and 0.25 s. The 99th is the first of those two:
-    # rank 99 in bucket (0.1, 0.25] holding ranks 99-100, so 0.1 + 0.15 * (99 - 98) / 2 = 0.175 (as Prometheus).
-    after = scrape(100, 0, [0.001] * 98 + [0.2, 0.2])
-    assert analysis.latency_p99(window(EMPTY, after)) == pytest.approx(0.175)
+def test_fewer_requests_than_the_minimum_make_every_metric_inconclusive(cluster) -> None:
+    prometheus, stable, new, metrics = cluster
+    minimum = metrics[0].min_requests
+    stable.serve(ok=500)
+    new.serve(ok=minimum // 2)  # well short: increase() extrapolates a window's count to its edges
+    values = measured(prometheus, stable, new, metrics)
+    assert all(math.isnan(value) for value in values.values())
+    assert {m.phase(values[m.name]) for m in metrics} == {"Inconclusive"}
 
 
-def test_only_the_windows_increase_counts() -> None:
-    before = scrape(100, 0, [0.4] * 100)  # a slow past
-    after = scrape(200, 0, [0.4] * 100 + [0.001] * 100)  # a fast window
-    assert analysis.latency_p99(window(before, after)) == pytest.approx(0.005 * 0.99)
-
-
-def test_a_rank_above_the_last_finite_bucket_answers_that_bucket_and_no_data_is_nan() -> None:
-    assert analysis.latency_p99(window(EMPTY, scrape(10, 0, [3.0] * 10))) == 0.5
-    assert math.isnan(analysis.latency_p99(window(EMPTY, EMPTY)))
-    assert math.isnan(analysis.success_rate(window(EMPTY, EMPTY)))
-
-
-def test_client_errors_and_decisions_are_compared_with_the_stable_model_on_the_same_window() -> None:
-    # The new model answers 422 to 40 of 50 requests; the stable to 1 of 450.
-    new = window(EMPTY, scrape(10, 0, [], client_errors=40, positives=9, negatives=1),
-                 stable_before=EMPTY, stable_after=scrape(449, 0, [], client_errors=1, positives=9, negatives=440))  # fmt: skip
-    assert analysis.client_errors(new) == pytest.approx(40 / 50 - 1 / 450)
-    assert analysis.positive_share_shift(new) == pytest.approx(abs(9 / 10 - 9 / 449))
-    assert math.isnan(
-        analysis.client_errors(window(EMPTY, scrape(10, 0, [])))
-    )  # no stable: nothing to compare
-
-
-def test_conditions_and_the_minimum_traffic_are_read_from_the_template() -> None:
+def test_conditions_minimum_traffic_and_arguments_are_read_from_the_template() -> None:
     template = {"spec": {"args": [{"name": "new-hash"}, {"name": "min-requests", "value": "50"}], "metrics": [
         {"name": "success-rate", "successCondition": "result[0] >= 0.99", "failureCondition": "result[0] < 0.99",
-         "failureLimit": 1},
-        {"name": "latency-p99", "successCondition": "result[0] <= 0.25"},
+         "failureLimit": 1, "provider": {"prometheus": {"query": 'up{h="{{args.new-hash}}"} >= {{ args.min-requests }}'}}},
+        {"name": "latency-p99", "successCondition": "result[0] <= 0.25", "provider": {"prometheus": {"query": "x"}}},
     ]}}  # fmt: skip
     rate, p99 = analysis.metrics_of(template)
     assert (rate.threshold, rate.failure_limit, p99.failure_limit, rate.min_requests) == (0.99, 1, 0, 50)
@@ -103,9 +136,10 @@ def test_conditions_and_the_minimum_traffic_are_read_from_the_template() -> None
     # NaN satisfies neither condition: Inconclusive with a failure condition, Failed without one (as in Argo).
     assert rate.phase(math.nan) == "Inconclusive" and p99.phase(math.nan) == "Failed"
     assert p99.phase(0.25) == "Successful" and p99.phase(0.2501) == "Failed"
-    few = window(EMPTY, scrape(49, 0, [0.001] * 49))  # one request short of the minimum: every metric is NaN
-    assert math.isnan(analysis.measure(rate, few)) and math.isnan(analysis.measure(p99, few))
-    assert analysis.measure(rate, window(EMPTY, scrape(50, 0, [0.001] * 50))) == 1.0
+    assert analysis.filled(rate, {"new-hash": "abc"}) == 'up{h="abc"} >= 50'
+    with pytest.raises(analysis.AnalysisError, match="no value for the argument"):
+        analysis.filled(rate, {})
+    assert math.isnan(analysis.value_of([])) and analysis.value_of([{"value": [0, "0.5"]}]) == 0.5
 
 
 def test_a_web_metric_compares_the_answer_at_its_json_path() -> None:
@@ -152,10 +186,17 @@ def test_the_champion_check_reads_this_machines_mlflow_with_the_controllers_acco
     ("metric", "message"),
     [
         (
-            {"name": "error-budget", "successCondition": "result[0] >= 1"},
+            {"name": "error-budget", "successCondition": "result[0] >= 1", "provider": {"datadog": {}}},
             "cannot evaluate metric 'error-budget'",
         ),
-        ({"name": "success-rate", "successCondition": "len(result) > 0"}, "is not of the form"),
+        (
+            {
+                "name": "success-rate",
+                "successCondition": "len(result) > 0",
+                "provider": {"prometheus": {"query": "x"}},
+            },
+            "is not of the form",
+        ),
     ],
 )
 def test_what_the_local_analysis_cannot_judge_is_refused_by_name(metric, message) -> None:

@@ -18,6 +18,7 @@ from contract import LOCAL_CONTROLLER_LOG, runs_module
 from ml.release import helm
 from standins import rollouts
 from standins.release_store import ReleaseStore
+from standins.rollouts import runs_prometheus
 from standins.rollouts.controller import ATTEMPTS
 from standins.rollouts.router import ROUTES_FILE, Router, Routes, read_routes
 from standins.rollouts.traffic import Traffic
@@ -165,6 +166,9 @@ def test_a_controller_killed_with_sigkill_leaves_stable_serving_and_the_next_one
         _keeps_answering(local_helm, record, versions["first"], seconds=0.5)
     assert rollouts.read_status(local_helm)["endpoint"] == endpoint
     assert rollouts.read_processes(local_helm)["router"]["pid"] == processes["router"]["pid"]
+    # ...and the release's Prometheus, with its history: one Prometheus, never a second beside a forgotten one.
+    prometheus = rollouts.read_processes(local_helm)["prometheus"]
+    assert prometheus == processes["prometheus"] and runs_prometheus(prometheus["pid"], prometheus["config"])
     _keeps_answering(local_helm, record, versions["first"], seconds=1)
 
     now = rollouts.read_processes(local_helm)
@@ -173,6 +177,7 @@ def test_a_controller_killed_with_sigkill_leaves_stable_serving_and_the_next_one
     assert all(runs_module(pid, command) for pid, command in pids)
     assert rollouts.stop(local_helm) is True  # the explicit stop ends them all
     assert not [pid for pid, command in pids if runs_module(pid, command)]
+    assert not runs_prometheus(prometheus["pid"], prometheus["config"])
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{endpoint}/health", timeout=2)
 

@@ -20,7 +20,7 @@ from contract import CANARY_MESSAGE_TAG, CANARY_VERDICT_TAG, INCONCLUSIVE_PAUSE
 from ml import tracking
 from ml.errors import StageError
 from ml.promote import promote
-from ml.release import helm
+from ml.release import budget, helm
 from standins import rollouts
 from standins.rollouts.traffic import Traffic
 from tests.helpers import CHALLENGER, CHAMPION
@@ -307,6 +307,14 @@ def test_a_spent_error_budget_refuses_the_release_until_a_person_overrides_it(
     assert [httpx.post(f"{endpoint}/predict", json=record, timeout=10).status_code for _ in range(3)] == [
         500
     ] * 3
+    # Monitoring lags the traffic: the release's Prometheus scrapes and records every second.
+    prometheus = rollouts.read_status(local_helm)["prometheus"]
+    days = yaml.safe_load((CHART / "values.yaml").read_text())["monitoring"]["slo"]["windowDays"]
+    recorded = f"{budget.record_name('errors', days)} > 0"
+    deadline = time.monotonic() + 30
+    while not httpx.get(f"{prometheus}/api/v1/query", params={"query": recorded}).json()["data"]["result"]:
+        assert time.monotonic() < deadline, "the release's Prometheus never recorded the errors"
+        time.sleep(0.5)
     arguments = [
         "deploy", "--release", target.release, "--namespace", target.namespace, "--chart", str(target.chart_dir),
         "--model-name", MODEL, "--model-version", versions["good"], "--image-tag", IMAGE_TAG,
