@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ from ml.release.helm import Revision
 from standins import rollouts
 from standins.release_store import ConcurrentRelease, ReleaseStore, UnreadableRelease
 from standins.render import RenderError, render
+from standins.rollouts import PROMETHEUS_INSTALL_HINT
 
 #: Where ``standins`` and ``ml`` are imported from.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -82,10 +84,17 @@ def _revision(store: ReleaseStore, number: int | None) -> Revision:
     return found
 
 
+def require_prometheus() -> None:
+    """The controller's analysis runs on Prometheus: without one, say so at once, before a release is recorded."""
+    if shutil.which("prometheus") is None:
+        _fail(f"the local rollouts controller needs Prometheus: install {PROMETHEUS_INSTALL_HINT}")
+
+
 def ensure_controller(store: ReleaseStore, namespace: str) -> None:
     """Start the release's local rollouts controller unless it runs, and wait until it does."""
     if rollouts.running_pid(store.path) is not None:
         return
+    require_prometheus()
     store.path.mkdir(parents=True, exist_ok=True)
     log_path = store.path / LOCAL_CONTROLLER_LOG
     with log_path.open("a") as log_file:
@@ -128,6 +137,7 @@ def get_manifest(args: argparse.Namespace) -> str:
 
 def upgrade(args: argparse.Namespace) -> str:
     store = _store(args.release)
+    require_prometheus()
     current = store.deployed()
     if current is None and not args.install:
         _fail(f'UPGRADE FAILED: "{args.release}" has no deployed releases')

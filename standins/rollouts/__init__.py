@@ -37,6 +37,10 @@ PROCESSES_FILE = "processes.json"
 #: What the command lines of those processes hold: tells them from pids the system reused.
 ROUTER_COMMAND = "standins.rollouts.router"
 SERVER_COMMAND = "ml.serve"
+#: Where the Prometheus that each release's controller runs comes from (the analysis queries it).
+PROMETHEUS_INSTALL_HINT = (
+    "Debian's `prometheus` package (`make prometheus`), or a `prometheus` binary on PATH"
+)
 
 
 def running_pid(release_dir: Path) -> int | None:

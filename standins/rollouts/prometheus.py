@@ -25,14 +25,13 @@ from typing import Any
 import httpx
 
 from contract import write_json
-from standins.rollouts import runs_prometheus, terminate_if
+from standins.rollouts import PROMETHEUS_INSTALL_HINT, runs_prometheus, terminate_if
 
 log = logging.getLogger(__name__)
 #: What the process's command line holds (tells it from a pid the system reused).
 COMMAND = "prometheus"
 SCRAPE_INTERVAL = "1s"
 SCRAPE_SECONDS = 1.0
-INSTALL_HINT = "Debian's `prometheus` package (`make prometheus`), or a `prometheus` binary on PATH"
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -50,7 +49,9 @@ class Target:
 def binary() -> str:
     found = shutil.which("prometheus")
     if found is None:
-        raise PrometheusUnavailable(f"the local canary analysis needs Prometheus: install {INSTALL_HINT}")
+        raise PrometheusUnavailable(
+            f"the local canary analysis needs Prometheus: install {PROMETHEUS_INSTALL_HINT}"
+        )
     return found
 
 

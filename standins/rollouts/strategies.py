@@ -151,8 +151,14 @@ class Analysis:
         hashes = {"Latest": new.template_hash, "Stable": stable.template_hash if stable else ""}
         values = {}
         for arg in self.args:
-            source = (arg.get("valueFrom") or {}).get("podTemplateHashValue")
-            values[arg["name"]] = hashes[source] if source in hashes else str(arg.get("value", ""))
+            if "valueFrom" not in arg:
+                values[arg["name"]] = str(arg.get("value", ""))
+                continue
+            source = arg["valueFrom"].get("podTemplateHashValue")
+            if source not in hashes:
+                raise Aborted(f"analysis argument {arg['name']!r}: the local canary fills only a value or a "
+                              f"podTemplateHashValue of Latest or Stable, not {arg['valueFrom']}")  # fmt: skip
+            values[arg["name"]] = hashes[source]
         return values
 
 

@@ -207,6 +207,8 @@ def standalone_launch(
         # and their schedules create none.
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        # A few tasks at a time is all the tests run; LocalExecutor starts a process per slot (32 by default).
+        "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": mlflow_server,
         "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(home / "data"),
         "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
@@ -236,8 +238,8 @@ def standalone_launch(
 def _boot_airflow_early(request: pytest.FixtureRequest) -> None:
     """With the first end-to-end test, start the Airflow that the last ones need (``pytest_collection_modifyitems``
     in ``tests/conftest.py`` puts them last): its start overlaps the other tests instead of adding to them. Not in
-    an xdist worker: there they run in one worker, which starts it with the first of them while the other workers
-    run the rest."""
+    an xdist worker: there a worker starts its Airflow with the first module on it that it is handed, while the
+    other workers run the rest."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
     if any("standalone" in getattr(item, "fixturenames", ()) for item in request.session.items):

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from mlops.models import load_models
 from mlops.platform_config import load_platform
@@ -21,40 +20,10 @@ from standins.rollouts import analysis
 from standins.rollouts.controller import metrics_service
 from standins.rollouts.prometheus import Prometheus, Target
 from tests.conftest import free_port
+from tests.metrics_pod import Pod
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = load_models().get("card_fraud").release
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
-
-
-class Pod:
-    """An API's metrics as prometheus_client exposes them (the API's metric names), served on loopback."""
-
-    def __init__(self, template_hash: str) -> None:
-        self.hash, registry = template_hash, CollectorRegistry()
-        self.requests = Counter("http_requests", "", ["method", "path", "status"], registry=registry)
-        self.duration = Histogram("http_request_duration_seconds", "", ["method", "path"], buckets=BUCKETS,
-                                  registry=registry)  # fmt: skip
-        self.decisions = Counter("predictions", "", ["decision"], registry=registry)
-        for status in ("200", "422", "500"):  # the series exist before traffic, as the counters start at 0
-            self.requests.labels("POST", "/predict", status)
-        self.duration.labels("POST", "/predict")
-        for decision in ("positive", "negative"):
-            self.decisions.labels(decision)
-        self.port = free_port()
-        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=registry)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def serve(self, ok: int = 0, errors: int = 0, client_errors: int = 0, latency: float = 0.001,
-              positives: int = 0) -> None:  # fmt: skip
-        """Answer requests: ``ok`` 200s (``positives`` of them positive decisions), 5xx and 4xx."""
-        for status, count in (("200", ok), ("500", errors), ("422", client_errors)):
-            self.requests.labels("POST", "/predict", status).inc(count)
-        for _ in range(ok + errors + client_errors):
-            self.duration.labels("POST", "/predict").observe(latency)
-        self.decisions.labels("positive").inc(positives)
-        self.decisions.labels("negative").inc(ok - positives)
-        self.requests.labels("GET", "/health", "200").inc(50)  # not scored traffic: never counted
 
 
 @pytest.fixture()
@@ -74,7 +43,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Prometheus, Pod, Pod, list[analysi
     yield prometheus, stable, new, analysis.metrics_of(template)
     prometheus.stop()
     for pod in (stable, new):
-        pod.server.shutdown()
+        pod.stop()
 
 
 def measured(
@@ -202,3 +171,26 @@ def test_the_champion_check_reads_this_machines_mlflow_with_the_controllers_acco
 def test_what_the_local_analysis_cannot_judge_is_refused_by_name(metric, message) -> None:
     with pytest.raises(analysis.AnalysisError, match=message):
         analysis.metrics_of({"spec": {"metrics": [metric]}})
+
+
+def test_the_rollouts_arguments_are_filled_as_argo_fills_them_and_others_refused() -> None:
+    """A value as given, a pod template hash of the new (Latest) or the stable pods; an argument the local canary
+    cannot fill aborts the rollout with its name instead of querying with an empty value."""
+    from standins.rollouts import strategies
+    from standins.rollouts.state import Aborted
+
+    new, stable = (
+        cast(Any, SimpleNamespace(template_hash="n1")),
+        cast(Any, SimpleNamespace(template_hash="s1")),
+    )
+    spec = strategies.Analysis(args=[
+        {"name": "new-hash", "valueFrom": {"podTemplateHashValue": "Latest"}},
+        {"name": "stable-hash", "valueFrom": {"podTemplateHashValue": "Stable"}},
+        {"name": "min-requests", "value": "80"},
+    ])  # fmt: skip
+    assert spec.arguments(new, stable) == {"new-hash": "n1", "stable-hash": "s1", "min-requests": "80"}
+    field = strategies.Analysis(
+        args=[{"name": "ns", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+    )
+    with pytest.raises(Aborted, match="analysis argument 'ns'"):
+        field.arguments(new, stable)

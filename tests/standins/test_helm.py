@@ -62,3 +62,22 @@ def test_history_keeps_the_deployed_revision_and_the_newest_ones(tmp_path) -> No
         (5, "deployed"),
     ]
     assert history[-1].values == {"model": {"uri": "models:/m/5"}}
+
+
+def test_without_prometheus_an_upgrade_is_refused_before_anything_is_recorded(
+    capsys, monkeypatch, tmp_path
+) -> None:
+    """The local canary's analysis runs on Prometheus: the error says so and where to get it, and no revision is
+    recorded that no controller would roll out."""
+    from pathlib import Path
+
+    bare = tmp_path / "bin"  # PATH without prometheus
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    monkeypatch.setenv(LOCAL_RELEASES_ENV, str(tmp_path / "releases"))
+    chart = Path(__file__).resolve().parents[2] / "k8s" / "helm" / "inference-api"
+    code, _, err = run(
+        capsys, "upgrade", "--install", "inference-api", str(chart), "--namespace", "ml-serving"
+    )
+    assert code == 1 and "needs Prometheus: install Debian's `prometheus` package (`make prometheus`)" in err
+    assert ReleaseStore(tmp_path / "releases", "inference-api").history() == []

@@ -286,7 +286,7 @@ def test_a_release_whose_champion_moved_before_it_started_is_refused_without_a_c
     assert message.count(refused.refused) == 1, message
 
 
-# Long: make test keeps its kin, the budget read on the local API in the pipeline's second release
+# Long: make test keeps its kin, the budget read on the local Prometheus in the pipeline's second release
 # (tests/e2e/test_training_pipeline.py) and the policy against Prometheus (tests/ml/release/test_budget.py).
 @pytest.mark.long
 def test_a_spent_error_budget_refuses_the_release_until_a_person_overrides_it(

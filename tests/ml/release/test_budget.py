@@ -1,18 +1,14 @@
-"""The error-budget policy against the chart's own rendered objects and a stand-in for Prometheus's query API.
-
-No Prometheus server runs here: ``PrometheusQueryStandIn`` is a loopback HTTP server that answers
-``GET /api/v1/query`` as Prometheus's HTTP API does (``{"status": "success", "data": {"resultType": "vector",
-"result": [...]}}``), with the series a test gives it, and records the queries it was asked."""
+"""The error-budget policy against the chart's own rendered objects and a real Prometheus (Debian's, as the local
+releases run it) that loads the chart's rendered PrometheusRule and scrapes a pod's counters labelled as the
+cluster labels the release's series: the figures are the chart's recording rules' own."""
 
 from __future__ import annotations
 
 import json
-import threading
+import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -23,6 +19,10 @@ from ml.release import budget
 from mlops.models import load_models
 from mlops.platform_config import load_platform
 from standins.render import render
+from standins.rollouts.controller import metrics_service
+from standins.rollouts.prometheus import Prometheus, Target
+from tests.conftest import free_port
+from tests.metrics_pod import Pod
 
 #: The card-fraud model's release (its model file).
 RELEASE = load_models().get("card_fraud").release
@@ -32,79 +32,74 @@ ERRORS = budget.record_name("errors", SLO["windowDays"])
 SLOW = budget.record_name("slow", SLO["windowDays"])
 
 
-class PrometheusQueryStandIn:
-    """A stand-in for Prometheus's instant-query API on loopback (named so: no Prometheus runs here)."""
+class Monitored:
+    """A real Prometheus with the deployed chart's rules, scraping one pod of the release (or of another)."""
 
-    def __init__(self) -> None:
-        self.series: dict[str, list[dict[str, Any]]] = {}
-        self.status = 200
-        self.queries: list[str] = []
-        stand_in = self
+    def __init__(self, folder: Path) -> None:
+        self.prometheus = Prometheus(folder, free_port())
+        self.prometheus.start()
+        self.address = self.prometheus.url
+        self.pod: Pod | None = None
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                query = parse_qs(url.query)["query"][0]
-                stand_in.queries.append(query)
-                name = query.split("{", 1)[0]
-                body: dict[str, Any] = (
-                    {
-                        "status": "success",
-                        "data": {"resultType": "vector", "result": stand_in.series.get(name, [])},
-                    }
-                    if stand_in.status == 200
-                    else {"status": "error", "errorType": "unavailable", "error": "stand-in told to fail"}
-                )
-                payload = json.dumps(body).encode()
-                self.send_response(stand_in.status if url.path == "/api/v1/query" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+    def serve(self, *batches: dict[str, Any], rules: bool = True, service: str = "") -> None:
+        """Load the chart's rules (unless not ``rules``), let a pod answer each batch (``Pod.serve``'s counts) and
+        wait until the recording rules have evaluated what Prometheus scraped of them."""
+        _, objects = deployed(self)
+        if rules:
+            (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+            self.prometheus.set_rules(rule["spec"]["groups"])
+        self.pod = Pod("abc123")
+        labels = {
+            "namespace": RELEASE.namespace,
+            "service": service or metrics_service(objects),
+            "pod": "p-0",
+        }
+        self.prometheus.set_targets([Target(self.pod.url, labels)])
+        assert self.prometheus.wait_scraped(
+            [self.pod.url], since=time.time(), timeout_s=30
+        )  # the zeros first
+        for counts in batches:
+            self.pod.serve(**counts)
+        assert self.prometheus.wait_scraped([self.pod.url], since=time.time())
+        time.sleep(2.5)  # two rule evaluations (every second) after that scrape
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def answer(self, name: str, value: str, service: str = f"{RELEASE.name}-metrics") -> None:
-        self.series[name] = [
-            {"metric": {"namespace": RELEASE.namespace, "service": service}, "value": [1.7e9, value]}
-        ]
+    def stop(self) -> None:
+        self.prometheus.stop()
+        if self.pod is not None:
+            self.pod.stop()
 
 
 @pytest.fixture()
-def prometheus(monkeypatch: pytest.MonkeyPatch) -> Iterator[PrometheusQueryStandIn]:
+def prometheus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Monitored]:
     monkeypatch.delenv(LOCAL_RELEASES_ENV, raising=False)  # in the cluster: Prometheus is asked
     monkeypatch.setattr(budget, "READ_ATTEMPTS", 2)
-    stand_in = PrometheusQueryStandIn()
-    thread = threading.Thread(target=stand_in.server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield stand_in
-    stand_in.server.shutdown()
+    monitored = Monitored(tmp_path / "prometheus")
+    yield monitored
+    monitored.stop()
 
 
-def deployed(
-    prometheus: PrometheusQueryStandIn, **values: Any
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A deployed revision's user values (pointing the analysis at the stand-in) and its rendered objects."""
+def deployed(prometheus: Monitored, **values: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A deployed revision's user values (pointing the analysis at this Prometheus) and its rendered objects."""
     user = {"model": {"uri": "models:/m/1"}, "analysis": {"prometheusAddress": prometheus.address}, **values}
     return user, render(CHART, user, release=RELEASE.name, namespace=RELEASE.namespace)
 
 
-def check(
-    prometheus: PrometheusQueryStandIn, policy: str = budget.ENFORCE, **values: Any
-) -> budget.BudgetCheck:
+def check(prometheus: Monitored, policy: str = budget.ENFORCE, **values: Any) -> budget.BudgetCheck:
     user, objects = deployed(prometheus, **values)
     return budget.check(
         CHART, RELEASE.name, RELEASE.namespace, user, objects, policy=policy, requested_by="ana"
     )
 
 
+#: Above the SLO's latency objective (its bucket's bound), and well under it.
+SLOW_S, FAST_S = 2 * SLO["latencySeconds"], SLO["latencySeconds"] / 100
+
+
 def test_a_spent_availability_budget_refuses_the_release_with_the_figures(prometheus) -> None:
-    prometheus.answer(ERRORS, "0.0025")  # 2.5x what 99.9 % allows
-    prometheus.answer(SLOW, "0.004")  # 40 % of what 99 % allows
+    # 10,000 requests: 25 failed (0.25 %, 2.5x what 99.9 % allows), 40 slow (0.4 %, 40 % of what 99 % allows).
+    prometheus.serve(
+        {"ok": 9935, "latency": FAST_S}, {"ok": 40, "latency": SLOW_S}, {"errors": 25, "latency": FAST_S}
+    )
     found = check(prometheus)
 
     assert found.refuses and [b.slo for b in found.spent] == ["availability"]
@@ -116,16 +111,11 @@ def test_a_spent_availability_budget_refuses_the_release_with_the_figures(promet
         "latency: 0.400% of requests were slower than the objective" in reason
         and "40% of the budget used" in reason
     )
-    # The release's own series, in its namespace, from the recording rules the chart deploys.
-    assert prometheus.queries == [
-        f'{ERRORS}{{namespace="{RELEASE.namespace}"}}',
-        f'{SLOW}{{namespace="{RELEASE.namespace}"}}',
-    ]
 
 
 def test_budgets_left_let_the_release_go_and_no_requests_spend_nothing(prometheus) -> None:
-    prometheus.answer(ERRORS, "0.0004")
-    prometheus.answer(SLOW, "NaN")  # no requests in the window: Prometheus's 0/0
+    # 10,000 answers, 4 of them 5xx; none timed (the latency SLO's 0/0: NaN, no requests to judge).
+    prometheus.serve({"ok": 9996, "errors": 4, "latency": None})
     found = check(prometheus)
     assert not found.blocked and not found.refuses
     availability, latency = found.budgets
@@ -134,8 +124,10 @@ def test_budgets_left_let_the_release_go_and_no_requests_spend_nothing(prometheu
 
 
 def test_the_override_releases_and_the_record_says_who_and_what_was_spent(prometheus) -> None:
-    prometheus.answer(ERRORS, "0.01")
-    prometheus.answer(SLOW, "0.02")
+    # 1 % failed, 2 % slow: both spent.
+    prometheus.serve(
+        {"ok": 970, "latency": FAST_S}, {"ok": 20, "latency": SLOW_S}, {"errors": 10, "latency": FAST_S}
+    )
     found = check(prometheus, policy=budget.OVERRIDE)
     assert not found.refuses and found.overridden
     record = json.loads(json.dumps(found.record(), allow_nan=False))  # what the version's tag keeps
@@ -147,14 +139,12 @@ def test_the_override_releases_and_the_record_says_who_and_what_was_spent(promet
 @pytest.mark.parametrize(
     ("series", "expected"),
     [
-        ({}, "0 series"),  # the rules were never loaded by Prometheus
+        ({"rules": False}, "0 series"),  # the rules were never loaded by Prometheus
         ({"service": "another-release-metrics"}, "0 series"),  # another release's series are not this one's
     ],
 )
 def test_a_budget_that_cannot_be_read_is_refused_not_passed(prometheus, series, expected) -> None:
-    if series:
-        prometheus.answer(ERRORS, "0.0", **series)
-        prometheus.answer(SLOW, "0.0", **series)
+    prometheus.serve({"ok": 100, "latency": FAST_S}, **series)
     found = check(prometheus)
     assert found.refuses and not found.budgets
     assert expected in found.unreadable and "the error budget cannot be read" in found.reason()
@@ -163,11 +153,10 @@ def test_a_budget_that_cannot_be_read_is_refused_not_passed(prometheus, series, 
 def test_without_the_charts_monitoring_there_is_no_budget_to_read(prometheus) -> None:
     found = check(prometheus, monitoring={"enabled": False})
     assert found.refuses and "monitoring.enabled is false" in found.unreadable
-    assert prometheus.queries == []
 
 
 def test_a_prometheus_that_stays_unavailable_is_a_transient_failure_not_a_verdict(prometheus) -> None:
-    prometheus.status = 503
+    prometheus.prometheus.stop()  # nothing answers at its address any more
     with pytest.raises(TransientError, match="still failing after 2 attempts"):
         check(prometheus)
 
