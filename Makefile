@@ -199,9 +199,9 @@ terraform-bin:
 
 test-tools: install terraform-bin $(CHECKOV) $(TRIVY) $(FIXTURE_PROVIDER) prometheus
 
-# Test processes in parallel (pytest-xdist): a module runs whole in one of them, the modules on `airflow standalone`
-# first, each on its process's Airflow (tests/conftest.py). Much of a test is waiting on servers and subprocesses, so
-# more processes than cores pays.
+# Test processes in parallel (pytest-xdist): a module runs whole in one of them, the tests on `airflow standalone` all
+# in one (tests/conftest.py). Much of a test is waiting on servers and subprocesses, so more processes than cores
+# pays.
 TEST_WORKERS ?= 3
 PYTEST := $(RUN) -m pytest -n $(TEST_WORKERS)
 

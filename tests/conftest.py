@@ -122,43 +122,51 @@ def xcom_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "xcom"
 
 
+#: The tests on the one ``airflow standalone`` a test process starts (``tests/e2e/conftest.py``): one xdist worker
+#: runs them all.
+STANDALONE_TESTS = "tests/e2e/standalone/"
+
+
 def _on_airflow(item: pytest.Item) -> bool:
     return "standalone" in getattr(item, "fixturenames", ())
 
 
-def _module(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under pytest-xdist (``make test``'s ``-n``) a test module runs whole in one worker, so its module fixtures
-    are built once; a worker that runs a module on ``airflow standalone`` starts one (``tests/e2e/conftest.py``),
-    so those modules run side by side on Airflows of their own. The modules are handed out in the order
-    ``pytest_collection_modifyitems`` gives."""
+    are built once, and the tests on a real ``airflow standalone`` run in one worker, on the one Airflow it starts.
+    They are handed out in the order ``pytest_collection_modifyitems`` gives."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return nodeid.split("::", 1)[0]
+            module = _module(nodeid)
+            return STANDALONE_TESTS if module.startswith(STANDALONE_TESTS) else module
 
     config.option.loadscopereorder = False
     return ByModule(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist, the modules on a real ``airflow standalone`` go first (each worker that takes one starts its
-    Airflow, which takes a while), then the modules with the most tests on a real MLflow server (which train,
-    register and serve models: the long ones), so that the workers do not end on them one by one. Without xdist
-    the tests on Airflow run last, in their order: there Airflow starts in the background with the first end-to-end
-    test (``tests/e2e/conftest.py``), so its start-up overlaps the rest of the suite."""
+    """The modules with the most tests on a real MLflow server (which train, register and serve models: the long
+    ones) come first, so that under xdist the workers do not end on them one by one. The tests on a real ``airflow
+    standalone`` run first under xdist (one worker starts Airflow with them, the others run the rest meanwhile; three
+    Airflows side by side overloaded 2 cores) and last without it: there Airflow starts in the background with the
+    first end-to-end test (``tests/e2e/conftest.py``), so its start-up overlaps the rest of the suite."""
     weight: dict[str, int] = {}
     for item in items:
         uses_mlflow = "mlflow_server" in getattr(item, "fixturenames", ())
-        weight[_module(item)] = weight.get(_module(item), 0) + uses_mlflow
+        weight[_module(item.nodeid)] = weight.get(_module(item.nodeid), 0) + uses_mlflow
     in_worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
     # Stable: the tests on Airflow keep their order (a module may build on what an earlier one ran).
     items.sort(
-        key=lambda item: (_on_airflow(item) != in_worker, 0 if _on_airflow(item) else -weight[_module(item)])
+        key=lambda item: (
+            _on_airflow(item) != in_worker,
+            0 if _on_airflow(item) else -weight[_module(item.nodeid)],
+        )
     )
 
 

@@ -238,8 +238,8 @@ def standalone_launch(
 def _boot_airflow_early(request: pytest.FixtureRequest) -> None:
     """With the first end-to-end test, start the Airflow that the last ones need (``pytest_collection_modifyitems``
     in ``tests/conftest.py`` puts them last): its start overlaps the other tests instead of adding to them. Not in
-    an xdist worker: there a worker starts its Airflow with the first module on it that it is handed, while the
-    other workers run the rest."""
+    an xdist worker: there they run in one worker, which starts it with the first of them while the other workers
+    run the rest."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
     if any("standalone" in getattr(item, "fixturenames", ()) for item in request.session.items):
