@@ -217,7 +217,7 @@ test-scheduler: test-tools browser mermaid postgresql
 
 # The README's pictures, taken by the browser tests from a real Airflow and MLflow (a run from the form, then a
 # canaried release): they fail when a page does not render what its picture shows.
-screenshots: test-tools browser
+screenshots: test-tools browser postgresql
 	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(RUN) -m pytest -m browser tests/e2e/standalone/test_airflow_ui.py
 
 # Static checks of the infrastructure code; `terraform validate` needs the providers, so it is left to CI
