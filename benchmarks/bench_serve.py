@@ -129,6 +129,7 @@ def run(
 ) -> dict[str, Any]:
     # Long on purpose: one benchmark script read top to bottom (model, servers, equal scores, load, figures).
 
+    from ml.compare import Rule
     from ml.evaluate import evaluate
     from ml.prepare import prepare
     from ml.register import register
@@ -153,7 +154,7 @@ def run(
         run_key="bench/serve",
     )
     result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name=name,
-                      min_average_precision=0.0, min_improvement=0.0,
+                      min_average_precision=0.0, rule=Rule("superior", 0.0, 0.0),
                       champion_alias=platform.registry.production_alias)  # fmt: skip
     version = register(asdict(result), run_key="bench/serve", alias=platform.registry.candidate_alias).version
     model_uri = f"models:/{name}/{version}"

@@ -97,6 +97,8 @@ def run_key(dag_id: str, run_id: str) -> str:
 #: What the train stage can fit and where; the DAG's form offers exactly these.
 MODEL_TYPES = ("xgboost", "random_forest")
 DEVICES = ("auto", "cpu", "cuda")
+#: How the quality gate judges a candidate against the champion (``ml.compare.Rule``); the form offers these.
+GATE_POLICIES = ("superior", "non-inferior")
 #: Where XGBoost trains: in the train stage's own process, or with ``xgboost.dask`` on a Dask cluster.
 DISTRIBUTED_MODES = ("none", "dask")
 #: Environment variable of the train stage: the address of a running Dask scheduler (``tcp://host:8786``) to train
@@ -147,6 +149,9 @@ PREVIOUS_CHAMPION_TAG = "mlops.previous_champion"
 #: The gate passed a version although the champion could not score its test rows, because the run said so:
 #: why the champion could not (the run's parameter ``accept_incomparable_champion``).
 INCOMPARABLE_CHAMPION_ACCEPTED_TAG = "mlops.incomparable_champion_accepted"
+#: The gate's comparison with the champion: the difference in average precision with its interval, the policy and
+#: its verdict (``+0.018 AP, 95 % interval -0.004 to +0.041 (resampling days); non-inferior: ...``).
+CHAMPION_COMPARISON_TAG = "mlops.champion_comparison"
 #: The canary's verdict on a version, its message, its release revision and its figures.
 CANARY_VERDICT_TAG = "mlops.canary_verdict"
 CANARY_MESSAGE_TAG = "mlops.canary_message"

@@ -68,6 +68,7 @@ from contract import (
     ERROR_BUDGET_OFF,
     ERROR_BUDGET_OVERRIDE,
     FAIL,
+    GATE_POLICIES,
     LOCAL_RELEASE_PORT_ENV,
     MAX_WINDOW_DAYS,
     MODEL_TYPES,
@@ -346,13 +347,41 @@ def _fields(dataset: Any, retraining: Any, training: Any, gate: Any) -> dict[str
             title="Minimum average precision",
             description="The test-set PR-AUC a model needs to be registered",
         ),
+        "policy": Param(
+            gate.policy,
+            enum=list(GATE_POLICIES),
+            title="Policy against the champion",
+            values_display={
+                "superior": "Superior: release only when measurably better",
+                "non-inferior": "Non-inferior: release unless measurably worse by more than the margin",
+            },
+            description="Both models score the same test rows; the difference in average precision gets a confidence "
+            "interval (a paired bootstrap), and the policy reads its lower bound, never the point estimate",
+        ),
         "min_improvement": Param(
             gate.min_improvement,
             type="number",
             minimum=-1,
             maximum=1,
             title="Minimum improvement over champion",
-            description="Required gain in average precision over the current champion (when there is one)",
+            description="Superior: the interval's lower bound must be above this gain in average precision",
+        ),
+        "margin": Param(
+            gate.margin,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Non-inferiority margin",
+            description="Non-inferior: the interval's lower bound must be above minus this (a loss in average "
+            "precision the release accepts for fresher data)",
+        ),
+        "confidence": Param(
+            gate.confidence,
+            type="number",
+            minimum=0.5,
+            exclusiveMaximum=1,
+            title="Confidence of the interval",
+            description="0.95: a 95 % interval; higher asks for more evidence either way",
         ),
         "accept_incomparable_champion": Param(
             False,
@@ -399,7 +428,8 @@ SECTIONS = {
               "min_child_weight", "subsample", "colsample_bytree", "reg_alpha", "reg_lambda", "refit", "device",
               "distributed", "seed"),
     "Tuning": ("tuning", "tuning_trials", "tuning_minutes", "tuning_workers"),
-    "Quality gate": ("min_average_precision", "min_improvement", "accept_incomparable_champion"),
+    "Quality gate": ("min_average_precision", "policy", "min_improvement", "margin", "confidence",
+                     "accept_incomparable_champion"),
     "Release": ("release", "release_despite_spent_error_budget"),
 }  # fmt: skip
 
@@ -555,7 +585,9 @@ def evaluate_stage(model: Model) -> MLStageOperator:
             "--model-uri", "{{ ti.xcom_pull(task_ids='train')['model_uri'] }}",
             "--run-id", "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
             "--registered-model-name", model.registered_model,
-            *param_arguments("min_average_precision", "min_improvement", "accept_incomparable_champion"),
+            *param_arguments("min_average_precision", "policy", "min_improvement", "margin", "confidence",
+                             "accept_incomparable_champion"),
+            "--resamples", str(model.quality_gate.resamples),
             "--champion-alias", REGISTRY.production_alias,
             "--psi-warning", str(model.retraining.psi_warning),
             "--history-intervals", str(model.retraining.history_intervals),

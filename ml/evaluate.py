@@ -1,7 +1,11 @@
 """Evaluate a trained model on the test split, compare it with the current champion, and decide.
 
 The decision threshold is the one that maximises F1 on the validation split (never chosen on test). The same
-metrics are computed for the registered model's ``champion`` alias on the same test rows when one exists.
+metrics are computed for the registered model's ``champion`` alias on the same test rows when one exists, and the
+difference in average precision gets a confidence interval from a paired bootstrap (``ml.compare``: whole days are
+resampled where the table has a time column). The model's policy decides on the interval, never on the point
+estimate: ``superior`` passes when its lower bound is above the required improvement, ``non-inferior`` when it is
+above minus the margin.
 
 The gate fails closed. A champion that exists but cannot score the test rows (it was trained on other columns)
 is a ``fail``, unless the run accepts an incomparable champion (``--accept-incomparable-champion``, for a
@@ -13,7 +17,8 @@ markdown model card and the decision are logged to the training's MLflow run; th
 XCom result.
 
     python -m ml.evaluate --prepared-uri data/prepared/x --model-uri models:/m-... --run-id abc \\
-        --registered-model-name card-fraud-detector --min-average-precision 0.3 --min-improvement 0.0
+        --registered-model-name card-fraud-detector --min-average-precision 0.3 --policy non-inferior \\
+        --min-improvement 0.0 --margin 0.02 --confidence 0.95 --resamples 1000
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from contract import (
+    CHAMPION_COMPARISON_TAG,
     DECISION_TAG,
     EVALUATION_WINDOW_TAG,
     FAIL,
@@ -36,6 +42,7 @@ from contract import (
 )
 from ml import monitoring, tracking
 from ml import plan as release_plan
+from ml.compare import MIN_DAYS, POLICIES, Comparison, Rule, paired_bootstrap
 from ml.errors import StageError
 from ml.runtime import ArgumentParser, boolean
 from ml.schema import to_model_input
@@ -95,6 +102,10 @@ class Evaluation:
     #: The features kept although the leakage guard found something (``prepare``'s flagged columns): each with the
     #: finding; register records them on the version.
     leakage_flags: dict[str, str] = field(default_factory=dict)
+    #: The rule the gate applied (``ml.compare.Rule``'s fields).
+    rule: dict[str, Any] = field(default_factory=dict)
+    #: The paired bootstrap against the champion (``comparison_summary``); empty without a comparable champion.
+    comparison: dict[str, Any] = field(default_factory=dict)
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -127,16 +138,34 @@ def score_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> M
     )
 
 
+def comparison_summary(comparison: Comparison, rule: Rule) -> dict[str, Any]:
+    """What the evaluation records of a comparison: each metric's estimate and interval, and the rule's verdict."""
+    ap = comparison.differences["average_precision"]
+    return {
+        "unit": comparison.unit,
+        "units": comparison.units,
+        "resamples": comparison.resamples,
+        "confidence": ap.confidence,
+        **{metric: {"estimate": d.estimate, "low": d.low, "high": d.high}
+           for metric, d in comparison.differences.items()},
+        "passes": rule.passes(ap),
+        "described": ap.describe(comparison.unit),
+        "verdict": rule.verdict(ap),
+    }  # fmt: skip
+
+
 def decide(
     metrics: Metrics,
     champion: ChampionComparison,
     *,
     min_average_precision: float,
-    min_improvement: float,
+    rule: Rule,
+    comparison: Comparison | None = None,
     record_only: str = "",
     accept_incomparable: bool = False,
 ) -> tuple[str, list[str]]:
-    """Pass only if the absolute floor is met and, when a champion exists, it is beaten enough.
+    """Pass only if the absolute floor is met and, when a champion exists, the ``rule`` passes the interval of the
+    difference in average precision (``comparison``: the paired bootstrap of the candidate against it).
 
     A champion that cannot be compared fails the gate unless ``accept_incomparable``. A model that will not be
     released (``record_only`` says why) is registered for the record if it meets the floor: it replaces
@@ -163,15 +192,27 @@ def decide(
                 "change of inputs)"
             )
     else:
-        gain = metrics.average_precision - champion.metrics.average_precision
-        beats = gain >= min_improvement
+        if comparison is None:
+            raise ValueError("a comparable champion needs the comparison with it")
+        difference = comparison.differences["average_precision"]
+        beats = rule.passes(difference)
         ok = ok and (beats or bool(record_only))
         reasons.append(
-            f"improvement over champion v{champion.version} ({champion.metrics.average_precision:.4f}) is "
-            f"{gain:+.4f}, {'>=' if beats else '<'} required {min_improvement:+.4f}"
+            f"against champion v{champion.version} ({champion.metrics.average_precision:.4f}): "
+            f"{difference.describe(comparison.unit)}; {rule.verdict(difference)}"
             + (f" (not required: not to be released, {record_only})" if record_only else "")
         )
     return (PASS if ok else FAIL), reasons
+
+
+def comparison_units(test: pd.DataFrame, manifest: dict[str, Any]) -> tuple[np.ndarray | None, str]:
+    """What the bootstrap resamples (``ml.compare``): the test rows' days where the table has a time column and
+    the test window holds enough of them (a day's rows share whatever happened that day), else the rows."""
+    column = manifest.get("time_column")
+    if not column or column not in test.columns:
+        return None, "rows"
+    days = pd.to_datetime(test[column], utc=True).dt.floor("D").to_numpy()
+    return (days, "days") if len(np.unique(days)) >= MIN_DAYS else (None, "rows")
 
 
 def compare_with_champion(
@@ -275,6 +316,26 @@ def _figures(
     return {**figures, **_decision_figures(labels, scores, threshold, champion_scores)}
 
 
+def _comparison_figure(comparison: Comparison, rule: Rule) -> Any:
+    """The bootstrap distribution of the difference in average precision, its interval and the rule's bound."""
+    import matplotlib.pyplot as plt
+
+    difference = comparison.differences["average_precision"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.hist(difference.draws, bins=50, color="tab:blue", alpha=0.7,
+            label=f"{len(difference.draws)} paired resamples of the {comparison.unit}")  # fmt: skip
+    ax.axvspan(difference.low, difference.high, color="tab:blue", alpha=0.12,
+               label=f"{difference.confidence * 100:.0f} % interval {difference.low:+.3f} to {difference.high:+.3f}")  # fmt: skip
+    ax.axvline(difference.estimate, color="tab:blue", label=f"on the test rows {difference.estimate:+.3f}")
+    passed = rule.passes(difference)
+    ax.axvline(rule.bound, color="tab:green" if passed else "tab:red", linestyle="--",
+               label=f"{rule.policy}: lower bound must be above {rule.bound:+.3f} ({'pass' if passed else 'fail'})")  # fmt: skip
+    ax.set(xlabel="average precision, candidate minus champion", ylabel="resamples",
+           title="The candidate against the champion on the same test rows")  # fmt: skip
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
 def _decision_figures(
     labels: np.ndarray, scores: np.ndarray, threshold: float, champion_scores: Any
 ) -> dict[str, Any]:
@@ -367,6 +428,7 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
         f"Decision threshold {m.threshold:.4f}, chosen to maximise F1 on the validation split.",
         f"Champion: {('v' + champion.version) if champion.version else 'none'}"
         + (f" ({champion.reason})" if champion.reason and not champion.comparable else ""),
+        *_comparison_lines(evaluation),
         *(
             [
                 f"**The run accepted a champion that could not be compared** ({evaluation.incomparable_champion_accepted})."
@@ -384,6 +446,23 @@ def model_card(evaluation: Evaluation, manifest: dict[str, Any]) -> str:
         *([f"- Served model: {evaluation.served_model}"] if evaluation.served_model else []),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _comparison_lines(evaluation: Evaluation) -> list[str]:
+    """The difference with the champion, its interval and the policy's verdict, as the gate read them."""
+    compared = evaluation.comparison
+    if not compared:
+        return []
+    roc = compared["roc_auc"]
+    return [
+        "",
+        "## Against the champion (paired bootstrap)",
+        f"- Average precision: **{compared['described']}**",
+        f"- ROC-AUC: {roc['estimate']:+.3f}, interval {roc['low']:+.3f} to {roc['high']:+.3f}",
+        f"- {compared['resamples']} resamples of the test set's {compared['units']} {compared['unit']}, the same for "
+        "both models",
+        f"- Verdict, {compared['verdict']}: **{'pass' if compared['passes'] else 'fail'}**",
+    ]
 
 
 def _flag_lines(manifest: dict[str, Any]) -> list[str]:
@@ -443,7 +522,7 @@ def evaluate(
     *,
     registered_model_name: str,
     min_average_precision: float,
-    min_improvement: float,
+    rule: Rule,
     champion_alias: str,
     psi_warning: float = float("inf"),
     history_intervals: int = 0,
@@ -475,8 +554,13 @@ def evaluate(
         registered_model_name, champion_alias, validation, test, manifest
     )
     accepted = accept_incomparable_champion and bool(champion.version) and not champion.comparable
+    comparison = None
+    if champion.comparable and champion_scores is not None:
+        units, unit = comparison_units(test, manifest)
+        comparison = paired_bootstrap(labels, scores, champion_scores, units, unit=unit, resamples=rule.resamples,
+                                      confidence=rule.confidence)  # fmt: skip
     decision, reasons = decide(
-        metrics, champion, min_average_precision=min_average_precision, min_improvement=min_improvement,
+        metrics, champion, min_average_precision=min_average_precision, rule=rule, comparison=comparison,
         record_only="" if plan["release"] else plan["reason"], accept_incomparable=accept_incomparable_champion,
     )  # fmt: skip
     evaluation = Evaluation(
@@ -489,7 +573,7 @@ def evaluate(
         model_id=model_uri.removeprefix("models:/"),
         registered_model_name=registered_model_name,
         min_average_precision=min_average_precision,
-        min_improvement=min_improvement,
+        min_improvement=rule.min_improvement,
         test_rows=len(test),
         test_positives=int(labels.sum()),
         drift=drift,
@@ -498,9 +582,13 @@ def evaluate(
         incomparable_champion_accepted=champion.reason if accepted else "",
         served_model=tracking.client().get_run(run_id).data.tags.get(tracking.SERVED_MODEL_TAG, ""),
         leakage_flags=dict(manifest.get("flagged_columns") or {}),
+        rule=asdict(rule),
+        comparison=comparison_summary(comparison, rule) if comparison else {},
     )
 
     _log_evidence(evaluation, manifest, labels, scores, pipeline, champion_scores)
+    if comparison:
+        _log_comparison(evaluation, comparison, rule)
     _log_history(evaluation, history_intervals)
     log.info("decision %s: %s", decision.upper(), "; ".join(reasons))
     return evaluation
@@ -542,6 +630,25 @@ def _log_evidence(
         })  # fmt: skip
 
 
+def _log_comparison(evaluation: Evaluation, comparison: Comparison, rule: Rule) -> None:
+    """The comparison's figures as metrics, its plot, and its sentence as a tag of the run."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    figure = _comparison_figure(comparison, rule)
+    with tracking.active_run(evaluation.run_id):
+        mlflow.log_metrics({f"champion_difference_{metric}_{end}": getattr(d, end)
+                            for metric, d in comparison.differences.items() for end in ("estimate", "low", "high")})  # fmt: skip
+        mlflow.log_figure(figure, "plots/champion_comparison.png")
+        mlflow.set_tag(CHAMPION_COMPARISON_TAG, described(evaluation.comparison))
+    plt.close(figure)
+
+
+def described(comparison: dict[str, Any]) -> str:
+    """A recorded comparison in one line: the interval and the rule's verdict."""
+    return f"{comparison['described']}; {comparison['verdict']}" if comparison else ""
+
+
 def _log_history(evaluation: Evaluation, intervals: int) -> None:
     """Plot the model's and the champion's average precision over the last intervals (this run's included)."""
     import matplotlib.pyplot as plt
@@ -568,7 +675,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--run-id", required=True, help="MLflow run of the training")
     parser.add_argument("--registered-model-name", required=True)
     parser.add_argument("--min-average-precision", type=float, required=True)
+    parser.add_argument("--policy", choices=POLICIES, required=True,
+                        help="superior: the interval's lower bound above --min-improvement; non-inferior: above "
+                             "minus --margin")  # fmt: skip
     parser.add_argument("--min-improvement", type=float, required=True)
+    parser.add_argument("--margin", type=float, required=True)
+    parser.add_argument("--confidence", type=float, required=True)
+    parser.add_argument("--resamples", type=int, required=True)
     parser.add_argument("--champion-alias", required=True, help="registry alias of the model to beat")
     parser.add_argument("--psi-warning", type=float, required=True, help="warn of drift above this PSI")
     parser.add_argument(
@@ -587,13 +700,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="true: a champion that cannot score the test rows (other inputs) does not fail the gate; recorded",
     )
     args = parser.parse_args(argv)
+    try:
+        rule = Rule(args.policy, args.min_improvement, args.margin, args.confidence, args.resamples)
+    except ValueError as err:
+        raise StageError(str(err)) from err
     evaluation = evaluate(
         args.prepared_uri,
         args.model_uri,
         args.run_id,
         registered_model_name=args.registered_model_name,
         min_average_precision=args.min_average_precision,
-        min_improvement=args.min_improvement,
+        rule=rule,
         champion_alias=args.champion_alias,
         psi_warning=args.psi_warning,
         history_intervals=args.history_intervals,

@@ -21,6 +21,7 @@ from typing import Any
 
 from contract import (
     CHAMPION_AT_EVALUATION_TAG,
+    CHAMPION_COMPARISON_TAG,
     INCOMPARABLE_CHAMPION_ACCEPTED_TAG,
     INTERVAL_TAG,
     LEAKAGE_FLAGS_TAG,
@@ -36,6 +37,7 @@ from contract import (
 )
 from ml import tracking
 from ml.errors import StageError
+from ml.evaluate import described
 from ml.plan import UNPLANNED, checked
 from ml.runtime import ArgumentParser, json_object
 
@@ -142,6 +144,11 @@ def _create_version(name: str, evaluation: dict[str, Any], run_key: str) -> Any:
         **(
             {INCOMPARABLE_CHAMPION_ACCEPTED_TAG: evaluation["incomparable_champion_accepted"][:5000]}
             if evaluation.get("incomparable_champion_accepted")
+            else {}
+        ),
+        **(
+            {CHAMPION_COMPARISON_TAG: described(evaluation["comparison"])}
+            if evaluation.get("comparison")
             else {}
         ),
         **(

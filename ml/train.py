@@ -396,11 +396,12 @@ def fit_model(
     device: str,
     progress_every: int = 0,
     run_id: str | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> Fit:
     """Fit the encoder and estimator (XGBoost: early-stopped on ``validation``, then refit on both when
     ``config.refit``). XGBoost's fits show their progress every ``progress_every`` rounds (0: not as they run), the
-    early-stopped one's learning curve going to the MLflow run ``run_id`` (``progress_callback``); neither changes
-    the model, so neither is part of ``config``.
+    early-stopped one's learning curve going to the MLflow run ``run_id`` (``progress_callback``); ``callbacks``
+    (XGBoost's) watch the early-stopped fit too. None changes the model, so none is part of ``config``.
 
     The splits are ``Pieces`` (or frames, a piece each): XGBoost reads them a piece at a time into its quantised
     matrices (``quantile_matrix``), so that a split larger than memory as a frame trains; the random forest
@@ -427,7 +428,7 @@ def fit_model(
         {**params, "seed": config.seed, "nthread": os.cpu_count()}, d_train, num_boost_round=config.n_estimators,
         evals=[(quantile_matrix(validation, encode, target, types, ref=d_train), VALIDATION_SET)],
         early_stopping_rounds=config.early_stopping_rounds, evals_result=history, verbose_eval=False,
-        callbacks=[callback] if callback else None,
+        callbacks=[*([callback] if callback else []), *callbacks] or None,
     )  # fmt: skip
     del d_train
     best = int(booster.best_iteration)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from ml.compare import Rule
 from ml.evaluate import Evaluation, evaluate
 from ml.register import register
 from ml.train import TrainConfig, TrainResult
@@ -88,7 +89,7 @@ def register_evaluated(
 ) -> tuple[Evaluation, str]:
     """Evaluate a trained model against ``name``'s champion (no gate) and register it as ``name``'s challenger."""
     evaluation = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name=name,
-                          min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+                          min_average_precision=0.0, rule=Rule("superior", -1.0, 0.0), champion_alias=CHAMPION)  # fmt: skip
     return evaluation, register(asdict(evaluation), run_key=run_key, alias=CHALLENGER).version
 
 

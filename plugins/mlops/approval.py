@@ -49,6 +49,13 @@ def summary(evaluation: Any, prepared: Any, registration: Any) -> str:
         "",
         "**The gate**: " + "; ".join(evaluation["reasons"]),
     ]
+    if compared := evaluation.get("comparison"):
+        lines += [
+            "",
+            f"**Against the champion**: {compared['described']}, from {compared['resamples']} paired resamples of "
+            f"the test set's {compared['units']} {compared['unit']}. {compared['verdict'].capitalize()}: "
+            f"**{'pass' if compared['passes'] else 'fail'}**.",
+        ]
     if evaluation.get("drifted"):
         lines += ["", f"**Drift** (PSI over the warning level): {', '.join(evaluation['drifted'])}"]
     if evaluation.get("incomparable_champion_accepted"):

@@ -35,6 +35,7 @@ from typing import Any, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mlops import canary_sizing
 from mlops.platform_config import (
     Approval,
     Platform,
@@ -213,21 +214,23 @@ def _chart(chart_dir: Path) -> tuple[dict[str, Any], Any] | None:
 
 def _check_chart_values(model: Model, platform: Platform) -> None:
     """A model's chart values must pass the chart's values schema over its defaults (a typo in a value's name
-    fails here, naming the file and the key, not at the release)."""
-    if not model.release.values:
-        return
+    fails here, naming the file and the key, not at the release), and its canary's positive-share test must be
+    sized as its values say (``mlops.canary_sizing``)."""
     chart = _chart(project_dir() / platform.release.chart)
     if chart is None:
         return
     defaults, validator = chart
-    errors = sorted(
-        validator.iter_errors(_merged(defaults, model.release.values)), key=lambda e: list(e.path)
-    )
+    merged = _merged(defaults, model.release.values)
+    errors = sorted(validator.iter_errors(merged), key=lambda e: list(e.path))
     if errors:
         found = "; ".join(
             f"release.values{''.join(f'.{part}' for part in error.path)}: {error.message}" for error in errors
         )
         raise ModelError(f"{model.file}: {found} (the chart's values.schema.json)")
+    try:
+        canary_sizing.check(merged, "release.values")
+    except ValueError as err:
+        raise ModelError(f"{model.file}: {err}") from None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract import DEVICES, DISTRIBUTED_MODES, MODEL_TYPES
+from contract import DEVICES, DISTRIBUTED_MODES, GATE_POLICIES, MODEL_TYPES
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
 PLATFORM_FILE_ENV = "MLOPS_PLATFORM_FILE"
@@ -177,8 +177,21 @@ class Retraining(_Settings):
 
 
 class QualityGate(_Settings):
+    """The evaluate stage's gate (``ml.evaluate``, ``ml.compare.Rule``)."""
+
     min_average_precision: float = Field(ge=0, le=1)
+    policy: str
     min_improvement: float = Field(ge=-1, le=1)
+    margin: float = Field(ge=0, le=1)
+    confidence: float = Field(ge=0.5, lt=1)
+    resamples: int = Field(ge=100, le=100_000)
+
+    @field_validator("policy")
+    @classmethod
+    def _a_policy_of_the_gate(cls, value: str) -> str:
+        if value not in GATE_POLICIES:
+            raise ValueError(f"must be one of {GATE_POLICIES}, got {value!r}")
+        return value
 
 
 class RegistryCredentials(_Settings):

@@ -153,9 +153,11 @@ class Prometheus:
                 return False
             time.sleep(SCRAPE_SECONDS / 4)
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """An instant query's result (``data.result``); a refused query raises with Prometheus's reason."""
-        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=30)
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query's result (``data.result``), now or ``at`` (seconds since the epoch); a refused query
+        raises with Prometheus's reason."""
+        params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
+        answer = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=30)
         body = answer.json()
         if answer.status_code != 200 or body.get("status") != "success":
             raise PrometheusUnavailable(f"prometheus refused the query ({body.get('error')}): {promql}")

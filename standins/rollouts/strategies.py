@@ -56,7 +56,8 @@ class Controller(Protocol):
 TRAFFIC_MARGIN = 1.3
 #: ...topping up to twice what that takes, and never beyond this many requests in one window (a busy minute of a
 #: small service): a minimum the replay cannot reach leaves the measurement inconclusive, as quiet traffic would.
-MAX_WINDOW_REQUESTS = 2000
+#: The chart's positive-share test needs hundreds of requests to each model, so a 10 % step needs thousands in all.
+MAX_WINDOW_REQUESTS = 16_000
 
 
 def canary(controller: Controller, revision: Revision, workload: dict[str, Any]) -> Server:
@@ -198,8 +199,8 @@ def window(
     metrics: list[analysis.Metric],
 ) -> Window:
     """One analysis window: a pause of replayed traffic to ``url`` (the router; for blue-green, the preview and the
-    stable server), with enough requests for the new model to meet the metrics' minimum at the router's current
-    weight; then, for Prometheus metrics, until Prometheus has scraped both pods since the traffic ended."""
+    stable server), with enough requests for the new and the stable model to meet the metrics' minimum at the
+    router's current weight; then, for Prometheus metrics, until Prometheus has scraped both pods since the traffic ended."""
     stable = controller.stable
     before = new.requests_served()
     pause = controller.pace.pause_seconds
@@ -207,20 +208,32 @@ def window(
         controller.stop_requested.wait(pause)
     else:
         minimum = max((m.min_requests for m in metrics), default=0)
+        # Each pod measured and its share of what the replay sends: through the router, the new pod gets the weight
+        # and the stable one the rest; to the preview and the stable service (blue-green), each gets every request.
         weight = controller.router.weight if isinstance(url, str) else 100
+        measured = [(new, weight)] + (
+            [(stable, 100 - weight if isinstance(url, str) else 100)] if stable else []
+        )
+        counted = [
+            (pod, share, pod.requests_served() if pod is not new else before) for pod, share in measured
+        ]
+
+        def needed() -> int:
+            """The requests that give every measured pod its minimum, at its share (0: none needed, or none can)."""
+            short = [(minimum - int(pod.requests_served() - start), share) for pod, share, start in counted]
+            return max((math.ceil(gap * TRAFFIC_MARGIN * 100 / share) for gap, share in short if gap > 0 and share),
+                       default=0)  # fmt: skip
+
         paced = int(controller.pace.requests_per_second * pause)
-        expected = math.ceil(minimum * TRAFFIC_MARGIN * 100 / weight) if minimum and weight else 0
-        budget = max(paced, min(2 * expected, MAX_WINDOW_REQUESTS))
-        shortfall, seconds = minimum, pause
+        budget = max(paced, min(2 * needed(), MAX_WINDOW_REQUESTS))
+        seconds = pause
         while budget > 0 and not controller.stop_requested.is_set():
-            # The router splits at random: top up until the new model has had its minimum.
-            needed = min(
-                math.ceil(shortfall * TRAFFIC_MARGIN * 100 / weight) if shortfall and weight else 0, budget
-            )
-            budget -= max(needed, int(controller.pace.requests_per_second * seconds), 1)
-            traffic.replay(url, seconds, controller.stop_requested, requests=needed)
-            shortfall, seconds = minimum - int(new.requests_served() - before), 0.0
-            if shortfall <= 0:
+            # The router splits at random: top up until every measured pod has had its minimum.
+            wanted = min(needed(), budget)
+            budget -= max(wanted, int(controller.pace.requests_per_second * seconds), 1)
+            traffic.replay(url, seconds, controller.stop_requested, requests=wanted)
+            seconds = 0.0
+            if not needed():
                 break
     requests = int(new.requests_served() - before)
     if any(not m.web for m in metrics):

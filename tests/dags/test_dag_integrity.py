@@ -354,6 +354,16 @@ def test_the_approver_sees_metrics_against_the_champion_the_windows_and_the_gate
         "improves on champion v6 by 0.0600" in text
         and "**Drift** (PSI over the warning level): amount" in text
     )
+    assert "Against the champion" not in text  # no comparison recorded: no line
+    compared = {**evaluation, "comparison": {
+        "described": "+0.060 AP, 95 % interval +0.021 to +0.097 (resampling rows)", "resamples": 1000, "units": 21000,
+        "unit": "rows", "verdict": "superior: lower bound +0.021 > required improvement +0.000", "passes": True,
+    }}  # fmt: skip
+    assert (
+        "**Against the champion**: +0.060 AP, 95 % interval +0.021 to +0.097 (resampling rows), from 1000 paired "
+        "resamples of the test set's 21000 rows. Superior: lower bound +0.021 > required improvement +0.000: "
+        "**pass**." in summary(compared, prepared, registration)
+    )
     first = {**evaluation, "champion": asdict(ChampionComparison(None, True))}
     assert "against champion (none)" in summary(first, {"source": "s3://b/t.csv"}, registration)
     assert "| ROC-AUC | 0.9300 | - |" in summary(first, {}, registration)

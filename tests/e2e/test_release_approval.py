@@ -37,6 +37,7 @@ CONF = {
     "dataset_uri": "synthetic://card-transactions?rows_per_day=600&seed=5",
     "training_window_days": 14,
     "min_average_precision": 0.05,
+    "policy": "superior",
     "min_improvement": -1.0,
     "n_estimators": 40,
     "release": "always",

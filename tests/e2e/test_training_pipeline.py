@@ -222,7 +222,7 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     from scripts.demo import summarise
 
     previous_champion = champion()
-    dag_run = run(dag, 23, min_improvement=-1)
+    dag_run = run(dag, 23, policy="superior", min_improvement=-1)
     assert dag_run.state == "success", states(dag_run)
     (version,) = versions(f"{DAG_ID}/{dag_run.run_id}")
     deployment = xcom(dag_run, "deploy")
@@ -286,7 +286,7 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(
         dag.get_task(task_id).arguments += ["--values", str(strict)]
     previous_champion = champion()
     try:
-        dag_run = run(dag, 30, min_improvement=-1)
+        dag_run = run(dag, 30, policy="superior", min_improvement=-1)
     finally:
         for task_id in ("deploy", "rollback"):
             dag.get_task(task_id).arguments = dag.get_task(task_id).arguments[:-2]
@@ -338,7 +338,7 @@ def test_a_champion_moved_by_hand_before_promotion_is_refused_and_the_release_en
     promote = dag.get_task("promote")
     promote.on_execute_callback = [move_champion_by_hand]
     try:
-        dag_run = run(dag, 13, min_improvement=-1)
+        dag_run = run(dag, 13, policy="superior", min_improvement=-1)
     finally:
         promote.on_execute_callback = []
     assert dag_run.state == "failed"

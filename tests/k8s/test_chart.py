@@ -148,8 +148,9 @@ def test_the_local_canary_reads_the_analysis_thresholds_from_the_rendered_templa
     assert thresholds == {
         "success-rate": (">=", given["minSuccessRate"], "<", minimum),
         "latency-p99": ("<=", given["maxLatencyP99Seconds"], ">", minimum),
+        "latency-p99-vs-stable": ("<=", given["maxLatencyP99Ratio"], ">", minimum),
         "client-errors": ("<=", given["maxClientErrorShareIncrease"], ">", minimum),
-        "positive-share-shift": ("<=", given["maxPositiveShareShift"], ">", minimum),
+        "positive-share-shift": ("<=", given["positiveShare"]["maxZ"], ">", minimum),
     }
     stricter = kinds(render({"analysis": {"minSuccessRate": 0.999, "minRequests": 7}}))["AnalysisTemplate"][0]
     assert analysis.metrics_of(stricter)[0].threshold == 0.999

@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from contract import (
+    CHAMPION_COMPARISON_TAG,
     INCOMPARABLE_CHAMPION_ACCEPTED_TAG,
     INTERVAL_TAG,
     LEAKAGE_FLAGS_TAG,
@@ -19,6 +20,7 @@ from contract import (
     RELEASE_TAG,
     RUN_KEY_TAG,
 )
+from ml.compare import Rule
 from ml.errors import StageError
 from ml.evaluate import ChampionUnavailable, evaluate
 from ml.prepare import prepare
@@ -114,7 +116,7 @@ def test_register_once_per_run_key_and_refuse_a_failed_evaluation(mlflow_server,
     trained = train(prepared, train_config(n_estimators=40), experiment="stages", run_key="dag/run-b")
     evaluation = asdict(
         evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="stage-model",
-                 min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)
+                 min_average_precision=0.0, rule=Rule("superior", 0.0, 0.0), champion_alias=CHAMPION)
     )  # fmt: skip
     assert evaluation["decision"] == "pass"
     artifacts = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "plots")}
@@ -175,13 +177,28 @@ def test_evaluation_compares_with_the_champion_on_the_same_rows(
         prepared, train_config(n_estimators=2, max_depth=1), experiment="stages", run_key="dag/run-e"
     )
     compared = evaluate(prepared, weaker.model_uri, weaker.run_id, registered_model_name="champ-model",
-                        min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+                        min_average_precision=0.0, rule=Rule("superior", 0.0, 0.0), champion_alias=CHAMPION)  # fmt: skip
     assert compared.champion.version == version and compared.champion.comparable
     assert compared.champion.metrics.average_precision == pytest.approx(result.metrics.average_precision)
     assert compared.decision == "fail"
-    assert any("improvement over champion" in reason for reason in compared.reasons)
-    card = MlflowClient().download_artifacts(weaker.run_id, "model_card.md", str(tmp_path))
-    assert "**Decision: FAIL**" in Path(card).read_text()
+    # The interval of the difference decides, and is shown: in the reason, the card, the run and its plot.
+    interval = compared.comparison["average_precision"]
+    assert interval["low"] <= interval["estimate"] <= interval["high"] < 0
+    assert interval["estimate"] == pytest.approx(
+        compared.metrics.average_precision - result.metrics.average_precision, abs=1e-9
+    )
+    assert compared.comparison["unit"] == "rows" and compared.comparison["resamples"] == 1000
+    assert any(f"against champion v{version}" in r and "95 % interval" in r and "superior: lower bound" in r
+               for r in compared.reasons), compared.reasons  # fmt: skip
+    card = Path(MlflowClient().download_artifacts(weaker.run_id, "model_card.md", str(tmp_path))).read_text()
+    assert "**Decision: FAIL**" in card and "## Against the champion (paired bootstrap)" in card
+    assert compared.comparison["described"] in card and "**fail**" in card
+    run = MlflowClient().get_run(weaker.run_id)
+    assert run.data.metrics["champion_difference_average_precision_low"] == pytest.approx(interval["low"])
+    assert run.data.tags[CHAMPION_COMPARISON_TAG].startswith(compared.comparison["described"])
+    assert "plots/champion_comparison.png" in {
+        a.path for a in MlflowClient().list_artifacts(weaker.run_id, "plots")
+    }
 
     # The same weaker model from a backfill: registered for the record, tagged, and not the challenger.
     plan = {
@@ -190,11 +207,14 @@ def test_evaluation_compares_with_the_champion_on_the_same_rows(
         "interval": ["2026-03-02T00:00:00", "2026-03-09T00:00:00"],
     }
     record = evaluate(prepared, weaker.model_uri, weaker.run_id, registered_model_name="champ-model",
-                      min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION, plan=plan)  # fmt: skip
+                      min_average_precision=0.0, rule=Rule("superior", 0.0, 0.0), champion_alias=CHAMPION, plan=plan)  # fmt: skip
     assert record.decision == "pass"
     registered = register(asdict(record), run_key="dag/run-e", alias=CHALLENGER)
     assert registered.alias is None and registered.release == plan
     tags = MlflowClient().get_model_version("champ-model", registered.version).tags
+    assert (
+        tags[CHAMPION_COMPARISON_TAG] == f"{record.comparison['described']}; {record.comparison['verdict']}"
+    )
     assert tags[RELEASE_TAG] == RELEASE_SKIPPED and tags[RELEASE_REASON_TAG] == "a backfill run"
     assert tags[INTERVAL_TAG] == "2026-03-02T00:00:00/2026-03-09T00:00:00"
     assert MlflowClient().get_model_version_by_alias("champ-model", CHALLENGER).version == version
@@ -206,7 +226,7 @@ def test_the_random_forest_baseline_is_logged_and_scored_through_mlflow(mlflow_s
     )
     assert trained.best_iteration is None
     result = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="rf-model",
-                      min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+                      min_average_precision=0.0, rule=Rule("superior", 0.0, 0.0), champion_alias=CHAMPION)  # fmt: skip
     assert result.metrics.average_precision > 0.05
 
 
@@ -217,7 +237,7 @@ def test_the_gate_fails_closed_on_a_champion_that_cannot_score_the_test_rows(
     run accepts it, which the version and the model card then say."""
     champion = train(prepared, train_config(n_estimators=20), experiment="stages", run_key="dag/schema-1")
     first = evaluate(prepared, champion.model_uri, champion.run_id, registered_model_name="schema-model",
-                     min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+                     min_average_precision=0.0, rule=Rule("superior", 0.0, 0.0), champion_alias=CHAMPION)  # fmt: skip
     MlflowClient().set_registered_model_alias(
         "schema-model", CHAMPION, register(asdict(first), run_key="dag/schema-1", alias=CHALLENGER).version
     )
@@ -227,7 +247,7 @@ def test_the_gate_fails_closed_on_a_champion_that_cannot_score_the_test_rows(
     candidate = train(
         without_amount, train_config(n_estimators=20), experiment="stages", run_key="dag/schema-2"
     )
-    arguments = dict(registered_model_name="schema-model", min_average_precision=0.0, min_improvement=-1.0,
+    arguments = dict(registered_model_name="schema-model", min_average_precision=0.0, rule=Rule("superior", -1.0, 0.0),
                      champion_alias=CHAMPION)  # fmt: skip
 
     refused = evaluate(without_amount, candidate.model_uri, candidate.run_id, **arguments)
@@ -260,7 +280,7 @@ def test_a_champion_whose_artifacts_cannot_be_read_is_an_error_not_a_decision(
     try:
         with pytest.raises(ChampionUnavailable, match=f"champion lost-model v{version} could not be loaded"):
             evaluate(prepared, candidate.model_uri, candidate.run_id, registered_model_name="lost-model",
-                     min_average_precision=0.0, min_improvement=-1.0, champion_alias=CHAMPION)  # fmt: skip
+                     min_average_precision=0.0, rule=Rule("superior", -1.0, 0.0), champion_alias=CHAMPION)  # fmt: skip
     finally:
         hidden.rename(stored)
     assert not issubclass(ChampionUnavailable, StageError)  # exit 1, retried; not "rejected input"
@@ -279,7 +299,7 @@ def test_a_refit_model_is_thresholded_on_the_early_stopped_scores_and_the_card_s
     kept = tracking.early_stopped_validation_scores(trained.run_id, len(validation))
     assert kept is not None
     evaluation = evaluate(prepared, trained.model_uri, trained.run_id, registered_model_name="refit-model",
-                          min_average_precision=0.0, min_improvement=0.0, champion_alias=CHAMPION)  # fmt: skip
+                          min_average_precision=0.0, rule=Rule("superior", 0.0, 0.0), champion_alias=CHAMPION)  # fmt: skip
     # Chosen on the rows the served model learnt from, the threshold would be another one.
     assert evaluation.metrics.threshold == choose_threshold(validation["is_fraud"].to_numpy(), kept)
     card = model_card(evaluation, read_manifest(prepared))

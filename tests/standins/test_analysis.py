@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 
+from mlops.canary_sizing import z_statistic
 from mlops.models import load_models
 from mlops.platform_config import load_platform
 from standins.render import render
@@ -24,14 +25,16 @@ from tests.metrics_pod import Pod
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = load_models().get("card_fraud").release
+#: The chart's queries at a minimum these tests can reach with a few hundred requests (the default is sized for
+#: production traffic: tests/k8s/test_canary_sizing.py).
+MIN_REQUESTS = 100
 
 
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[tuple[Prometheus, Pod, Pod, list[analysis.Metric]]]:
     """Prometheus scraping a stable and a new pod; the chart's analysis metrics for this release."""
-    objects = render(
-        ROOT / load_platform().release.chart, {}, release=RELEASE.name, namespace=RELEASE.namespace
-    )
+    objects = render(ROOT / load_platform().release.chart, {"analysis": {"minRequests": MIN_REQUESTS}},
+                     release=RELEASE.name, namespace=RELEASE.namespace)  # fmt: skip
     (template,) = [o for o in objects if o["kind"] == "AnalysisTemplate"]
     stable, new = Pod("stablehash"), Pod("newhash001")
     prometheus = Prometheus(tmp_path / "prometheus", free_port())
@@ -47,12 +50,36 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Prometheus, Pod, Pod, list[analysi
 
 
 def measured(
-    prometheus: Prometheus, stable: Pod, new: Pod, metrics: list[analysis.Metric]
+    prometheus: Prometheus,
+    stable: Pod,
+    new: Pod,
+    metrics: list[analysis.Metric],
+    at: list[float] | None = None,
 ) -> dict[str, float]:
-    """Each metric's value once both pods' last counters are scraped, as the local canary measures."""
+    """Each metric's value once both pods' last counters are scraped, as the local canary measures (all at one
+    time, appended to ``at`` when given)."""
     assert prometheus.wait_scraped([stable.url, new.url], since=time.time())
-    args = {"new-hash": new.hash, "stable-hash": stable.hash}
-    return {m.name: analysis.value_of(prometheus.query(analysis.filled(m, args))) for m in metrics}
+    args, now = {"new-hash": new.hash, "stable-hash": stable.hash}, time.time()
+    if at is not None:
+        at.append(now)
+    return {m.name: analysis.value_of(prometheus.query(analysis.filled(m, args), at=now)) for m in metrics}
+
+
+def seen(prometheus: Prometheus, pod: Pod, at: float) -> tuple[float, float]:
+    """The positive and all decisions of a pod over the analysis window ending ``at``, as Prometheus counts them:
+    increase() extrapolates a window's count to its edges, so these are what the chart's queries compute on."""
+    window = load_platform_chart_values()["analysis"]["window"]
+    return tuple(  # type: ignore[return-value]
+        analysis.value_of(prometheus.query(
+            f'sum(increase(predictions_total{{rollouts_pod_template_hash="{pod.hash}"{which}}}[{window}]))', at=at))
+        for which in (',decision="positive"', "")
+    )  # fmt: skip
+
+
+def load_platform_chart_values() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((ROOT / load_platform().release.chart / "values.yaml").read_text())
 
 
 def test_the_charts_queries_measure_the_new_pod_against_the_stable_one(cluster) -> None:
@@ -62,16 +89,51 @@ def test_the_charts_queries_measure_the_new_pod_against_the_stable_one(cluster) 
     # 240 requests slow (0.2 s), the rest under 5 ms.
     new.serve(ok=185, errors=10, client_errors=40, positives=9)
     new.serve(ok=5, latency=0.2)
-    values = measured(prometheus, stable, new, metrics)
+    at: list[float] = []
+    values = measured(prometheus, stable, new, metrics, at)
     assert values["success-rate"] == pytest.approx(230 / 240, rel=1e-6)
     assert values["client-errors"] == pytest.approx(40 / 240 - 1 / 450, rel=1e-6)
-    assert values["positive-share-shift"] == pytest.approx(abs(9 / 190 - 9 / 449), rel=1e-6)
+    (x1, n1), (x2, n2) = seen(prometheus, new, at[0]), seen(prometheus, stable, at[0])
+    assert values["positive-share-shift"] == pytest.approx(z_statistic(x1, n1, x2, n2), rel=1e-6)
+    assert (x1 / n1, x2 / n2) == pytest.approx((9 / 190, 9 / 449), rel=1e-6)
     # histogram_quantile: rank 0.99 * 240 = 237.6 falls in the (0.1, 0.25] bucket holding ranks 236-240, so
-    # 0.1 + 0.15 * (237.6 - 235) / 5.
-    assert values["latency-p99"] == pytest.approx(0.1 + 0.15 * 2.6 / 5, rel=1e-6)
+    # 0.1 + 0.15 * (237.6 - 235) / 5; the stable pod's p99 is within the first bucket, under the floor.
+    p99 = 0.1 + 0.15 * 2.6 / 5
+    assert values["latency-p99"] == pytest.approx(p99, rel=1e-6)
+    assert values["latency-p99-vs-stable"] == pytest.approx(p99 / 0.025, rel=1e-6)
     phases = {m.name: m.phase(values[m.name]) for m in metrics}
-    assert phases == {"success-rate": "Failed", "latency-p99": "Successful", "client-errors": "Failed",
-                      "positive-share-shift": "Successful"}  # fmt: skip
+    assert phases == {"success-rate": "Failed", "latency-p99": "Successful", "latency-p99-vs-stable": "Failed",
+                      "client-errors": "Failed", "positive-share-shift": "Successful"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("new_positives", "stable_positives", "phase"),
+    [(4, 8, "Successful"), (0, 0, "Successful"), (15, 8, "Failed"), (0, 24, "Failed")],
+    ids=["a share like the stable's", "nothing flagged", "3x the share", "flags nothing"],
+)
+def test_the_positive_share_is_a_two_proportion_test_of_the_same_window(cluster, new_positives, stable_positives,
+                                                                         phase) -> None:  # fmt: skip
+    """The chart's z statistic, as Prometheus computes it from the pods' counters, is the textbook one (the one
+    the sizing simulates); two pods that flag nothing score 0, not NaN."""
+    prometheus, stable, new, metrics = cluster
+    stable.serve(ok=400, positives=stable_positives)
+    new.serve(ok=200, positives=new_positives)
+    (test,) = [m for m in metrics if m.name == "positive-share-shift"]
+    at: list[float] = []
+    value = measured(prometheus, stable, new, [test], at)[test.name]
+    (x1, n1), (x2, n2) = seen(prometheus, new, at[0]), seen(prometheus, stable, at[0])
+    assert value == pytest.approx(z_statistic(x1, n1, x2, n2), abs=1e-9)
+    assert (x1 / n1, x2 / n2) == pytest.approx((new_positives / 200, stable_positives / 400), abs=1e-9)
+    assert test.phase(value) == phase
+
+
+def test_the_comparisons_need_the_minimum_of_the_stable_model_too(cluster) -> None:
+    prometheus, stable, new, metrics = cluster
+    stable.serve(ok=MIN_REQUESTS // 3, positives=1)
+    new.serve(ok=3 * MIN_REQUESTS, positives=3)
+    values = measured(prometheus, stable, new, metrics)
+    assert values["success-rate"] == 1.0
+    assert math.isnan(values["positive-share-shift"]) and math.isnan(values["latency-p99-vs-stable"])
 
 
 def test_a_pod_that_answers_only_5xx_fails_the_success_rate_instead_of_giving_no_data(cluster) -> None:

@@ -55,7 +55,12 @@ README_PICTURES = ("trigger-form", "dag-graph", "run-grid", "mlflow-run-plots", 
 PICTURES = Path(os.environ.get("MLOPS_SCREENSHOTS_DIR") or ARTIFACTS / "readme")
 #: A run for the pictures: the form's table with the platform's default model (XGBoost), released whatever its
 #: score against the form's run (this run is about the canary, not the model's quality).
-CANARY_RUN_CONF = {"dataset_uri": DATASET, "min_average_precision": 0.1, "min_improvement": -1}
+CANARY_RUN_CONF = {
+    "dataset_uri": DATASET,
+    "min_average_precision": 0.1,
+    "policy": "superior",
+    "min_improvement": -1,
+}
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.scheduler]
 
 

@@ -32,7 +32,7 @@ CONF = {
     },
     "adult_income": {},
 }
-COMMON = {"n_estimators": 30, "min_improvement": -1.0, "release": "always"}
+COMMON = {"n_estimators": 30, "policy": "superior", "min_improvement": -1.0, "release": "always"}
 
 
 def trigger_both(standalone) -> dict[str, dict[str, Any]]:
