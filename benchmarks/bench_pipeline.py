@@ -78,6 +78,7 @@ def main() -> None:
 
 def run_benchmarks(work: Path, rows: int, large_rows: int) -> dict[str, Any]:
     """Measure every step; training uses the pipeline's default config, as the DAG runs it."""
+    # Long on purpose: the benchmark's steps in order, each measured, then the figures and targets they give.
     from mlops.platform_config import load_platform
 
     raw, prepared = work / "raw.parquet", work / "prepared"

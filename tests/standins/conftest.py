@@ -113,7 +113,16 @@ def local_helm(
     rollouts.stop(release_dir)
 
 
+#: The local canary tests' requests per model and measurement. They test how the canary runs, not how it is sized
+#: (tests/k8s/test_canary_sizing.py): the chart's minimum makes every local canary thousands of requests, which the
+#: pipeline's end-to-end tests (tests/e2e) send with the model's own values.
+MIN_REQUESTS = 150
+
+
 @pytest.fixture()
 def target(local_helm: Path) -> helm.Helm:
-    """The release stage's ``Helm`` on the inference API's chart, answered by the local stand-in."""
-    return helm.Helm(CHART, RELEASE.name, RELEASE.namespace)
+    """The release stage's ``Helm`` on the inference API's chart, answered by the local stand-in, with the tests'
+    ``MIN_REQUESTS``."""
+    values = local_helm.parent.parent / "canary-tests.yaml"
+    values.write_text(f"analysis:\n  minRequests: {MIN_REQUESTS}\n")
+    return helm.Helm(CHART, RELEASE.name, RELEASE.namespace, (values,))

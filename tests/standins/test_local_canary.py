@@ -24,11 +24,10 @@ from ml.release import budget, helm
 from standins import rollouts
 from standins.rollouts.traffic import Traffic
 from tests.helpers import CHALLENGER, CHAMPION
-from tests.standins.conftest import CHART, MODEL, ROOT
+from tests.standins.conftest import CHART, MIN_REQUESTS, MODEL, ROOT
 
 IMAGE_TAG = "0.1.0"
 METRICS = ("success-rate", "latency-p99", "latency-p99-vs-stable", "client-errors", "positive-share-shift")
-MIN_REQUESTS = yaml.safe_load((CHART / "values.yaml").read_text())["analysis"]["minRequests"]
 
 
 def uri(version: str) -> str:
@@ -191,7 +190,7 @@ def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
     if fault == "slow":  # it answers one request at a time: a smaller minimum keeps the window short
         values = tmp_path / "few.yaml"
         values.write_text("analysis:\n  minRequests: 10\n")
-        release = helm.Helm(target.chart_dir, target.release, target.namespace, (values,))
+        release = helm.Helm(target.chart_dir, target.release, target.namespace, (*target.values_files, values))
     with Clients(rollouts.read_status(local_helm)["endpoint"], first_release["record"]) as clients:
         deployment = helm.deploy(release, model_uri=uri(versions[fault]), image_tag=IMAGE_TAG)
         result = outcome(local_helm, deployment.revision)
@@ -361,7 +360,7 @@ def test_a_measurement_with_too_little_traffic_pauses_the_rollout_for_a_person(
     canary at its weight, and writes no verdict; a rollback (what a person may decide) ends the pause."""
     quiet = tmp_path / "quiet.yaml"
     quiet.write_text("analysis:\n  minRequests: 1000000\n")
-    local = helm.Helm(target.chart_dir, target.release, target.namespace, (quiet,))
+    local = helm.Helm(target.chart_dir, target.release, target.namespace, (*target.values_files, quiet))
     deployment = helm.deploy(local, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
     status = wait_for(local_helm, lambda s: s.get("pauseConditions"))
     assert status["phase"] == "Paused" and status["pauseConditions"] == [{"reason": INCONCLUSIVE_PAUSE}]
@@ -419,7 +418,7 @@ def test_blue_green_analyses_the_preview_and_a_deployment_switches_when_ready(
     """The other strategies of the chart: the preview is analysed before the switch; a Deployment just rolls."""
     values_file = tmp_path / "strategy.yaml"
     values_file.write_text(values)
-    local = helm.Helm(target.chart_dir, target.release, target.namespace, (values_file,))
+    local = helm.Helm(target.chart_dir, target.release, target.namespace, (*target.values_files, values_file))
     first = helm.deploy(local, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
     assert outcome(local_helm, first.revision)["phase"] == "Healthy"
     deployment = helm.deploy(local, model_uri=uri(versions["good"]), image_tag=IMAGE_TAG)
