@@ -242,7 +242,13 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     )
     verdict = xcom(dag_run, "watch_rollout")
     assert verdict["phase"] == "Healthy", verdict["message"]
-    analysed = {"success-rate", "latency-p99", "latency-p99-vs-stable", "client-errors", "positive-share-shift"}
+    analysed = {
+        "success-rate",
+        "latency-p99",
+        "latency-p99-vs-stable",
+        "client-errors",
+        "positive-share-shift",
+    }
     assert {m["metric"] for m in verdict["measurements"]} == {*analysed, "champion-unchanged"}
     # Every pause of the chart's canary, then the champion check before the last step.
     assert {m["step"] for m in verdict["measurements"] if m["metric"] in analysed} == {1, 3, 5}

@@ -190,7 +190,9 @@ def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
     if fault == "slow":  # it answers one request at a time: a smaller minimum keeps the window short
         values = tmp_path / "few.yaml"
         values.write_text("analysis:\n  minRequests: 10\n")
-        release = helm.Helm(target.chart_dir, target.release, target.namespace, (*target.values_files, values))
+        release = helm.Helm(
+            target.chart_dir, target.release, target.namespace, (*target.values_files, values)
+        )
     with Clients(rollouts.read_status(local_helm)["endpoint"], first_release["record"]) as clients:
         deployment = helm.deploy(release, model_uri=uri(versions[fault]), image_tag=IMAGE_TAG)
         result = outcome(local_helm, deployment.revision)
