@@ -324,13 +324,13 @@ def summarise_release(dag_run: Any) -> None:
     if not verdict["measurements"]:
         print("  no canary: a first release has no stable model to compare against (as in Argo Rollouts)")
     else:
-        print(f"  {'step':>4}  {'traffic':>7}  {'metric':<20} {'value':>8}  {'condition':<18} result")
+        print(f"  {'step':>4}  {'traffic':>7}  {'metric':<21} {'value':>8}  {'condition':<18} result")
         for m in verdict["measurements"]:
             value = m["value"]
             shown = "no data" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
             requests = f" ({m['requests']} requests)" if m.get("requests") is not None else ""
             print(
-                f"  {m['step']:>4}  {m.get('weight', '?'):>6}%  {m['metric']:<20} {shown:>8}  "
+                f"  {m['step']:>4}  {m.get('weight', '?'):>6}%  {m['metric']:<21} {shown:>8}  "
                 f"{m['condition']:<18} {m['phase']}{requests}"
             )
     print(f"  verdict: {verdict['phase']}: {verdict['message']}")

@@ -281,6 +281,9 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     assert "plots/canary_report.png" in plots
 
 
+# Long: a canary at the chart's sized minimum is thousands of replayed requests (make test-scheduler runs it; the
+# local canary's own tests cover the same path at a small minimum in make test).
+@pytest.mark.long
 def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(
     dag, first_run, mlflow_server, tmp_path, capfd
 ) -> None:
@@ -330,6 +333,9 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(
     assert serving and serving[-1].startswith(f"  serving models:/{MODEL}/{previous_champion} at "), serving
 
 
+# Long: a canary at the chart's sized minimum is thousands of replayed requests (make test-scheduler runs it; the
+# local canary's own tests cover the same path at a small minimum in make test).
+@pytest.mark.long
 def test_a_champion_moved_by_hand_before_promotion_is_refused_and_the_release_ends_on_the_champion(
     dag, first_run, capfd
 ) -> None:
