@@ -68,6 +68,7 @@ def canary(controller: Controller, revision: Revision, workload: dict[str, Any])
     background = analysis_of(revision, spec.get("analysis"))
     traffic = controller.traffic(revision)
     new = controller.start(revision, workload)
+    baseline(controller, new)
     router, status = controller.router, controller.status
     failures: dict[str, int] = {}
     try:
@@ -116,6 +117,7 @@ def blue_green(controller: Controller, revision: Revision, workload: dict[str, A
     pre_promotion = analysis_of(revision, spec.get("prePromotionAnalysis"))
     traffic = controller.traffic(revision)
     preview = controller.start(revision, workload)
+    baseline(controller, preview)
     try:
         if pre_promotion.metrics:
             controller.status.phase = PAUSED
@@ -189,6 +191,13 @@ class Window:
     new: Server
     stable: Server | None
     requests: int
+
+
+def baseline(controller: Controller, server: Server) -> None:
+    """Let Prometheus take a new API's counters at 0 before it gets traffic: ``increase()`` counts from a series'
+    first sample, so requests answered before it would be unseen, and a measurement short of its minimum."""
+    if controller.prometheus is not None:
+        controller.prometheus.wait_scraped([server.url], since=time.time())
 
 
 def window(

@@ -7,6 +7,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -281,24 +282,33 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     assert "plots/canary_report.png" in plots
 
 
-# Long: a canary at the chart's sized minimum is thousands of replayed requests (make test-scheduler runs it; the
-# local canary's own tests cover the same path at a small minimum in make test).
-@pytest.mark.long
+#: The release's chart values for the canary variants below: the chart's sized minimum makes a canary thousands of
+#: replayed requests (test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champion runs one);
+#: what these tests check does not depend on it.
+FEW_REQUESTS = "analysis:\n  minRequests: 150\n"
+
+
+@contextmanager
+def release_values(dag: Any, path: Path, text: str) -> Iterator[None]:
+    """The release tasks' chart values with ``text`` over them, for the block."""
+    path.write_text(text)
+    for task_id in ("deploy", "rollback"):
+        dag.get_task(task_id).arguments += ["--values", str(path)]
+    try:
+        yield
+    finally:
+        for task_id in ("deploy", "rollback"):
+            dag.get_task(task_id).arguments = dag.get_task(task_id).arguments[:-2]
+
+
 def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(
     dag, first_run, mlflow_server, tmp_path, capfd
 ) -> None:
     """Real model, real canary; only the threshold is made unreachable (p99 under 1 microsecond). The demo's
     summary says what serves once the rollback has settled (it said the aborted model, read too early)."""
-    strict = tmp_path / "strict.yaml"
-    strict.write_text("analysis:\n  maxLatencyP99Seconds: 0.000001\n")
-    for task_id in ("deploy", "rollback"):
-        dag.get_task(task_id).arguments += ["--values", str(strict)]
     previous_champion = champion()
-    try:
+    with release_values(dag, tmp_path / "strict.yaml", FEW_REQUESTS + "  maxLatencyP99Seconds: 0.000001\n"):
         dag_run = run(dag, 30, policy="superior", min_improvement=-1)
-    finally:
-        for task_id in ("deploy", "rollback"):
-            dag.get_task(task_id).arguments = dag.get_task(task_id).arguments[:-2]
     assert dag_run.state == "failed"
     result = states(dag_run)
     assert {t: result[t] for t in RELEASE_TASKS} == {
@@ -333,11 +343,8 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(
     assert serving and serving[-1].startswith(f"  serving models:/{MODEL}/{previous_champion} at "), serving
 
 
-# Long: a canary at the chart's sized minimum is thousands of replayed requests (make test-scheduler runs it; the
-# local canary's own tests cover the same path at a small minimum in make test).
-@pytest.mark.long
 def test_a_champion_moved_by_hand_before_promotion_is_refused_and_the_release_ends_on_the_champion(
-    dag, first_run, capfd
+    dag, first_run, capfd, tmp_path
 ) -> None:
     """A healthy canary, then a person points `champion` back at the first version just before promote: the
     comparison is stale, so the version is "refused", the release is rolled back to the revision serving the
@@ -350,7 +357,8 @@ def test_a_champion_moved_by_hand_before_promotion_is_refused_and_the_release_en
     promote = dag.get_task("promote")
     promote.on_execute_callback = [move_champion_by_hand]
     try:
-        dag_run = run(dag, 13, policy="superior", min_improvement=-1)
+        with release_values(dag, tmp_path / "few.yaml", FEW_REQUESTS):
+            dag_run = run(dag, 13, policy="superior", min_improvement=-1)
     finally:
         promote.on_execute_callback = []
     assert dag_run.state == "failed"
@@ -385,7 +393,8 @@ def test_a_champion_that_cannot_be_loaded_fails_evaluate_after_its_retries_and_r
     dag, first_run, tmp_path_factory
 ) -> None:
     """The artifact store loses the champion's files: no decision is made. evaluate fails, is retried, fails
-    again; nothing is registered and no alias moves. (The week of an earlier run: its model is reused.)"""
+    again; nothing is registered and no alias moves. (A week no other test trains: whichever tests ran before, the
+    candidate is not the champion whose files are lost.)"""
     client = MlflowClient()
     current = client.get_model_version_by_alias(MODEL, "champion")
     aliases = dict(client.get_registered_model(MODEL).aliases)
@@ -396,7 +405,7 @@ def test_a_champion_that_cannot_be_loaded_fails_evaluate_after_its_retries_and_r
     before = versions()
     stored.rename(hidden)
     try:
-        dag_run = run(dag, 23)
+        dag_run = run(dag, 27)
     finally:
         hidden.rename(stored)
         evaluate.retries = 0
