@@ -5,7 +5,10 @@ A canary changes nothing in how the API answers when its model's scores have shi
 a **two-proportion z-test** on the same window of traffic, in PromQL, from the ``predictions_total`` counters both
 pods export: with ``x`` positives out of ``n`` decisions for each model and ``p`` the pooled share,
 
-    z = |x_new / n_new - x_stable / n_stable| / sqrt(p (1 - p) (1 / n_new + 1 / n_stable))
+    z = (|x_new / n_new - x_stable / n_stable| - (1 / n_new + 1 / n_stable) / 2) / sqrt(p (1 - p) (1 / n_new + 1 / n_stable))
+
+(Yates's continuity correction in the numerator, at least 0: with a few positives in a window the normal
+approximation would otherwise raise false alarms far above ``alpha``),
 
 and a measurement fails when ``z`` exceeds ``maxZ``. Below ``minRequests`` decisions of either model it is
 inconclusive (Argo Rollouts pauses for a person).
@@ -98,7 +101,11 @@ def z_statistic(new_positives: Any, new_total: Any, stable_positives: Any, stabl
 
     pooled = (new_positives + stable_positives) / (new_total + stable_total)
     variance = np.maximum(pooled * (1 - pooled), 1e-12) * (1 / new_total + 1 / stable_total)
-    return np.abs(new_positives / new_total - stable_positives / stable_total) / np.sqrt(variance)
+    difference = np.abs(new_positives / new_total - stable_positives / stable_total)
+    corrected = np.maximum(
+        difference - 0.5 * (1 / new_total + 1 / stable_total), 0
+    )  # Yates's continuity correction
+    return corrected / np.sqrt(variance)
 
 
 def check(values: Mapping[str, Any], where: str) -> None:
