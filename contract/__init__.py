@@ -160,6 +160,12 @@ CANARY_MEASUREMENT_TAG_PREFIX = "mlops.canary."
 #: The verdict on a version whose canary succeeded (it became the champion): the inference API serves the
 #: production alias only with this verdict (ml.promote writes it, ml.serve.model checks it).
 CANARY_PROMOTED = "promoted"
+#: The verdicts on a version whose release failed: its canary was aborted, or the release was refused before it
+#: started. The candidate alias stays on such a version until the next release moves it (the pipeline's MLflow
+#: account may move aliases, not delete them), so no alias serves it (ml.serve.model checks).
+CANARY_ABORTED = "aborted"
+CANARY_REFUSED = "refused"
+CANARY_FAILED = (CANARY_ABORTED, CANARY_REFUSED)
 #: The data interval a run or version covers (``<start>/<end>``, ISO-8601) and the evaluation window it was
 #: judged on: what the performance-over-time plot lines up.
 INTERVAL_TAG = "mlops.interval"

@@ -663,7 +663,6 @@ def promote_stage(model: Model) -> MLStageOperator:
             "--name", model.registered_model,
             "--version", REGISTERED_VERSION,
             "--alias", REGISTRY.production_alias,
-            "--candidate-alias", REGISTRY.candidate_alias,
             "--verdict", "{{ ti.xcom_pull(task_ids='watch_rollout') | tojson }}",
         ],
     )  # fmt: skip

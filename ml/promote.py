@@ -22,9 +22,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from contract import (
+    CANARY_ABORTED,
     CANARY_MEASUREMENT_TAG_PREFIX,
     CANARY_MESSAGE_TAG,
     CANARY_PROMOTED,
+    CANARY_REFUSED,
     CANARY_REVISION_TAG,
     CANARY_VERDICT_TAG,
     CHAMPION_AT_EVALUATION_TAG,
@@ -39,7 +41,7 @@ from ml.runtime import ArgumentParser, json_object
 
 log = logging.getLogger(__name__)
 
-VERDICTS = {HEALTHY: CANARY_PROMOTED, DEGRADED: "aborted", REFUSED: "refused"}
+VERDICTS = {HEALTHY: CANARY_PROMOTED, DEGRADED: CANARY_ABORTED, REFUSED: CANARY_REFUSED}
 
 
 @dataclass
@@ -113,15 +115,14 @@ def _not_promoted(version: str, outcome: str, verdict: dict[str, Any]) -> str:
     return f"the release of v{version} was {outcome}"
 
 
-def promote(
-    *, name: str, version: str, alias: str, verdict: dict[str, Any], candidate_alias: str = ""
-) -> Promotion:
+def promote(*, name: str, version: str, alias: str, verdict: dict[str, Any]) -> Promotion:
     """Tag ``version`` with the release's outcome; on a Healthy canary, move ``alias`` to it by compare-and-set.
 
     The outcome is ``promoted``, ``aborted`` (the canary failed) or ``refused`` (the compare-and-set failed, now
-    or before the release started): the two last leave the alias where it is, and take ``candidate_alias`` (the
-    registry's mark of the version being released, ``challenger``) off the version, if it is still there: a
-    version that failed its release is nobody's candidate any more.
+    or before the release started): the two last leave the alias where it is. The candidate alias
+    (``challenger``) stays on a version whose release failed, until the next release moves it: deleting an alias
+    takes MLflow's ``MANAGE`` permission, more than the pipeline's account holds (``EDIT``), and the verdict
+    tag already keeps every alias from serving the version (``ml.serve.model.check_not_failed``).
     """
     _check_verdict(verdict, name, version)
     client = tracking.client()
@@ -160,8 +161,6 @@ def promote(
     if move:
         client.set_registered_model_alias(name, alias, version)
         log.info("%s@%s: v%s -> v%s", name, alias, current, version)
-    if outcome != VERDICTS[HEALTHY] and candidate_alias:
-        _withdraw(name, version, candidate_alias, outcome)
     return Promotion(
         name=name,
         version=version,
@@ -172,13 +171,6 @@ def promote(
         champion=version if outcome == VERDICTS[HEALTHY] else current,
         reason=reason,
     )
-
-
-def _withdraw(name: str, version: str, candidate_alias: str, outcome: str) -> None:
-    """Take the candidate alias off a version whose release failed, if it is still there."""
-    if current_alias(name, candidate_alias) == version:
-        tracking.client().delete_registered_model_alias(name, candidate_alias)
-        log.info("%s@%s taken off v%s, whose release was %s", name, candidate_alias, version, outcome)
 
 
 def canary_report(verdict: dict[str, Any]) -> Any:
@@ -240,19 +232,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--name", required=True, help="registered model")
     parser.add_argument("--version", required=True, help="the version the canary released")
     parser.add_argument("--alias", required=True, help="the production alias to move")
-    parser.add_argument(
-        "--candidate-alias", default="", help="the alias of the version being released: taken off if it fails"
-    )
     parser.add_argument("--verdict", required=True, help="the rollout watch's JSON result")
     args = parser.parse_args(argv)
     verdict = json_object("--verdict", "the rollout watch's result")(args.verdict)
-    promotion = promote(
-        name=args.name,
-        version=args.version,
-        alias=args.alias,
-        verdict=verdict,
-        candidate_alias=args.candidate_alias,
-    )
+    promotion = promote(name=args.name, version=args.version, alias=args.alias, verdict=verdict)
     _log_canary_report(args.name, args.version, verdict)
     return asdict(promotion)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from ml.compare import Rule
 from ml.evaluate import Evaluation, evaluate
@@ -23,6 +24,21 @@ CHALLENGER = load_platform().registry.candidate_alias
 CARD_FRAUD_FILE = Path(__file__).resolve().parents[1] / "dags" / "models" / "card_fraud.yaml"
 
 
+def tests_canary() -> dict[str, Any]:
+    """The chart's analysis values the tests release with: a positive-share test sized (``mlops.canary_sizing``) to
+    stop a tenfold share at a 2 % base rate with ``alpha`` 0.001 over the chart's measurements. The tests check how a
+    canary runs, not how it is sized (tests/k8s/test_canary_sizing.py): the chart's own sizing makes every local
+    canary thousands of requests, and its ``alpha`` of 0.05 would stop one healthy canary in twenty-odd; this one
+    needs about 150 requests per model and measurement, and stops one in a thousand."""
+    from mlops.canary_sizing import measurements, size
+
+    chart = Path(__file__).resolve().parents[1] / load_platform().release.chart
+    inputs = {"baseRate": 0.02, "detectableRatio": 10, "alpha": 0.001, "power": 0.8}
+    sizing = size(inputs["baseRate"], inputs["detectableRatio"], inputs["alpha"], inputs["power"],
+                  measurements(yaml.safe_load((chart / "values.yaml").read_text())))  # fmt: skip
+    return {"minRequests": sizing.min_requests, "positiveShare": {**inputs, "maxZ": sizing.max_z}}
+
+
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``raw["a"]["b"]`` for ``"a.b"``, making the mappings on the way (a model file's ``retraining: {}``)."""
     *parents, last = dotted.split(".")
@@ -32,6 +48,18 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
             node[part] = {}
         node = node[part]
     node[last] = value
+
+
+def copy_models(folder: Path, every: dict[str, Any] | None = None, **changes: dict[str, Any]) -> Path:
+    """The shipped model files in ``folder``, each model's raw file updated with ``every`` and ``changes[<key>]``
+    (nested keys as dotted paths)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in CARD_FRAUD_FILE.parent.glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        for dotted, value in {**(every or {}), **changes.get(path.stem, {})}.items():
+            set_dotted(raw, dotted, value)
+        (folder / path.name).write_text(yaml.safe_dump(raw))
+    return folder
 
 
 def write_model(folder: Path, key: str, registered_model: str, port: int, **changes: Any) -> Path:

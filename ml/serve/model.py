@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from contract import CANARY_PROMOTED, CANARY_VERDICT_TAG, THRESHOLD_TAG
+from contract import CANARY_FAILED, CANARY_PROMOTED, CANARY_VERDICT_TAG, THRESHOLD_TAG
 from ml import tracking
 from ml.errors import StageError
 
@@ -127,12 +127,24 @@ def check_released(name: str, alias: str, version: Any) -> None:
     )
 
 
+def check_not_failed(name: str, alias: str, version: Any) -> None:
+    """Refuse the version any other alias points at if its release failed (its canary was aborted, or the release
+    refused): the candidate alias stays on such a version until the next release moves it."""
+    verdict = version.tags.get(CANARY_VERDICT_TAG)
+    if verdict in CANARY_FAILED:
+        raise Unreleased(
+            f"refusing to serve {name}@{alias}: it points at v{version.version}, whose release was {verdict} "
+            f"({CANARY_VERDICT_TAG}); serve it anyway with SERVE_ALLOW_UNRELEASED=true"
+        )
+
+
 def resolve(model_uri: str, released_alias: str | None = None) -> tuple[str, str, float, str]:
     """Return (name, version, decision threshold, URI to load) for a model reference.
 
     Accepts ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>`` (the threshold
     of the run's evaluation) and a local folder written by ``python -m ml.serve.export``. When the alias is
-    ``released_alias`` (the production alias), the version must carry the canary verdict ``promoted``.
+    ``released_alias`` (the production alias), the version must carry the canary verdict ``promoted``; under any
+    other alias, not a failed release's verdict (``released_alias`` None: neither is checked).
     """
     if model_uri.startswith("models:/"):
         reference = model_uri.removeprefix("models:/")
@@ -142,6 +154,8 @@ def resolve(model_uri: str, released_alias: str | None = None) -> tuple[str, str
             version = client.get_model_version_by_alias(name, alias)
             if alias == released_alias:
                 check_released(name, alias, version)
+            elif released_alias is not None:
+                check_not_failed(name, alias, version)
         elif "/" in reference:
             name, number = reference.split("/", 1)
             version = client.get_model_version(name, number)

@@ -82,21 +82,6 @@ def models() -> Any:
     return load_models(MODELS_DIR)
 
 
-def copy_models(folder: Path, **changes: dict[str, Any]) -> Path:
-    """The shipped model files in ``folder``, each model's raw file updated with ``changes[<key>]`` (nested keys
-    as dotted paths)."""
-    import yaml
-
-    from tests.helpers import set_dotted
-
-    for path in MODELS_DIR.glob("*.yaml"):
-        raw = yaml.safe_load(path.read_text())
-        for dotted, value in changes.get(path.stem, {}).items():
-            set_dotted(raw, dotted, value)
-        (folder / path.name).write_text(yaml.safe_dump(raw))
-    return folder
-
-
 def test_every_model_file_has_its_training_and_scoring_dags(dagbag) -> None:
     shipped = models()
     assert shipped.broken == {} and len(shipped.models) >= 2
@@ -274,6 +259,7 @@ def test_with_the_asset_trigger_the_pipeline_runs_per_week_of_daily_partitions(t
     from airflow.sdk import PartitionedAssetTimetable
 
     from mlops.models import MODELS_DIR_ENV
+    from tests.helpers import copy_models
 
     monkeypatch.setenv(MODELS_DIR_ENV, str(copy_models(tmp_path, card_fraud={"retraining.trigger": "asset"})))
     bag = DagBag(str(ROOT / "dags"), safe_mode=False)
@@ -293,6 +279,7 @@ def test_with_approval_on_a_person_approves_between_the_release_gate_and_deploy(
 
     from contract import APPROVE, REJECT
     from mlops.models import MODELS_DIR_ENV
+    from tests.helpers import copy_models
 
     approval = {"release.approval": {"required": True, "timeout_hours": 12, "approvers": ["risk-officer"]}}
     monkeypatch.setenv(MODELS_DIR_ENV, str(copy_models(tmp_path, card_fraud=approval)))
@@ -449,8 +436,8 @@ def test_a_broken_model_file_is_an_import_error_naming_it_and_the_other_models_l
     from airflow.dag_processing.dagbag import DagBag
 
     from mlops.models import MODELS_DIR_ENV
+    from tests.helpers import copy_models
 
-    (tmp_path / "models").mkdir()
     folder = copy_models(tmp_path / "models", adult_income={"release.local_port": "eighty"})
     monkeypatch.setenv(MODELS_DIR_ENV, str(folder))
     bag = DagBag(str(ROOT / "dags"), safe_mode=False)

@@ -176,10 +176,13 @@ def standalone_launch(
     """Start ``airflow standalone`` (in the background) on a free port, with its own AIRFLOW_HOME and PostgreSQL
     database, the test's user (Airflow generates its password), the pools ``make airflow-ui`` creates and, as it
     gives them, the pipeline's MLflow account as the Airflow connection the stages get theirs from; stop it at the
-    end of the session."""
+    end of the session. Its models are the shipped files, their canaries sized as the tests' (``tests_canary``)."""
+    from mlops.models import MODELS_DIR_ENV
     from standins.mlflow_server import credentials_env
+    from tests.helpers import copy_models, tests_canary
 
     home = tmp_path_factory.mktemp("airflow-standalone")
+    models = copy_models(home / "models", {"release.values.analysis": tests_canary()})
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     db = PostgresServer(free_port())
@@ -196,6 +199,7 @@ def standalone_launch(
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        MODELS_DIR_ENV: str(models),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.url,
         "AIRFLOW__API__HOST": BIND_HOST,

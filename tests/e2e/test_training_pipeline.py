@@ -30,7 +30,7 @@ from contract import (
 from mlops.models import MODELS_DIR_ENV
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 from tests.conftest import free_port
-from tests.helpers import CHALLENGER, artifact_folder, write_model
+from tests.helpers import CHALLENGER, artifact_folder, tests_canary, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The tests' own model file (the card-fraud model's, under another name and release): its DAG.
@@ -282,16 +282,17 @@ def test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champi
     assert "plots/canary_report.png" in plots
 
 
-#: The release's chart values for the canary variants below: the chart's sized minimum makes a canary thousands of
-#: replayed requests (test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champion runs one);
-#: what these tests check does not depend on it.
-FEW_REQUESTS = "analysis:\n  minRequests: 150\n"
+#: The release's chart values for the canary variants below (``tests.helpers.tests_canary``): the chart's sized
+#: minimum makes a canary thousands of replayed requests
+#: (test_a_model_that_passes_the_gate_goes_through_the_canary_and_becomes_champion runs one); what these tests check
+#: does not depend on it.
+FEW_REQUESTS = tests_canary()
 
 
 @contextmanager
-def release_values(dag: Any, path: Path, text: str) -> Iterator[None]:
-    """The release tasks' chart values with ``text`` over them, for the block."""
-    path.write_text(text)
+def release_values(dag: Any, path: Path, analysis: dict[str, Any]) -> Iterator[None]:
+    """The release tasks' chart values with ``analysis`` over the chart's, for the block."""
+    path.write_text(yaml.safe_dump({"analysis": analysis}))
     for task_id in ("deploy", "rollback"):
         dag.get_task(task_id).arguments += ["--values", str(path)]
     try:
@@ -307,7 +308,7 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(
     """Real model, real canary; only the threshold is made unreachable (p99 under 1 microsecond). The demo's
     summary says what serves once the rollback has settled (it said the aborted model, read too early)."""
     previous_champion = champion()
-    with release_values(dag, tmp_path / "strict.yaml", FEW_REQUESTS + "  maxLatencyP99Seconds: 0.000001\n"):
+    with release_values(dag, tmp_path / "strict.yaml", {**FEW_REQUESTS, "maxLatencyP99Seconds": 0.000001}):
         dag_run = run(dag, 30, policy="superior", min_improvement=-1)
     assert dag_run.state == "failed"
     result = states(dag_run)

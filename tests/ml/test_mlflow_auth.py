@@ -9,6 +9,7 @@ inference API's user reads; an anonymous request is refused.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import subprocess
@@ -21,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+from contract import CANARY_ABORTED, CANARY_VERDICT_TAG, CHAMPION_AT_EVALUATION_TAG, DEGRADED
 from mlops.models import MODELS_DIR_ENV, load_models
 from mlops.platform_config import load_platform
 from tests.conftest import free_port
@@ -34,6 +36,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 INIT = COMPOSE["services"]["mlflow-auth-init"]
 SERVER = COMPOSE["services"]["mlflow"]
 CHAMPION = load_platform().registry.production_alias
+CHALLENGER = load_platform().registry.candidate_alias
 ADMIN_PASSWORD = os.urandom(9).hex()
 #: Values for the ``${VAR:?...}`` settings that compose reads from .env.
 DOTENV = {
@@ -158,6 +161,50 @@ def test_the_pipeline_user_logs_a_run_registers_a_version_and_moves_the_champion
     champion = rest(auth_server, "GET", "registered-models/alias", "READER",
                     params={"name": configured["model"], "alias": CHAMPION})  # fmt: skip
     assert champion.status_code == 200, champion.text
+    assert champion.json()["model_version"]["version"] == pipeline_version
+
+
+def test_the_pipeline_user_records_an_aborted_release_with_the_promote_stage(
+    auth_server: str, configured: dict[str, str], pipeline_version: str
+) -> None:
+    """The promote stage, as the DAG runs it and as the pipeline's user, on a version whose canary was aborted: it
+    records the verdict and
+    leaves both aliases where they are (it once deleted the candidate alias, which takes ``MANAGE``: 403)."""
+    model = configured["model"]
+    source = rest(auth_server, "GET", "model-versions/get", "PIPELINE",
+                  params={"name": model, "version": pipeline_version}).json()["model_version"]  # fmt: skip
+    version = rest(auth_server, "POST", "model-versions/create", "PIPELINE",
+                   json={"name": model, "source": source["source"], "run_id": source["run_id"],
+                         "tags": [{"key": CHAMPION_AT_EVALUATION_TAG, "value": pipeline_version}]})  # fmt: skip
+    assert version.status_code == 200, version.text
+    number = str(version.json()["model_version"]["version"])
+    as_register = rest(auth_server, "POST", "registered-models/alias", "PIPELINE",
+                       json={"name": model, "alias": CHALLENGER, "version": number})  # fmt: skip
+    assert as_register.status_code == 200, as_register.text
+    verdict = {"phase": DEGRADED, "message": "RolloutAborted", "measurements": [],
+               "model_uri": f"models:/{model}/{number}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": auth_server,
+        "MLFLOW_TRACKING_USERNAME": DOTENV["MLFLOW_PIPELINE_USERNAME"],
+        "MLFLOW_TRACKING_PASSWORD": DOTENV["MLFLOW_PIPELINE_PASSWORD"],
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+    }
+    # The arguments the training DAG gives the stage, its templates filled in.
+    from dags.model_dags import promote_stage
+
+    arguments = list(promote_stage(load_models().get("card_fraud")).arguments)
+    for option, value in (("--version", number), ("--verdict", json.dumps(verdict))):
+        arguments[arguments.index(option) + 1] = value
+    done = subprocess.run([sys.executable, "-m", "ml.promote", *arguments], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    recorded = rest(auth_server, "GET", "model-versions/get", "READER",
+                    params={"name": model, "version": number}).json()["model_version"]  # fmt: skip
+    assert {t["key"]: t["value"] for t in recorded["tags"]}[CANARY_VERDICT_TAG] == CANARY_ABORTED
+    assert recorded["aliases"] == [CHALLENGER]
+    champion = rest(auth_server, "GET", "registered-models/alias", "READER",
+                    params={"name": model, "alias": CHAMPION})  # fmt: skip
     assert champion.json()["model_version"]["version"] == pipeline_version
 
 

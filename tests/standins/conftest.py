@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from contract import CHAMPION_AT_EVALUATION_TAG, LOCAL_RELEASES_ENV, PREPARED_URI_TAG, THRESHOLD_TAG
 from ml import tracking
@@ -18,7 +19,7 @@ from ml.train import pip_requirements
 from mlops.models import load_models
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 from standins import rollouts
-from tests.helpers import CHAMPION, register_evaluated
+from tests.helpers import CHAMPION, register_evaluated, tests_canary
 from tests.standins.faulty_models import TRUSTED_TYPES, FaultyClassifier
 
 MODEL = "release-test-model"
@@ -113,16 +114,15 @@ def local_helm(
     rollouts.stop(release_dir)
 
 
-#: The local canary tests' requests per model and measurement. They test how the canary runs, not how it is sized
-#: (tests/k8s/test_canary_sizing.py): the chart's minimum makes every local canary thousands of requests, which the
-#: pipeline's end-to-end tests (tests/e2e) send with the model's own values.
-MIN_REQUESTS = 150
+#: The local canary tests' analysis (``tests.helpers.tests_canary``) and its requests per model and measurement.
+CANARY = tests_canary()
+MIN_REQUESTS = CANARY["minRequests"]
 
 
 @pytest.fixture()
 def target(local_helm: Path) -> helm.Helm:
     """The release stage's ``Helm`` on the inference API's chart, answered by the local stand-in, with the tests'
-    ``MIN_REQUESTS``."""
+    canary."""
     values = local_helm.parent.parent / "canary-tests.yaml"
-    values.write_text(f"analysis:\n  minRequests: {MIN_REQUESTS}\n")
+    values.write_text(yaml.safe_dump({"analysis": CANARY}))
     return helm.Helm(CHART, RELEASE.name, RELEASE.namespace, (values,))

@@ -318,11 +318,20 @@ def test_the_champion_is_served_only_with_a_promoted_verdict(registered, monkeyp
             )
             assert "SERVE_ALLOW_UNRELEASED=true" in answer["detail"]
             assert api.post("/predict", json=registered["records"][0]).status_code == 503
-    # Other aliases (the canary serves the challenger before any verdict) and pinned versions are served.
+    # Other aliases (the candidate before any verdict) and pinned versions are served.
     client_.set_registered_model_alias(UNRELEASED, CHALLENGER, unjudged)
     for uri in (f"models:/{UNRELEASED}@{CHALLENGER}", f"models:/{UNRELEASED}/{aborted}"):
         with TestClient(create_app(Settings(model_uri=uri))) as api:
             assert wait_loaded(api)["ready"] is True, uri
+    # But no alias serves a version whose release failed: the candidate alias stays on it until the next release.
+    client_.set_registered_model_alias(UNRELEASED, CHALLENGER, aborted)
+    with TestClient(create_app(Settings(model_uri=f"models:/{UNRELEASED}@{CHALLENGER}"))) as api:
+        answer = wait_loaded(api)
+        assert answer["ready"] is False
+        assert (
+            f"{UNRELEASED}@{CHALLENGER}: it points at v{aborted}, whose release was aborted"
+            in answer["detail"]
+        )
     # Exporting the champion to a folder checks the same, so a folder cannot carry an unreleased model past it.
     from ml.serve.export import main as export
 
