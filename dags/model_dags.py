@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
@@ -77,11 +77,12 @@ from contract import (
 )
 from mlops.approval import MACROS as APPROVAL_MACROS
 from mlops.approval import approval_task
-from mlops.assets import champion_asset, prepared_asset, source_asset, weekly_partitions_of
+from mlops.assets import champion_asset, decay_asset, prepared_asset, source_asset, weekly_partitions_of
 from mlops.dask_cluster import dask_cluster
 from mlops.intervals import RELEASE_CHOICES, macros
 from mlops.keys import MACROS
 from mlops.models import Model, ModelError, load_models, models_dir
+from mlops.monitor_dag import PREDICTIONS_URI, monitoring_dag
 from mlops.notifiers import AlertNotifier
 from mlops.operators import MLStageOperator, param_arguments
 from mlops.platform_config import load_platform
@@ -96,10 +97,14 @@ MODELS = load_models(models_dir(Path(__file__).parent / "models"))
 
 
 def schedule_of(model: Model) -> Any:
-    """The model's schedule: its retraining cron, the weeks of its source asset's partitions, or none."""
+    """The model's schedule: its retraining cron (or its decay, announced by its monitoring DAG), the weeks of its
+    source asset's partitions, or none."""
     retraining = model.retraining
-    if retraining.trigger == "cron":
-        return CronDataIntervalTimetable(retraining.schedule, timezone=retraining.timezone)
+    if retraining.trigger == "cron":  # each interval, or sooner when monitoring finds the champion decayed
+        return AssetOrTimeSchedule(
+            timetable=CronDataIntervalTimetable(retraining.schedule, timezone=retraining.timezone),
+            assets=decay_asset(model.registered_model),
+        )
     if retraining.trigger == "asset":
         return weekly_partitions_of(source_asset(model.dataset.asset), retraining.timezone)
     return None
@@ -467,14 +472,16 @@ SOURCE = "{{ params.dataset_uri | replace('{data_root}', var.value.mlops_data_ro
 
 
 def release_arguments(model: Model) -> list[str]:
-    """The model's release: the same `helm` commands in the cluster and in the local runtime."""
+    """The model's release: the same `helm` commands in the cluster and in the local runtime. The API records
+    what it scores under the data root, unless the model's values say where (or ``""``: nowhere)."""
     release = model.release
+    serve = {"recordUri": PREDICTIONS_URI, **release.values.get("serve", {})}
     return [
         "--release", release.name,
         "--namespace", release.namespace,
         "--chart", RELEASE.chart,
         *[part for path in release.values_files for part in ("--values", path)],
-        *(["--values-json", json.dumps(release.values, sort_keys=True)] if release.values else []),
+        "--values-json", json.dumps({**release.values, "serve": serve}, sort_keys=True),
     ]  # fmt: skip
 
 
@@ -857,7 +864,11 @@ class BrokenModelFiles(DAG):
         raise ModelError(self.description or "")
 
 
-DAGS = {dag.dag_id: dag for model in MODELS for dag in (training_dag(model), scoring_dag(model))}
+DAGS = {
+    dag.dag_id: dag
+    for model in MODELS
+    for dag in (training_dag(model), scoring_dag(model), monitoring_dag(model))
+}
 if MODELS.broken:
     BROKEN = BrokenModelFiles(
         dag_id="broken_model_files", schedule=None, description=" | ".join(MODELS.broken.values())

@@ -99,7 +99,7 @@ def open_source(
             raise StageError(f"'{uri}' names one table per {{date}}: it needs a data interval to read")
         uris = _days(uri, window)
     else:
-        partitions = _hive_partitions(uri) if window is not None else {}
+        partitions = day_partitions(uri) if window is not None else {}
         uris = _partitions(uri, partitions, window) if partitions and window is not None else [uri]
     with _tables(uris, time_column, window) as source:
         yield source
@@ -117,7 +117,7 @@ def _in_memory(frame: pd.DataFrame, inputs: list[str]) -> Source:
 
 def _days(uri: str, window: Window) -> list[str]:
     uris = [_on_day(uri, day) for day in window.days()]
-    missing = [u for u in uris if not _exists(u)]
+    missing = [u for u in uris if not exists(u)]
     if missing:
         raise StageError(
             f"{len(missing)} of the {len(uris)} daily tables of the window {window} are missing: {_listed(missing)}"
@@ -130,7 +130,7 @@ def _on_day(uri: str, day: date) -> str:
     return DATE_PLACEHOLDER.sub(lambda match: str(match.group(0)).format(date=day), uri)
 
 
-def _hive_partitions(uri: str) -> dict[date, str]:
+def day_partitions(uri: str) -> dict[date, str]:
     """The day partitions right under a folder (``key=YYYY-MM-DD``), by day; empty if it is not so laid out."""
     found: dict[date, str] = {}
     for name in _children(uri):
@@ -271,7 +271,8 @@ def _children(uri: str) -> list[str]:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
 
-def _exists(uri: str) -> bool:
+def exists(uri: str) -> bool:
+    """Whether a file, or a folder (an S3 prefix) with something in it, is at ``uri``."""
     if is_remote(uri):
         bucket, key = split_s3(uri)
         return bool(s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount"))

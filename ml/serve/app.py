@@ -21,6 +21,7 @@ settings' limits, and a deadline for the request headers).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -50,8 +51,12 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if holder.service is None:  # a model already in memory is reloaded only when asked to
             holder.start_loading()
+        if holder.recorder is not None and not holder.recorder.thread.is_alive():
+            holder.recorder.start()
         yield
         holder.stop_loading()
+        if holder.recorder is not None:  # what was answered is written before the process exits
+            await asyncio.to_thread(holder.recorder.close)
 
     app = FastAPI(title="Inference API", lifespan=lifespan)
     app.state.settings, app.state.holder = settings, holder

@@ -50,6 +50,25 @@ CONNECTIONS_CLOSED = Counter(
     "Connections the server closed before a request reached the app, by reason (header_timeout, header_too_large).",
     ["reason"], registry=REGISTRY,
 )  # fmt: skip
+RECORDS_WRITTEN = Counter(
+    "prediction_records_written", "Scored rows written to the prediction record (ml.serve.recorder).",
+    registry=REGISTRY,
+)  # fmt: skip
+RECORDS_DROPPED = Counter(
+    "prediction_records_dropped",
+    "Scored rows the prediction record could not keep, by reason (buffer_full: storage fell behind).",
+    ["reason"], registry=REGISTRY,
+)  # fmt: skip
+RECORDS_DROPPED.labels(reason="buffer_full")
+RECORD_WRITE_ERRORS = Counter(
+    "prediction_record_write_errors",
+    "Failed writes of the prediction record (their rows are kept in the buffer and written again).",
+    registry=REGISTRY,
+)  # fmt: skip
+RECORDS_BUFFERED = Gauge(
+    "prediction_records_buffered", "Scored rows waiting to be written to the prediction record.",
+    registry=REGISTRY,
+)  # fmt: skip
 #: Paths are labelled as routed; anything else is one label, so scanners cannot explode the series count.
 KNOWN_PATHS = frozenset({"/predict", "/invocations", "/health", "/ready", "/metrics"})
 #: The Open Inference Protocol's inference path, whatever model name it carries, is one label.

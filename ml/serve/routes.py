@@ -12,7 +12,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ml.serve import metrics, protocols
+from ml.serve import metrics, protocols, recorder
 from ml.serve.service import ModelHolder, PredictResponse, Problem, Service
 from ml.serve.settings import Settings
 
@@ -26,6 +26,14 @@ def json_response(payload: Any, status_code: int = 200) -> Response:
 
 def _holder(request: Request) -> ModelHolder:
     holder: ModelHolder = request.app.state.holder
+    return holder
+
+
+def _scoring(request: Request) -> ModelHolder:
+    """The model holder, for a scoring route; the request's id is noted for the prediction record, if one is kept."""
+    holder = _holder(request)
+    if holder.recorder is not None:
+        recorder.REQUEST_ID.set(recorder.request_id(request.headers))
     return holder
 
 
@@ -96,7 +104,7 @@ def check_json(request: Request, *others: str) -> str:
 )
 async def predict(request: Request) -> Response:
     media = check_json(request, protocols.ARROW_STREAM)
-    holder = _holder(request)
+    holder = _scoring(request)
     service = holder.service
     if service is None:
         return json_response({"detail": holder.error or "model is loading"}, status_code=503)
@@ -129,7 +137,7 @@ async def invocations(request: Request) -> Response:
     ``dataframe_records``, ``instances`` or ``inputs``; the answer is ``{"predictions": [[p0, p1], ...]}``."""
     try:
         check_json(request)
-        service = _holder(request).service
+        service = _scoring(request).service
         if service is None:
             return mlflow_error(503, _holder(request).error or "model is loading")
         return json_response(await protocols.invocations(service, await request.body()))
@@ -208,6 +216,7 @@ async def v2_infer(request: Request, name: str, version: str | None = None) -> R
         if "content-type" in request.headers:  # Triton's client sends its JSON requests without one
             check_json(request, "application/octet-stream")
         service = _served(request, name, version)
+        _scoring(request)
         header = request.headers.get(protocols.BINARY_HEADER)
         answer, raws = await protocols.infer(service, await request.body(), header)
     except Problem as problem:

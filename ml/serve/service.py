@@ -15,6 +15,7 @@ from pydantic import create_model as create_pydantic_model
 from ml.errors import StageError
 from ml.serve import metrics
 from ml.serve.model import ModelCard, Scorer, load
+from ml.serve.recorder import Recorder
 from ml.serve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,16 @@ class Batcher:
 class Service:
     """The loaded model and what validating and scoring a request needs."""
 
-    def __init__(self, card: ModelCard, scorer: Scorer, settings: Settings, tracer: Any = None) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        scorer: Scorer,
+        settings: Settings,
+        tracer: Any = None,
+        recorder: Recorder | None = None,
+    ) -> None:
         self.card, self.scorer, self.settings, self.tracer = card, scorer, settings, tracer
+        self.recorder = recorder
         self.record = record_model(card)
         self.batcher = Batcher(scorer.predict)
         self.records: TypeAdapter[list[Any]] = TypeAdapter(list[self.record])  # type: ignore[name-defined]
@@ -183,6 +192,8 @@ class Service:
         else:
             scores = await self.batcher.score(matrix)
         metrics.observe_many(metrics.PREDICTION_SCORE, scores)
+        if self.recorder is not None:
+            self.recorder.add(self.card, self.scorer.categories, matrix, scores)
         positives = int((scores >= self.card.threshold).sum())
         if positives:
             metrics.PREDICTIONS.labels(decision="positive").inc(positives)
@@ -227,6 +238,12 @@ class ModelHolder:
 
     def __init__(self, settings: Settings, tracer: Any = None) -> None:
         self.settings, self.tracer = settings, tracer
+        #: Writes every scored row (``SERVE_RECORD_URI``), whichever model is loaded; started with the app.
+        self.recorder = (
+            Recorder(settings.record_uri, max_rows=settings.record_max_rows, flush_rows=settings.record_flush_rows,
+                     flush_seconds=settings.record_flush_seconds)
+            if settings.record_uri else None
+        )  # fmt: skip
         self.service: Service | None = None
         self.error: str | None = None
         self.loading: asyncio.Task[None] | None = None
@@ -259,7 +276,7 @@ class ModelHolder:
         finally:
             self.loading = None
         previous = self.service
-        self.service, self.error = Service(card, scorer, self.settings, self.tracer), None
+        self.service, self.error = Service(card, scorer, self.settings, self.tracer, self.recorder), None
         settle_memory()
         if previous is not None:
             metrics.MODEL_INFO.remove(previous.card.name, previous.card.version)

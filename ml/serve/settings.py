@@ -59,6 +59,16 @@ class Settings(ServingRules):
     # Bearer token for POST /reload; unset (the default) turns reloading over HTTP off.
     admin_token: SecretStr | None = None
 
+    # -- The prediction record (see ml/serve/recorder.py) ------------------------------------------------------
+    # Where every scored row is written, as Parquet by model and day (a folder or an s3:// prefix: the platform's
+    # <data root>/predictions); unset, nothing is recorded.
+    record_uri: str | None = None
+    # Rows waiting to be written at most; beyond it, new rows are dropped and counted (storage fell behind).
+    record_max_rows: PositiveInt = 500_000
+    # The writer writes every record_flush_seconds, or as soon as record_flush_rows rows wait.
+    record_flush_rows: PositiveInt = 50_000
+    record_flush_seconds: PositiveFloat = 10.0
+
     # -- Limits of the server (see ml/serve/limits.py) --------------------------------------------------------
     # Seconds from a connection's opening (or the end of its previous answer) to the end of the request's
     # headers: a client that trickles its headers is disconnected.

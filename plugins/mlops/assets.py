@@ -34,6 +34,11 @@ def champion_asset(model_name: str, alias: str) -> Asset:
     return Asset(name=f"{model_name}@{alias}")
 
 
+def decay_asset(model_name: str) -> Asset:
+    """Announced by the model's monitoring DAG when its champion decayed; its training DAG runs on it."""
+    return Asset(name=f"{model_name}/decayed")
+
+
 def weekly_partitions_of(asset: Asset, timezone: str) -> PartitionedAssetTimetable:
     """Run once per week of daily partitions of ``asset``, when all seven days have landed."""
     return PartitionedAssetTimetable(

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mlops import canary_sizing
 from mlops.platform_config import (
     Approval,
+    Monitoring,
     Platform,
     QualityGate,
     Retraining,
@@ -127,6 +128,7 @@ class Model(_Section):
     owners: tuple[str, ...] = Field(min_length=1)
     dataset: Dataset
     retraining: Retraining
+    monitoring: Monitoring
     training: Training
     quality_gate: QualityGate
     release: ModelRelease
@@ -148,6 +150,10 @@ class Model(_Section):
     def scoring_dag_id(self) -> str:
         return f"score_{self.key}"
 
+    @property
+    def monitoring_dag_id(self) -> str:
+        return f"monitor_{self.key}"
+
     def pool(self, platform: Platform) -> str:
         """The one-slot pool of this model's release steps: one per Helm release, so two models release side by
         side while each model's releases stay one at a time."""
@@ -155,7 +161,7 @@ class Model(_Section):
 
 
 #: The sections a model file may override key by key over the platform's (the rest are the model's own).
-DEFAULTS = ("retraining", "training", "quality_gate")
+DEFAULTS = ("retraining", "monitoring", "training", "quality_gate")
 
 
 def _merged(defaults: dict[str, Any], overrides: Any) -> Any:

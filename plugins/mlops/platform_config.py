@@ -176,6 +176,30 @@ class Retraining(_Settings):
     history_intervals: int = Field(ge=2)
 
 
+class Labels(_Settings):
+    """Where a model's labels land, and their id and arrival columns (``ml.monitor``)."""
+
+    uri: str = Field(min_length=1)
+    id_column: str = Field(min_length=1)
+    arrived_column: str = Field(min_length=1)
+
+
+class Monitoring(_Settings):
+    """The monitoring DAG of a model (``ml.monitor``): when it runs and what decay is."""
+
+    schedule: str
+    timezone: str
+    label_delay_days: int = Field(ge=0)
+    min_labelled_positives: int = Field(ge=1)
+    psi_threshold: float = Field(gt=0)
+    labels: Labels | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _a_cron_expression(cls, value: str) -> str:
+        return Retraining._a_cron_expression(value)
+
+
 class QualityGate(_Settings):
     """The evaluate stage's gate (``ml.evaluate``, ``ml.compare.Rule``)."""
 
@@ -263,6 +287,7 @@ class Platform(_Settings):
     dask: Dask
     tuning: Tuning
     retraining: Retraining
+    monitoring: Monitoring
     quality_gate: QualityGate
     registry: Registry
     release: Release

@@ -136,14 +136,19 @@ data "aws_iam_policy_document" "read_write" {
   }
 }
 
-# The inference API only reads models.
+# The inference API reads models, and adds files to its prediction record (mlops_data_root/predictions: the
+# monitoring DAG reads them); it reads nothing else and deletes nothing.
 data "aws_iam_policy_document" "artifacts_read_only" {
   statement {
     actions   = ["s3:GetObject"]
     resources = ["${aws_s3_bucket.data.arn}/${local.artifact_prefix}/*"]
   }
   statement {
-    actions   = ["kms:Decrypt"]
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.data.arn}/${local.data_prefix}/predictions/*"]
+  }
+  statement {
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.data.arn]
   }
 }

@@ -173,13 +173,14 @@ def test_the_form_defaults_are_valid_and_time_column_may_be_empty(dagbag) -> Non
 
 
 @pytest.mark.parametrize(
-    "task_id", ["prepare", "tune_best", "train", "evaluate", "register", "promote", "deploy", "rollback"]
+    "task_id",
+    ["prepare", "tune_best", "train", "evaluate", "register", "promote", "deploy", "rollback", "monitor"],
 )
 def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, task_id: str) -> None:
     import subprocess
     import sys
 
-    task = dagbag.dags[TRAINING].get_task(task_id)
+    task = dagbag.dags["monitor_card_fraud" if task_id == "monitor" else TRAINING].get_task(task_id)
     flags = {part for part in task.arguments if part.startswith("--")}
     # The release and tune stages' first argument is a subcommand, which has its own flags.
     subcommand = [task.arguments[0]] if task.module in ("release", "tune") else []
@@ -188,6 +189,37 @@ def test_every_flag_the_dag_passes_is_one_the_stage_accepts(dagbag, task_id: str
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert {flag for flag in flags if flag not in usage} == set()
+
+
+def test_a_decay_the_monitoring_dag_announces_starts_the_training_dag_between_its_intervals(dagbag) -> None:
+    """The training DAG runs on its cron or on its model's decay asset, which only its monitoring DAG announces; the
+    monitor stage judges against the quality gate's floor, with the model file's labels."""
+    from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
+
+    from mlops.assets import decay_asset
+
+    model = models().get("card_fraud")
+    training, monitoring = dagbag.dags[TRAINING], dagbag.dags[model.monitoring_dag_id]
+    assert isinstance(training.timetable, AssetOrTimeSchedule)
+    assert isinstance(training.timetable.timetable, CronDataIntervalTimetable)
+    decayed = decay_asset(model.registered_model)
+    assert training.timetable.asset_condition == decayed
+    announcers = [t for d in dagbag.dags.values() for t in d.tasks if decayed in (t.outlets or [])]
+    assert [(t.dag_id, t.task_id) for t in announcers] == [(monitoring.dag_id, "announce_decay")]
+    arguments = monitoring.get_task("monitor").arguments
+    value = {
+        flag: arguments[arguments.index(flag) + 1]
+        for flag in ("--labels", "--id-column", "--min-average-precision")
+    }
+    assert value == {
+        "--labels": "{{ var.value.mlops_data_root }}/labels/card-fraud-detector",
+        "--id-column": model.monitoring.labels.id_column,
+        "--min-average-precision": str(model.quality_gate.min_average_precision),
+    }
+    # A model without labels is watched for drift only.
+    adult = models().get("adult_income")
+    assert adult.monitoring.labels is None
+    assert "--labels" not in dagbag.dags[adult.monitoring_dag_id].get_task("monitor").arguments
 
 
 def test_train_reports_its_progress_as_often_as_the_platform_settings_say(dagbag) -> None:

@@ -227,6 +227,8 @@ def test_promql_names_only_metrics_and_labels_the_api_exports() -> None:
         metrics.PREDICTION_SCORE,
         metrics.PREDICTIONS,
         metrics.MODEL_INFO,
+        metrics.RECORDS_DROPPED,
+        metrics.RECORD_WRITE_ERRORS,
     ):
         name, kind = collector._name, collector._type
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}[kind]
@@ -254,7 +256,7 @@ def test_every_alert_has_a_severity_a_description_and_a_runbook_in_the_repositor
     rules = alert_rules()
     assert sorted({r["alert"] for r in rules}) == [
         "InferenceApiAvailabilityBudgetBurn", "InferenceApiDown", "InferenceApiLatencyBudgetBurn",
-        "InferenceApiPredictionDrift",
+        "InferenceApiPredictionDrift", "InferenceApiPredictionRecordsLost",
     ]  # fmt: skip
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning")

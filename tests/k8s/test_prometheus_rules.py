@@ -179,6 +179,26 @@ def test_the_api_down_alert_fires_after_five_minutes_on_a_target_that_answers_no
     promtool_test(tmp_path / "gone", gone, checks)
 
 
+def test_a_dropped_record_row_alerts_at_once_and_failed_writes_once_they_persist(tmp_path: Path) -> None:
+    name = "InferenceApiPredictionRecordsLost"
+    dropped = f'prediction_records_dropped_total{{{TARGET},pod="a",reason="buffer_full"}}'
+    errors = f'prediction_record_write_errors_total{{{TARGET},pod="a"}}'
+    series = [
+        # 500 rows dropped at minute 20; one failed write at minute 40 (written again the next time); from minute
+        # 60 a write fails every minute (storage is down).
+        {"series": dropped, "values": "0x19 500x60"},
+        {"series": errors, "values": "0x39 1x20 1+1x20"},
+    ]
+    checks = [
+        {"eval_time": "15m", "alertname": name, "exp_alerts": []},
+        {"eval_time": "21m", "alertname": name, "exp_alerts": [firing(name)]},
+        {"eval_time": "35m", "alertname": name, "exp_alerts": []},  # the drop left the 10-minute window
+        {"eval_time": "45m", "alertname": name, "exp_alerts": []},  # one failed write: its rows were kept
+        {"eval_time": "64m", "alertname": name, "exp_alerts": [firing(name)]},
+    ]
+    promtool_test(tmp_path, series, checks)
+
+
 @pytest.mark.parametrize("moved", [True, False], ids=["moved", "steady"])
 def test_the_drift_alert_fires_an_hour_after_the_mean_score_moved_against_last_week(
     tmp_path: Path, moved: bool
