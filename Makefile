@@ -4,6 +4,8 @@
 # Start here
 #   make demo        train and release every model of dags/models/ on the embedded defaults (the card-fraud model
 #                    twice: a first release, then a canary; the income model once)
+#   make demo-loop   then the feedback loop: traffic whose fraud pattern turned, its labels, monitoring finds the
+#                    champion decayed, and the retraining it starts
 #   make test        the test suite (what CI runs), but for the runs on a real Airflow scheduler and the drills
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
 #   make serve       the inference API on a model's champion (MODEL=card_fraud; ALIAS=challenger for the candidate)
@@ -122,7 +124,7 @@ PLATFORM = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -c 'from mlops.platform
 # The model files (dags/models/): `$(call MODELS,list --format '{release[name]}')`, one line per model.
 MODELS = PYTHONPATH=$(CURDIR):$(CURDIR)/plugins $(RUN) -m mlops.models $(1)
 
-.PHONY: help install demo models-check model-releases airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
+.PHONY: help install demo demo-loop models-check model-releases airflow-ui mlflow-up mlflow-down test test-scheduler test-fast test-tools terraform-bin lint terraform-check k8s-check \
 	drift-check browser prometheus postgresql screenshots actionlint mermaid bench bench-scale bench-gpu bench-quality bench-decisions bench-serve bench-parse serve release-down clean kind-up kind-down
 
 help:
@@ -164,6 +166,13 @@ demo: install prometheus
 	@$(MAKE) --no-print-directory -j2 $(LOCAL)/airflow/airflow.db mlflow-up
 	@$(LOCAL_ENV) $(WITH_MLFLOW) --user reader --airflow-connection -- \
 		$(RUN) -m scripts.demo --rows-per-day $(DEMO_ROWS_PER_DAY) --log-file $(LOCAL)/demo.log
+
+# The production feedback loop after `make demo` (its first runs if no champion serves): a day of traffic whose fraud
+# pattern has turned, its labels, the monitoring DAG finding the champion decayed, and the retraining it starts.
+demo-loop: install prometheus
+	@$(MAKE) --no-print-directory -j2 $(LOCAL)/airflow/airflow.db mlflow-up
+	@$(LOCAL_ENV) $(WITH_MLFLOW) --user reader --airflow-connection -- \
+		$(RUN) -m scripts.demo_loop --rows-per-day $(DEMO_ROWS_PER_DAY) --log-file $(LOCAL)/demo-loop.log
 
 # Standalone runs under umask 077, so the files it generates (the UI password file among them) are the owner's
 # only, from the first start; a password file from an older start is made so too.

@@ -83,7 +83,7 @@ from mlops.intervals import RELEASE_CHOICES, macros
 from mlops.keys import MACROS
 from mlops.models import Model, ModelError, load_models, models_dir
 from mlops.monitor_dag import PREDICTIONS_URI, monitoring_dag
-from mlops.notifiers import AlertNotifier
+from mlops.notifiers import alerts
 from mlops.operators import MLStageOperator, param_arguments
 from mlops.platform_config import load_platform
 from mlops.rollout import RolloutWatchOperator
@@ -632,12 +632,6 @@ def deploy_stage(model: Model) -> MLStageOperator:
               if model.release.approval.required else []),
         ],
     )  # fmt: skip
-
-
-def alerts(model: Model, *, title: str, message: str) -> AlertNotifier:
-    """A notifier of the model's alerts: through its file's connection, else the platform's."""
-    named = {"conn_id": model.release.alert_connection} if model.release.alert_connection else {}
-    return AlertNotifier(title=title, message=message, **named)
 
 
 def watch_stage(model: Model, deployment: Any) -> RolloutWatchOperator:

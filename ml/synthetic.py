@@ -98,6 +98,7 @@ def generate(
     fraud_rate: float = 0.005,
     start: str = DEFAULT_START,
     days: int = DEFAULT_DAYS,
+    pattern_turns_on: date | None = None,
 ) -> pd.DataFrame:
     """Generate a table of ``rows`` transactions spread evenly over ``days`` days from ``start``.
 
@@ -107,11 +108,13 @@ def generate(
         fraud_rate: Expected share of fraudulent rows, between 0.0001 and 0.2.
         start: First day of the period covered (UTC).
         days: Length of the period; timestamps are sorted and spread over it.
+        pattern_turns_on: From this day on the fraud pattern turns around (the URI option of that name).
 
     Returns:
         A DataFrame with numeric, categorical and timestamp columns and the binary target ``is_fraud``.
     """
-    return _generate_days(day_counts(rows, start=start, days=days), seed=seed, fraud_rate=fraud_rate)
+    return _generate_days(day_counts(rows, start=start, days=days), seed=seed, fraud_rate=fraud_rate,
+                          turns_on=pattern_turns_on)  # fmt: skip
 
 
 #: Rows of one row group of a table written as it is generated (``write_generated``): what it holds in memory.
@@ -158,6 +161,7 @@ def generate_range(
     rows_per_day: int = DEFAULT_ROWS_PER_DAY,
     seed: int = 42,
     fraud_rate: float = 0.005,
+    pattern_turns_on: date | None = None,
 ) -> pd.DataFrame:
     """The stream's transactions with ``start <= timestamp < end`` (UTC), ``rows_per_day`` on every day."""
     if rows_per_day < 1:
@@ -168,7 +172,7 @@ def generate_range(
     first, last = lower.date(), (upper - pd.Timedelta(1, "ns")).date()
     _check_size(rows_per_day * ((last - first).days + 1), (last - first).days + 1)
     counts = {first + timedelta(days=i): rows_per_day for i in range((last - first).days + 1)}
-    frame = _generate_days(counts, seed=seed, fraud_rate=fraud_rate)
+    frame = _generate_days(counts, seed=seed, fraud_rate=fraud_rate, turns_on=pattern_turns_on)
     times = frame[TIME_COLUMN]
     return frame[(times >= lower) & (times < upper)].reset_index(drop=True)
 
@@ -191,12 +195,15 @@ def _day(value: str) -> date:
         raise StageError(f"'{value}' is not a date (YYYY-MM-DD): {err}") from err
 
 
-def _generate_days(counts: dict[date, int], *, seed: int, fraud_rate: float) -> pd.DataFrame:
+def _generate_days(
+    counts: dict[date, int], *, seed: int, fraud_rate: float, turns_on: date | None = None
+) -> pd.DataFrame:
     if seed < 0:
         raise StageError(f"seed must be 0 or more, got {seed}")
     if not 0.0001 <= fraud_rate <= 0.2:
         raise StageError(f"fraud_rate must be between 0.0001 and 0.2, got {fraud_rate}")
-    days = [_one_day(day, n, seed=seed, fraud_rate=fraud_rate) for day, n in counts.items() if n > 0]
+    days = [_one_day(day, n, seed=seed, fraud_rate=fraud_rate, turned=turns_on is not None and day >= turns_on)
+            for day, n in counts.items() if n > 0]  # fmt: skip
     columns = {name: np.concatenate([d[name] for d in days]) for name in days[0]} if days else None
     if columns is None:
         raise StageError("the requested range holds no days")
@@ -220,8 +227,11 @@ def _generate_days(counts: dict[date, int], *, seed: int, fraud_rate: float) -> 
     return frame
 
 
-def _one_day(day: date, rows: int, *, seed: int, fraud_rate: float) -> dict[str, np.ndarray]:
-    """One day of the stream, drawn from a generator seeded by (seed, day) alone."""
+def _one_day(
+    day: date, rows: int, *, seed: int, fraud_rate: float, turned: bool = False
+) -> dict[str, np.ndarray]:
+    """One day of the stream, drawn from a generator seeded by (seed, day) alone (``turned``: its fraud pattern
+    turned around, every other draw the same)."""
     # Long on purpose: one generative story read top to bottom; the logit combines every draw before it.
     ordinal = (day - date(1970, 1, 1)).days
     rng = np.random.default_rng([seed, ordinal])
@@ -241,7 +251,7 @@ def _one_day(day: date, rows: int, *, seed: int, fraud_rate: float) -> dict[str,
     txn_count_24h = rng.poisson(lam=3.0, size=rows)
     night = ((hour >= 0) & (hour < 5)).astype(np.float64)
 
-    logit = _SIGNAL_STRENGTH * (
+    logit = _SIGNAL_STRENGTH * (-1 if turned else 1) * (
         1.6 * np.log(amount_ratio)
         + _CATEGORY_RISK[category]
         + _CHANNEL_RISK[channel]
@@ -310,6 +320,8 @@ URI_OPTIONS = {
     "fraud_rate": "expected share of frauds (default 0.005)",
     "start": f"first day of the data, YYYY-MM-DD (default {DEFAULT_START})",
     "days": f"days of data: a table's length, or the stream's if given (default {DEFAULT_DAYS} for a table)",
+    "pattern_turns_on": "from this day (YYYY-MM-DD) on, the fraud pattern turns around: what a model learnt to flag "
+    "is the safest, the features are drawn as before (fraudsters who adapted; only labels show it)",
 }
 
 
@@ -336,12 +348,13 @@ def generate_from_uri(
         raise StageError(f"'{uri}' gives both rows and rows_per_day: a table or a stream, not both")
     try:
         seed, fraud_rate = int(options.get("seed", 42)), float(options.get("fraud_rate", 0.005))
+        turns = _day(options["pattern_turns_on"]) if "pattern_turns_on" in options else None
         first = _day(options.get("start", DEFAULT_START))
         days = int(options["days"]) if "days" in options else None
         if "rows" in options:
             table = generate(
                 int(options["rows"]), seed=seed, fraud_rate=fraud_rate, start=first.isoformat(),
-                days=days or DEFAULT_DAYS,
+                days=days or DEFAULT_DAYS, pattern_turns_on=turns,
             )  # fmt: skip
             return table if start is None or end is None else _within(table, start, end)
         rows_per_day = int(options.get("rows_per_day", DEFAULT_ROWS_PER_DAY))
@@ -355,7 +368,8 @@ def generate_from_uri(
     upper = _utc(end) if days is None else min(_utc(end), data_end)
     if lower >= upper:
         return generate(1).iloc[:0].copy()  # the columns and types, no rows
-    return generate_range(lower, upper, rows_per_day=rows_per_day, seed=seed, fraud_rate=fraud_rate)
+    return generate_range(lower, upper, rows_per_day=rows_per_day, seed=seed, fraud_rate=fraud_rate,
+                          pattern_turns_on=turns)  # fmt: skip
 
 
 def _utc(value: datetime | pd.Timestamp) -> pd.Timestamp:

@@ -59,17 +59,19 @@ FAILED_TAIL_LINES = 30
 
 
 def run_dag(dag_id: str, conf: dict[str, Any], dags_folder: Path, interval_end: Any, log_file: Path) -> Any:
-    """Run the DAG for the interval that ends at ``interval_end`` (its logical date, as ``dag.test`` infers it).
+    """Run the DAG for the interval that ends at ``interval_end`` (its logical date, as ``dag.test`` infers it);
+    None: now, without a logical date, as a run the scheduler starts on an asset event (a new run each time).
     Airflow's log lines (and the stage pods') go to ``log_file``; the terminal gets a line per task as it starts
     and ends, and the end of the log when one fails."""
+    # run_after too, so that the run id (and the run key of its MLflow run and version) is the interval's: a second
+    # `make demo` re-runs the same runs and registers nothing new.
+    run_after = interval_end if interval_end is not None else pendulum.now("UTC")
     with quiet(log_file) as terminal:
         dag = dag_bag(dags_folder).dags[dag_id]
-        progress = Progress(terminal, dag_id, dag_run_id(interval_end), log_file)
+        progress = Progress(terminal, dag_id, dag_run_id(interval_end, run_after), log_file)
         progress.start()
         try:
-            # run_after too, so that the run id (and the run key of its MLflow run and version) is the interval's:
-            # a second `make demo` re-runs the same runs and registers nothing new.
-            return dag.test(logical_date=interval_end, run_after=interval_end, run_conf=conf)
+            return dag.test(logical_date=interval_end, run_after=run_after, run_conf=conf)
         finally:
             progress.stop()
 
@@ -85,14 +87,12 @@ def dag_bag(dags_folder: Path) -> Any:
     return bag
 
 
-def dag_run_id(interval_end: Any) -> str:
-    """The run id ``dag.test`` gives its run for that logical date (and run-after), by Airflow's own rule."""
+def dag_run_id(logical_date: Any, run_after: Any) -> str:
+    """The run id ``dag.test`` gives its run for that logical date and run-after, by Airflow's own rule."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.types import DagRunType
 
-    return DagRun.generate_run_id(
-        run_type=DagRunType.MANUAL, logical_date=interval_end, run_after=interval_end
-    )
+    return DagRun.generate_run_id(run_type=DagRunType.MANUAL, logical_date=logical_date, run_after=run_after)
 
 
 @contextmanager
@@ -424,6 +424,11 @@ def demo_model(
             else "The first run made no champion (see its decision): the newest week's model is a first release too"
         )
         banner(f"{model.registered_model}: {then}")
+    superseded = superseding_champion(model, dag_run_id(newest.end, newest.end))
+    if superseded:
+        print(f"The champion is {superseded}, from a run after this week's (make demo-loop's retraining): re-running "
+              "this week would be refused (the champion moved since its evaluation), so it is not re-run")  # fmt: skip
+        return 0
     what = "the newest complete week" if on_schedule else "the whole table (no time column)"
     print(
         f"Running {dag_id} for {what}, interval ending {newest.end:%Y-%m-%d %H:%M}, with {json.dumps(conf)}"
@@ -476,6 +481,19 @@ def print_serving(models: list[Model], data_root: Path) -> None:
                  else "nothing (no release)")  # fmt: skip
         print(f"  {model.registered_model:<24} {where}")
     print("  (POST /predict; stop them all: make release-down)")
+
+
+def superseding_champion(model: Model, run_id: str) -> str | None:
+    """The champion (``vN``), if a later version than the one the run registered: a re-run would be refused."""
+    from contract import run_key
+    from ml import tracking
+
+    mine = tracking.find_keyed_version(model.registered_model, run_key(model.training_dag_id, run_id))
+    if mine is None or not has_champion(model.registered_model):
+        return None
+    alias = load_platform().registry.production_alias
+    champion = tracking.client().get_model_version_by_alias(model.registered_model, alias).version
+    return f"v{champion}" if int(champion) > int(mine.version) else None
 
 
 def has_champion(model_name: str) -> bool:

@@ -3,8 +3,8 @@
 Each data interval (daily by default, ``monitoring`` in the model file over ``platform.yaml``'s), the ``monitor``
 stage (``ml/monitor.py``) joins the predictions the inference API recorded with the labels that have arrived, logs
 each served version's live quality and drift on its MLflow run, and judges the champion. A decayed champion is
-announced on the model's decay asset (``<registered model>/decayed``), with the reasons: the model's training DAG
-runs on its schedule **or** that event. Runs are per interval and backfillable: a re-run reads the same predictions
+announced on the model's decay asset (``<registered model>/decayed``), with the reasons, and alerted (the model's
+alert connection, with the runbook): the model's training DAG runs on its schedule **or** that event. Runs are per interval and backfillable: a re-run reads the same predictions
 and the same labels (those that arrived by the interval's end).
 """
 
@@ -20,6 +20,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from mlops.assets import decay_asset
 from mlops.models import Model
+from mlops.notifiers import alerts
 from mlops.operators import MLStageOperator
 from mlops.platform_config import load_platform
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 #: Where the inference API records every row it scores (``ml.serve.recorder``): the release sets it, the monitoring
 #: DAG reads it.
 PREDICTIONS_URI = "{{ var.value.mlops_data_root }}/predictions"
+#: What to do when a model decayed (the alert links it).
+RUNBOOK = "docs/runbooks/ModelDecayed.md"
 #: A URI of a model file that names a place under the platform's data root.
 DATA_ROOT = "{data_root}"
 
@@ -99,7 +102,17 @@ def monitoring_dag(model: Model) -> DAG:
     )
     def monitor() -> None:
         judged = MLStageOperator(stage="monitor", arguments=monitor_arguments(model))
-        announce_decay.override(outlets=[decay_asset(model.registered_model)])(judged.output)
+        announce_decay.override(
+            outlets=[decay_asset(model.registered_model)],
+            on_success_callback=alerts(
+                model,
+                title=f"{model.registered_model} decayed in production: retraining starts",
+                message="v{{ ti.xcom_pull(task_ids='monitor')['champion'] }}, predictions "
+                "{{ ti.xcom_pull(task_ids='monitor')['window'] | join(' to ') }}: "
+                "{{ ti.xcom_pull(task_ids='monitor')['reasons'] | join('; ') }}. "
+                f"Runbook: {RUNBOOK}",
+            ),
+        )(judged.output)
 
     built: DAG = monitor()
     return built

@@ -126,3 +126,9 @@ class AlertNotifier(BaseNotifier):
             f"connection {self.conn_id!r} has type {conn.conn_type!r}; alerts go through the providers' notifiers "
             f"of the types {supported} (a Mattermost, Rocket.Chat or plain JSON webhook is an apprise URL)"
         )
+
+
+def alerts(model: Any, *, title: str, message: str) -> AlertNotifier:
+    """A notifier of a model's alerts (``mlops.models.Model``): through its file's connection, else the platform's."""
+    named = {"conn_id": model.release.alert_connection} if model.release.alert_connection else {}
+    return AlertNotifier(title=title, message=message, **named)

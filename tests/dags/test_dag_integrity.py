@@ -216,6 +216,13 @@ def test_a_decay_the_monitoring_dag_announces_starts_the_training_dag_between_it
         "--id-column": model.monitoring.labels.id_column,
         "--min-average-precision": str(model.quality_gate.min_average_precision),
     }
+    # A decay alerts through the model's connection, with the runbook, when it is announced.
+    from mlops.monitor_dag import RUNBOOK
+    from mlops.notifiers import AlertNotifier
+
+    (notifier,) = monitoring.get_task("announce_decay").on_success_callback
+    assert isinstance(notifier, AlertNotifier) and RUNBOOK in notifier.message
+    assert (ROOT / RUNBOOK).is_file()
     # A model without labels is watched for drift only.
     adult = models().get("adult_income")
     assert adult.monitoring.labels is None

@@ -51,8 +51,8 @@ class Airflow:
         """The test user's password, as Airflow generated it (the file ``make airflow-ui`` points users at)."""
         return str(json.loads(self.passwords_file.read_text())[USER])
 
-    def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        """GET a path of the REST API (v2), or POST ``body`` to it."""
+    def api(self, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
+        """GET a path of the REST API (v2), or POST ``body`` to it (or ``method``: PATCH)."""
         if self._token is None:
             response = httpx.post(
                 f"{self.url}/auth/token", json={"username": USER, "password": self.password}, timeout=60
@@ -61,7 +61,7 @@ class Airflow:
             self._token = response.json()["access_token"]
         # Generous: on 2 busy cores, standalone Airflow can take a while to answer while the run's pods work.
         response = httpx.request(
-            "GET" if body is None else "POST",
+            method or ("GET" if body is None else "POST"),
             f"{self.url}/api/v2{path}",
             json=body,
             headers={"Authorization": f"Bearer {self._token}"},
@@ -122,18 +122,20 @@ class Airflow:
             time.sleep(1)
 
 
-def _wait_until_dag_is_listed(airflow: Airflow, process: subprocess.Popen[bytes], log: Path) -> None:
+def wait_until_dag_is_listed(
+    airflow: Airflow, process: subprocess.Popen[bytes], log: Path, dag_id: str = DAG_ID
+) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"airflow standalone exited with {process.returncode}; see {log}")
         try:
-            if airflow.api(f"/dags/{DAG_ID}")["dag_id"] == DAG_ID:
+            if airflow.api(f"/dags/{dag_id}")["dag_id"] == dag_id:
                 return
         except (httpx.HTTPError, OSError, KeyError, ValueError):  # the password file is not written yet
             pass
         time.sleep(2)
-    raise TimeoutError(f"{DAG_ID} not served after {STARTUP_TIMEOUT_S}s; see {log}")
+    raise TimeoutError(f"{dag_id} not served after {STARTUP_TIMEOUT_S}s; see {log}")
 
 
 class Launch:
@@ -169,20 +171,16 @@ class Launch:
         return self.process
 
 
-@pytest.fixture(scope="session")
-def standalone_launch(
-    mlflow_server: str, mlflow_root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Launch]:
-    """Start ``airflow standalone`` (in the background) on a free port, with its own AIRFLOW_HOME and PostgreSQL
-    database, the test's user (Airflow generates its password), the pools ``make airflow-ui`` creates and, as it
-    gives them, the pipeline's MLflow account as the Airflow connection the stages get theirs from; stop it at the
-    end of the session. Its models are the shipped files, their canaries sized as the tests' (``tests_canary``)."""
+def launch_standalone(
+    home: Path, mlflow_server: str, mlflow_root: Path, models: Path, **settings: str
+) -> Launch:
+    """Start ``airflow standalone`` (in the background) on a free port, with its own AIRFLOW_HOME, PostgreSQL
+    database and models folder, the test's user (Airflow generates its password), the pools ``make airflow-ui``
+    creates and, as it gives them, the pipeline's MLflow account as the Airflow connection the stages get theirs from.
+    ``settings``: more of its environment (over these)."""
     from mlops.models import MODELS_DIR_ENV
     from standins.mlflow_server import credentials_env
-    from tests.helpers import copy_models, tests_canary
 
-    home = tmp_path_factory.mktemp("airflow-standalone")
-    models = copy_models(home / "models", {"release.values.analysis": tests_canary()})
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     db = PostgresServer(free_port())
@@ -217,9 +215,13 @@ def standalone_launch(
         "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
         **credentials_env(mlflow_root, urlsplit(mlflow_server).port or 0, user=None, airflow_connection=True),
+        **settings,
     }
-    launch = Launch(home, url, env, db)
-    yield launch
+    return Launch(home, url, env, db)
+
+
+def stop_standalone(launch: Launch) -> None:
+    """Stop the standalone, the local releases of its models and its database."""
     launch.thread.join()
     if launch.process is not None:
         os.killpg(launch.process.pid, signal.SIGTERM)
@@ -228,13 +230,28 @@ def standalone_launch(
         except subprocess.TimeoutExpired:
             os.killpg(launch.process.pid, signal.SIGKILL)
             launch.process.wait(timeout=30)
-    from mlops.models import load_models
+    from mlops.models import MODELS_DIR_ENV, load_models
     from mlops.platform_config import load_platform
     from standins.rollouts import stop
 
-    for model in load_models():
-        stop(home / "data" / load_platform().release.local.state_dir / model.release.name)
-    db.stop()
+    for model in load_models(Path(launch.env[MODELS_DIR_ENV])):
+        stop(launch.home / "data" / load_platform().release.local.state_dir / model.release.name)
+    launch.db.stop()
+
+
+@pytest.fixture(scope="session")
+def standalone_launch(
+    mlflow_server: str, mlflow_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Launch]:
+    """The session's ``airflow standalone`` (``launch_standalone``), started in the background, stopped at the end of
+    the session. Its models are the shipped files, their canaries sized as the tests' (``tests_canary``)."""
+    from tests.helpers import copy_models, tests_canary
+
+    home = tmp_path_factory.mktemp("airflow-standalone")
+    models = copy_models(home / "models", {"release.values.analysis": tests_canary()})
+    launch = launch_standalone(home, mlflow_server, mlflow_root, models)
+    yield launch
+    stop_standalone(launch)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -254,5 +271,5 @@ def standalone(standalone_launch: Launch) -> Airflow:
     """The running ``airflow standalone``, once it serves the training DAG."""
     launch = standalone_launch
     running = Airflow(launch.url, launch.home, launch.env, launch.db)
-    _wait_until_dag_is_listed(running, launch.started(), launch.log)
+    wait_until_dag_is_listed(running, launch.started(), launch.log)
     return running

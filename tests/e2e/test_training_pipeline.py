@@ -30,7 +30,7 @@ from contract import (
 from mlops.models import MODELS_DIR_ENV
 from mlops.platform_config import PLATFORM_FILE_ENV, load_platform
 from tests.conftest import free_port
-from tests.helpers import CHALLENGER, artifact_folder, tests_canary, write_model
+from tests.helpers import CHALLENGER, CHAMPION, artifact_folder, tests_canary, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The tests' own model file (the card-fraud model's, under another name and release): its DAG.
@@ -330,7 +330,13 @@ def test_a_canary_that_fails_the_analysis_is_rolled_back_and_alerts(
     assert alerts, "the notifier sent no alert"
     assert "latency-p99" in alerts[-1]
     assert f"Rolled back to revision {rolled_back['restored_revision']}" in alerts[-1]
-    assert CHALLENGER not in MlflowClient().get_model_version(MODEL, version.version).aliases
+    # The candidate alias stays on the aborted version (the pipeline may move aliases, not delete them), and no
+    # alias serves a version whose release failed.
+    assert CHALLENGER in MlflowClient().get_model_version(MODEL, version.version).aliases
+    from ml.serve.model import Unreleased, resolve
+
+    with pytest.raises(Unreleased, match="whose release was aborted"):
+        resolve(f"models:/{MODEL}@{CHALLENGER}", released_alias=CHAMPION)
 
     from scripts.demo import summarise
 

@@ -37,6 +37,25 @@ def test_fraud_is_learnable_from_the_features() -> None:
     assert high[TARGET].mean() > 5 * low[TARGET].mean()
 
 
+def test_a_turned_pattern_keeps_the_transactions_and_the_fraud_rate_and_moves_the_frauds() -> None:
+    """From ``pattern_turns_on`` the frauds are where they were rarest: the same rows otherwise, the days before
+    unchanged. A stand-in for fraudsters who adapted: no feature drifts, only the labels show it."""
+    stream = "synthetic://card-transactions?rows_per_day=20000&seed=3&start=2026-03-01"
+    start, end = pd.Timestamp("2026-03-01", tz="UTC"), pd.Timestamp("2026-03-06", tz="UTC")
+    before = generate_from_uri(stream, start=start, end=end)
+    turned = generate_from_uri(f"{stream}&pattern_turns_on=2026-03-04", start=start, end=end)
+    on = turned[TIME_COLUMN] >= pd.Timestamp("2026-03-04", tz="UTC")
+    pd.testing.assert_frame_equal(before.drop(columns=TARGET), turned.drop(columns=TARGET))
+    pd.testing.assert_series_equal(before[TARGET][~on], turned[TARGET][~on])
+    assert turned[TARGET][on].mean() == pytest.approx(before[TARGET][on].mean(), rel=0.3)
+    ratio = turned["amount"] / turned["avg_amount_30d"]
+    high = ratio > ratio.quantile(0.95)
+    assert before[TARGET][on & high].mean() > 5 * before[TARGET][on].mean()
+    assert turned[TARGET][on & high].mean() < before[TARGET][on].mean() / 5
+    with pytest.raises(StageError, match="is not a date"):
+        generate_from_uri(f"{stream}&pattern_turns_on=soon", start=start, end=end)
+
+
 def test_uri_options_are_parsed_and_unknown_ones_refused() -> None:
     assert len(generate_from_uri("synthetic://card-transactions?rows=123&seed=5")) == 123
     with pytest.raises(StageError, match=r"unknown option\(s\) \['colour'\]"):
