@@ -133,7 +133,13 @@ def labels_until(
                          f"(they have {', '.join(map(str, frame.columns))})")  # fmt: skip
     frame = frame.sort_values(arrived_column, kind="stable").drop_duplicates(id_column, keep="last")
     values = frame[label_column]
-    label = values.astype(str) == positive_label if positive_label is not None else values.astype(bool)
+    if positive_label is not None:
+        label = values.astype(str) == positive_label
+    elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        label = values.astype(float) != 0
+    else:
+        raise StageError(f"the labels' {label_column!r} holds {values.dtype} values, not 0/1 or true/false: the "
+                         "model file's dataset.positive_label says which value is positive")  # fmt: skip
     return pd.Series(label.astype(int).to_numpy(), index=frame[id_column].astype(str).to_numpy())
 
 

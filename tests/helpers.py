@@ -121,6 +121,18 @@ def register_evaluated(
     return evaluation, register(asdict(evaluation), run_key=run_key, alias=CHALLENGER).version
 
 
+def register_champion(prepared: str, trained: TrainResult, name: str, run_key: str) -> tuple[Evaluation, str]:
+    """``register_evaluated``, then as ``ml.promote`` leaves a version its canary promoted: the verdict, then the
+    production alias."""
+    from contract import CANARY_PROMOTED, CANARY_VERDICT_TAG
+    from ml import tracking
+
+    evaluation, version = register_evaluated(prepared, trained, name, run_key)
+    tracking.client().set_model_version_tag(name, version, CANARY_VERDICT_TAG, CANARY_PROMOTED)
+    tracking.client().set_registered_model_alias(name, CHAMPION, version)
+    return evaluation, version
+
+
 def artifact_folder(model_id: str, basetemp: Path) -> Path:
     """Where the session's MLflow server (``tests/conftest.py``) keeps a logged model's files on disk."""
     import mlflow

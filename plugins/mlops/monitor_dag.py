@@ -53,8 +53,9 @@ def monitor_arguments(model: Model) -> list[str]:
         "--registered-model", model.registered_model,
         "--predictions", PREDICTIONS_URI,
         *label_arguments,
-        "--start", "{{ data_interval_start.isoformat() }}",
-        "--end", "{{ data_interval_end.isoformat() }}",
+        # A run triggered without a logical date (the UI's Trigger) judges the day before it was triggered.
+        "--start", "{{ (data_interval_start or dag_run.run_after - macros.timedelta(days=1)).isoformat() }}",
+        "--end", "{{ (data_interval_end or dag_run.run_after).isoformat() }}",
         "--label-delay-days", str(monitoring.label_delay_days),
         "--champion-alias", platform.registry.production_alias,
         "--min-average-precision", str(model.quality_gate.min_average_precision),

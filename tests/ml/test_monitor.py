@@ -12,7 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sklearn.metrics import average_precision_score
 
-from contract import CANARY_PROMOTED, CANARY_VERDICT_TAG
 from ml import tracking
 from ml.monitor import DECAYED, HEALTHY, INCONCLUSIVE, monitor
 from ml.schema import to_model_input
@@ -20,7 +19,7 @@ from ml.serve.app import create_app
 from ml.serve.settings import Settings
 from ml.storage import read_manifest, read_published_table
 from ml.windows import Window
-from tests.helpers import CHAMPION, register_evaluated
+from tests.helpers import CHAMPION, register_champion
 
 MODEL = "monitored-model"
 ROWS, LATE = 2000, 100
@@ -31,9 +30,7 @@ def served(trained_model: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
     """The model served for a while: ``ROWS`` test rows scored with their ids; their labels arrive, all but the last
     ``LATE``, before the day ends."""
     out, trained = trained_model["prepared"], trained_model["trained"]
-    _, version = register_evaluated(out, trained, MODEL, run_key="monitor/1")
-    tracking.client().set_model_version_tag(MODEL, version, CANARY_VERDICT_TAG, CANARY_PROMOTED)
-    tracking.client().set_registered_model_alias(MODEL, CHAMPION, version)
+    _, version = register_champion(out, trained, MODEL, run_key="monitor/1")
     manifest = read_manifest(out)
     test = read_published_table(out, "test.parquet").head(ROWS).reset_index(drop=True)
     records = to_model_input(test[manifest["features"]], manifest["categorical"]).to_dict("records")
@@ -112,3 +109,19 @@ def test_figures_are_logged_on_the_versions_run_once_per_day(served) -> None:
     assert len(history) == 1
     artifacts = {a.path for a in tracking.client().list_artifacts(run_id, "plots")}
     assert "plots/live_quality.png" in artifacts
+
+
+def test_labels_that_are_not_0_1_need_the_models_positive_label(tmp_path) -> None:
+    from ml.errors import StageError
+    from ml.monitor import labels_until
+
+    now = pd.Timestamp.now(tz="UTC")
+    pd.DataFrame({"id": [1, 2], "outcome": ["fraud", "genuine"], "at": [now, now]}).to_parquet(
+        tmp_path / "l.parquet"
+    )
+    since, until = now - pd.Timedelta(days=1), now + pd.Timedelta(days=1)
+    with pytest.raises(StageError, match=r"dataset\.positive_label"):
+        labels_until(str(tmp_path), "id", "outcome", "at", since, until)
+    assert labels_until(str(tmp_path), "id", "outcome", "at", since, until, positive_label="fraud").to_dict() == {
+        "1": 1, "2": 0,
+    }  # fmt: skip

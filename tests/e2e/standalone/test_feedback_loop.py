@@ -23,15 +23,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contract import CANARY_PROMOTED, CANARY_VERDICT_TAG
-from ml import tracking
 from ml.schema import to_model_input
 from ml.serve.model import load
 from ml.serve.recorder import Chunk, put_parquet, rows_table
 from ml.storage import read_manifest, read_published_table
 from tests.conftest import free_port
 from tests.e2e.conftest import Airflow, launch_standalone, stop_standalone, wait_until_dag_is_listed
-from tests.helpers import CHAMPION, register_evaluated, write_model
+from tests.helpers import register_champion, write_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 KEY, MODEL = "loop_fraud", "loop-fraud-detector"
@@ -68,9 +66,7 @@ def scheduler(mlflow_server, mlflow_root, tmp_path_factory) -> Iterator[Airflow]
 def recorded(scheduler: Airflow, trained_model: dict[str, Any]) -> dict[str, Any]:
     """The champion, and two days of its predictions and their labels where the model file says."""
     out, trained = trained_model["prepared"], trained_model["trained"]
-    _, version = register_evaluated(out, trained, MODEL, run_key="loop/1")
-    tracking.client().set_model_version_tag(MODEL, version, CANARY_VERDICT_TAG, CANARY_PROMOTED)
-    tracking.client().set_registered_model_alias(MODEL, CHAMPION, version)
+    _, version = register_champion(out, trained, MODEL, run_key="loop/1")
     card, scorer = load(f"models:/{MODEL}/{version}")
     manifest = read_manifest(out)
     test = read_published_table(out, "test.parquet")

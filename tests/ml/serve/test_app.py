@@ -22,7 +22,7 @@ from ml.serve.app import create_app
 from ml.serve.service import PredictResponse
 from ml.serve.settings import Settings
 from ml.storage import read_manifest, read_published_table
-from tests.helpers import CHALLENGER, CHAMPION, register_evaluated
+from tests.helpers import CHALLENGER, CHAMPION, register_champion
 
 MODEL = "serve-test-model"
 
@@ -30,10 +30,7 @@ MODEL = "serve-test-model"
 @pytest.fixture(scope="module")
 def registered(trained_model: dict[str, Any]) -> dict[str, Any]:
     out, trained = trained_model["prepared"], trained_model["trained"]
-    result, version = register_evaluated(out, trained, MODEL, run_key="serve/1")
-    # As ml.promote leaves a version its canary promoted: the verdict, then the production alias.
-    tracking.client().set_model_version_tag(MODEL, version, CANARY_VERDICT_TAG, CANARY_PROMOTED)
-    tracking.client().set_registered_model_alias(MODEL, CHAMPION, version)
+    result, version = register_champion(out, trained, MODEL, run_key="serve/1")
     manifest = read_manifest(out)
     test = read_published_table(out, "test.parquet")
     records = to_model_input(test[manifest["features"]].head(300), manifest["categorical"]).to_dict("records")

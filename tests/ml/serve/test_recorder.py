@@ -17,15 +17,13 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from contract import CANARY_PROMOTED, CANARY_VERDICT_TAG
-from ml import tracking
 from ml.schema import to_model_input
 from ml.serve import recorder
 from ml.serve.app import create_app
 from ml.serve.model import ModelCard
 from ml.serve.settings import Settings
 from ml.storage import read_manifest, read_published_table
-from tests.helpers import CHAMPION, register_evaluated
+from tests.helpers import CHAMPION, register_champion
 
 MODEL = "serve-recorded-model"
 
@@ -33,9 +31,7 @@ MODEL = "serve-recorded-model"
 @pytest.fixture(scope="module")
 def registered(trained_model: dict[str, Any]) -> dict[str, Any]:
     out, trained = trained_model["prepared"], trained_model["trained"]
-    _, version = register_evaluated(out, trained, MODEL, run_key="serve/recorded")
-    tracking.client().set_model_version_tag(MODEL, version, CANARY_VERDICT_TAG, CANARY_PROMOTED)
-    tracking.client().set_registered_model_alias(MODEL, CHAMPION, version)
+    _, version = register_champion(out, trained, MODEL, run_key="serve/recorded")
     manifest = read_manifest(out)
     test = read_published_table(out, "test.parquet")
     records = to_model_input(test[manifest["features"]].head(50), manifest["categorical"]).to_dict("records")
