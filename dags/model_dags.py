@@ -82,7 +82,7 @@ from mlops.dask_cluster import dask_cluster
 from mlops.intervals import RELEASE_CHOICES, macros
 from mlops.keys import MACROS
 from mlops.models import Model, ModelError, load_models, models_dir
-from mlops.monitor_dag import PREDICTIONS_URI, monitoring_dag
+from mlops.monitor_dag import DATA_ROOT, PREDICTIONS_URI, monitoring_dag
 from mlops.notifiers import alerts
 from mlops.operators import MLStageOperator, param_arguments
 from mlops.platform_config import load_platform
@@ -468,7 +468,7 @@ ERROR_BUDGET_POLICY = (
     else ERROR_BUDGET_OFF
 )
 #: The run's table: the form's, with ``{data_root}`` standing for the data root (Variable mlops_data_root).
-SOURCE = "{{ params.dataset_uri | replace('{data_root}', var.value.mlops_data_root) }}"
+SOURCE = f"{{{{ params.dataset_uri | replace('{DATA_ROOT}', var.value.mlops_data_root) }}}}"
 
 
 def release_arguments(model: Model) -> list[str]:

@@ -30,6 +30,7 @@ import pendulum
 
 from mlops.intervals import latest_complete
 from mlops.models import Model, load_models
+from mlops.monitor_dag import DATA_ROOT
 from mlops.platform_config import load_platform
 
 STAGE_TASKS = (
@@ -456,7 +457,7 @@ DEMO_TABLES = ("tables/adult.parquet",)
 
 def prepare_table(model: Model, data_root: Path) -> None:
     """Write the model's table under the data root the first time, when it is one of the demo's tables."""
-    relative = model.dataset.uri.removeprefix("{data_root}/")
+    relative = model.dataset.uri.removeprefix(f"{DATA_ROOT}/")
     target = data_root / relative
     if relative not in DEMO_TABLES or target.exists():
         return

@@ -30,7 +30,7 @@ import pandas as pd
 import pendulum
 
 from mlops.models import Model, load_models
-from mlops.monitor_dag import DATA_ROOT
+from mlops.monitor_dag import DATA_ROOT, PREDICTIONS_DIR
 from mlops.platform_config import load_platform
 from scripts.demo import banner, demo_model, has_champion, run_dag, synthetic_conf
 
@@ -104,7 +104,7 @@ def serve_a_turned_day(
     scores = send(endpoint, day, model)
     print(f"  {len(day):,} transactions scored ({len(scores):,} answers), "
           f"{int(day[model.dataset.target].sum())} of them fraud")  # fmt: skip
-    folder = data_root / "predictions" / model.registered_model
+    folder = data_root / PREDICTIONS_DIR / model.registered_model
     recorded = wait_recorded(folder, len(day))
     print(f"  the API recorded {recorded:,} rows under {folder}")
     if recorded < len(day):

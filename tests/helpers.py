@@ -133,6 +133,21 @@ def register_champion(prepared: str, trained: TrainResult, name: str, run_key: s
     return evaluation, version
 
 
+def split_records(prepared: str, rows: int | None = None) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
+    """A prepared folder's manifest, its test split (the first ``rows``) and that split's rows as the API's records
+    (the model's features, None for a missing value)."""
+    from ml.schema import to_model_input
+    from ml.storage import read_manifest, read_published_table
+
+    manifest = read_manifest(prepared)
+    test = read_published_table(prepared, "test.parquet")
+    test = (test if rows is None else test.head(rows)).reset_index(drop=True)
+    frame = to_model_input(test[manifest["features"]], manifest["categorical"])
+    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+               for r in frame.to_dict("records")]  # fmt: skip
+    return manifest, test, records
+
+
 def artifact_folder(model_id: str, basetemp: Path) -> Path:
     """Where the session's MLflow server (``tests/conftest.py``) keeps a logged model's files on disk."""
     import mlflow

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Where the inference API records every row it scores (``ml.serve.recorder``): the release sets it, the monitoring
 #: DAG reads it.
-PREDICTIONS_URI = "{{ var.value.mlops_data_root }}/predictions"
+PREDICTIONS_DIR = "predictions"
+PREDICTIONS_URI = f"{{{{ var.value.mlops_data_root }}}}/{PREDICTIONS_DIR}"
 #: What to do when a model decayed (the alert links it).
 RUNBOOK = "docs/runbooks/ModelDecayed.md"
 #: A URI of a model file that names a place under the platform's data root.

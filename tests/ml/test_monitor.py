@@ -14,12 +14,10 @@ from sklearn.metrics import average_precision_score
 
 from ml import tracking
 from ml.monitor import DECAYED, HEALTHY, INCONCLUSIVE, monitor
-from ml.schema import to_model_input
 from ml.serve.app import create_app
 from ml.serve.settings import Settings
-from ml.storage import read_manifest, read_published_table
 from ml.windows import Window
-from tests.helpers import CHAMPION, register_champion
+from tests.helpers import CHAMPION, register_champion, split_records
 
 MODEL = "monitored-model"
 ROWS, LATE = 2000, 100
@@ -31,10 +29,7 @@ def served(trained_model: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
     ``LATE``, before the day ends."""
     out, trained = trained_model["prepared"], trained_model["trained"]
     _, version = register_champion(out, trained, MODEL, run_key="monitor/1")
-    manifest = read_manifest(out)
-    test = read_published_table(out, "test.parquet").head(ROWS).reset_index(drop=True)
-    records = to_model_input(test[manifest["features"]], manifest["categorical"]).to_dict("records")
-    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in records]
+    _, test, records = split_records(out, ROWS)
     ids = [f"tx-{i}" for i in range(ROWS)]
     root = tmp_path_factory.mktemp("monitored")
     client = TestClient(

@@ -23,13 +23,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.schema import to_model_input
 from ml.serve.model import load
 from ml.serve.recorder import Chunk, put_parquet, rows_table
-from ml.storage import read_manifest, read_published_table
 from tests.conftest import free_port
 from tests.e2e.conftest import Airflow, launch_standalone, stop_standalone, wait_until_dag_is_listed
-from tests.helpers import register_champion, write_model
+from tests.helpers import register_champion, split_records, write_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 KEY, MODEL = "loop_fraud", "loop-fraud-detector"
@@ -68,9 +66,7 @@ def recorded(scheduler: Airflow, trained_model: dict[str, Any]) -> dict[str, Any
     out, trained = trained_model["prepared"], trained_model["trained"]
     _, version = register_champion(out, trained, MODEL, run_key="loop/1")
     card, scorer = load(f"models:/{MODEL}/{version}")
-    manifest = read_manifest(out)
-    test = read_published_table(out, "test.parquet")
-    records = to_model_input(test[manifest["features"]], manifest["categorical"]).to_dict("records")
+    _, test, records = split_records(out)
     matrix = scorer.matrix(records)
     scores = scorer.predict(matrix)
     truth = test["is_fraud"].to_numpy().astype(int)
@@ -80,7 +76,7 @@ def recorded(scheduler: Airflow, trained_model: dict[str, Any]) -> dict[str, Any
     turned[lowest] = 1
     data = scheduler.data_root
     from mlops.models import load_models
-    from mlops.monitor_dag import DATA_ROOT
+    from mlops.monitor_dag import DATA_ROOT, PREDICTIONS_DIR
 
     landed = Path(
         load_models(scheduler.home / "models").get(KEY).monitoring.labels.uri.replace(DATA_ROOT, str(data))
@@ -91,7 +87,8 @@ def recorded(scheduler: Airflow, trained_model: dict[str, Any]) -> dict[str, Any
         chunk = Chunk(card, scorer.categories, len(records), matrix.shape[1])
         chunk.take((day + pd.Timedelta(hours=12)).timestamp(), ",".join(ids), matrix, scores, 0)
         put_parquet(
-            f"{data}/predictions/{MODEL}/date={day:%Y-%m-%d}/{version}-test-1.parquet", rows_table(chunk)
+            f"{data}/{PREDICTIONS_DIR}/{MODEL}/date={day:%Y-%m-%d}/{version}-test-1.parquet",
+            rows_table(chunk),
         )
         arrived = day + pd.Timedelta(days=2)
         pd.DataFrame({"transaction_id": ids, "is_fraud": labels, "labelled_at": arrived}).to_parquet(

@@ -21,8 +21,7 @@ from ml.serve import service as service_module
 from ml.serve.app import create_app
 from ml.serve.service import PredictResponse
 from ml.serve.settings import Settings
-from ml.storage import read_manifest, read_published_table
-from tests.helpers import CHALLENGER, CHAMPION, register_champion
+from tests.helpers import CHALLENGER, CHAMPION, register_champion, split_records
 
 MODEL = "serve-test-model"
 
@@ -31,9 +30,7 @@ MODEL = "serve-test-model"
 def registered(trained_model: dict[str, Any]) -> dict[str, Any]:
     out, trained = trained_model["prepared"], trained_model["trained"]
     result, version = register_champion(out, trained, MODEL, run_key="serve/1")
-    manifest = read_manifest(out)
-    test = read_published_table(out, "test.parquet")
-    records = to_model_input(test[manifest["features"]].head(300), manifest["categorical"]).to_dict("records")
+    manifest, _, records = split_records(out, 300)
     return {"version": version, "model_uri": trained.model_uri, "records": records, "manifest": manifest,
             "threshold": result.metrics.threshold}  # fmt: skip
 

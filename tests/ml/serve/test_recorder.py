@@ -22,8 +22,7 @@ from ml.serve import recorder
 from ml.serve.app import create_app
 from ml.serve.model import ModelCard
 from ml.serve.settings import Settings
-from ml.storage import read_manifest, read_published_table
-from tests.helpers import CHAMPION, register_champion
+from tests.helpers import CHAMPION, register_champion, split_records
 
 MODEL = "serve-recorded-model"
 
@@ -32,9 +31,7 @@ MODEL = "serve-recorded-model"
 def registered(trained_model: dict[str, Any]) -> dict[str, Any]:
     out, trained = trained_model["prepared"], trained_model["trained"]
     _, version = register_champion(out, trained, MODEL, run_key="serve/recorded")
-    manifest = read_manifest(out)
-    test = read_published_table(out, "test.parquet")
-    records = to_model_input(test[manifest["features"]].head(50), manifest["categorical"]).to_dict("records")
+    manifest, _, records = split_records(out, 50)
     return {"version": version, "records": records, "manifest": manifest}
 
 
