@@ -178,6 +178,9 @@ RELEASE_TAG = "mlops.release"
 RELEASE_REASON_TAG = "mlops.release_reason"
 RELEASE_PLANNED = "planned"
 RELEASE_SKIPPED = "skipped"
+#: What started the run that registered a version, in words (its schedule, a backfill, a person, a decayed
+#: champion's asset event with the monitoring's reasons): ``mlops.intervals.started_by``.
+STARTED_BY_TAG = "mlops.started_by"
 #: The deploy step's error-budget policies (``ml/release/budget.py``): refuse a release while an SLO's error budget
 #: is spent (or unreadable), release anyway and record it (the form's override), or read no budget.
 ERROR_BUDGET_ENFORCE, ERROR_BUDGET_OVERRIDE, ERROR_BUDGET_OFF = "enforce", "override", "off"

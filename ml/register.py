@@ -32,6 +32,7 @@ from contract import (
     RELEASE_SKIPPED,
     RELEASE_TAG,
     RUN_KEY_TAG,
+    STARTED_BY_TAG,
     TEST_METRIC_TAG_PREFIX,
     THRESHOLD_TAG,
 )
@@ -182,6 +183,7 @@ def _record_plan(name: str, version: str, alias: str, plan: dict[str, Any]) -> N
         RELEASE_TAG: RELEASE_PLANNED if plan["release"] else RELEASE_SKIPPED,
         RELEASE_REASON_TAG: plan["reason"],
         **({INTERVAL_TAG: "/".join(plan["interval"])} if plan.get("interval") else {}),
+        **({STARTED_BY_TAG: plan["started_by"]} if plan.get("started_by") else {}),
     }
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)

@@ -273,8 +273,10 @@ def summarise_data(instances: dict[str, Any]) -> None:
     print(f"  rows {prepared['rows']}, positives {prepared['positives']}")
     registration = instances["register"].xcom_pull(task_ids="register") if "register" in instances else None
     if registration:
-        print(f"  release plan: {'release' if registration['release']['release'] else 'no release'}: "
-              f"{registration['release']['reason']}")  # fmt: skip
+        plan = registration["release"]
+        if plan.get("started_by"):
+            print(f"  started by {plan['started_by']}")
+        print(f"  release plan: {'release' if plan['release'] else 'no release'}: {plan['reason']}")
 
 
 def print_budgets(checked: dict[str, Any]) -> None:

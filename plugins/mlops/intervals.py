@@ -25,6 +25,7 @@ AUTO, ALWAYS, NEVER = "auto", "always", "never"
 RELEASE_CHOICES = (AUTO, ALWAYS, NEVER)
 #: DagRunType values (strings, so the plugin needs nothing from Airflow's core).
 BACKFILL = "backfill"
+SCHEDULED, MANUAL, OPERATOR_TRIGGERED = "scheduled", "manual", "operator_triggered"
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,37 @@ def release_plan(
     return ReleasePlan(True, f"interval {interval} is the newest complete interval", bounds)
 
 
+def started_by(dag_run: Any) -> str:
+    """What started a run, in words: its schedule, a backfill, a person (named where Airflow knows them), another
+    DAG, or the asset events it consumed (a decayed champion's, with the monitoring's reasons)."""
+    events = getattr(dag_run, "consumed_asset_events", None) or []
+    if events:
+        return "; ".join(_event(event) for event in events)
+    run_type = getattr(dag_run.run_type, "value", dag_run.run_type)
+    user = getattr(dag_run, "triggering_user_name", None)
+    return {
+        BACKFILL: "a backfill",
+        SCHEDULED: "its schedule",
+        MANUAL: f"a manual trigger by {user}" if user else "a manual trigger",
+        OPERATOR_TRIGGERED: "another DAG's trigger",
+    }.get(run_type, str(run_type))
+
+
+def _event(event: Any) -> str:
+    """An asset event in words: its asset, where it came from and, for a decay, the version and the reasons."""
+    extra = dict(getattr(event, "extra", None) or {})
+    said = f"an event on {event.asset.name}"
+    if getattr(event, "source_dag_id", None):
+        said += f" from {event.source_dag_id}"
+    if extra.get("version") and extra.get("reasons"):
+        said += f" (version {extra['version']}: {'; '.join(map(str, extra['reasons']))})"
+    return said
+
+
 def macros(schedule: str, timezone: str) -> dict[str, Any]:
     """Template macros of a DAG on this retraining schedule: ``mlops_interval(dag_run)`` (an Interval) and
-    ``mlops_release_plan(dag_run, params)`` (the plan as the dict the register stage records)."""
+    ``mlops_release_plan(dag_run, params)`` (the plan as the dict the register stage records, with what started
+    the run)."""
 
     def mlops_interval(dag_run: Any) -> Interval:
         return run_interval(dag_run, schedule, timezone)
@@ -136,6 +165,6 @@ def macros(schedule: str, timezone: str) -> dict[str, Any]:
             newest_end=newest_end,
             choice=params["release"],
         )
-        return asdict(plan)
+        return {**asdict(plan), "started_by": started_by(dag_run)}
 
     return {"mlops_interval": mlops_interval, "mlops_release_plan": mlops_release_plan}

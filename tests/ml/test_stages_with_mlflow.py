@@ -19,6 +19,7 @@ from contract import (
     RELEASE_SKIPPED,
     RELEASE_TAG,
     RUN_KEY_TAG,
+    STARTED_BY_TAG,
 )
 from ml.compare import Rule
 from ml.errors import StageError
@@ -205,6 +206,7 @@ def test_evaluation_compares_with_the_champion_on_the_same_rows(
         "release": False,
         "reason": "a backfill run",
         "interval": ["2026-03-02T00:00:00", "2026-03-09T00:00:00"],
+        "started_by": "a backfill",
     }
     record = evaluate(prepared, weaker.model_uri, weaker.run_id, registered_model_name="champ-model",
                       min_average_precision=0.0, rule=Rule("superior", 0.0, 0.0), champion_alias=CHAMPION, plan=plan)  # fmt: skip
@@ -217,6 +219,7 @@ def test_evaluation_compares_with_the_champion_on_the_same_rows(
     )
     assert tags[RELEASE_TAG] == RELEASE_SKIPPED and tags[RELEASE_REASON_TAG] == "a backfill run"
     assert tags[INTERVAL_TAG] == "2026-03-02T00:00:00/2026-03-09T00:00:00"
+    assert tags[STARTED_BY_TAG] == "a backfill"
     assert MlflowClient().get_model_version_by_alias("champ-model", CHALLENGER).version == version
 
 

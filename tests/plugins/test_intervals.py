@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pendulum
 import pytest
 
-from mlops.intervals import Interval, latest_complete, macros, release_plan, run_interval
+from mlops.intervals import Interval, latest_complete, macros, release_plan, run_interval, started_by
 from mlops.platform_config import load_platform
 
 WEEKLY = "0 3 * * 1"
@@ -97,3 +97,34 @@ def test_the_macros_follow_the_platforms_schedule() -> None:
     assert bound["mlops_interval"](backfill) == Interval(at(2026, 3, 2), at(2026, 3, 9))
     plan = bound["mlops_release_plan"](backfill, {"release": "auto"})
     assert plan["release"] is False and plan["interval"][0].startswith("2026-03-02T00:00:00")
+    assert plan["started_by"] == "a backfill"
+
+
+def sdk_run(run_type: str, **fields: object) -> object:
+    """A run as the Task SDK gives it to a task's templates (Airflow's own model, validated)."""
+    from airflow.sdk.api.datamodels._generated import DagRun
+
+    return DagRun.model_validate({
+        "dag_id": "train_card_fraud", "run_id": f"{run_type}__1", "logical_date": None,
+        "data_interval_start": None, "data_interval_end": None, "run_after": "2026-11-27T04:00:00Z",
+        "start_date": None, "end_date": None, "run_type": run_type, "state": "running",
+        "consumed_asset_events": [], "partition_key": None, **fields,
+    })  # fmt: skip
+
+
+def test_the_run_says_what_started_it() -> None:
+    assert started_by(sdk_run("scheduled")) == "its schedule"
+    assert started_by(sdk_run("backfill")) == "a backfill"
+    assert started_by(sdk_run("manual", triggering_user_name="ana")) == "a manual trigger by ana"
+    assert started_by(sdk_run("manual")) == "a manual trigger"
+    decay = {
+        "asset": {"name": "card-fraud-detector/decayed", "uri": "mlops://card-fraud-detector/decayed", "extra": {}},
+        "extra": {"registered_model": "card-fraud-detector", "version": "2",
+                  "reasons": ["live AP 0.002 < the gate's floor 0.3 (20,000 labelled, 91 positive)"]},
+        "source_task_id": "announce_decay", "source_dag_id": "monitor_card_fraud", "source_run_id": "r",
+        "source_map_index": -1, "source_aliases": [], "timestamp": "2026-11-27T02:05:00Z",
+    }  # fmt: skip
+    assert started_by(sdk_run("asset_triggered", consumed_asset_events=[decay])) == (
+        "an event on card-fraud-detector/decayed from monitor_card_fraud (version 2: live AP 0.002 < the gate's "
+        "floor 0.3 (20,000 labelled, 91 positive))"
+    )

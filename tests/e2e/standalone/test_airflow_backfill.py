@@ -14,7 +14,7 @@ import pendulum
 import pytest
 from mlflow import MlflowClient
 
-from contract import INTERVAL_TAG, RELEASE_REASON_TAG, RELEASE_SKIPPED, RELEASE_TAG
+from contract import INTERVAL_TAG, RELEASE_REASON_TAG, RELEASE_SKIPPED, RELEASE_TAG, STARTED_BY_TAG
 from mlops.intervals import latest_complete
 from mlops.models import load_models
 from mlops.platform_config import load_platform
@@ -95,6 +95,7 @@ def test_each_backfilled_week_trains_on_its_own_window_and_registers_without_rel
     tagged = sorted(v.tags[INTERVAL_TAG].split("/")[0] for v in registered)
     assert tagged == [m["windows"]["interval"][0] for m in manifests]
     assert all("a backfill run" in v.tags[RELEASE_REASON_TAG] and not v.aliases for v in registered)
+    assert {v.tags[STARTED_BY_TAG] for v in registered} == {"a backfill"}
 
 
 def test_a_backfill_deploys_nothing(standalone, backfilled) -> None:

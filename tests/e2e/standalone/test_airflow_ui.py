@@ -30,6 +30,7 @@ from contract import (
     RELEASE_REASON_TAG,
     RELEASE_TAG,
     RUN_KEY_TAG,
+    STARTED_BY_TAG,
 )
 from mlops.models import load_models
 from mlops.platform_config import load_platform
@@ -194,6 +195,7 @@ def test_a_data_scientist_triggers_a_training_run_from_the_form_and_it_succeeds(
         and "is the newest complete interval" in champion.tags[RELEASE_REASON_TAG]
     )
     assert champion.tags[RUN_KEY_TAG] == f"{DAG_ID}/{run_id}"
+    assert champion.tags[STARTED_BY_TAG] == f"a manual trigger by {USER}"
 
 
 def test_a_second_release_canaries_and_the_readme_pictures_show_it(page, airflow: Airflow) -> None:

@@ -140,5 +140,9 @@ def test_a_healthy_champion_starts_nothing_and_a_decayed_one_starts_its_training
     events = scheduler.api(f"/assets/events?source_dag_id={MONITORING}")["asset_events"]
     assert [e["extra"]["version"] for e in events] == [recorded["version"]]
     assert any(reason.startswith("live AP ") for reason in events[0]["extra"]["reasons"])
+    # ... and on the run: what its tasks read as the run's consumed events, which its version's mlops.started_by
+    # names (mlops.intervals.started_by).
+    consumed = scheduler.api(f"/dags/{TRAINING}/dagRuns/{started[0]['dag_run_id']}/upstreamAssetEvents")
+    assert [e["id"] for e in consumed["asset_events"]] == [events[0]["id"]]
     # The training run itself is not this test's: stop it.
     scheduler.api(f"/dags/{TRAINING}/dagRuns/{started[0]['dag_run_id']}", {"state": "failed"}, method="PATCH")
