@@ -225,10 +225,11 @@ test: test-tools lint terraform-check k8s-check browser actionlint
 test-scheduler: test-tools browser mermaid postgresql
 	$(PYTEST) -m "scheduler or drill or long"
 
-# The README's pictures, taken by the browser tests from a real Airflow and MLflow (a run from the form, then a
-# canaried release): they fail when a page does not render what its picture shows.
+# The README's pictures, taken by the tests on a real Airflow and MLflow (a run from the form, then a canaried
+# release; the feedback loop's monitoring): they fail when a page does not render what its picture shows.
 screenshots: test-tools browser postgresql
-	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(RUN) -m pytest -m browser tests/e2e/standalone/test_airflow_ui.py
+	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(RUN) -m pytest \
+		tests/e2e/standalone/test_airflow_ui.py tests/e2e/standalone/test_feedback_loop.py
 
 # Static checks of the infrastructure code; `terraform validate` needs the providers, so it is left to CI
 # runs with network access.

@@ -234,8 +234,9 @@ def judge(figures: Health | None, *, min_average_precision: float, psi_threshold
     return (DECAYED, [*reasons, short]) if reasons else (INCONCLUSIVE, [short])
 
 
-def log_health(name: str, figures: Health, window: Window) -> None:
-    """The version's figures on its training run: one step per window day (a re-run logs the same point)."""
+def log_health(name: str, figures: Health, window: Window, floor: float) -> None:
+    """The version's figures on its training run: one step per window day (a re-run logs the same point), and
+    their plot with the gate's floor."""
     import mlflow
 
     step = int(window.start.timestamp() // 86400)
@@ -254,7 +255,7 @@ def log_health(name: str, figures: Health, window: Window) -> None:
         client.log_batch(
             run_id, metrics=[*metrics, Metric("live_predictions", float(figures.predictions), at, step)]
         )
-    figure = live_figure(client, run_id, name, figures.version)
+    figure = live_figure(client, run_id, name, figures.version, floor)
     with tracking.active_run(run_id):
         mlflow.log_figure(figure, "plots/live_quality.png")
     import matplotlib.pyplot as plt
@@ -262,12 +263,14 @@ def log_health(name: str, figures: Health, window: Window) -> None:
     plt.close(figure)
 
 
-def live_figure(client: Any, run_id: str, name: str, version: str) -> Any:
-    """The version's live average precision, precision, recall and positive rate by day, from its metric history."""
+def live_figure(client: Any, run_id: str, name: str, version: str, floor: float) -> Any:
+    """The version's live average precision, precision, recall and positive rate by day, from its metric history,
+    against the gate's floor of average precision (below it, the version has decayed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.dates import AutoDateLocator, DateFormatter
 
     figure, ax = plt.subplots(figsize=(8, 4))
     for key in ("average_precision", "precision", "recall", "observed_rate", "positive_rate"):
@@ -275,8 +278,11 @@ def live_figure(client: Any, run_id: str, name: str, version: str) -> Any:
         if history:
             days = [pd.Timestamp(m.step, unit="D") for m in history]
             ax.plot(days, [m.value for m in history], marker="o", label=key.replace("_", " "))
-    ax.set_title(f"{name} v{version} in production")
+    ax.axhline(floor, color="grey", linestyle="--", linewidth=1, label=f"the gate's floor of AP ({floor:g})")
+    ax.set_title(f"{name} v{version} in production: the days its labels judged")
     ax.set_ylim(0, 1)
+    ax.xaxis.set_major_locator(AutoDateLocator(minticks=1, maxticks=10, interval_multiples=True))
+    ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))  # days: no hours
     ax.legend(loc="best", fontsize="small")
     figure.autofmt_xdate()
     return figure
@@ -303,7 +309,7 @@ def monitor(
     for version, part in rows.groupby(rows["model_version"].astype(str), sort=True):
         reference, reference_scores, categorical = reference_of(registered_model, str(version))
         figures = health(str(version), part, known, reference, reference_scores, categorical)
-        log_health(registered_model, figures, window)
+        log_health(registered_model, figures, window, min_average_precision)
         versions.append(figures)
     judged = next((v for v in versions if v.version == champion), None)
     status, reasons = judge(judged, min_average_precision=min_average_precision, psi_threshold=psi_threshold,

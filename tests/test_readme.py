@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.standalone.test_airflow_ui import CHROMIUM, CHROMIUM_ARGS, README_PICTURES
+from tests.e2e.conftest import README_PICTURES
+from tests.e2e.standalone.test_airflow_ui import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -56,10 +57,10 @@ def test_the_table_of_contents_lists_every_section_in_order() -> None:
     assert listed == [anchor(h) for h in headings("##") if h != "Contents"]
 
 
-def test_the_readme_shows_every_picture_the_browser_test_takes_and_no_other() -> None:
+def test_the_readme_shows_every_picture_the_tests_take_and_no_other() -> None:
     shown = {Path(t).name for t in LINK.findall(prose()) if t.startswith("docs/images/")}
     committed = {p.name for p in IMAGES.glob("*.png")}
-    assert shown == committed == {f"{name}.png" for name in README_PICTURES}
+    assert shown == committed == {f"{name}.png" for names in README_PICTURES.values() for name in names}
     for name in committed:
         picture = (IMAGES / name).read_bytes()
         assert picture.startswith(PNG_SIGNATURE) and len(picture) > 20_000, f"{name} is not a real screenshot"

@@ -35,6 +35,16 @@ BIND_HOST = "127.0.0.1"
 UMASK = 0o077
 #: Where the simple auth manager writes the passwords it generates (its default, under AIRFLOW_HOME).
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+#: What the browser tests keep of their pages (CI uploads it).
+ARTIFACTS = ROOT / ".local" / "test-artifacts" / "browser"
+#: The README's pictures (docs/images/<name>.png), by the test module that takes each: ``make screenshots`` runs
+#: those modules with ``MLOPS_SCREENSHOTS_DIR`` set to docs/images; any other run keeps them under ``ARTIFACTS``,
+#: so that a test run never changes the working tree.
+README_PICTURES = {
+    "test_airflow_ui": ("trigger-form", "dag-graph", "run-grid", "mlflow-run-plots", "canary-report"),
+    "test_feedback_loop": ("live-quality",),
+}
+PICTURES = Path(os.environ.get("MLOPS_SCREENSHOTS_DIR") or ARTIFACTS / "readme")
 
 
 class Airflow:

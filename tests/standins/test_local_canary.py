@@ -168,24 +168,31 @@ def ci_cd_image_upgrade(target: helm.Helm, image_tag: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+#: What an all-5xx canary does to its latency is its error path's speed under the machine's load (a traceback
+#: logged per request): its latency measurements may fail beside the success rate (they did on a loaded CI run,
+#: 2x the stable model's p99), and need not.
+ERROR_PATH_LATENCY = {"latency-p99", "latency-p99-vs-stable"}
+
+
 @pytest.mark.parametrize(
-    ("fault", "failed_metrics"),
+    ("fault", "failed_metrics", "may_fail"),
     [
-        ("error", {"success-rate"}),  # every request a 500
+        ("error", {"success-rate"}, ERROR_PATH_LATENCY),  # every request a 500
         # Over the SLO's p99, and far slower than the stable model.
-        pytest.param("slow", {"latency-p99", "latency-p99-vs-stable"}, marks=pytest.mark.long),
-        ("contract", {"client-errors"}),  # a new required input: every request a 422, no 5xx at all
+        pytest.param("slow", {"latency-p99", "latency-p99-vs-stable"}, set(), marks=pytest.mark.long),
+        ("contract", {"client-errors"}, set()),  # a new required input: every request a 422, no 5xx at all
         # Scores shifted high: every transaction flagged, every answer a 200.
-        pytest.param("high", {"positive-share-shift"}, marks=pytest.mark.long),
+        pytest.param("high", {"positive-share-shift"}, set(), marks=pytest.mark.long),
     ],
 )
 def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
-    target, local_helm, versions, first_release, fault, failed_metrics, tmp_path
+    target, local_helm, versions, first_release, fault, failed_metrics, may_fail, tmp_path
 ) -> None:
-    """Clients calling the release all along never see the router fail to reach the canary (502): at the abort,
-    traffic goes back to stable before the canary stops (it stopped first: 22 x 502 within 175 ms). A model that
-    raises while scoring ("error") makes its server close the connection after the 500, which the router answers
-    502 on its own; only the others show the abort's order."""
+    """Each fault fails the measurements meant to catch it and no other (``may_fail``: what it does to them is not
+    the model's). Clients calling the release all along never see the router fail to reach the canary (502): at
+    the abort, traffic goes back to stable before the canary stops (it stopped first: 22 x 502 within 175 ms). A
+    model that raises while scoring ("error") makes its server close the connection after the 500, which the
+    router answers 502 on its own; only the others show the abort's order."""
     release = target
     if fault == "slow":  # it answers one request at a time: a smaller minimum keeps the window short
         values = tmp_path / "few.yaml"
@@ -202,7 +209,8 @@ def test_a_failing_canary_is_aborted_rolled_back_and_champion_stays(
 
     assert result["phase"] == "Degraded" and result["abort"] is True
     assert all(f'Metric "{metric}" assessed Failed' in result["message"] for metric in failed_metrics)
-    assert {m["metric"] for m in result["measurements"] if m["phase"] == "Failed"} == failed_metrics
+    failed = {m["metric"] for m in result["measurements"] if m["phase"] == "Failed"}
+    assert failed_metrics <= failed <= failed_metrics | may_fail
     assert result["currentStepIndex"] == 1  # aborted at the first analysed pause, at 10 % of the traffic
     assert served_version(local_helm, first_release["record"]) == versions["first"]
 

@@ -7,9 +7,9 @@ under ``.local/test-artifacts/browser/`` (CI uploads them). A run triggered from
 it covers the newest complete week, so it is the one that releases (after the backfill of past weeks in
 ``test_airflow_backfill.py``, which released nothing).
 
-``make screenshots`` writes the README's pictures into ``docs/images/`` (``MLOPS_SCREENSHOTS_DIR``); any other run
-keeps them with the other screenshots, so a test run never changes the working tree. Each is taken only once its
-page has rendered what it is meant to show: the test fails otherwise.
+``make screenshots`` writes the README's pictures into ``docs/images/`` (``tests/e2e/conftest.py``'s
+``README_PICTURES``). Each is taken only once its page has rendered what it is meant to show: the test fails
+otherwise.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from contract import (
 )
 from mlops.models import load_models
 from mlops.platform_config import load_platform
-from tests.e2e.conftest import DAG_ID, MODEL_KEY, USER, Airflow
+from tests.e2e.conftest import ARTIFACTS, DAG_ID, MODEL_KEY, PICTURES, README_PICTURES, USER, Airflow
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = "/usr/bin/chromium"
@@ -48,12 +48,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACTS = ROOT / ".local" / "test-artifacts" / "browser"
 DATASET = "synthetic://card-transactions?rows_per_day=400&seed=7&fraud_rate=0.02"
 RUN_TIMEOUT_S = 600
-#: The README's pictures: docs/images/<name>.png.
-README_PICTURES = ("trigger-form", "dag-graph", "run-grid", "mlflow-run-plots", "canary-report")
-PICTURES = Path(os.environ.get("MLOPS_SCREENSHOTS_DIR") or ARTIFACTS / "readme")
+#: The README's pictures this module takes.
+OWN_PICTURES = README_PICTURES[Path(__file__).stem]
 #: A run for the pictures: the form's table and model (its run is the champion), released whatever its score
 #: against it (this run is about the canary, not the model's quality). Another kind of model flags another share of
 #: the traffic, and the canary's positive-share test stops it: an XGBoost after the form's random forest was aborted
@@ -228,9 +226,8 @@ def test_a_second_release_canaries_and_the_readme_pictures_show_it(page, airflow
     mlflow_run = f"{os.environ['MLFLOW_TRACKING_URI']}/#/experiments/{experiment}/runs/{champion.run_id}"
     picture_artifact(page, mlflow_run, "plots/threshold_tradeoff.png", "mlflow-run-plots")
     picture_artifact(page, mlflow_run, "plots/canary_report.png", "canary-report", height=1250)
-    pictures = [(PICTURES / f"{name}.png").read_bytes() for name in README_PICTURES]
+    pictures = [(PICTURES / f"{name}.png").read_bytes() for name in OWN_PICTURES]
     assert len(set(pictures)) == len(pictures), "two pictures are the same page"
-    assert sorted(p.stem for p in PICTURES.glob("*.png")) == sorted(README_PICTURES)
 
 
 def trigger(airflow: Airflow, conf: dict[str, Any]) -> dict[str, Any]:

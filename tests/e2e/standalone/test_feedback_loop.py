@@ -14,6 +14,7 @@ frauds where it scores lowest (a pattern that turned around).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,14 @@ import pytest
 from ml.serve.model import load
 from ml.serve.recorder import Chunk, put_parquet, rows_table
 from tests.conftest import free_port
-from tests.e2e.conftest import Airflow, launch_standalone, stop_standalone, wait_until_dag_is_listed
+from tests.e2e.conftest import (
+    PICTURES,
+    README_PICTURES,
+    Airflow,
+    launch_standalone,
+    stop_standalone,
+    wait_until_dag_is_listed,
+)
 from tests.helpers import register_champion, split_records, write_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
@@ -34,6 +42,8 @@ KEY, MODEL = "loop_fraud", "loop-fraud-detector"
 TRAINING, MONITORING = f"train_{KEY}", f"monitor_{KEY}"
 #: The two judged days: ``STABLE`` (labels that agree with the model) and ``TURNED`` (frauds where it scores lowest).
 STABLE, TURNED = (pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=d) for d in (12, 9))
+#: The gate's floor of average precision, for the session's small model: the monitoring judges against it.
+FLOOR = 0.1
 #: Long enough for a few of the scheduler's loops to create a run, if one were due.
 SCHEDULER_LOOPS_S = 10
 
@@ -43,7 +53,7 @@ def scheduler(mlflow_server, mlflow_root, tmp_path_factory) -> Iterator[Airflow]
     home = tmp_path_factory.mktemp("airflow-loop")
     # A small test split: a floor and a count of labelled frauds it can be judged on.
     models = write_model(home / "models", KEY, MODEL, free_port(), **{
-        "retraining.schedule": "0 3 1 1 *", "quality_gate.min_average_precision": 0.1,
+        "retraining.schedule": "0 3 1 1 *", "quality_gate.min_average_precision": FLOOR,
         "monitoring.min_labelled_positives": 5,
     })  # fmt: skip
     launch = launch_standalone(
@@ -146,3 +156,19 @@ def test_a_healthy_champion_starts_nothing_and_a_decayed_one_starts_its_training
     assert [e["id"] for e in consumed["asset_events"]] == [events[0]["id"]]
     # The training run itself is not this test's: stop it.
     scheduler.api(f"/dags/{TRAINING}/dagRuns/{started[0]['dag_run_id']}", {"state": "failed"}, method="PATCH")
+
+
+def test_the_versions_run_shows_its_live_quality_by_day_against_the_floor(scheduler, recorded) -> None:
+    """The two judged days on the champion's run, a point a day (the README's picture of it: its plot). The run is
+    the session's trained model's, which other tests' versions may share and judge on other days."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run_id = client.get_model_version(MODEL, recorded["version"]).run_id
+    by_day = {m.step: m.value for m in client.get_metric_history(run_id, "live_average_precision")}
+    stable, turned = (by_day[int(day.timestamp() // 86400)] for day in (STABLE, TURNED))
+    assert stable > FLOOR > turned
+    PICTURES.mkdir(parents=True, exist_ok=True)
+    plot = Path(client.download_artifacts(run_id, "plots/live_quality.png", str(scheduler.home)))
+    (picture,) = README_PICTURES[Path(__file__).stem]
+    shutil.copyfile(plot, PICTURES / f"{picture}.png")
