@@ -149,3 +149,25 @@ def test_a_failed_write_keeps_its_rows_and_the_next_one_writes_them(tmp_path) ->
     table = pq.read_table(written).to_pydict()
     assert table["amount"] == [1.5, None] and table["channel"] == ["web", None]
     assert table["score"] == [0.7, 0.2] and table["decision"] == [True, False]
+
+
+def test_the_writer_writes_on_its_period_not_after_each_of_its_own_flushes(tmp_path) -> None:
+    """A steady trickle of one-row requests makes a file per flush period (and per full chunk), not a file per
+    few rows: a writer that woke itself with each flush once wrote without pause, at a sixth of the API's
+    single-record throughput."""
+    card = ModelCard(name="m", version="1", uri="models:/m/1", threshold=0.5, features=("amount",),
+                     categorical=())  # fmt: skip
+    period_s, trickle_s = 0.5, 1.5
+    writer = recorder.Recorder(
+        str(tmp_path), max_rows=10_000, flush_rows=10_000, flush_seconds=period_s
+    ).start()
+    deadline = time.monotonic() + trickle_s
+    sent = 0
+    while time.monotonic() < deadline:
+        writer.add(card, {}, np.array([[float(sent)]], np.float32), np.array([0.1]))
+        sent += 1
+        time.sleep(0.0002)
+    writer.close()
+    files = list(tmp_path.rglob("*.parquet"))
+    assert pq.read_table(files).num_rows == sent > 200
+    assert len(files) <= trickle_s / period_s + 2, f"{len(files)} files for {sent} rows"
