@@ -37,8 +37,9 @@ PREDICTIONS = Counter(
     "predictions", "Decisions returned by /predict, by decision (positive or negative, at the model's threshold).",
     ["decision"], registry=REGISTRY,
 )  # fmt: skip
-for _decision in ("positive", "negative"):  # exported from the start, so increase() sees the first decisions
-    PREDICTIONS.labels(decision=_decision)
+#: Each decision's series, exported from the start (so that increase() sees the first decisions), and kept: a
+#: request counts its decisions without looking them up.
+DECISIONS = {decision: PREDICTIONS.labels(decision=decision) for decision in ("positive", "negative")}
 MODEL_INFO = Gauge(
     "model_info",
     "The model version being served (value 1).",
@@ -101,6 +102,9 @@ def observe_many(histogram: Any, values: Any) -> None:
     import numpy as np
 
     values = np.asarray(values, dtype=np.float64)
+    if values.size == 1:  # a single record: prometheus_client's own observe costs less than the pass below
+        histogram.observe(float(values.reshape(-1)[0]))
+        return
     bounds = histogram._upper_bounds
     counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
     for bucket, count in zip(histogram._buckets, counts, strict=True):

@@ -82,6 +82,8 @@ def check_json(request: Request, *others: str) -> str:
     """The body's media type: 415 unless it is declared ``application/json`` (a charset parameter, if any, must
     be UTF-8) or one of ``others``."""
     declared = request.headers.get("content-type", "")
+    if declared == "application/json":  # what nearly every client sends: no parameters to read
+        return declared
     media, *parameters = (part.strip().lower() for part in declared.split(";"))
     if media in others:
         return media

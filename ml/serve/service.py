@@ -194,11 +194,12 @@ class Service:
         metrics.observe_many(metrics.PREDICTION_SCORE, scores)
         if self.recorder is not None:
             self.recorder.add(self.card, self.scorer.categories, matrix, scores)
-        positives = int((scores >= self.card.threshold).sum())
+        threshold = self.card.threshold
+        positives = int(scores[0] >= threshold) if len(scores) == 1 else int((scores >= threshold).sum())
         if positives:
-            metrics.PREDICTIONS.labels(decision="positive").inc(positives)
+            metrics.DECISIONS["positive"].inc(positives)
         if positives < len(scores):
-            metrics.PREDICTIONS.labels(decision="negative").inc(len(scores) - positives)
+            metrics.DECISIONS["negative"].inc(len(scores) - positives)
         return scores
 
     def _score(self, matrix: np.ndarray, size: int) -> np.ndarray:
