@@ -105,8 +105,8 @@ def serve_a_turned_day(
     print(f"  {len(day):,} transactions scored ({len(scores):,} answers), "
           f"{int(day[model.dataset.target].sum())} of them fraud")  # fmt: skip
     folder = data_root / PREDICTIONS_DIR / model.registered_model
-    recorded = wait_recorded(folder, len(day))
-    print(f"  the API recorded {recorded:,} rows under {folder}")
+    recorded = wait_recorded(folder, set(day["transaction_id"].astype(str)))
+    print(f"  the API recorded their {recorded:,} rows under {folder}")
     if recorded < len(day):
         raise SystemExit(f"the API recorded {recorded:,} of the {len(day):,} rows it scored in "
                          f"{RECORDED_WITHIN_S} s: was its release made before the prediction record existed? "
@@ -206,14 +206,18 @@ def send(endpoint: str, day: pd.DataFrame, model: Model) -> Any:
     return np.array(scores)
 
 
-def wait_recorded(folder: Path, rows: int) -> int:
-    """Wait until the API has written at least ``rows`` rows under ``folder``; the rows there."""
+def wait_recorded(folder: Path, ids: set[str]) -> int:
+    """Wait until the API has written the rows of ``ids`` under ``folder``; how many of them it wrote. Other rows
+    there (the canary's replays, an earlier run's) do not count: counting every row once let the monitoring run
+    before a third of the day was written."""
     import pyarrow.parquet as pq
 
     deadline = time.monotonic() + RECORDED_WITHIN_S
     while True:
-        written = sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("date=*/*.parquet"))
-        if written >= rows or time.monotonic() > deadline:
+        files = sorted(folder.glob("date=*/*.parquet"))
+        recorded = pq.read_table(files, columns=["id"]).column("id").to_pylist() if files else []
+        written = len(ids.intersection(recorded))
+        if written >= len(ids) or time.monotonic() > deadline:
             return written
         time.sleep(1)
 
