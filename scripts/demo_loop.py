@@ -101,11 +101,12 @@ def serve_a_turned_day(
     banner(f"1. A day of traffic to the champion at {endpoint}; today the fraud pattern turns around")
     stream = traffic_stream(conf.get("dataset_uri", model.dataset.uri), today)
     day = traffic(stream, pd.Timestamp(today.isoformat(), tz="UTC"))
+    sent = pd.Timestamp.now(tz="UTC")
     scores = send(endpoint, day, model)
     print(f"  {len(day):,} transactions scored ({len(scores):,} answers), "
           f"{int(day[model.dataset.target].sum())} of them fraud")  # fmt: skip
     folder = data_root / PREDICTIONS_DIR / model.registered_model
-    recorded = wait_recorded(folder, set(day["transaction_id"].astype(str)))
+    recorded = wait_recorded(folder, set(day["transaction_id"].astype(str)), sent)
     print(f"  the API recorded their {recorded:,} rows under {folder}")
     if recorded < len(day):
         raise SystemExit(f"the API recorded {recorded:,} of the {len(day):,} rows it scored in "
@@ -206,17 +207,17 @@ def send(endpoint: str, day: pd.DataFrame, model: Model) -> Any:
     return np.array(scores)
 
 
-def wait_recorded(folder: Path, ids: set[str]) -> int:
-    """Wait until the API has written the rows of ``ids`` under ``folder``; how many of them it wrote. Other rows
-    there (the canary's replays, an earlier run's) do not count: counting every row once let the monitoring run
-    before a third of the day was written."""
+def wait_recorded(folder: Path, ids: set[str], since: pd.Timestamp) -> int:
+    """Wait until the API has written the rows of ``ids`` it scored ``since`` under ``folder``; how many of them it
+    wrote. Other rows there (the canary's replays, an earlier run's) do not count: counting every row once let the
+    monitoring run before a third of the day was written."""
     import pyarrow.parquet as pq
 
     deadline = time.monotonic() + RECORDED_WITHIN_S
     while True:
         files = sorted(folder.glob("date=*/*.parquet"))
-        recorded = pq.read_table(files, columns=["id"]).column("id").to_pylist() if files else []
-        written = len(ids.intersection(recorded))
+        table = pq.read_table(files, columns=["id", "time"]).to_pandas() if files else pd.DataFrame()
+        written = len(ids.intersection(table["id"][table["time"] >= since])) if len(table) else 0
         if written >= len(ids) or time.monotonic() > deadline:
             return written
         time.sleep(1)
