@@ -25,6 +25,7 @@ import yaml
 from contract import CANARY_ABORTED, CANARY_VERDICT_TAG, CHAMPION_AT_EVALUATION_TAG, DEGRADED
 from mlops.models import MODELS_DIR_ENV, load_models
 from mlops.platform_config import load_platform
+from standins.mlflow_server import JOB_EXECUTION_SETTING
 from tests.conftest import free_port
 from tests.helpers import wait_until_answering
 
@@ -73,6 +74,9 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic-auth.ini"),
         "MLFLOW_AUTH_ADMIN_PASSWORD": server_env["MLFLOW_AUTH_ADMIN_PASSWORD"],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": server_env["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+        # Compose's job runner switch too: left on, its seven polling processes took about a core and a half for
+        # the module's whole run.
+        JOB_EXECUTION_SETTING: server_env[JOB_EXECUTION_SETTING],
     }
     assert "--app-name=basic-auth" in SERVER["entrypoint"]
     port = free_port()
