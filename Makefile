@@ -176,13 +176,15 @@ demo-loop: install prometheus
 
 # Standalone runs under umask 077, so the files it generates (the UI password file among them) are the owner's
 # only, from the first start; a password file from an older start is made so too.
+# Its scheduler starts task processes as compose's does (standins/airflow_env.py).
 AIRFLOW_PASSWORDS := $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated
 airflow-ui: install prometheus $(LOCAL)/airflow/airflow.db mlflow-up
 	$(LOCAL_ENV) $(RUN) -m mlops.pools
 	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT) (users and passwords in $(MLFLOW_CREDENTIALS))"
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user and password in $(AIRFLOW_PASSWORDS))"
 	[ ! -f $(AIRFLOW_PASSWORDS) ] || chmod 600 $(AIRFLOW_PASSWORDS)
-	umask 077; $(LOCAL_ENV) $(WITH_MLFLOW) --airflow-connection -- $(VENV)/bin/airflow standalone
+	umask 077; scheduler=$$($(LOCAL_ENV) $(RUN) -m standins.airflow_env); \
+		$(LOCAL_ENV) $(WITH_MLFLOW) --airflow-connection -- env $$scheduler $(VENV)/bin/airflow standalone
 
 $(CHECKOV): | $(UV)
 	@$(QUIETLY) "checkov $(CHECKOV_VERSION) ($(TOOLS)/checkov)" -- bash -c '$(PYTHON) -m venv $(TOOLS)/checkov \

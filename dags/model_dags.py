@@ -54,6 +54,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+# Airflow's DAG processor imports the airflow modules a DAG file names once, before it forks the process that parses
+# the file ([dag_processor] parsing_pre_import_modules). Named here, the Kubernetes provider's pod operator (with its
+# two Kubernetes clients: about 2 s of CPU) is imported once, not in every parse; the operators import it anyway.
+import airflow.providers.cncf.kubernetes.operators.pod  # noqa: F401
 import pendulum
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException

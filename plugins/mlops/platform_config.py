@@ -237,6 +237,7 @@ class LocalRelease(_Settings):
     state_dir: str
     pause_seconds: float = Field(gt=0)
     requests_per_second: float = Field(gt=0)
+    max_window_requests: int = Field(gt=0)
 
 
 class Approval(_Settings):

@@ -32,7 +32,8 @@ def run(state_dir: Path, release: str, port: int = 0, namespace: str = "default"
         logging.info("a controller for %s is already running", release)
         return
     local = load_platform().release.local
-    pace = Pace(pause_seconds=local.pause_seconds, requests_per_second=local.requests_per_second, port=port)
+    pace = Pace(pause_seconds=local.pause_seconds, requests_per_second=local.requests_per_second, port=port,
+                max_window_requests=local.max_window_requests)  # fmt: skip
     controller = Controller(state_dir, release, pace, namespace)
     signal.signal(signal.SIGTERM, lambda *_: controller.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: controller.stop_requested.set())

@@ -14,6 +14,8 @@ class Pace:
 
     pause_seconds: float
     requests_per_second: float
+    #: The most requests one analysis window sends.
+    max_window_requests: int
     port: int
 
 

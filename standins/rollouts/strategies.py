@@ -54,10 +54,9 @@ class Controller(Protocol):
 #: The replay sends the new model this much more than the template's minimum, so a measurement is not
 #: inconclusive by a few requests lost to the router's random split.
 TRAFFIC_MARGIN = 1.3
-#: ...topping up to twice what that takes, and never beyond this many requests in one window (a busy minute of a
-#: small service): a minimum the replay cannot reach leaves the measurement inconclusive, as quiet traffic would.
-#: The chart's positive-share test needs hundreds of requests to each model, so a 10 % step needs thousands in all.
-MAX_WINDOW_REQUESTS = 16_000
+#: ...topping up to twice what that takes, and never beyond the pace's ``max_window_requests`` in one window: a
+#: minimum the replay cannot reach leaves the measurement inconclusive, as quiet traffic would. The chart's
+#: positive-share test needs hundreds of requests to each model, so a 10 % step needs thousands in all.
 
 
 def canary(controller: Controller, revision: Revision, workload: dict[str, Any]) -> Server:
@@ -234,7 +233,7 @@ def window(
                        default=0)  # fmt: skip
 
         paced = int(controller.pace.requests_per_second * pause)
-        budget = max(paced, min(2 * needed(), MAX_WINDOW_REQUESTS))
+        budget = max(paced, min(2 * needed(), controller.pace.max_window_requests))
         seconds = pause
         while budget > 0 and not controller.stop_requested.is_set():
             # The router splits at random: top up until every measured pod has had its minimum.

@@ -494,3 +494,58 @@ def test_a_broken_model_file_is_an_import_error_naming_it_and_the_other_models_l
     assert "models/zz_copy.yaml: registered model 'card-fraud-detector' is already" in error
     assert error.endswith("models/card_fraud.yaml's")
     assert "train_card_fraud" in bag.dags and "train_zz_copy" not in bag.dags
+
+
+#: What a process that parses a DAG file, or runs one of its tasks, pays for most at import: the Kubernetes clients.
+KUBERNETES_CLIENTS = ("kubernetes.client", "kubernetes_asyncio.client")
+
+PRELOADED_THEN_PARSED = """
+import importlib, json, sys
+from airflow.dag_processing.dagbag import DagBag
+for module in sys.argv[2].split(","):
+    importlib.import_module(module)
+before = set(sys.modules)
+bag = DagBag(sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def _imported_by_parsing(dag_file: Path, preloaded: list[str]) -> set[str]:
+    """The modules parsing ``dag_file`` imports in a fresh interpreter that has imported ``preloaded``."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", PRELOADED_THEN_PARSED, str(dag_file), ",".join(["airflow", *preloaded])],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda path: path.name)
+def test_the_dag_processor_imports_the_kubernetes_clients_once_not_in_every_parse(dag_file: Path) -> None:
+    """The DAG processor imports the airflow modules a file names before it forks each parse of it: the file must
+    name what pulls in the Kubernetes clients, or every parse (every 30 s per file) pays about 2 s of CPU."""
+    from airflow.utils.file import iter_airflow_imports
+
+    imported = _imported_by_parsing(dag_file, list(iter_airflow_imports(str(dag_file))))
+    assert not imported & set(KUBERNETES_CLIENTS), sorted(imported & set(KUBERNETES_CLIENTS))
+
+
+def test_a_task_process_starts_with_what_its_dag_file_imports_from_the_schedulers_preload() -> None:
+    """Compose's scheduler (and the embedded Airflow, which takes its settings) forks task processes from workers
+    that preloaded modules: each must import, and together they must cover what parsing a DAG file for a task
+    costs most (a task process parses its DAG file first)."""
+    from standins.airflow_env import scheduler_env
+
+    settings = scheduler_env()
+    assert settings["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver"
+    preloaded = settings["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",")
+    for dag_file in DAG_FILES:
+        imported = _imported_by_parsing(dag_file, preloaded)  # a module that does not import fails here
+        assert not imported & set(KUBERNETES_CLIENTS), (
+            dag_file.name,
+            sorted(imported & set(KUBERNETES_CLIENTS)),
+        )

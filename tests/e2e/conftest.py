@@ -190,6 +190,7 @@ def launch_standalone(
     creates and, as it gives them, the pipeline's MLflow account as the Airflow connection the stages get theirs from.
     ``settings``: more of its environment (over these)."""
     from mlops.models import MODELS_DIR_ENV
+    from standins.airflow_env import scheduler_env
     from standins.mlflow_server import credentials_env
 
     port = free_port()
@@ -221,6 +222,8 @@ def launch_standalone(
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         # A few tasks at a time is all the tests run; LocalExecutor starts a process per slot (32 by default).
         "AIRFLOW__CORE__PARALLELISM": "8",
+        # As compose's (and `make airflow-ui`'s) scheduler starts its task processes.
+        **scheduler_env(),
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": mlflow_server,
         "AIRFLOW_VAR_MLOPS_DATA_ROOT": str(home / "data"),
         "AIRFLOW_VAR_MLOPS_POD_RUNTIME": "local",

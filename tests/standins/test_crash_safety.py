@@ -19,6 +19,7 @@ from ml.release import helm
 from standins import rollouts
 from standins.release_store import ReleaseStore
 from standins.rollouts import runs_prometheus
+from standins.rollouts.analysis import SUCCESSFUL
 from standins.rollouts.controller import ATTEMPTS
 from standins.rollouts.router import ROUTES_FILE, Router, Routes, read_routes
 from standins.rollouts.traffic import Traffic
@@ -88,8 +89,15 @@ def test_routes_rewritten_while_the_router_reads_them_are_never_read_partially(t
 def _release(target: helm.Helm, release_dir: Path, versions: dict[str, Any]) -> dict[str, Any]:
     """The champion released (stable at once) and a record to ask it about."""
     deployment = helm.deploy(target, model_uri=uri(versions["first"]), image_tag=IMAGE_TAG)
-    assert outcome(release_dir, deployment.revision)["phase"] == "Healthy"
+    result = outcome(release_dir, deployment.revision)
+    assert result["phase"] == "Healthy", _failed(result)
     return Traffic.from_prepared(versions["prepared"], 1).records[0]
+
+
+def _failed(result: dict[str, Any]) -> str:
+    """Why a revision did not end Healthy: the controller's message and every measurement that did not pass."""
+    missed = [m for m in result["measurements"] if m["phase"] != SUCCESSFUL]
+    return f"{result['message']}; measurements not passed: {missed}"
 
 
 def _answers(release_dir: Path, record: dict[str, Any]) -> str:
@@ -208,5 +216,6 @@ def test_a_controller_that_takes_over_sends_a_dead_ones_canary_traffic_back_to_s
         time.sleep(0.05)
     assert (read_routes(routes) or {})["canary"] is None
     assert _answers(local_helm, record) == versions["first"]
-    assert outcome(local_helm, deployment.revision)["phase"] == "Healthy"  # rolled out again, to its end
+    result = outcome(local_helm, deployment.revision)  # rolled out again, to its end
+    assert result["phase"] == "Healthy", _failed(result)
     assert _answers(local_helm, record) == versions["good"]

@@ -86,7 +86,9 @@ def test_a_size_nginx_would_refuse_is_refused(text) -> None:
 
 
 def test_promoting_a_revision_sets_the_routers_limit_from_its_ingress(tmp_path) -> None:
-    controller = Controller(tmp_path, "release", Pace(pause_seconds=0.1, requests_per_second=1, port=0))
+    controller = Controller(
+        tmp_path, "release", Pace(pause_seconds=0.1, requests_per_second=1, max_window_requests=100, port=0)
+    )
     controller.path.mkdir(parents=True)
     for number, values, limit in [
         (1, {"serve": {"maxBodyBytes": 5_000_000}}, 5001 * 1024),
