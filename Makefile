@@ -217,7 +217,13 @@ test-tools: install terraform-bin $(CHECKOV) $(TRIVY) $(FIXTURE_PROVIDER) promet
 TEST_WORKERS ?= 3
 PYTEST := $(RUN) -m pytest -n $(TEST_WORKERS)
 
-test: test-tools lint terraform-check k8s-check browser actionlint
+# What `make test` runs before the tests: Debian's packages first, one install at a time (apt-get's lock), then the
+# rest two at a time (installs that wait on the network beside checks that keep one core busy), each target's output
+# kept together.
+TEST_CHECKS := test-tools lint terraform-check k8s-check actionlint
+test:
+	@$(MAKE) --no-print-directory browser prometheus
+	@$(MAKE) --no-print-directory -j2 --output-sync=target $(TEST_CHECKS)
 	$(PYTEST) -m "not scheduler and not drill and not long"
 
 # Backfills and the UI's form on a real `airflow standalone`, the fault drills that kill and restart real

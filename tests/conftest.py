@@ -83,15 +83,13 @@ def trained_model(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def quick_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The platform settings with a shorter local canary pause, and windows of at most 4,000 requests: the tests'
-    analysis (``tests.helpers.tests_canary``) needs under 2,000 in its 10 % step, and a window that cannot meet its
-    minimum (inconclusive) stops sooner."""
+    """The platform settings with a shorter local canary pause."""
     import yaml
 
     from mlops.platform_config import PLATFORM_FILE
 
     raw = yaml.safe_load(PLATFORM_FILE.read_text())
-    raw["release"]["local"].update(pause_seconds=1, max_window_requests=4000)
+    raw["release"]["local"].update(pause_seconds=1)
     path = tmp_path_factory.mktemp("platform") / "platform.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -21,6 +21,7 @@ from ml import tracking
 from ml.errors import StageError
 from ml.promote import promote
 from ml.release import budget, helm
+from mlops.platform_config import PLATFORM_FILE_ENV
 from standins import rollouts
 from standins.rollouts.traffic import Traffic
 from tests.helpers import CHALLENGER, CHAMPION
@@ -362,11 +363,30 @@ def test_a_spent_error_budget_refuses_the_release_until_a_person_overrides_it(
     assert tag["budgets"][0]["bad_ratio"] == 1.0
 
 
+#: The most requests a window of the local canary sends in ``small_windows`` (the platform's is 16,000).
+SMALL_WINDOW = 2_000
+
+
+@pytest.fixture()
+def small_windows(
+    local_helm: Path, quick_platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """The tests' platform settings with analysis windows of at most ``SMALL_WINDOW`` requests, for the controller
+    that the release's first ``helm`` command starts (a test asks for it before ``first_release``)."""
+    raw = yaml.safe_load(quick_platform.read_text())
+    raw["release"]["local"]["max_window_requests"] = SMALL_WINDOW
+    platform = tmp_path / "small-windows.yaml"
+    platform.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv(PLATFORM_FILE_ENV, str(platform))
+    return SMALL_WINDOW
+
+
 def test_a_measurement_with_too_little_traffic_pauses_the_rollout_for_a_person(
-    target, local_helm, versions, first_release, tmp_path
+    target, local_helm, versions, small_windows, first_release, tmp_path
 ) -> None:
-    """More requests per measurement than the local traffic can give: Inconclusive, so the rollout pauses with the
-    canary at its weight, and writes no verdict; a rollback (what a person may decide) ends the pause."""
+    """More requests per measurement than the local traffic can give (it sends no more than the platform's most
+    requests per window): Inconclusive, so the rollout pauses with the canary at its weight, and writes no verdict;
+    a rollback (what a person may decide) ends the pause."""
     quiet = tmp_path / "quiet.yaml"
     quiet.write_text("analysis:\n  minRequests: 1000000\n")
     local = helm.Helm(target.chart_dir, target.release, target.namespace, (*target.values_files, quiet))
@@ -375,6 +395,8 @@ def test_a_measurement_with_too_little_traffic_pauses_the_rollout_for_a_person(
     assert status["phase"] == "Paused" and status["pauseConditions"] == [{"reason": INCONCLUSIVE_PAUSE}]
     assert status["canaryWeight"] == 10 and "Inconclusive" in status["message"]
     assert {m["phase"] for m in status["measurements"]} == {"Inconclusive"}
+    # The replay stopped at the window's most requests: about a tenth of them reached the new model.
+    assert {m["requests"] for m in status["measurements"]} <= set(range(1, small_windows // 5))
     assert rollouts.read_result(local_helm, deployment.revision) is None  # no verdict: a person decides
     rollback = helm.rollback(local, revision=deployment.revision)
     assert outcome(local_helm, deployment.revision)["phase"] == "Superseded"
