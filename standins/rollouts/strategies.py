@@ -52,11 +52,11 @@ class Controller(Protocol):
 
 
 #: The replay sends the new model this much more than the template's minimum, so a measurement is not
-#: inconclusive by a few requests lost to the router's random split.
+#: inconclusive by a few requests lost to the router's random split; it tops up to twice what that takes, and never
+#: beyond the pace's ``max_window_requests`` in one window: a minimum the replay cannot reach leaves the measurement
+#: inconclusive, as quiet traffic would. The chart's positive-share test needs hundreds of requests to each model, so
+#: a 10 % step needs thousands in all.
 TRAFFIC_MARGIN = 1.3
-#: ...topping up to twice what that takes, and never beyond the pace's ``max_window_requests`` in one window: a
-#: minimum the replay cannot reach leaves the measurement inconclusive, as quiet traffic would. The chart's
-#: positive-share test needs hundreds of requests to each model, so a 10 % step needs thousands in all.
 
 
 def canary(controller: Controller, revision: Revision, workload: dict[str, Any]) -> Server:
