@@ -237,7 +237,7 @@ test-scheduler: test-tools browser mermaid postgresql
 # release; the feedback loop's monitoring): they fail when a page does not render what its picture shows.
 screenshots: test-tools browser postgresql
 	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(RUN) -m pytest \
-		tests/e2e/standalone/test_airflow_ui.py tests/e2e/standalone/test_feedback_loop.py
+		tests/e2e/standalone/test_airflow_ui.py tests/e2e/test_feedback_loop.py
 
 # Static checks of the infrastructure code; `terraform validate` needs the providers, so it is left to CI
 # runs with network access.

@@ -61,6 +61,9 @@ def test_the_stream_gives_the_same_rows_for_a_range_whatever_range_they_are_read
     assert not whole["amount"].equals(other_seed.frame["amount"])
 
 
+# Long (two fits on 168,000 rows, about 30 s of CPU): make test keeps its kin, the windows' planning and the splits
+# prepare publishes by them.
+@pytest.mark.long
 def test_fraud_patterns_drift_so_a_retrained_model_beats_an_old_one_on_a_recent_week() -> None:
     """A model of weeks 1-8 against one of weeks 12-19, both scored on week 20 (a model test, real XGBoost)."""
     import xgboost as xgb

@@ -248,6 +248,9 @@ def test_the_canary_replays_what_the_stable_models_clients_send(
     assert served_version(local_helm, first_release["record"]) == versions["first"]
 
 
+# Long: make test keeps its kin, a champion moved before the release started (refused) and one moved by hand
+# before promotion (tests/e2e/test_training_pipeline.py).
+@pytest.mark.long
 def test_a_champion_moved_during_the_canary_stops_it_before_full_traffic_and_the_release_ends_on_it(
     target, local_helm, versions, first_release
 ) -> None:
@@ -461,6 +464,9 @@ def test_blue_green_analyses_the_preview_and_a_deployment_switches_when_ready(
     assert served_version(local_helm, record) == versions["good"]
 
 
+# A drill: the controller stopped between two releases, as `make release-down` or a reboot stops it (the other
+# stops and kills: tests/standins/test_crash_safety.py).
+@pytest.mark.drill
 def test_a_restarted_controller_restores_stable_and_still_canaries_the_next_model(
     target, local_helm, versions
 ) -> None:
