@@ -111,9 +111,9 @@ class Airflow:
             for row in rows
         ]
 
-    def task_states(self, run_id: str) -> dict[str, str]:
+    def task_states(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, str]:
         rows = self._query(
-            "select task_id, state from task_instance where dag_id = %s and run_id = %s", DAG_ID, run_id
+            "select task_id, state from task_instance where dag_id = %s and run_id = %s", dag_id, run_id
         )
         return {task: state for task, state in rows}
 

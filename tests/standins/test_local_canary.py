@@ -366,7 +366,7 @@ def test_a_spent_error_budget_refuses_the_release_until_a_person_overrides_it(
     assert tag["budgets"][0]["bad_ratio"] == 1.0
 
 
-#: The most requests a window of the local canary sends in ``small_windows`` (the platform's is 16,000).
+#: The most requests a window of the local canary sends in ``small_windows`` (far fewer than the platform's).
 SMALL_WINDOW = 2_000
 
 

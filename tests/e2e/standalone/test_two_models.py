@@ -63,7 +63,9 @@ def test_both_models_release_side_by_side_and_each_is_promoted(standalone, two_r
     for model in MODELS:
         for round_ in two_rounds:
             run = round_[model.key]
-            assert run["state"] == "success", (model.key, standalone.task_states(run["dag_run_id"]))
+            assert run["state"] == "success", (
+                model.key, standalone.task_states(run["dag_run_id"], model.training_dag_id)
+            )  # fmt: skip
         last = two_rounds[-1][model.key]["dag_run_id"]
         champion = client.get_model_version_by_alias(model.registered_model, alias)
         assert champion.tags[RUN_KEY_TAG] == f"{model.training_dag_id}/{last}"
