@@ -16,3 +16,8 @@ Each speaks the interface of the part it replaces, so the code that uses it is t
 
 No production image copies this folder; nothing under ``ml/`` imports it.
 """
+
+from pathlib import Path
+
+#: docker-compose.yaml, whose settings the embedded MLflow and Airflow take over.
+COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yaml"

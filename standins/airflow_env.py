@@ -10,11 +10,10 @@ again (about 2.5 s of CPU a task otherwise, ``[scheduler] mp_start_method`` and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
-COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yaml"
+from standins import COMPOSE_FILE
+
 #: The settings of compose's Airflow taken over: how the scheduler's executor starts its processes (not the rest of
 #: compose's scheduler settings, such as its health check's port).
 SETTINGS = ("AIRFLOW__SCHEDULER__MP_START_METHOD", "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD")

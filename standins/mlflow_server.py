@@ -49,6 +49,7 @@ import yaml
 
 from contract import replacing
 from ml.mlflow_auth import Account
+from standins import COMPOSE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ USERS = ("pipeline", "reader")
 #: Where their user names come from: compose's .env.example (``MLFLOW_<USER>_USERNAME``); the admin's is the auth
 #: config's.
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
-#: docker-compose.yaml, whose MLflow auth config and one-shot (``mlflow-auth-init``) the embedded server runs.
-COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yaml"
+#: The one-shot of docker-compose.yaml (``COMPOSE_FILE``) whose grants the embedded server runs, with compose's
+#: MLflow auth config.
 AUTH_INIT_SERVICE = "mlflow-auth-init"
 #: The ``make`` setting that passes ``--external-ok`` (named in the refusal).
 EXTERNAL_OK_SETTING = "MLFLOW_EXTERNAL=1"

@@ -84,15 +84,12 @@ def trained_model(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def quick_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The platform settings with a shorter local canary pause."""
-    import yaml
-
     from mlops.platform_config import PLATFORM_FILE
+    from tests.helpers import write_platform
 
-    raw = yaml.safe_load(PLATFORM_FILE.read_text())
-    raw["release"]["local"].update(pause_seconds=1)
-    path = tmp_path_factory.mktemp("platform") / "platform.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_platform(
+        tmp_path_factory.mktemp("platform") / "platform.yaml", PLATFORM_FILE, pause_seconds=1
+    )
 
 
 @pytest.fixture(scope="session")

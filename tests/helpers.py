@@ -39,6 +39,14 @@ def tests_canary() -> dict[str, Any]:
     return {"minRequests": sizing.min_requests, "positiveShare": {**inputs, "maxZ": sizing.max_z}}
 
 
+def write_platform(path: Path, base: Path, **local: Any) -> Path:
+    """The platform settings of ``base`` with ``release.local`` settings changed, written to ``path``."""
+    raw = yaml.safe_load(base.read_text())
+    raw["release"]["local"].update(local)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``raw["a"]["b"]`` for ``"a.b"``, making the mappings on the way (a model file's ``retraining: {}``)."""
     *parents, last = dotted.split(".")

@@ -497,7 +497,7 @@ def test_a_broken_model_file_is_an_import_error_naming_it_and_the_other_models_l
 
 
 #: What a process that parses a DAG file, or runs one of its tasks, pays for most at import: the Kubernetes clients.
-KUBERNETES_CLIENTS = ("kubernetes.client", "kubernetes_asyncio.client")
+KUBERNETES_CLIENTS = frozenset({"kubernetes.client", "kubernetes_asyncio.client"})
 
 PRELOADED_THEN_PARSED = """
 import importlib, json, sys
@@ -532,7 +532,7 @@ def test_the_dag_processor_imports_the_kubernetes_clients_once_not_in_every_pars
     from airflow.utils.file import iter_airflow_imports
 
     imported = _imported_by_parsing(dag_file, list(iter_airflow_imports(str(dag_file))))
-    assert not imported & set(KUBERNETES_CLIENTS), sorted(imported & set(KUBERNETES_CLIENTS))
+    assert not imported & KUBERNETES_CLIENTS, sorted(imported & KUBERNETES_CLIENTS)
 
 
 def test_a_task_process_starts_with_what_its_dag_file_imports_from_the_schedulers_preload() -> None:
@@ -545,4 +545,4 @@ def test_a_task_process_starts_with_what_its_dag_file_imports_from_the_scheduler
     assert settings["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver"
     preloaded = settings["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",")
     imported = _imported_by_parsing(ROOT / "dags", preloaded)  # a module that does not import fails here
-    assert not imported & set(KUBERNETES_CLIENTS), sorted(imported & set(KUBERNETES_CLIENTS))
+    assert not imported & KUBERNETES_CLIENTS, sorted(imported & KUBERNETES_CLIENTS)

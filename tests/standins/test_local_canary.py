@@ -24,7 +24,7 @@ from ml.release import budget, helm
 from mlops.platform_config import PLATFORM_FILE_ENV
 from standins import rollouts
 from standins.rollouts.traffic import Traffic
-from tests.helpers import CHALLENGER, CHAMPION
+from tests.helpers import CHALLENGER, CHAMPION, write_platform
 from tests.standins.conftest import CHART, MIN_REQUESTS, MODEL, ROOT
 
 IMAGE_TAG = "0.1.0"
@@ -376,10 +376,9 @@ def small_windows(
 ) -> int:
     """The tests' platform settings with analysis windows of at most ``SMALL_WINDOW`` requests, for the controller
     that the release's first ``helm`` command starts (a test asks for it before ``first_release``)."""
-    raw = yaml.safe_load(quick_platform.read_text())
-    raw["release"]["local"]["max_window_requests"] = SMALL_WINDOW
-    platform = tmp_path / "small-windows.yaml"
-    platform.write_text(yaml.safe_dump(raw))
+    platform = write_platform(
+        tmp_path / "small-windows.yaml", quick_platform, max_window_requests=SMALL_WINDOW
+    )
     monkeypatch.setenv(PLATFORM_FILE_ENV, str(platform))
     return SMALL_WINDOW
 
