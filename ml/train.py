@@ -20,11 +20,14 @@ with its signature, an input example and the lineage of the data it learnt from.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -61,13 +64,33 @@ SKOPS_TRUSTED_TYPES = {
     "random_forest": ["ml.features.TabularEncoder", "sklearn.tree._tree.Tree"],
 }
 #: The model's own code (the encoder) travels inside the logged model, so it loads outside this repository.
-ML_PACKAGE = str(Path(__file__).resolve().parent)
+ML_PACKAGE = Path(__file__).resolve().parent
 #: What loading each model needs, pinned to the versions that trained it. Named here rather than inferred: MLflow's
 #: inference loads the model again in a subprocess to see what it imports, about 5 s of every training.
 REQUIREMENTS = {
     "xgboost": ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy", "xgboost"),
     "random_forest": ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy"),
 }
+
+
+@contextlib.contextmanager
+def model_code(model_type: str) -> Iterator[str]:
+    """The model's own code, to log with it: a copy of this package with only the modules its trusted types come
+    from (and the packages' ``__init__`` on the way), not the whole platform. Every file is an artifact that each
+    load of the model (the evaluation's, every inference API's) downloads in a request of its own."""
+    package = ML_PACKAGE.name
+    modules = {
+        name.rsplit(".", 1)[0] for name in SKOPS_TRUSTED_TYPES[model_type] if name.startswith(f"{package}.")
+    }
+    with tempfile.TemporaryDirectory(prefix="model-code-") as folder:
+        root = Path(folder)
+        for module in sorted(modules):
+            parts = module.split(".")
+            packages = [Path(*parts[:depth], "__init__.py") for depth in range(1, len(parts))]
+            for file in [*packages, Path(*parts).with_suffix(".py")]:
+                (root / file).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ML_PACKAGE.parent / file, root / file)
+        yield str(root / package)
 
 
 def pip_requirements(model_type: str) -> list[str]:
@@ -566,18 +589,19 @@ def _log_model(
     import mlflow
 
     example = to_model_input(validation.head(5)[manifest["features"]], manifest["categorical"])
-    return mlflow.sklearn.log_model(
-        sk_model=pipeline,
-        name="model",
-        signature=mlflow.models.infer_signature(example, pipeline.predict_proba(example)),
-        input_example=example,
-        pyfunc_predict_fn="predict_proba",
-        # Saved with skops, not pickle: loading executes no code beyond these declared types.
-        skops_trusted_types=SKOPS_TRUSTED_TYPES[config.model_type],
-        code_paths=[ML_PACKAGE],
-        pip_requirements=pip_requirements(config.model_type),
-        params={"model_type": config.model_type, "device_used": device},
-    )
+    with model_code(config.model_type) as code:
+        return mlflow.sklearn.log_model(
+            sk_model=pipeline,
+            name="model",
+            signature=mlflow.models.infer_signature(example, pipeline.predict_proba(example)),
+            input_example=example,
+            pyfunc_predict_fn="predict_proba",
+            # Saved with skops, not pickle: loading executes no code beyond these declared types.
+            skops_trusted_types=SKOPS_TRUSTED_TYPES[config.model_type],
+            code_paths=[code],
+            pip_requirements=pip_requirements(config.model_type),
+            params={"model_type": config.model_type, "device_used": device},
+        )
 
 
 def train(

@@ -23,6 +23,10 @@ os.environ.update(
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "MPLBACKEND": "Agg",
+        # The suite runs more busy processes than the machine has cores: OpenMP's threads (XGBoost's) that spin
+        # while they wait would burn the cores the others need (twice the CPU of a fit under that contention).
+        # The stages get it too: subprocesses inherit it, and the local pod runtime passes the worker's OMP_*.
+        "OMP_WAIT_POLICY": "PASSIVE",
     }
 )
 

@@ -61,8 +61,9 @@ RUNTIME_VARIABLE = "mlops_pod_runtime"
 RUNTIMES = ("local", "kubernetes")
 DATA_ROOT_VARIABLE = "mlops_data_root"
 #: Worker variables the local runtime hands to the stage, standing in for what a pod gets from its
-#: service account (cloud credentials) and its image (locale).
-LOCAL_PASSTHROUGH_PREFIXES = ("AWS_", "LANG", "LC_", "TZ")
+#: service account (cloud credentials) and its image (locale); and the worker's OpenMP settings, since a local
+#: stage shares the worker's cores (XGBoost's threads are OpenMP's).
+LOCAL_PASSTHROUGH_PREFIXES = ("AWS_", "LANG", "LC_", "TZ", "OMP_")
 #: The folder this package is imported from: Airflow's plugins folder.
 PLUGINS_FOLDER = Path(__file__).resolve().parents[1]
 #: The stand-ins' commands (``helm``), relative to the local workdir: first on a local pod's PATH.

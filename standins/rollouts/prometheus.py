@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from contract import write_json
-from standins.rollouts import PROMETHEUS_INSTALL_HINT, runs_prometheus, terminate_if
+from standins.rollouts import PROMETHEUS_INSTALL_HINT, http, runs_prometheus, terminate_if
 
 log = logging.getLogger(__name__)
 #: What the process's command line holds (tells it from a pid the system reused).
@@ -98,7 +98,7 @@ class Prometheus:
                     f"prometheus exited with {process.returncode}: {self._log_tail()}"
                 )
             try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
+                if http.client().get(f"{self.url}/-/ready", timeout=2).status_code == 200:
                     log.info("prometheus on %s", self.url)
                     return
             except httpx.HTTPError:
@@ -126,7 +126,7 @@ class Prometheus:
         if self.rules_file.exists() and self.rules_file.read_text() == text:
             return
         self.rules_file.write_text(text)
-        answer = httpx.post(f"{self.url}/-/reload", timeout=30)
+        answer = http.client().post(f"{self.url}/-/reload", timeout=30)
         if answer.status_code != 200:
             raise PrometheusUnavailable(f"prometheus refused the chart's rules: {answer.text.strip()}")
 
@@ -137,7 +137,9 @@ class Prometheus:
         wanted = {url.removeprefix("http://") for url in urls}
         deadline = time.monotonic() + timeout_s
         while True:
-            answer = httpx.get(f"{self.url}/api/v1/targets", params={"state": "active"}, timeout=10).json()
+            answer = (
+                http.client().get(f"{self.url}/api/v1/targets", params={"state": "active"}, timeout=10).json()
+            )
             seen = {t["labels"].get("instance"): t for t in answer["data"]["activeTargets"]}
             late = {
                 url: (seen.get(url) or {}).get("lastError") or "not scraped yet"
@@ -157,7 +159,7 @@ class Prometheus:
         """An instant query's result (``data.result``), now or ``at`` (seconds since the epoch); a refused query
         raises with Prometheus's reason."""
         params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
-        answer = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=30)
+        answer = http.client().get(f"{self.url}/api/v1/query", params=params, timeout=30)
         body = answer.json()
         if answer.status_code != 200 or body.get("status") != "success":
             raise PrometheusUnavailable(f"prometheus refused the query ({body.get('error')}): {promql}")

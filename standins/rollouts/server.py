@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from standins.rollouts import SERVER_COMMAND
+from standins.rollouts import SERVER_COMMAND, http
 
 #: The scoring endpoint the canary's replayed traffic goes to.
 SCORED_PATH = "/predict"
@@ -70,7 +70,7 @@ class Server:
             if self.process.poll() is not None:
                 raise NotReady(f"the API for revision {self.revision} exited: {self._log_tail()}")
             try:
-                answer = httpx.get(f"{self.url}/ready", timeout=2)
+                answer = http.client().get(f"{self.url}/ready", timeout=2)
                 if answer.status_code == 200:
                     return
                 last = str(answer.json().get("detail"))
@@ -85,7 +85,7 @@ class Server:
         """How many scoring requests this API has answered (its own counter): what paces the replayed traffic."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        exposition = httpx.get(f"{self.url}/metrics", timeout=5).text
+        exposition = http.client().get(f"{self.url}/metrics", timeout=5).text
         return sum(
             sample.value
             for family in text_string_to_metric_families(exposition)

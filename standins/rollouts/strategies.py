@@ -20,7 +20,7 @@ import httpx
 
 from contract import INCONCLUSIVE_PAUSE, PAUSED, PROGRESSING
 from ml.release.helm import Revision
-from standins.rollouts import analysis
+from standins.rollouts import analysis, http
 from standins.rollouts.prometheus import Prometheus, PrometheusUnavailable
 from standins.rollouts.router import Router
 from standins.rollouts.server import Server
@@ -325,7 +325,7 @@ def _web_value(controller: Controller, metric: analysis.Metric, revision: Revisi
     """What the web metric's URL answers at its JSON path (an error, as in Argo, is a failed measurement)."""
     url = controller.local_url(metric.web["url"], revision)
     try:
-        answer = httpx.get(
+        answer = http.client().get(
             url, timeout=float(metric.web.get("timeoutSeconds", 10)), auth=_mlflow_account(url)
         )
         answer.raise_for_status()

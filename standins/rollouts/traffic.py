@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from contract import PREPARED_URI_TAG
+from standins.rollouts import http
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +80,20 @@ class Traffic:
         answered = [0] * self.clients
 
         def client(index: int) -> None:
-            with httpx.Client(timeout=10) as http:
-                started = time.monotonic()
-                for n in range(index, total, self.clients):
-                    if should_stop.is_set():
-                        return
-                    record = self.records[(self._cursor + n) % len(self.records)]
-                    for target in urls:
-                        try:
-                            http.post(f"{target}/predict", json=record)
-                            answered[index] += 1
-                        except httpx.HTTPError:
-                            pass
-                    pause = started + (n // self.clients + 1) * interval - time.monotonic()
-                    if pause > 0:
-                        time.sleep(pause)
+            started = time.monotonic()
+            for n in range(index, total, self.clients):
+                if should_stop.is_set():
+                    return
+                record = self.records[(self._cursor + n) % len(self.records)]
+                for target in urls:
+                    try:
+                        http.client().post(f"{target}/predict", json=record)
+                        answered[index] += 1
+                    except httpx.HTTPError:
+                        pass
+                pause = started + (n // self.clients + 1) * interval - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(self.clients)]
         for thread in threads:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -64,6 +67,35 @@ def test_a_repeat_with_the_same_inputs_reuses_the_model_and_other_inputs_superse
     assert run.data.params["device_used"] == "cpu"
     assert len(MlflowClient().get_metric_history(changed.run_id, ROUND_METRIC)) > 1
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"train", "validation"}
+
+
+def test_the_model_carries_only_its_own_code_and_loads_outside_the_repository(
+    trained_model, tmp_path
+) -> None:
+    """The logged model's code is the encoder's module and its package, not the platform's; with only that, an
+    interpreter outside this repository (no PYTHONPATH) loads the model from its folder and scores its example."""
+    import mlflow.artifacts
+
+    folder = Path(
+        mlflow.artifacts.download_artifacts(trained_model["trained"].model_uri, dst_path=str(tmp_path))
+    )
+    code = folder / "code"
+    assert sorted(path.relative_to(code).as_posix() for path in code.rglob("*.py")) == [
+        "ml/__init__.py",
+        "ml/features.py",
+    ]
+    script = (
+        "import sys; import mlflow.pyfunc; from mlflow.models import Model; "
+        "path = sys.argv[1]; model = mlflow.pyfunc.load_model(path); "
+        "scores = model.predict(Model.load(path).load_input_example(path)); "
+        "import ml; print(ml.__file__, len(scores))"
+    )
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    loaded = subprocess.run([sys.executable, "-c", script, str(folder)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    ml_file, scored = loaded.stdout.split()[-2:]
+    assert Path(ml_file).is_relative_to(code) and int(scored) == 5
 
 
 def test_the_splits_lineage_comes_from_the_manifest_not_a_pass_over_the_rows(mlflow_server, prepared) -> None:

@@ -97,6 +97,7 @@ def test_the_deadline_stops_the_stage_and_its_children(operator, tmp_path: Path)
 
 def test_environment_is_the_pods_plus_credentials_and_nothing_else(operator, monkeypatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-worker")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setenv("UNRELATED_WORKER_SECRET", "must-not-leak")
     monkeypatch.setenv("DB_PASSWORD", "from-worker-secret-store")
     pod_env = [
@@ -107,6 +108,7 @@ def test_environment_is_the_pods_plus_credentials_and_nothing_else(operator, mon
     env = operator._local_environment(pod_env)
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert env["AWS_ACCESS_KEY_ID"] == "from-worker"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # the worker's cores are the stage's
     assert env["DB_PASSWORD"] == "from-worker-secret-store"
     assert "UNRELATED_WORKER_SECRET" not in env
     # The stand-ins' commands first (what the cluster would answer), then the worker's interpreter.
