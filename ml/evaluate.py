@@ -228,7 +228,6 @@ def compare_with_champion(
         ChampionUnavailable: the registry or the artifact store failed while the champion was looked up or
             loaded.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     features, categorical, target = (
@@ -245,7 +244,7 @@ def compare_with_champion(
         return ChampionComparison(version=None, comparable=False, reason="no champion"), None
     number = str(version.version)
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{number}")
+        model = tracking.load_model(f"models:/{name}/{number}", pyfunc=True)
     except (
         Exception
     ) as err:  # the artifact store, the network, a corrupt artifact: not a property of the data
@@ -532,7 +531,6 @@ def evaluate(
     """Score the candidate and the champion on the test split, log the evidence and return the decision
     (drift warned of above ``psi_warning``, by default never; ``history_intervals`` windows plotted, default none)."""
     # Long on purpose: the stage's steps in order; the result's fields are spelt out once, here.
-    import mlflow.sklearn
 
     if not 0 <= min_average_precision <= 1:
         raise StageError(f"min_average_precision must be within [0, 1], got {min_average_precision}")
@@ -541,7 +539,7 @@ def evaluate(
     validation = read_published_table(prepared_uri, "validation.parquet")
     test = read_published_table(prepared_uri, "test.parquet")
     drift, drifted = _drift(prepared_uri, test, manifest, psi_warning)
-    pipeline = mlflow.sklearn.load_model(model_uri)
+    pipeline = tracking.load_model(model_uri)
     # A model refit on training + validation rows has learnt the validation rows: the threshold is chosen on the
     # early-stopped model's scores of them, kept by the train stage.
     validation_scores = tracking.early_stopped_validation_scores(run_id, len(validation))

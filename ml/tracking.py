@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -294,6 +295,30 @@ class LiveSeries:
                         self.key, self.logged, err)  # fmt: skip
             return
         self.logged = end
+
+
+@contextmanager
+def import_path_kept() -> Iterator[None]:
+    """Put ``sys.path`` back as it was after the block. MLflow's model loaders (logging a model loads it too) put
+    the model's code folder (its copy of this package: the encoder's module only) first on the path for good, and
+    Python processes started afterwards inherit the path: the spawned workers of a Dask LocalCluster found no
+    ``ml.distributed`` there and never ran a task. This process has the package already; what a model file names
+    is imported from it."""
+    path = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+
+
+def load_model(model_uri: str, *, pyfunc: bool = False) -> Any:
+    """The model at ``model_uri``: its scikit-learn pipeline, or with ``pyfunc`` MLflow's pyfunc of it; the import
+    path as it was (``import_path_kept``)."""
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
+    with import_path_kept():
+        return (mlflow.pyfunc if pyfunc else mlflow.sklearn).load_model(model_uri)
 
 
 def positive_scores(model: Any, features: Any) -> np.ndarray:

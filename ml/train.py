@@ -589,7 +589,7 @@ def _log_model(
     import mlflow
 
     example = to_model_input(validation.head(5)[manifest["features"]], manifest["categorical"])
-    with model_code(config.model_type) as code:
+    with model_code(config.model_type) as code, tracking.import_path_kept():
         return mlflow.sklearn.log_model(
             sk_model=pipeline,
             name="model",

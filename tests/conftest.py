@@ -116,6 +116,16 @@ def synthetic_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _import_path_as_found() -> Iterator[None]:
+    """Each test leaves ``sys.path`` as it found it. MLflow's model loaders put the model's code folder first for
+    good (the stages load through ``ml.tracking.load_model``, which puts it back; tests may call MLflow's), and a
+    later test's spawned processes, such as a Dask LocalCluster's workers, would import ``ml`` from there."""
+    path = list(sys.path)
+    yield
+    sys.path[:] = path
+
+
 @pytest.fixture()
 def xcom_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the stages' XCom result at a temporary folder."""

@@ -24,6 +24,7 @@ from contract import (
     RUN_KEY_TAG,
     STARTED_BY_TAG,
 )
+from ml import tracking
 from ml.compare import Rule
 from ml.errors import StageError
 from ml.evaluate import ChampionUnavailable, evaluate
@@ -96,6 +97,19 @@ def test_the_model_carries_only_its_own_code_and_loads_outside_the_repository(
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     ml_file, scored = loaded.stdout.split()[-2:]
     assert Path(ml_file).is_relative_to(code) and int(scored) == 5
+
+
+def test_logging_or_loading_a_model_leaves_the_import_path_as_it_was(mlflow_server, prepared) -> None:
+    """MLflow puts a model's code folder first on ``sys.path``, for good, when it loads the model (logging one loads
+    it too). Processes started afterwards inherit the path: a Dask LocalCluster's spawned workers imported ``ml``
+    from the model's copy (the encoder only), found no ``ml.distributed`` and never ran a task."""
+    before = list(sys.path)
+    uri = train(
+        prepared, train_config(n_estimators=5), experiment="stages", run_key="dag/import-path"
+    ).model_uri
+    assert tracking.load_model(uri).predict_proba is not None
+    assert tracking.load_model(uri, pyfunc=True).predict is not None
+    assert sys.path == before
 
 
 def test_the_splits_lineage_comes_from_the_manifest_not_a_pass_over_the_rows(mlflow_server, prepared) -> None:
