@@ -191,8 +191,6 @@ def health(
 def reference_of(name: str, version: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     """The version's training split (a sample of ``REFERENCE_ROWS``), the version's scores of it, and its categorical
     features."""
-    import mlflow.sklearn
-
     from ml.storage import read_manifest, read_published_table
 
     client = tracking.client()
@@ -208,7 +206,7 @@ def reference_of(name: str, version: str) -> tuple[pd.DataFrame, np.ndarray, lis
     from ml.schema import to_model_input
 
     frame = to_model_input(train[features], categorical)
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    model = tracking.load_model(f"models:/{name}/{version}")
     return frame, model.predict_proba(frame)[:, 1], categorical
 
 

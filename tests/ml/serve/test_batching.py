@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 
 import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.pipeline import Pipeline
+from xgboost import XGBClassifier
 
+from ml.features import TabularEncoder
+from ml.serve.model import Scorer
 from ml.serve.service import Batcher, settle_memory
 
 
@@ -57,3 +65,23 @@ def test_what_is_in_memory_after_a_load_is_out_of_the_collectors_sight() -> None
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("model", [RandomForestClassifier(n_estimators=20, n_jobs=-1, random_state=0),
+                                   XGBClassifier(n_estimators=20, n_jobs=2)], ids=["random_forest", "xgboost"])  # fmt: skip
+def test_a_request_is_scored_on_the_servers_thread_alone(model) -> None:
+    """Trained on every core, a model scores a request on one thread: the server's processes share the cores, and a
+    pool started for each request (a random forest's, at n_jobs=-1) cost 6 times the time of one record."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"amount": rng.random(400), "channel": rng.choice(["pos", "web"], 400)})
+    labels = (frame["amount"] > 0.7).astype(int)
+    encoder = TabularEncoder(features=["amount", "channel"], categorical=["channel"])
+    pipeline = Pipeline([("encode", encoder), ("model", model)]).fit(frame, labels)
+    expected = pipeline.predict_proba(frame.head(5))[:, 1]
+    scorer = Scorer(pipeline)
+    np.testing.assert_allclose(scorer.scores(frame.head(5).to_dict("records")), expected, rtol=1e-6)
+    if isinstance(model, XGBClassifier):
+        config = json.loads(model.get_booster().save_config())
+        assert config["learner"]["generic_param"]["nthread"] == "1"
+    else:
+        assert model.n_jobs == 1
