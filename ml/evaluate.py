@@ -531,7 +531,6 @@ def evaluate(
     """Score the candidate and the champion on the test split, log the evidence and return the decision
     (drift warned of above ``psi_warning``, by default never; ``history_intervals`` windows plotted, default none)."""
     # Long on purpose: the stage's steps in order; the result's fields are spelt out once, here.
-
     if not 0 <= min_average_precision <= 1:
         raise StageError(f"min_average_precision must be within [0, 1], got {min_average_precision}")
     manifest = read_manifest(prepared_uri)

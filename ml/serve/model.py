@@ -195,7 +195,6 @@ def resolve(model_uri: str, released_alias: str | None = None) -> tuple[str, str
 
 def load(model_uri: str, released_alias: str | None = None) -> tuple[ModelCard, Scorer]:
     """Load a model with the decision threshold its evaluation chose (``released_alias``: see ``resolve``)."""
-
     name, version, threshold, pinned = resolve(model_uri, released_alias)
     scorer = Scorer(tracking.load_model(pinned))
     card = ModelCard(
