@@ -1,9 +1,8 @@
-"""The controller process's one HTTP client, for its calls to the loopback APIs and Prometheus.
+"""The controller process's one HTTP client, for its calls to the loopback APIs, router and Prometheus.
 
 A client builds a TLS context when it is made (about 20 ms of CPU, certificate bundle included), even for plain
-HTTP: the controller's polls (readiness, request counters, queries) made one per call, which cost more CPU than
-the requests themselves. httpx's client may be shared between threads. (The replayed traffic has connections of
-its own: ``traffic.Connection``.)
+HTTP: the controller's polls (readiness, request counters, queries) and each pause's replay threads made one per
+call, which cost more CPU than the requests themselves. httpx's client may be shared between threads.
 """
 
 from __future__ import annotations

@@ -9,15 +9,16 @@ which the analysis's client-errors measures, as it would in production.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
+
+import httpx
 
 from contract import PREPARED_URI_TAG
+from standins.rollouts import http
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ class Traffic:
 
     def __init__(self, records: list[dict[str, Any]], requests_per_second: float, clients: int = 8) -> None:
         self.records = records
-        #: Each record's body, encoded once.
-        self.bodies = [json.dumps(record).encode() for record in records]
         self.rate = requests_per_second
         self.clients = clients
         self._cursor = 0
@@ -82,22 +81,19 @@ class Traffic:
 
         def client(index: int) -> None:
             started = time.monotonic()
-            connections: dict[str, Connection] = {}
-            try:
-                for n in range(index, total, self.clients):
-                    if should_stop.is_set():
-                        return
-                    body = self.bodies[(self._cursor + n) % len(self.bodies)]
-                    for target in urls:
-                        if target not in connections:
-                            connections[target] = Connection(target)
-                        answered[index] += connections[target].predict(body)
-                    pause = started + (n // self.clients + 1) * interval - time.monotonic()
-                    if pause > 0:
-                        time.sleep(pause)
-            finally:
-                for connection in connections.values():
-                    connection.close()
+            for n in range(index, total, self.clients):
+                if should_stop.is_set():
+                    return
+                record = self.records[(self._cursor + n) % len(self.records)]
+                for target in urls:
+                    try:
+                        http.client().post(f"{target}/predict", json=record)
+                        answered[index] += 1
+                    except httpx.HTTPError:
+                        pass
+                pause = started + (n // self.clients + 1) * interval - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(self.clients)]
         for thread in threads:
@@ -106,30 +102,3 @@ class Traffic:
             thread.join()
         self._cursor += total
         return sum(answered)
-
-
-class Connection:
-    """One replay client's kept-alive connection to a server (the standard library's client: its CPU per request is
-    a third of httpx's, and the replay sends thousands per pause), opened again after a failed request."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port, f"{parts.path}/predict"
-        self.http: http.client.HTTPConnection | None = None
-
-    def predict(self, body: bytes) -> bool:
-        """POST ``body`` to ``/predict``; whether an answer came (of any status)."""
-        try:
-            if self.http is None:
-                self.http = http.client.HTTPConnection(self.host, self.port, timeout=10)
-            self.http.request("POST", self.path, body=body, headers={"Content-Type": "application/json"})
-            self.http.getresponse().read()
-            return True
-        except (OSError, http.client.HTTPException):
-            self.close()
-            return False
-
-    def close(self) -> None:
-        if self.http is not None:
-            self.http.close()
-            self.http = None
