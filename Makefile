@@ -6,7 +6,8 @@
 #                    twice: a first release, then a canary; the income model once)
 #   make demo-loop   then the feedback loop: traffic whose fraud pattern turned, its labels, monitoring finds the
 #                    champion decayed, and the retraining it starts
-#   make test        the test suite (what CI runs), but for the runs on a real Airflow scheduler and the drills
+#   make test        the test suite, but for the runs on a real Airflow scheduler and the drills (WITH_SCHEDULER=1:
+#                    with them, in one session, as CI runs it)
 #   make airflow-ui  Airflow (standalone) and MLflow UIs, to trigger runs with the form
 #   make serve       the inference API on a model's champion (MODEL=card_fraud; ALIAS=challenger for the candidate)
 #   make release-down stop the local releases (the inference APIs the demo leaves serving, one per model)
@@ -14,7 +15,7 @@
 #   make model-releases "<release> <namespace>" of each model's release, a line each (what CI/CD deploys to)
 #   make clean       stop everything and delete what the targets built (.local/, .venv/, .tools/)
 # Tests and checks
-#   make test-scheduler  the runs on a real `airflow standalone` and the fault drills (CI runs them after `make test`)
+#   make test-scheduler  what make test leaves out: runs on a real `airflow standalone`, the drills, the long checks
 #   make test-fast   the tests without Airflow runs, the browser or the drills (a quick loop while editing)
 #   make lint        ruff (lint and format check) and mypy
 #   make terraform-check  terraform fmt and the checkov and trivy scans of terraform/ (offline)
@@ -221,17 +222,25 @@ PYTEST := $(RUN) -m pytest -n $(TEST_WORKERS)
 # rest two at a time (installs that wait on the network beside checks that keep one core busy), each target's output
 # kept together.
 TEST_CHECKS := test-tools lint terraform-check k8s-check actionlint
+# The tests `make test` leaves to `make test-scheduler`, and what they need beside `make test`'s tools.
+SCHEDULER_TESTS := scheduler or drill or long
+SCHEDULER_TOOLS := mermaid postgresql
+# WITH_SCHEDULER=1 (CI: .ci/run): `make test` runs `make test-scheduler`'s tests too, in the same pytest session.
+# Its workers take the longest modules of both first and stay busy to the end; two sessions one after the other
+# each ended on a worker or two finishing a long module while the other cores idled, and each started its own
+# MLflow and trained its own shared models.
+WITH_SCHEDULER ?=
 test:
-	@$(MAKE) --no-print-directory browser prometheus
+	@$(MAKE) --no-print-directory browser prometheus $(if $(WITH_SCHEDULER),$(SCHEDULER_TOOLS))
 	@$(MAKE) --no-print-directory -j2 --output-sync=target $(TEST_CHECKS)
-	$(PYTEST) -m "not scheduler and not drill and not long"
+	$(PYTEST) $(if $(WITH_SCHEDULER),,-m "not ($(SCHEDULER_TESTS))")
 
 # Backfills and the UI's form on a real `airflow standalone`, the fault drills that kill and restart real
 # processes (the local release's controller, an MLflow with authentication), and the long checks whose kin stay in
 # `make test` (the Dask train stage end to end, two of the four failing canaries): kept out of `make test`'s time
 # budget, run by CI right after it (.ci/run).
-test-scheduler: test-tools browser mermaid postgresql
-	$(PYTEST) -m "scheduler or drill or long"
+test-scheduler: test-tools browser $(SCHEDULER_TOOLS)
+	$(PYTEST) -m "$(SCHEDULER_TESTS)"
 
 # The README's pictures, taken by the tests on a real Airflow and MLflow (a run from the form, then a canaried
 # release; the feedback loop's monitoring): they fail when a page does not render what its picture shows.

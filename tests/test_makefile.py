@@ -3,8 +3,10 @@ the local MLflow give their command its accounts. Installs are one line each unl
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,43 @@ def test_an_install_that_succeeds_is_one_line_and_one_that_fails_shows_all_its_o
     assert re.fullmatch(
         r"FAILED: checkov \(exit 7 after [0-9]+ s\); the installer's output is above", lines[-1]
     )
+
+
+def pytest_markers_selected(*make_args: str) -> str | None:
+    """The ``-m`` expression of the pytest command that ``make -n`` prints for ``make_args``; None without one."""
+    shown = subprocess.run(
+        ["make", "-n", "--no-print-directory", *make_args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (command,) = [line for line in shown.splitlines() if "-m pytest" in line]
+    found = re.search(r' -m "([^"]+)"', command)
+    return found[1] if found else None
+
+
+def test_ci_runs_every_test_once_in_one_session_and_the_two_targets_split_them() -> None:
+    """.ci/run is `make test` with `make test-scheduler`'s tests (one pytest session), and between them the two
+    targets select every test once, whatever its markers."""
+    from _pytest.mark.expression import Expression
+
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("make")]
+    assert ci == ["make test WITH_SCHEDULER=1"]
+    assert pytest_markers_selected("test", "WITH_SCHEDULER=1") is None, "CI deselects nothing"
+    test, scheduler = (
+        Expression.compile(pytest_markers_selected(goal) or "") for goal in ("test", "test-scheduler")
+    )
+    declared = [line.split(":")[0] for line in pytest_config_markers()]
+    assert {"scheduler", "drill", "long"} <= set(declared)
+    for count in range(len(declared) + 1):
+        for marks in itertools.combinations(declared, count):
+            chosen = [
+                target.evaluate(lambda name, marks=marks: name in marks) for target in (test, scheduler)
+            ]
+            assert sorted(chosen) == [False, True], f"a test marked {marks or 'nothing'}: {chosen}"
+
+
+def pytest_config_markers() -> list[str]:
+    """The markers pyproject.toml declares (``name: what it marks``)."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
