@@ -4,6 +4,7 @@ the local MLflow give their command its accounts. Installs are one line each unl
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import subprocess
 import tomllib
@@ -94,14 +95,16 @@ def test_an_install_that_succeeds_is_one_line_and_one_that_fails_shows_all_its_o
 
 
 def pytest_markers_selected(*make_args: str) -> str | None:
-    """The ``-m`` expression of the pytest command that ``make -n`` prints for ``make_args``; None without one."""
+    """The ``-m`` expression of the pytest command that ``make -n`` prints for ``make_args``; None without one.
+    Not with the variables of a ``make`` this test runs under (CI's ``WITH_SCHEDULER=1`` reaches it in
+    ``MAKEFLAGS``)."""
+    env = {
+        name: value for name, value in os.environ.items() if name not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    }
     shown = subprocess.run(
-        ["make", "-n", "--no-print-directory", *make_args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        ["make", "-n", "--no-print-directory", *make_args], cwd=ROOT, env=env, capture_output=True, text=True,
         check=True,
-    ).stdout
+    ).stdout  # fmt: skip
     (command,) = [line for line in shown.splitlines() if "-m pytest" in line]
     found = re.search(r' -m "([^"]+)"', command)
     return found[1] if found else None

@@ -65,10 +65,16 @@ class Scorer:
             # one record 100 us against 290 us, 1,000 rows 1.5 ms against 2.0 ms.
             booster.set_param({"nthread": 1})
             self._predict = lambda x: booster.inplace_predict(x, iteration_range=rounds)
+        elif _is_forest(estimator):
+            # A random forest: the mean of its trees' probabilities, summed in the forest's own order (the scores
+            # are the forest's to the last bit), on one thread and without the forest's pool of jobs and checks of
+            # each tree's input, which the matrix (float32, the model's columns) needs none of. Measured on one
+            # record of 30 features, 100 trees: 0.76 ms against the forest's 3.7 ms, and its 22 ms at the n_jobs=-1
+            # it was trained with (a thread per core for every request).
+            trees = estimator.estimators_
+            self._predict = lambda x: _mean_of_trees(trees, x)[:, 1]
         else:
-            # A scikit-learn ensemble (the random forest) too: trained with n_jobs=-1, it started a thread per core
-            # for every request. Measured on 2 cores, one record: 3.6 ms against 22 ms (13 ms of CPU), and a p99 of
-            # 233 ms in the local canary under the test suite's load.
+            # Another scikit-learn ensemble on one thread too, for the same reason.
             if "n_jobs" in estimator.get_params():
                 estimator.set_params(n_jobs=1)
             self._predict = lambda x: estimator.predict_proba(x)[:, 1]
@@ -109,6 +115,23 @@ class Scorer:
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """The positive-class probability of each row of an encoded matrix (see ``matrix``)."""
         return np.asarray(self._predict(matrix), dtype=np.float64)
+
+
+def _is_forest(estimator: Any) -> bool:
+    """A forest of classification trees over one target (whose probabilities are the mean of its trees')."""
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+
+    return isinstance(estimator, RandomForestClassifier | ExtraTreesClassifier) and estimator.n_outputs_ == 1
+
+
+def _mean_of_trees(trees: Sequence[Any], matrix: np.ndarray) -> np.ndarray:
+    """What ``predict_proba`` of the forest of ``trees`` gives for ``matrix``, summed in the same order."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)  # what the forest's own check would make of it
+    total = np.zeros((len(matrix), trees[0].n_classes_), dtype=np.float64)
+    for tree in trees:
+        total += tree.predict_proba(matrix, check_input=False)
+    total /= len(trees)
+    return total
 
 
 #: Written next to an exported model's MLmodel file: the name, version and threshold that travel with it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -71,17 +72,26 @@ def test_what_is_in_memory_after_a_load_is_out_of_the_collectors_sight() -> None
                                    XGBClassifier(n_estimators=20, n_jobs=2)], ids=["random_forest", "xgboost"])  # fmt: skip
 def test_a_request_is_scored_on_the_servers_thread_alone(model) -> None:
     """Trained on every core, a model scores a request on one thread: the server's processes share the cores, and a
-    pool started for each request (a random forest's, at n_jobs=-1) cost 6 times the time of one record."""
+    pool started for each request (a random forest's, at n_jobs=-1) cost 6 times the time of one record. A forest's
+    scores are its own to the last bit."""
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"amount": rng.random(400), "channel": rng.choice(["pos", "web"], 400)})
+    frame.loc[::7, "amount"] = np.nan
     labels = (frame["amount"] > 0.7).astype(int)
     encoder = TabularEncoder(features=["amount", "channel"], categorical=["channel"])
     pipeline = Pipeline([("encode", encoder), ("model", model)]).fit(frame, labels)
-    expected = pipeline.predict_proba(frame.head(5))[:, 1]
+    expected = pipeline.predict_proba(frame.head(50))[:, 1]
     scorer = Scorer(pipeline)
-    np.testing.assert_allclose(scorer.scores(frame.head(5).to_dict("records")), expected, rtol=1e-6)
+    started: list[str] = []
+    threading.setprofile(lambda *_: started.append(threading.current_thread().name))
+    try:
+        scores = scorer.scores(frame.head(50).to_dict("records"))
+    finally:
+        threading.setprofile(None)
+    assert started == [], "no thread starts for a request"
     if isinstance(model, XGBClassifier):
+        np.testing.assert_allclose(scores, expected, rtol=1e-6)
         config = json.loads(model.get_booster().save_config())
         assert config["learner"]["generic_param"]["nthread"] == "1"
     else:
-        assert model.n_jobs == 1
+        np.testing.assert_array_equal(scores, expected)
