@@ -97,10 +97,9 @@ def test_an_install_that_succeeds_is_one_line_and_one_that_fails_shows_all_its_o
 def pytest_markers_selected(*make_args: str) -> str | None:
     """The ``-m`` expression of the pytest command that ``make -n`` prints for ``make_args``; None without one.
     Not with the variables of a ``make`` this test runs under (CI's ``WITH_SCHEDULER=1`` reaches it in
-    ``MAKEFLAGS``)."""
-    env = {
-        name: value for name, value in os.environ.items() if name not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
-    }
+    ``MAKEFLAGS`` and in the environment)."""
+    made = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "WITH_SCHEDULER"}
+    env = {name: value for name, value in os.environ.items() if name not in made}
     shown = subprocess.run(
         ["make", "-n", "--no-print-directory", *make_args], cwd=ROOT, env=env, capture_output=True, text=True,
         check=True,
