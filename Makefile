@@ -238,7 +238,7 @@ test:
 # Backfills and the UI's form on a real `airflow standalone`, the fault drills that kill and restart real
 # processes (the local release's controller, an MLflow with authentication), and the long checks whose kin stay in
 # `make test` (the Dask train stage end to end, two of the four failing canaries): kept out of `make test`'s time
-# budget, run by CI right after it (.ci/run).
+# budget; CI runs them in `make test`'s session (.ci/run: `make test WITH_SCHEDULER=1`).
 test-scheduler: test-tools browser $(SCHEDULER_TOOLS)
 	$(PYTEST) -m "$(SCHEDULER_TESTS)"
 

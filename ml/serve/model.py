@@ -74,7 +74,8 @@ class Scorer:
             trees = estimator.estimators_
             self._predict = lambda x: _mean_of_trees(trees, x)[:, 1]
         else:
-            # Another scikit-learn ensemble on one thread too, for the same reason.
+            # Another scikit-learn model on one thread too: trained with n_jobs=-1, it would start a thread per core
+            # for every request.
             if "n_jobs" in estimator.get_params():
                 estimator.set_params(n_jobs=1)
             self._predict = lambda x: estimator.predict_proba(x)[:, 1]
