@@ -231,9 +231,9 @@ SCHEDULER_TOOLS := mermaid postgresql
 # MLflow and trained its own shared models.
 WITH_SCHEDULER ?=
 test:
-	@$(MAKE) --no-print-directory browser prometheus $(if $(WITH_SCHEDULER),$(SCHEDULER_TOOLS))
+	@$(MAKE) --no-print-directory browser prometheus $(if $(filter 1,$(WITH_SCHEDULER)),$(SCHEDULER_TOOLS))
 	@$(MAKE) --no-print-directory -j2 --output-sync=target $(TEST_CHECKS)
-	$(PYTEST) $(if $(WITH_SCHEDULER),,-m "not ($(SCHEDULER_TESTS))")
+	$(PYTEST) $(if $(filter 1,$(WITH_SCHEDULER)),,-m "not ($(SCHEDULER_TESTS))")
 
 # Backfills and the UI's form on a real `airflow standalone`, the fault drills that kill and restart real
 # processes (the local release's controller, an MLflow with authentication), and the long checks whose kin stay in
